@@ -1,0 +1,38 @@
+# zkv — see README.md. `make demo` and `make test` are the two set-up commands.
+PYTHON ?= python3
+PREFIX ?= /usr/local
+DESTDIR ?=
+
+.PHONY: all deps pyz test unit lint e2e images demo bench install uninstall clean
+
+all: pyz
+
+deps:
+	./.ci/install-deps
+
+pyz:
+	$(PYTHON) -m zkv_early.build_pyz --output dist/zkv-early.pyz
+
+lint:
+	ruff check zkv_early gateway tests bench
+	ruff format --check zkv_early gateway tests bench
+	mypy
+	shellcheck -x $$(grep -rlE '^#! ?/bin/(ba)?sh' dracut initramfs-tools .ci tests bench systemd 2>/dev/null)
+
+unit:
+	$(PYTHON) -m pytest -q tests
+
+e2e: pyz
+	$(PYTHON) -m pytest -m e2e tests/e2e -v
+
+images:
+	$(PYTHON) -m tests.e2e.build_images
+
+# The whole suite: lint, unit and integration tests, then the VM boot tests.
+test: lint unit e2e
+
+bench: pyz
+	$(PYTHON) -m bench
+
+clean:
+	rm -rf dist build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,142 @@
+"""The only module that touches the crypto backend (pyca/cryptography + hashlib.scrypt).
+
+A small surface on purpose: AEAD seal/open, HKDF, scrypt, Ed25519 host identities and an
+X25519 sealed box for releasing a secret to one boot. Every decryption failure raises the one
+``DecryptionFailed`` so callers cannot build an oracle from the cause.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+KEY_SIZE = 32
+NONCE_SIZE = 12
+AEAD_NAME = "chacha20-poly1305"
+
+
+class DecryptionFailed(Exception):
+    """Wrong key, wrong associated data or tampered ciphertext: deliberately one error."""
+
+
+class BadSignature(Exception):
+    """A signature did not verify (or the key/signature was malformed)."""
+
+
+def random_bytes(n: int) -> bytes:
+    return os.urandom(n)
+
+
+def aead_seal(key: bytes, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
+    """Return (nonce, ciphertext+tag). A fresh random nonce per call."""
+    nonce = os.urandom(NONCE_SIZE)
+    return nonce, ChaCha20Poly1305(key).encrypt(nonce, plaintext, aad)
+
+
+def aead_open(key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+    if len(key) != KEY_SIZE or len(nonce) != NONCE_SIZE:
+        raise DecryptionFailed
+    try:
+        return ChaCha20Poly1305(key).decrypt(nonce, ciphertext, aad)
+    except InvalidTag:
+        raise DecryptionFailed from None
+
+
+def hkdf(key_material: bytes, info: bytes, salt: bytes | None = None) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=salt, info=info).derive(
+        key_material
+    )
+
+
+def scrypt(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
+    # maxmem must cover 128*n*r*p plus slack, or OpenSSL refuses larger parameters.
+    maxmem = 128 * n * r * p + 16 * 1024 * 1024
+    return hashlib.scrypt(passphrase, salt=salt, n=n, r=r, p=p, maxmem=maxmem, dklen=KEY_SIZE)
+
+
+# --- Ed25519 host identity ------------------------------------------------------------------
+
+
+def ed25519_generate() -> tuple[bytes, bytes]:
+    """Return (private_raw, public_raw), 32 bytes each."""
+    private = Ed25519PrivateKey.generate()
+    return _raw_private(private), _raw_public(private.public_key())
+
+
+def ed25519_public(private_raw: bytes) -> bytes:
+    return _raw_public(Ed25519PrivateKey.from_private_bytes(private_raw).public_key())
+
+
+def ed25519_sign(private_raw: bytes, message: bytes) -> bytes:
+    return Ed25519PrivateKey.from_private_bytes(private_raw).sign(message)
+
+
+def ed25519_verify(public_raw: bytes, signature: bytes, message: bytes) -> None:
+    try:
+        Ed25519PublicKey.from_public_bytes(public_raw).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        raise BadSignature from None
+
+
+# --- X25519 sealed box: release a secret to one boot's ephemeral key -------------------------
+
+
+@dataclass(frozen=True)
+class Sealed:
+    ephemeral_public: bytes
+    nonce: bytes
+    ciphertext: bytes
+
+
+def x25519_generate() -> tuple[bytes, bytes]:
+    """Return (private_raw, public_raw) of a fresh ephemeral key."""
+    private = X25519PrivateKey.generate()
+    return _raw_private(private), _raw_public(private.public_key())
+
+
+def _box_key(shared: bytes, sender_public: bytes, recipient_public: bytes, info: bytes) -> bytes:
+    return hkdf(shared, info=info, salt=sender_public + recipient_public)
+
+
+def seal_to(recipient_public: bytes, plaintext: bytes, info: bytes) -> Sealed:
+    """Encrypt to an X25519 public key; ``info`` binds the context (e.g. the request id)."""
+    try:
+        recipient = X25519PublicKey.from_public_bytes(recipient_public)
+    except ValueError:
+        raise DecryptionFailed from None
+    private = X25519PrivateKey.generate()
+    sender_public = _raw_public(private.public_key())
+    key = _box_key(private.exchange(recipient), sender_public, recipient_public, info)
+    nonce, ciphertext = aead_seal(key, plaintext, aad=info)
+    return Sealed(sender_public, nonce, ciphertext)
+
+
+def open_sealed(recipient_private: bytes, sealed: Sealed, info: bytes) -> bytes:
+    try:
+        private = X25519PrivateKey.from_private_bytes(recipient_private)
+        shared = private.exchange(X25519PublicKey.from_public_bytes(sealed.ephemeral_public))
+    except ValueError:
+        raise DecryptionFailed from None
+    recipient_public = _raw_public(private.public_key())
+    key = _box_key(shared, sealed.ephemeral_public, recipient_public, info)
+    return aead_open(key, sealed.nonce, sealed.ciphertext, aad=info)
+
+
+def _raw_private(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.Raw,
+        serialization.PrivateFormat.Raw,
+        serialization.NoEncryption(),
+    )
+
+
+def _raw_public(key: Ed25519PublicKey | X25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

@@ -1,0 +1,221 @@
+"""Every failure zkv reports to a person: a one-line message and an exit code.
+
+The class docstring is the message template (borg's style); ``str.format`` fills it with the
+keyword arguments given at raise time. Exit codes are part of the interface: docs/exit-codes.md
+lists them, tests/unit/test_errors.py pins them. Messages never contain key material.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ZkvError(Exception):
+    """{detail}"""
+
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, detail: str = "", **kwargs: object) -> None:
+        self.kwargs: dict[str, object] = {"detail": detail, **kwargs}
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        template = (type(self).__doc__ or "{detail}").strip().splitlines()[0]
+        try:
+            return template.format(**self.kwargs)
+        except (KeyError, IndexError):
+            return template
+
+
+# --- usage and configuration (2-9) ----------------------------------------------------------
+
+
+class UsageError(ZkvError):
+    """{detail}"""
+
+    exit_code = 2
+
+
+class ConfigError(ZkvError):
+    """configuration error: {detail}"""
+
+    exit_code = 3
+
+
+class SecretOnCommandLine(UsageError):
+    """secrets are never accepted on the command line: {detail}"""
+
+
+class InputError(ZkvError):
+    """{detail}"""
+
+    exit_code = 4
+
+
+# --- keystore (10-19) -----------------------------------------------------------------------
+
+
+class KeystoreError(ZkvError):
+    """keystore error: {detail}"""
+
+    exit_code = 10
+
+
+class KeystoreNotFound(KeystoreError):
+    """no keystore at {path} (create one with 'zkv init')"""
+
+    exit_code = 11
+
+
+class KeystoreExists(KeystoreError):
+    """a keystore already exists at {path}; refusing to overwrite it"""
+
+    exit_code = 12
+
+
+class KeystoreCorrupt(KeystoreError):
+    """keystore {path} is damaged or not a zkv keystore: {detail}"""
+
+    exit_code = 13
+
+
+class KeystoreUnsupportedVersion(KeystoreError):
+    """keystore {path} has format version {version}, which this zkv cannot read"""
+
+    exit_code = 14
+
+
+class KeystoreLocked(KeystoreError):
+    """the keystore could not be opened: wrong key or passphrase, or the file was tampered with"""
+
+    exit_code = 15
+
+
+class EntryNotFound(KeystoreError):
+    """the keystore has no entry for {target}"""
+
+    exit_code = 16
+
+
+class InvalidKeyMaterial(KeystoreError):
+    """invalid key for keyformat {keyformat}: {detail}"""
+
+    exit_code = 17
+
+
+class FileWriteError(ZkvError):
+    """could not write {path}: {detail}"""
+
+    exit_code = 18
+
+
+# --- zfs (20-29) ----------------------------------------------------------------------------
+
+
+class ZfsError(ZkvError):
+    """zfs: {detail}"""
+
+    exit_code = 20
+
+
+class ZfsKeyRejected(ZfsError):
+    """zfs rejected the key for {dataset}"""
+
+    exit_code = 21
+
+
+class ZfsKeyAlreadyLoaded(ZfsError):
+    """the key for {dataset} is already loaded"""
+
+    exit_code = 22
+
+
+class ZfsDatasetNotFound(ZfsError):
+    """no such ZFS dataset: {dataset}"""
+
+    exit_code = 23
+
+
+class ZfsNotEncryptionRoot(ZfsError):
+    """{dataset} is not an encryption root (its encryption root is {root})"""
+
+    exit_code = 24
+
+
+class ZfsUnavailable(ZfsError):
+    """cannot run zfs: {detail}"""
+
+    exit_code = 25
+
+
+# --- gateway and approval (30-39) -----------------------------------------------------------
+
+
+class GatewayError(ZkvError):
+    """gateway error: {detail}"""
+
+    exit_code = 30
+
+
+class GatewayUnreachable(GatewayError):
+    """cannot reach the gateway at {url}: {detail}"""
+
+    exit_code = 31
+
+
+class GatewayRefused(GatewayError):
+    """the gateway refused the request (host not enrolled, revoked, or request not valid)"""
+
+    exit_code = 32
+
+
+class ApprovalDenied(GatewayError):
+    """the owner denied the unlock request"""
+
+    exit_code = 33
+
+
+class ApprovalExpired(GatewayError):
+    """the unlock request expired before it was approved"""
+
+    exit_code = 34
+
+
+class RateLimited(GatewayError):
+    """the gateway is rate limiting this host; try again later"""
+
+    exit_code = 35
+
+
+class ProtocolError(GatewayError):
+    """unexpected answer from the gateway: {detail}"""
+
+    exit_code = 36
+
+
+# --- boot-time (40-49) ----------------------------------------------------------------------
+
+
+class NetworkTimeout(ZkvError):
+    """the network did not come up in time: {detail}"""
+
+    exit_code = 40
+
+
+class PassphraseRetriesExceeded(ZkvError):
+    """too many wrong recovery passphrases"""
+
+    exit_code = 41
+
+
+class Disabled(ZkvError):
+    """zkv is disabled on the kernel command line (zkv=off)"""
+
+    exit_code = 42
+
+
+class Interrupted(ZkvError):
+    """interrupted"""
+
+    exit_code = 130

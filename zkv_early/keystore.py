@@ -1,0 +1,467 @@
+"""The keystore format, version 1 — defined here once, used by the CLI, the boot client and tests.
+
+On disk: one line of canonical JSON (sorted keys, no spaces, ASCII) plus a newline::
+
+    {"aead": "chacha20-poly1305", "entries": [{"keyformat", "kind", "target"}, ...],
+     "format": "zkv-keystore", "host_id": "<32 hex>", "version": 1,
+     "slots": [{"kind": "repository", "nonce", "wrapped"},
+               {"kind": "recovery", "kdf": "scrypt", "n", "r", "p", "salt", "nonce", "wrapped"}],
+     "payload": {"nonce", "ciphertext"}}
+
+A random 256-bit *data key* encrypts the payload (the key material of every entry). Key
+*slots* wrap the data key, LUKS-style: a ``repository`` slot opens with the repository key (the
+secret that lives in Azure Key Vault), a ``recovery`` slot with a passphrase through scrypt
+(parameters stored in the slot). Associated data binds everything: each slot is bound to the
+host id and its own parameters, the payload to the whole header (entries and slots). Because
+the file must also be byte-for-byte canonical, any change to any byte is rejected.
+
+Entry names and key formats are in the clear (ZFS shows dataset names to anyone with the disk
+anyway), so ``zkv list`` and the boot client's request need no key. Key material is not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import crypto
+from .encoding import b64 as _b64
+from .encoding import canonical
+from .encoding import unb64 as _unb64
+from .errors import (
+    EntryNotFound,
+    InputError,
+    InvalidKeyMaterial,
+    KeystoreCorrupt,
+    KeystoreLocked,
+    KeystoreNotFound,
+    KeystoreUnsupportedVersion,
+)
+from .fsutil import atomic_write, read_limited
+
+FORMAT = "zkv-keystore"
+VERSION = 1
+DEFAULT_PATH = "/boot/zkv/keystore"
+ENV_PATH = "ZKV_KEYSTORE"
+MAX_FILE_SIZE = 1 << 20
+MAX_SLOTS = 32
+MAX_ENTRIES = 1024
+MAX_CANDIDATES = 2  # current key, plus the staged one while a rotation is in flight
+
+KINDS = ("zfs",)  # room for "luks" later
+KEYFORMATS = ("raw", "hex", "passphrase")
+SLOT_REPOSITORY = "repository"
+SLOT_RECOVERY = "recovery"
+
+_DATASET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\- ]*(/[A-Za-z0-9_.:\- ]+)*$")
+_HEX_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+@dataclass(frozen=True)
+class KdfParams:
+    n: int = 1 << 16
+    r: int = 8
+    p: int = 1
+
+    def check(self) -> None:
+        if self.n < 1 << 10 or self.n > 1 << 20 or self.n & (self.n - 1):
+            raise ValueError("scrypt n must be a power of two between 2^10 and 2^20")
+        if not 1 <= self.r <= 32 or not 1 <= self.p <= 16:
+            raise ValueError("scrypt r must be 1..32 and p 1..16")
+
+
+# Tests set ZKV_TESTONLY_WEAKEN_KDF=1 so they do not spend seconds in scrypt (borg's idea).
+WEAK_KDF = KdfParams(n=1 << 10, r=8, p=1)
+
+
+def default_kdf() -> KdfParams:
+    return WEAK_KDF if os.environ.get("ZKV_TESTONLY_WEAKEN_KDF") == "1" else KdfParams()
+
+
+@dataclass(frozen=True)
+class Entry:
+    target: str
+    keyformat: str
+    kind: str = "zfs"
+
+
+@dataclass(frozen=True)
+class Slot:
+    kind: str
+    nonce: bytes
+    wrapped: bytes
+    kdf: KdfParams | None = None
+    salt: bytes = b""
+
+    def params(self) -> dict[str, Any]:
+        """The slot's fields other than its ciphertext: bound into its associated data."""
+        out: dict[str, Any] = {"kind": self.kind}
+        if self.kind == SLOT_RECOVERY:
+            assert self.kdf is not None
+            out.update(kdf="scrypt", n=self.kdf.n, r=self.kdf.r, p=self.kdf.p, salt=_b64(self.salt))
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.params(), "nonce": _b64(self.nonce), "wrapped": _b64(self.wrapped)}
+
+
+# --- validation of what goes in ---------------------------------------------------------------
+
+
+def check_target(target: str) -> str:
+    if not 0 < len(target) <= 255 or not _DATASET_RE.match(target):
+        raise InputError(f"not a valid ZFS dataset name: {target!r}")
+    return target
+
+
+def check_material(keyformat: str, material: bytes) -> bytes:
+    """Enforce what ``zfs load-key`` accepts for each keyformat."""
+    if keyformat == "raw":
+        if len(material) != 32:
+            raise InvalidKeyMaterial(keyformat=keyformat, detail="a raw key is exactly 32 bytes")
+    elif keyformat == "hex":
+        if not _HEX_RE.match(material.decode("ascii", "replace")):
+            raise InvalidKeyMaterial(
+                keyformat=keyformat, detail="a hex key is exactly 64 hexadecimal characters"
+            )
+    elif keyformat == "passphrase":
+        if not 8 <= len(material) <= 512:
+            raise InvalidKeyMaterial(keyformat=keyformat, detail="a passphrase has 8-512 bytes")
+        if any(c in material for c in b"\n\r\0"):
+            raise InvalidKeyMaterial(
+                keyformat=keyformat, detail="a passphrase cannot contain newlines or NUL"
+            )
+    else:
+        raise InputError(f"unknown keyformat {keyformat!r} (raw, hex or passphrase)")
+    return material
+
+
+def parse_repository_key(text: bytes | str) -> bytes:
+    """The repository key is written as 64 hex characters (as it is stored in Key Vault)."""
+    raw = text.decode("ascii", "replace") if isinstance(text, bytes) else text
+    raw = raw.strip()
+    if not _HEX_RE.match(raw):
+        raise InputError("a repository key is 64 hexadecimal characters")
+    return bytes.fromhex(raw)
+
+
+def format_repository_key(key: bytes) -> str:
+    return key.hex()
+
+
+# --- the open (decrypted) keystore -------------------------------------------------------------
+
+
+@dataclass
+class OpenKeystore:
+    host_id: str
+    data_key: bytes = field(repr=False)
+    slots: list[Slot]
+    _entries: dict[str, Entry] = field(default_factory=dict)
+    _keys: dict[str, list[bytes]] = field(default_factory=dict, repr=False)
+
+    def entries(self) -> list[Entry]:
+        return [self._entries[t] for t in sorted(self._entries)]
+
+    def entry(self, target: str) -> Entry:
+        try:
+            return self._entries[target]
+        except KeyError:
+            raise EntryNotFound(target=target) from None
+
+    def candidates(self, target: str) -> list[bytes]:
+        """Keys to try in order: the current one, then a staged one (rotation in flight)."""
+        self.entry(target)
+        return list(self._keys[target])
+
+    def put(self, entry: Entry, material: bytes) -> None:
+        check_target(entry.target)
+        check_material(entry.keyformat, material)
+        if len(self._entries) >= MAX_ENTRIES and entry.target not in self._entries:
+            raise InputError(f"a keystore holds at most {MAX_ENTRIES} entries")
+        self._entries[entry.target] = entry
+        self._keys[entry.target] = [material]
+
+    def stage(self, target: str, material: bytes) -> None:
+        """Add a second candidate key (kept until ``commit``), for crash-safe rotation."""
+        entry = self.entry(target)
+        check_material(entry.keyformat, material)
+        self._keys[target] = [self._keys[target][0], material]
+
+    def commit(self, target: str, material: bytes) -> None:
+        entry = self.entry(target)
+        self._keys[target] = [check_material(entry.keyformat, material)]
+
+    def remove(self, target: str) -> None:
+        self.entry(target)
+        del self._entries[target], self._keys[target]
+
+    def set_recovery_passphrase(self, passphrase: bytes, kdf: KdfParams | None = None) -> None:
+        """Replace every recovery slot by one for ``passphrase``."""
+        check_recovery_passphrase(passphrase)
+        keep = [s for s in self.slots if s.kind != SLOT_RECOVERY]
+        self.slots = [*keep, _recovery_slot(self.host_id, self.data_key, passphrase, kdf)]
+
+    def set_repository_key(self, repository_key: bytes) -> None:
+        """Replace every repository slot by one for ``repository_key``."""
+        keep = [s for s in self.slots if s.kind != SLOT_REPOSITORY]
+        self.slots = [_repository_slot(self.host_id, self.data_key, repository_key), *keep]
+
+    def header(self) -> dict[str, Any]:
+        return {
+            "aead": crypto.AEAD_NAME,
+            "entries": [
+                {"keyformat": e.keyformat, "kind": e.kind, "target": e.target}
+                for e in self.entries()
+            ],
+            "format": FORMAT,
+            "host_id": self.host_id,
+            "slots": [s.to_json() for s in self.slots],
+            "version": VERSION,
+        }
+
+    def serialize(self) -> bytes:
+        if len(self.slots) > MAX_SLOTS:
+            raise InputError(f"a keystore holds at most {MAX_SLOTS} key slots")
+        header = self.header()
+        plaintext = canonical(
+            {"keys": {t: [_b64(k) for k in self._keys[t]] for t in sorted(self._keys)}}
+        )
+        nonce, ciphertext = crypto.aead_seal(self.data_key, plaintext, aad=canonical(header))
+        document = {**header, "payload": {"ciphertext": _b64(ciphertext), "nonce": _b64(nonce)}}
+        return canonical(document) + b"\n"
+
+
+def check_recovery_passphrase(passphrase: bytes) -> None:
+    if len(passphrase) < 8:
+        raise InputError("the recovery passphrase must have at least 8 characters")
+    if len(passphrase) > 1024:
+        raise InputError("the recovery passphrase must have at most 1024 bytes")
+
+
+def create(
+    repository_key: bytes,
+    recovery_passphrase: bytes,
+    kdf: KdfParams | None = None,
+    host_id: str | None = None,
+) -> OpenKeystore:
+    host = host_id or crypto.random_bytes(16).hex()
+    data_key = crypto.random_bytes(crypto.KEY_SIZE)
+    store = OpenKeystore(host_id=host, data_key=data_key, slots=[])
+    store.set_repository_key(repository_key)
+    store.set_recovery_passphrase(recovery_passphrase, kdf)
+    return store
+
+
+def new_repository_key() -> bytes:
+    return crypto.random_bytes(crypto.KEY_SIZE)
+
+
+# --- slots ------------------------------------------------------------------------------------
+
+
+def _slot_aad(host_id: str, params: Mapping[str, Any]) -> bytes:
+    return canonical({"format": FORMAT, "host_id": host_id, "slot": dict(params), "version": 1})
+
+
+def _repository_wrapping_key(host_id: str, repository_key: bytes) -> bytes:
+    if len(repository_key) != crypto.KEY_SIZE:
+        raise InputError("a repository key is 32 bytes")
+    info = b"zkv-keystore v1 repository slot"
+    return crypto.hkdf(repository_key, info=info, salt=host_id.encode())
+
+
+def _repository_slot(host_id: str, data_key: bytes, repository_key: bytes) -> Slot:
+    slot = Slot(kind=SLOT_REPOSITORY, nonce=b"", wrapped=b"")
+    key = _repository_wrapping_key(host_id, repository_key)
+    nonce, wrapped = crypto.aead_seal(key, data_key, _slot_aad(host_id, slot.params()))
+    return Slot(kind=SLOT_REPOSITORY, nonce=nonce, wrapped=wrapped)
+
+
+def _recovery_slot(host_id: str, data_key: bytes, passphrase: bytes, kdf: KdfParams | None) -> Slot:
+    params = kdf or default_kdf()
+    params.check()
+    salt = crypto.random_bytes(16)
+    slot = Slot(kind=SLOT_RECOVERY, nonce=b"", wrapped=b"", kdf=params, salt=salt)
+    key = crypto.scrypt(passphrase, salt, params.n, params.r, params.p)
+    nonce, wrapped = crypto.aead_seal(key, data_key, _slot_aad(host_id, slot.params()))
+    return Slot(kind=SLOT_RECOVERY, nonce=nonce, wrapped=wrapped, kdf=params, salt=salt)
+
+
+# --- the sealed keystore (parsed, nothing decrypted) -----------------------------------------
+
+
+@dataclass(frozen=True)
+class SealedKeystore:
+    host_id: str
+    entries: tuple[Entry, ...]
+    slots: tuple[Slot, ...]
+    header_bytes: bytes
+    payload_nonce: bytes
+    payload: bytes
+
+    @classmethod
+    def parse(cls, data: bytes, path: str = "keystore") -> SealedKeystore:
+        return _parse(data, path)
+
+    def datasets(self) -> list[str]:
+        return [e.target for e in self.entries]
+
+    def open_with_repository_key(self, repository_key: bytes) -> OpenKeystore:
+        key = _repository_wrapping_key(self.host_id, repository_key)
+        return self._open(SLOT_REPOSITORY, lambda _slot: key)
+
+    def open_with_passphrase(self, passphrase: bytes) -> OpenKeystore:
+        def derive(slot: Slot) -> bytes:
+            assert slot.kdf is not None
+            return crypto.scrypt(passphrase, slot.salt, slot.kdf.n, slot.kdf.r, slot.kdf.p)
+
+        return self._open(SLOT_RECOVERY, derive)
+
+    def _open(self, kind: str, derive: Any) -> OpenKeystore:
+        for slot in self.slots:
+            if slot.kind != kind:
+                continue
+            try:
+                aad = _slot_aad(self.host_id, slot.params())
+                data_key = crypto.aead_open(derive(slot), slot.nonce, slot.wrapped, aad)
+                plaintext = crypto.aead_open(
+                    data_key, self.payload_nonce, self.payload, self.header_bytes
+                )
+            except crypto.DecryptionFailed:
+                continue
+            return self._build(data_key, plaintext)
+        raise KeystoreLocked
+
+    def _build(self, data_key: bytes, plaintext: bytes) -> OpenKeystore:
+        # Authenticated by now, so a failure here means a bug in the writer: still one message.
+        try:
+            keys = json.loads(plaintext)["keys"]
+            store = OpenKeystore(host_id=self.host_id, data_key=data_key, slots=list(self.slots))
+            if set(keys) != {e.target for e in self.entries}:
+                raise ValueError("entries and keys differ")
+            for entry in self.entries:
+                candidates = [_unb64(k) for k in keys[entry.target]]
+                if not 1 <= len(candidates) <= MAX_CANDIDATES:
+                    raise ValueError("bad candidate count")
+                store.put(entry, candidates[0])
+                if len(candidates) == 2:
+                    store.stage(entry.target, candidates[1])
+        except (ValueError, KeyError, TypeError, InputError) as exc:
+            raise KeystoreLocked from exc
+        return store
+
+
+def _parse(data: bytes, path: str) -> SealedKeystore:
+    def corrupt(detail: str) -> KeystoreCorrupt:
+        return KeystoreCorrupt(path=path, detail=detail)
+
+    if len(data) > MAX_FILE_SIZE:
+        raise corrupt(f"larger than {MAX_FILE_SIZE} bytes")
+    if not data:
+        raise corrupt("the file is empty")
+    try:
+        doc = json.loads(data.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise corrupt("not valid JSON (truncated?)") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise corrupt("missing the zkv-keystore marker")
+    if doc.get("version") != VERSION:
+        raise KeystoreUnsupportedVersion(path=path, version=repr(doc.get("version")))
+    try:
+        sealed = _from_document(doc)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise corrupt(f"malformed field ({exc.__class__.__name__}: {exc})") from None
+    if canonical(doc) + b"\n" != data:
+        raise corrupt("not in canonical form (edited by hand?)")
+    return sealed
+
+
+def _from_document(doc: dict[str, Any]) -> SealedKeystore:
+    _exact_keys(doc, {"aead", "entries", "format", "host_id", "payload", "slots", "version"})
+    if doc["aead"] != crypto.AEAD_NAME:
+        raise ValueError(f"unknown aead {doc['aead']!r}")
+    host_id = doc["host_id"]
+    if not isinstance(host_id, str) or not re.fullmatch(r"[0-9a-f]{32}", host_id):
+        raise ValueError("host_id")
+    if not isinstance(doc["entries"], list) or len(doc["entries"]) > MAX_ENTRIES:
+        raise ValueError("entries")
+    if not isinstance(doc["slots"], list) or not 0 < len(doc["slots"]) <= MAX_SLOTS:
+        raise ValueError("slots")
+    entries = tuple(_entry_from_json(e) for e in doc["entries"])
+    if [e.target for e in entries] != sorted({e.target for e in entries}):
+        raise ValueError("entries not sorted or duplicated")
+    slots = tuple(_slot_from_json(s) for s in doc["slots"])
+    payload = doc["payload"]
+    _exact_keys(payload, {"ciphertext", "nonce"})
+    header = {k: v for k, v in doc.items() if k != "payload"}
+    return SealedKeystore(
+        host_id=host_id,
+        entries=entries,
+        slots=slots,
+        header_bytes=canonical(header),
+        payload_nonce=_unb64(payload["nonce"]),
+        payload=_unb64(payload["ciphertext"]),
+    )
+
+
+def _entry_from_json(raw: Any) -> Entry:
+    _exact_keys(raw, {"keyformat", "kind", "target"})
+    if raw["kind"] not in KINDS:
+        raise ValueError(f"entry kind {raw['kind']!r} is not supported by this version")
+    if raw["keyformat"] not in KEYFORMATS:
+        raise ValueError(f"keyformat {raw['keyformat']!r}")
+    if not isinstance(raw["target"], str) or not _DATASET_RE.match(raw["target"]):
+        raise ValueError("entry target")
+    return Entry(target=raw["target"], keyformat=raw["keyformat"], kind=raw["kind"])
+
+
+def _slot_from_json(raw: Any) -> Slot:
+    if not isinstance(raw, dict):
+        raise TypeError("slot")
+    nonce, wrapped = _unb64(raw.get("nonce")), _unb64(raw.get("wrapped"))
+    if raw.get("kind") == SLOT_REPOSITORY:
+        _exact_keys(raw, {"kind", "nonce", "wrapped"})
+        return Slot(kind=SLOT_REPOSITORY, nonce=nonce, wrapped=wrapped)
+    if raw.get("kind") == SLOT_RECOVERY:
+        _exact_keys(raw, {"kind", "kdf", "n", "r", "p", "salt", "nonce", "wrapped"})
+        if raw["kdf"] != "scrypt" or not all(type(raw[k]) is int for k in "nrp"):
+            raise ValueError("recovery slot kdf")
+        kdf = KdfParams(n=raw["n"], r=raw["r"], p=raw["p"])
+        kdf.check()
+        return Slot(SLOT_RECOVERY, nonce, wrapped, kdf=kdf, salt=_unb64(raw["salt"]))
+    raise ValueError(f"unknown slot kind {raw.get('kind')!r}")
+
+
+def _exact_keys(raw: Any, keys: set[str]) -> None:
+    if not isinstance(raw, dict) or set(raw) != keys:
+        raise ValueError("unexpected or missing fields")
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+def resolve_path(explicit: str | None = None) -> Path:
+    """--keystore PATH beats ZKV_KEYSTORE beats the default on /boot."""
+    return Path(explicit or os.environ.get(ENV_PATH) or DEFAULT_PATH)
+
+
+def read(path: str | os.PathLike[str]) -> SealedKeystore:
+    try:
+        data = read_limited(path, MAX_FILE_SIZE)
+    except FileNotFoundError:
+        raise KeystoreNotFound(path=str(path)) from None
+    except ValueError as exc:
+        raise KeystoreCorrupt(path=str(path), detail=str(exc)) from None
+    except OSError as exc:
+        raise KeystoreCorrupt(path=str(path), detail=exc.strerror or str(exc)) from None
+    return SealedKeystore.parse(data, str(path))
+
+
+def write(path: str | os.PathLike[str], store: OpenKeystore) -> None:
+    atomic_write(path, store.serialize(), mode=0o600)

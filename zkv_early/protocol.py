@@ -1,0 +1,365 @@
+"""Wire protocol v1 between the boot client (and ``zkv enroll``) and the gateway.
+
+Defined once here and imported by both sides; gateway/openapi.yaml describes the same shapes.
+JSON over HTTPS. Requests that prove a host's identity are signed with its Ed25519 key over
+``CONTEXT + canonical(body without "signature")``; the context strings keep a signature for one
+message type from being replayed as another.
+
+    POST /v1/hosts                       EnrollRequest  -> 202 EnrollAccepted
+    POST /v1/unlock-requests             UnlockRequest  -> 201 UnlockCreated
+    GET  /v1/unlock-requests/<id>?wait=N                -> 200 PollResult (long-poll, N <= 25 s)
+    GET  /healthz                                       -> 200 {"status": "ok"}
+
+Errors are ``{"error": <code>}`` with the status in ERROR_STATUS. Every authentication failure
+(unknown host, revoked, bad signature, stale timestamp, replayed nonce, unknown request id) is
+the same ``401 {"error": "unauthorized"}``.
+
+The request id is a 128-bit random capability; the released secret is sealed to the boot's
+ephemeral X25519 key, so whoever reads a poll answer without that key learns nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from . import crypto
+from .encoding import b64, canonical, unb64
+
+VERSION = 1
+PATH_HOSTS = "/v1/hosts"
+PATH_UNLOCK = "/v1/unlock-requests"
+PATH_HEALTH = "/healthz"
+MAX_BODY = 16 * 1024
+MAX_WAIT = 25  # seconds one long-poll call may be held open
+REPLAY_WINDOW = 120  # seconds a signed request stays acceptable (either side of now)
+MAX_DATASETS = 64
+MAX_SECRET = 4096
+
+CONTEXT_ENROLL = b"zkv-v1 enroll\n"
+CONTEXT_UNLOCK = b"zkv-v1 unlock-request\n"
+
+STATE_PENDING = "pending"
+STATE_APPROVED = "approved"
+STATE_DENIED = "denied"
+STATE_EXPIRED = "expired"
+STATE_FAILED = "failed"
+STATES = (STATE_PENDING, STATE_APPROVED, STATE_DENIED, STATE_EXPIRED, STATE_FAILED)
+
+ERROR_STATUS = {
+    "bad_request": 400,
+    "unauthorized": 401,
+    "rate_limited": 429,
+    "approver_unavailable": 503,
+    "secret_unavailable": 503,
+}
+
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.\-]{0,251}[A-Za-z0-9])?$")
+_DATASET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\- ]*(/[A-Za-z0-9_.:\- ]+)*$")
+_HEX32_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+class ProtocolViolation(ValueError):
+    """A message does not have the v1 shape. The gateway answers 400, the client gives up."""
+
+
+def host_id_of(public_key: bytes) -> str:
+    """A host's id is derived from its public key, so it cannot be claimed by another key."""
+    return hashlib.sha256(b"zkv-v1 host\n" + public_key).hexdigest()[:32]
+
+
+def release_info(request_id: str) -> bytes:
+    """Binds a sealed release to one request id."""
+    return b"zkv-v1 release\n" + request_id.encode("ascii")
+
+
+def new_nonce() -> str:
+    return secrets.token_hex(16)
+
+
+def now() -> int:
+    return int(time.time())
+
+
+# --- field checks -----------------------------------------------------------------------------
+
+
+def _field(body: dict[str, Any], name: str, kind: type) -> Any:
+    value = body.get(name)
+    if type(value) is not kind:
+        raise ProtocolViolation(f"field {name!r} must be {kind.__name__}")
+    return value
+
+
+def _exact(body: Any, names: set[str]) -> dict[str, Any]:
+    if not isinstance(body, dict) or set(body) != names:
+        raise ProtocolViolation(f"expected exactly the fields {sorted(names)}")
+    return body
+
+
+def _hostname(value: str) -> str:
+    if not _HOSTNAME_RE.match(value):
+        raise ProtocolViolation("invalid hostname")
+    return value
+
+
+def _hex32(value: str, name: str) -> str:
+    if not _HEX32_RE.match(value):
+        raise ProtocolViolation(f"{name} must be 32 lowercase hex characters")
+    return value
+
+
+def _key32(value: str, name: str) -> bytes:
+    try:
+        raw = unb64(value)
+    except ValueError:
+        raise ProtocolViolation(f"{name} is not base64") from None
+    if len(raw) != 32:
+        raise ProtocolViolation(f"{name} must be 32 bytes")
+    return raw
+
+
+def check_fresh(timestamp: int, at: int, window: int = REPLAY_WINDOW) -> bool:
+    return abs(at - timestamp) <= window
+
+
+# --- enrolment --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnrollRequest:
+    hostname: str
+    public_key: bytes
+    nonce: str
+    timestamp: int
+    signature: bytes = b""
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "v": VERSION,
+            "hostname": self.hostname,
+            "public_key": b64(self.public_key),
+            "nonce": self.nonce,
+            "timestamp": self.timestamp,
+        }
+
+    @property
+    def host_id(self) -> str:
+        return host_id_of(self.public_key)
+
+    @classmethod
+    def create(cls, hostname: str, private_key: bytes, at: int | None = None) -> EnrollRequest:
+        unsigned = cls(hostname, crypto.ed25519_public(private_key), new_nonce(), at or now())
+        signature = crypto.ed25519_sign(private_key, CONTEXT_ENROLL + canonical(unsigned.body()))
+        return cls(
+            unsigned.hostname, unsigned.public_key, unsigned.nonce, unsigned.timestamp, signature
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.body(), "signature": b64(self.signature)}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> EnrollRequest:
+        body = _exact(raw, {"v", "hostname", "public_key", "nonce", "timestamp", "signature"})
+        if body["v"] != VERSION:
+            raise ProtocolViolation("unsupported protocol version")
+        return cls(
+            hostname=_hostname(_field(body, "hostname", str)),
+            public_key=_key32(_field(body, "public_key", str), "public_key"),
+            nonce=_hex32(_field(body, "nonce", str), "nonce"),
+            timestamp=_field(body, "timestamp", int),
+            signature=_signature(_field(body, "signature", str)),
+        )
+
+    def verify(self) -> None:
+        """Proof of possession of the private key; raises crypto.BadSignature."""
+        crypto.ed25519_verify(
+            self.public_key, self.signature, CONTEXT_ENROLL + canonical(self.body())
+        )
+
+
+@dataclass(frozen=True)
+class EnrollAccepted:
+    host_id: str
+    status: str  # "pending" until the owner approves, then "approved"; or "revoked"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"host_id": self.host_id, "status": self.status}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> EnrollAccepted:
+        body = _exact(raw, {"host_id", "status"})
+        status = _field(body, "status", str)
+        if status not in ("pending", "approved", "revoked"):
+            raise ProtocolViolation("unknown host status")
+        return cls(_hex32(_field(body, "host_id", str), "host_id"), status)
+
+
+# --- unlock request ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnlockRequest:
+    host_id: str
+    hostname: str
+    datasets: tuple[str, ...]
+    ephemeral_key: bytes
+    nonce: str
+    timestamp: int
+    signature: bytes = b""
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "v": VERSION,
+            "host_id": self.host_id,
+            "hostname": self.hostname,
+            "datasets": list(self.datasets),
+            "ephemeral_key": b64(self.ephemeral_key),
+            "nonce": self.nonce,
+            "timestamp": self.timestamp,
+        }
+
+    @classmethod
+    def create(
+        cls,
+        private_key: bytes,
+        hostname: str,
+        datasets: list[str] | tuple[str, ...],
+        ephemeral_key: bytes,
+        at: int | None = None,
+    ) -> UnlockRequest:
+        host_id = host_id_of(crypto.ed25519_public(private_key))
+        unsigned = cls(host_id, hostname, tuple(datasets), ephemeral_key, new_nonce(), at or now())
+        signature = crypto.ed25519_sign(private_key, CONTEXT_UNLOCK + canonical(unsigned.body()))
+        return cls(**{**unsigned.__dict__, "signature": signature})
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.body(), "signature": b64(self.signature)}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> UnlockRequest:
+        names = {
+            "v",
+            "host_id",
+            "hostname",
+            "datasets",
+            "ephemeral_key",
+            "nonce",
+            "timestamp",
+            "signature",
+        }
+        body = _exact(raw, names)
+        if body["v"] != VERSION:
+            raise ProtocolViolation("unsupported protocol version")
+        datasets = _field(body, "datasets", list)
+        if len(datasets) > MAX_DATASETS or not all(
+            isinstance(d, str) and len(d) <= 255 and _DATASET_RE.match(d) for d in datasets
+        ):
+            raise ProtocolViolation("invalid datasets")
+        return cls(
+            host_id=_hex32(_field(body, "host_id", str), "host_id"),
+            hostname=_hostname(_field(body, "hostname", str)),
+            datasets=tuple(datasets),
+            ephemeral_key=_key32(_field(body, "ephemeral_key", str), "ephemeral_key"),
+            nonce=_hex32(_field(body, "nonce", str), "nonce"),
+            timestamp=_field(body, "timestamp", int),
+            signature=_signature(_field(body, "signature", str)),
+        )
+
+    def verify(self, public_key: bytes) -> None:
+        """Raises crypto.BadSignature unless signed by ``public_key`` (the enrolled host key)."""
+        if host_id_of(public_key) != self.host_id:
+            raise crypto.BadSignature
+        crypto.ed25519_verify(public_key, self.signature, CONTEXT_UNLOCK + canonical(self.body()))
+
+
+@dataclass(frozen=True)
+class UnlockCreated:
+    request_id: str
+    pin: str
+    expires_at: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"request_id": self.request_id, "pin": self.pin, "expires_at": self.expires_at}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> UnlockCreated:
+        body = _exact(raw, {"request_id", "pin", "expires_at"})
+        pin = _field(body, "pin", str)
+        if not pin.isdigit() or not 4 <= len(pin) <= 12:
+            raise ProtocolViolation("invalid pin")
+        return cls(
+            _hex32(_field(body, "request_id", str), "request_id"),
+            pin,
+            _field(body, "expires_at", int),
+        )
+
+
+# --- polling and release ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PollResult:
+    state: str
+    release: crypto.Sealed | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"state": self.state}
+        if self.release is not None:
+            out["release"] = {
+                "ephemeral_key": b64(self.release.ephemeral_public),
+                "nonce": b64(self.release.nonce),
+                "ciphertext": b64(self.release.ciphertext),
+            }
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Any) -> PollResult:
+        if not isinstance(raw, dict) or raw.get("state") not in STATES:
+            raise ProtocolViolation("unknown state")
+        state = raw["state"]
+        if state != STATE_APPROVED:
+            _exact(raw, {"state"})
+            return cls(state)
+        body = _exact(raw, {"state", "release"})
+        release = _exact(body["release"], {"ephemeral_key", "nonce", "ciphertext"})
+        try:
+            nonce, ciphertext = unb64(release["nonce"]), unb64(release["ciphertext"])
+        except ValueError:
+            raise ProtocolViolation("release is not base64") from None
+        if len(ciphertext) > MAX_SECRET + 16:
+            raise ProtocolViolation("release too large")
+        return cls(
+            state,
+            crypto.Sealed(_key32(release["ephemeral_key"], "ephemeral_key"), nonce, ciphertext),
+        )
+
+
+def seal_release(request_id: str, ephemeral_key: bytes, secret: bytes) -> crypto.Sealed:
+    """Gateway side: encrypt the secret to the boot's ephemeral key, bound to the request id."""
+    return crypto.seal_to(ephemeral_key, secret, release_info(request_id))
+
+
+def open_release(request_id: str, ephemeral_private: bytes, sealed: crypto.Sealed) -> bytes:
+    """Client side; raises crypto.DecryptionFailed."""
+    return crypto.open_sealed(ephemeral_private, sealed, release_info(request_id))
+
+
+def error_body(code: str) -> dict[str, str]:
+    if code not in ERROR_STATUS:
+        raise ValueError(code)
+    return {"error": code}
+
+
+def _signature(value: str) -> bytes:
+    try:
+        raw = unb64(value)
+    except ValueError:
+        raise ProtocolViolation("signature is not base64") from None
+    if len(raw) != 64:
+        raise ProtocolViolation("signature must be 64 bytes")
+    return raw
