@@ -1,0 +1,65 @@
+"""Test helper around tests/fakes/zfs: build its state, read back what it was called with."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BINARY = Path(__file__).with_name("zfs")
+
+
+@dataclass
+class FakeZfs:
+    state_dir: Path
+
+    @classmethod
+    def create(cls, state_dir: Path, datasets: dict[str, dict[str, Any]]) -> FakeZfs:
+        """datasets: name -> {"encryptionroot", "keyformat", "key" (bytes), "keystatus"}."""
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fake = cls(state_dir)
+        encoded = {}
+        for name, ds in datasets.items():
+            ds = dict(ds)
+            if "key" in ds:
+                ds["key"] = base64.b64encode(ds["key"]).decode()
+            ds.setdefault("encryptionroot", name)
+            encoded[name] = ds
+        fake.write({"datasets": encoded})
+        return fake
+
+    def write(self, state: dict[str, Any]) -> None:
+        (self.state_dir / "state.json").write_text(json.dumps(state))
+
+    def state(self) -> dict[str, Any]:
+        return json.loads((self.state_dir / "state.json").read_text())
+
+    def set(self, **options: Any) -> None:
+        state = self.state()
+        state.update(options)
+        self.write(state)
+
+    def keystatus(self, name: str) -> str:
+        return str(self.state()["datasets"][name].get("keystatus", "unavailable"))
+
+    def key(self, name: str) -> bytes:
+        return base64.b64decode(self.state()["datasets"][name]["key"])
+
+    def calls(self) -> list[tuple[list[str], bytes]]:
+        path = self.state_dir / "calls.jsonl"
+        if not path.exists():
+            return []
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        return [(row["argv"][1:], base64.b64decode(row["stdin"])) for row in rows]
+
+    def env(self) -> dict[str, str]:
+        """Environment for a subprocess that should use this fake."""
+        return {
+            **os.environ,
+            "ZKV_FAKE_ZFS_STATE": str(self.state_dir),
+            "ZKV_ZFS": str(BINARY),
+            "PATH": f"{BINARY.parent}:{os.environ.get('PATH', '')}",
+        }

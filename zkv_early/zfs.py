@@ -1,0 +1,171 @@
+"""The one place zkv talks to ``zfs``: keys go in on stdin, results come back as typed errors.
+
+``zfs load-key`` exits 255 for every failure (wrong key, already loaded, not an encryption
+root...), so the cause is read from its stderr and cross-checked with ``keystatus`` and
+``encryptionroot`` before and after. A key is never part of argv: ``-L prompt`` with a pipe
+makes zfs read it from stdin (raw keys: exactly 32 bytes, no newline; hex and passphrase: one
+line). See docs/zfs-layer.md for the OpenZFS behaviour this relies on.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from .errors import (
+    ZfsDatasetNotFound,
+    ZfsError,
+    ZfsKeyAlreadyLoaded,
+    ZfsKeyRejected,
+    ZfsNotEncryptionRoot,
+    ZfsUnavailable,
+)
+
+ENV_BINARY = "ZKV_ZFS"
+_SEARCH = ("/usr/sbin/zfs", "/sbin/zfs", "/usr/local/sbin/zfs")
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    dataset: str
+    encryption_root: str | None
+    keystatus: str  # "available" | "unavailable" | "none" (not encrypted)
+    keyformat: str  # "raw" | "hex" | "passphrase" | "none"
+
+
+def find_binary() -> str:
+    explicit = os.environ.get(ENV_BINARY)
+    if explicit:
+        return explicit
+    found = shutil.which("zfs")
+    if found:
+        return found
+    for candidate in _SEARCH:
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return "zfs"
+
+
+def _translate(stderr: str, dataset: str) -> ZfsError:
+    """Map zfs's messages to typed errors. Messages are the libzfs ones of 2.1 to 2.3."""
+    text = stderr.strip()
+    if "Incorrect key provided" in text:
+        return ZfsKeyRejected(dataset=dataset)
+    if "Key already loaded" in text:
+        return ZfsKeyAlreadyLoaded(dataset=dataset)
+    if "dataset does not exist" in text or "does not exist" in text:
+        return ZfsDatasetNotFound(dataset=dataset)
+    if "is not encrypted" in text:
+        return ZfsNotEncryptionRoot(dataset=dataset, root="none (not encrypted)")
+    if "Keys must be loaded for encryption root" in text:
+        root = text.rsplit("(", 1)[-1].rstrip(").") if "(" in text else "another dataset"
+        return ZfsNotEncryptionRoot(dataset=dataset, root=root)
+    first = text.splitlines()[0][:200] if text else "failed without a message"
+    return ZfsError(detail=first)
+
+
+class Zfs:
+    def __init__(self, binary: str | None = None, timeout: float = 30.0) -> None:
+        self.binary = binary or find_binary()
+        self.timeout = timeout
+
+    def _run(
+        self, args: list[str], stdin: bytes | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        try:
+            return subprocess.run(
+                [self.binary, *args],
+                input=stdin if stdin is not None else b"",
+                capture_output=True,
+                timeout=self.timeout,
+                check=False,
+            )
+        except FileNotFoundError:
+            raise ZfsUnavailable(detail=f"{self.binary} not found") from None
+        except PermissionError:
+            raise ZfsUnavailable(detail=f"{self.binary} is not executable") from None
+        except subprocess.TimeoutExpired:
+            raise ZfsError(detail=f"'zfs {args[0]}' did not finish in {self.timeout:g} s") from None
+
+    def _checked(self, args: list[str], dataset: str, stdin: bytes | None = None) -> str:
+        result = self._run(args, stdin)
+        if result.returncode != 0:
+            raise _translate(result.stderr.decode("utf-8", "replace"), dataset)
+        return result.stdout.decode("utf-8", "replace")
+
+    # --- queries ------------------------------------------------------------------------------
+
+    def key_info(self, dataset: str) -> KeyInfo:
+        out = self._checked(
+            [
+                "get",
+                "-H",
+                "-p",
+                "-o",
+                "property,value",
+                "encryptionroot,keystatus,keyformat",
+                dataset,
+            ],
+            dataset,
+        )
+        props = dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+        root = props.get("encryptionroot", "-")
+        return KeyInfo(
+            dataset=dataset,
+            encryption_root=None if root in ("-", "") else root,
+            keystatus=props.get("keystatus", "none").replace("-", "none"),
+            keyformat=props.get("keyformat", "none").replace("-", "none"),
+        )
+
+    def keystatus(self, dataset: str) -> str:
+        return self.key_info(dataset).keystatus
+
+    def encryption_root(self, dataset: str) -> str | None:
+        return self.key_info(dataset).encryption_root
+
+    def require_encryption_root(self, dataset: str) -> KeyInfo:
+        info = self.key_info(dataset)
+        if info.encryption_root is None:
+            raise ZfsNotEncryptionRoot(dataset=dataset, root="none (not encrypted)")
+        if info.encryption_root != dataset:
+            raise ZfsNotEncryptionRoot(dataset=dataset, root=info.encryption_root)
+        return info
+
+    def encryption_roots(self) -> list[tuple[str, str]]:
+        """(name, keystatus) of every encryption root in the imported pools."""
+        out = self._checked(
+            ["list", "-H", "-p", "-o", "name,encryptionroot,keystatus", "-t", "filesystem,volume"],
+            "(all)",
+        )
+        roots = []
+        for line in out.splitlines():
+            fields = line.split("\t")
+            if len(fields) == 3 and fields[0] == fields[1]:
+                roots.append((fields[0], fields[2]))
+        return roots
+
+    # --- keys ---------------------------------------------------------------------------------
+
+    def load_key(self, root: str, key: bytes, *, verify_only: bool = False) -> None:
+        """Load (or with ``verify_only``, dry-run check) the key of encryption root ``root``."""
+        info = self.require_encryption_root(root)
+        if not verify_only and info.keystatus == "available":
+            raise ZfsKeyAlreadyLoaded(dataset=root)
+        args = ["load-key", "-L", "prompt", *(["-n"] if verify_only else []), root]
+        self._checked(args, root, stdin=_stdin_form(info.keyformat, key))
+        if not verify_only and self.keystatus(root) != "available":
+            raise ZfsError(detail=f"zfs reported success but the key of {root} is not loaded")
+
+    def change_key(self, root: str, new_key: bytes, keyformat: str) -> None:
+        """Re-wrap ``root``'s master key with ``new_key`` (the old key must be loaded)."""
+        self.require_encryption_root(root)
+        args = ["change-key", "-o", f"keyformat={keyformat}", "-o", "keylocation=prompt", root]
+        self._checked(args, root, stdin=_stdin_form(keyformat, new_key))
+
+
+def _stdin_form(keyformat: str, key: bytes) -> bytes:
+    # zfs reads a raw key with fread (a newline would make it 33 bytes) and the others with
+    # getline, which strips one trailing newline.
+    return key if keyformat == "raw" else key + b"\n"
