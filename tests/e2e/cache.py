@@ -33,7 +33,9 @@ def tree_digest(root: Path) -> str:
     for path in sorted(_walk(root)):
         info = path.lstat()
         rel = path.relative_to(root).as_posix()
-        digest.update(f"{rel}\0{stat.S_IFMT(info.st_mode)}\0{stat.S_IMODE(info.st_mode)}\0".encode())
+        digest.update(
+            f"{rel}\0{stat.S_IFMT(info.st_mode)}\0{stat.S_IMODE(info.st_mode)}\0".encode()
+        )
         if path.is_symlink():
             digest.update(os.readlink(path).encode())
         elif path.is_file():

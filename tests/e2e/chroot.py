@@ -13,7 +13,9 @@ from pathlib import Path
 _POLICY_RC_D = "#!/bin/sh\nexit 101\n"
 
 
-def run(root: Path, script: Path, args: Sequence[str] = (), env: dict[str, str] | None = None) -> None:
+def run(
+    root: Path, script: Path, args: Sequence[str] = (), env: dict[str, str] | None = None
+) -> None:
     """Run ``script`` with /bin/sh inside ``root``; raise CalledProcessError on failure."""
     inside = Path("/tmp") / f"zkv-e2e-{script.name}"
     shutil.copyfile(script, root / inside.relative_to("/"))

@@ -60,7 +60,7 @@ def _build(channel: Channel, work: Path) -> None:
     debs.mkdir(parents=True, exist_ok=True)
     packages = [pkg for name in _PACKAGE_LISTS for pkg in read_packages(name)]
     hooks = [
-        "--setup-hook=mkdir -p \"$1\"/etc/apt/preferences.d \"$1\"/var/cache/apt/archives",
+        '--setup-hook=mkdir -p "$1"/etc/apt/preferences.d "$1"/var/cache/apt/archives',
         f"--setup-hook=sync-in {debs} /var/cache/apt/archives",
         f"--customize-hook=sync-out /var/cache/apt/archives {debs}",
     ]

@@ -1,0 +1,26 @@
+"""The image builder's public API: ``build(flavour, channel, payload=None) -> Image``.
+
+Layers, each a cache entry keyed by its inputs and its parent's key:
+
+1. ``rootfs-<channel>``: mmdebstrap + dkms-built OpenZFS (initramfs-tools inside);
+2. ``chroot-<flavour>-<channel>``: guest configuration, the flavour's initrd generator;
+3. ``chroot-<flavour>-<channel>-payload`` (only with a payload): the payload on top of 2;
+4. ``image-…``: disk (GPT, ext4 /boot, encrypted rpool and tank), kernel, initrd, data key.
+"""
+
+from __future__ import annotations
+
+from tests.e2e import chroots, disk, rootfs
+from tests.e2e.chroots import Payload
+from tests.e2e.testbed import Channel, Flavour, Image
+
+__all__ = ["Payload", "build"]
+
+
+def build(flavour: Flavour, channel: Channel, payload: Payload | None = None) -> Image:
+    """Return the cached image for these inputs, building whatever layer is missing."""
+    chroot = chroots.flavour(flavour, channel)
+    if payload is not None:
+        chroot = chroots.with_payload(chroot, payload, f"{flavour}-{channel}-payload")
+    helper_initrd = disk.only_file(rootfs.build(channel) / "root" / "boot", "initrd.img-*")
+    return disk.build(flavour, channel, chroot, helper_initrd)

@@ -1,0 +1,105 @@
+"""Fixtures of the VM test bed: prerequisites, cached images, guests with console logs."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import builder, testbed
+from tests.e2e.driver import BootResult, Guest
+from tests.e2e.testbed import Channel, Flavour, Image
+
+REQUIRED_TOOLS = (
+    "qemu-system-x86_64",
+    "qemu-img",
+    "mmdebstrap",
+    "sgdisk",
+    "mke2fs",
+    "debugfs",
+    "socat",
+)
+_TIMINGS: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "e2e: boots QEMU guests with real OpenZFS (slow)")
+
+
+def _missing_prerequisites() -> list[str]:
+    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    if os.geteuid() != 0:
+        missing.append("root (mmdebstrap --mode=root, chroot, mounts)")
+    return missing
+
+
+@pytest.fixture(scope="session")
+def prerequisites() -> None:
+    """Skip locally without the tools; under CI a missing tool is a failure, never a skip."""
+    missing = _missing_prerequisites()
+    if not missing:
+        return
+    message = (
+        f"e2e prerequisites missing: {', '.join(missing)} "
+        "(install tests/e2e/apt-packages.txt, run as root)"
+    )
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def images(prerequisites: None) -> Callable[[Flavour, Channel], Image]:
+    """Cached image lookup/build; the first call per image may take several minutes."""
+    built: dict[tuple[Flavour, Channel], Image] = {}
+
+    def get(flavour: Flavour, channel: Channel) -> Image:
+        if (flavour, channel) not in built:
+            built[(flavour, channel)] = builder.build(flavour, channel)
+        return built[(flavour, channel)]
+
+    return get
+
+
+@pytest.fixture
+def guest_factory(request: pytest.FixtureRequest) -> Iterator[Callable[[Image], Guest]]:
+    """Start guests whose console goes to <cache>/logs/<test>.log; all are killed afterwards."""
+    guests: list[Guest] = []
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+
+    def start(image: Image) -> Guest:
+        log = testbed.cache_dir() / "logs" / f"{name}-{len(guests)}.log"
+        guest = Guest(image, console_log=log)
+        guests.append(guest)
+        guest.start()
+        return guest
+
+    yield start
+    for guest in guests:
+        guest.close()
+
+
+def record_boot(image: Image, scenario: str, result: BootResult) -> None:
+    """Remember boot timings for the terminal summary and <cache>/logs/timings.tsv."""
+    line = f"{image.flavour}\t{image.channel}\t{scenario}\t{result.timings.summary()}"
+    _TIMINGS.append(line)
+    path = testbed.cache_dir() / "logs" / "timings.tsv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        handle.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\t{line}\n")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _TIMINGS:
+        terminalreporter.section("zkv e2e boot timings (seconds since QEMU start)")
+        for line in _TIMINGS:
+            terminalreporter.write_line(line)
+
+
+def console_logs() -> Path:
+    return testbed.cache_dir() / "logs"

@@ -1,0 +1,156 @@
+"""Layer 4: the bootable image (disk, kernel, initrd, data key) made from a chroot.
+
+The host kernel cannot load ZFS, so the pools are created by a helper VM: the guest kernel
+boots the rootfs layer's initramfs-tools initrd with a read-only ext4 copy of the chroot as
+root and guest/helper-init.sh as init.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from tests.e2e import cache, qemu, testbed
+from tests.e2e.chroots import Chroot
+from tests.e2e.testbed import Channel, Flavour, Image
+
+_HELPER = testbed.GUEST_DIR / "helper-init.sh"
+_HELPER_TIMEOUT_S = 1200
+MiB = 1 << 20
+# GPT: p1 ext4 /boot, p2 rpool, p3 tank. The raw file is sparse.
+_BOOT_MIB = 256
+_RPOOL_MIB = 4608
+_DISK_MIB = 1 + _BOOT_MIB + _RPOOL_MIB + 512 + 1
+
+
+def inputs(chroot: Chroot) -> cache.Inputs:
+    return {
+        "layer": "image",
+        "parent": chroot.key,
+        "helper": cache.file_digest(_HELPER),
+        "layout": [_BOOT_MIB, _RPOOL_MIB, _DISK_MIB],
+        "passphrase": testbed.ROOT_PASSPHRASE,
+    }
+
+
+def build(flavour: Flavour, channel: Channel, chroot: Chroot, helper_initrd: Path) -> Image:
+    def make(work: Path) -> None:
+        _make(chroot.root, helper_initrd, Image(flavour, channel, work))
+
+    directory = cache.entry(f"image-{chroot.directory.name}", inputs(chroot), make)
+    return Image(flavour, channel, directory)
+
+
+def only_file(directory: Path, pattern: str) -> Path:
+    matches = sorted(directory.glob(pattern))
+    if len(matches) != 1:
+        raise RuntimeError(f"expected one {pattern} in {directory}, found {matches}")
+    return matches[0]
+
+
+def _make(root: Path, helper_initrd: Path, image: Image) -> None:
+    work = image.directory
+    shutil.copyfile(only_file(root / "boot", "vmlinuz-*"), image.kernel)
+    shutil.copyfile(only_file(root / "boot", "initrd.img-*"), image.initrd)
+    image.data_key_file.touch(mode=0o600)
+    image.data_key_file.write_text(secrets.token_hex(32) + "\n")
+
+    _partition(image.disk)
+    _make_boot_fs(root / "boot", image.disk)
+    helper_root = work / "helper-root.ext4"
+    try:
+        _make_helper_root(root, helper_root)
+        _run_helper(image, helper_initrd, helper_root, work / "helper-console.log")
+    finally:
+        helper_root.unlink(missing_ok=True)
+
+
+def _partition(disk: Path) -> None:
+    with disk.open("wb") as handle:
+        handle.truncate(_DISK_MIB * MiB)
+    subprocess.run(
+        [
+            "sgdisk",
+            f"--new=1:1M:+{_BOOT_MIB}M",
+            "--typecode=1:8300",
+            "--change-name=1:zkv-boot",
+            f"--new=2:0:+{_RPOOL_MIB}M",
+            "--typecode=2:bf00",
+            "--change-name=2:rpool",
+            "--new=3:0:0",
+            "--typecode=3:bf00",
+            "--change-name=3:tank",
+            str(disk),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,  # sgdisk has no -q; errors still reach stderr
+    )
+
+
+def _make_boot_fs(boot: Path, disk: Path) -> None:
+    subprocess.run(
+        [
+            "mke2fs",
+            "-q",
+            "-t",
+            "ext4",
+            "-L",
+            "zkv-boot",
+            "-d",
+            str(boot),
+            "-E",
+            f"offset={MiB}",
+            str(disk),
+            f"{_BOOT_MIB}M",
+        ],
+        check=True,
+    )
+
+
+def _make_helper_root(root: Path, target: Path) -> None:
+    used = subprocess.run(
+        ["du", "-sx", "--block-size=1M", str(root)], check=True, capture_output=True, text=True
+    )
+    size_mib = int(used.stdout.split()[0]) * 5 // 4 + 512
+    subprocess.run(
+        ["mke2fs", "-q", "-t", "ext4", "-d", str(root), str(target), f"{size_mib}M"], check=True
+    )
+    # The helper lives only in this throw-away image, not in the cached chroot.
+    for request in (f"write {_HELPER} zkv-e2e-helper", "sif zkv-e2e-helper mode 0100755"):
+        subprocess.run(
+            ["debugfs", "-w", "-R", request, str(target)], check=True, capture_output=True
+        )
+
+
+def _run_helper(image: Image, initrd: Path, helper_root: Path, console: Path) -> None:
+    cmdline = [
+        "root=/dev/vdb",
+        "rootfstype=ext4",
+        "ro",
+        "init=/zkv-e2e-helper",
+        "console=ttyS0",
+        "panic=-1",
+        f"zkv.rootpass={testbed.ROOT_PASSPHRASE}",
+        f"zkv.datakey={image.data_key()}",
+    ]
+    command = qemu.command(
+        kernel=image.kernel,
+        initrd=initrd,
+        cmdline=cmdline,
+        drives=[
+            f"file={image.disk},format=raw,if=virtio,cache=unsafe",
+            f"file={helper_root},format=raw,if=virtio,readonly=on",
+        ],
+        serial=f"file:{console}",
+    )
+    started = time.monotonic()
+    cache.log("helper VM: creating rpool and tank (TCG, takes a few minutes)")
+    subprocess.run(command, check=True, timeout=_HELPER_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    output = console.read_text(errors="replace")
+    if "ZKV-HELPER-OK" not in (line.strip() for line in output.splitlines()):
+        tail = "\n".join(output.splitlines()[-40:])
+        raise RuntimeError(f"helper VM failed; last console lines:\n{tail}")
+    cache.log(f"helper VM done in {time.monotonic() - started:.0f} s")

@@ -1,0 +1,256 @@
+"""Boot driver: boots an image under QEMU and talks to it over the serial console (pexpect).
+
+Every wait has a timeout; on failure a ``BootFailure`` carries the last console lines.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import shlex
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import pexpect
+
+from tests.e2e import qemu, testbed
+from tests.e2e.testbed import Image
+
+# dracut's console agent, then initramfs-tools' plain `zfs load-key`. The TAB hint keeps the
+# wall broadcast ("Password entry required for 'Encrypted ZFS password for …'") from matching.
+PROMPT = re.compile(
+    r"Encrypted ZFS password for (?P<d>\S+) \(press TAB for no echo\)"
+    r"|Enter passphrase for '(?P<i>[^']+)':"
+)
+KEY_REJECTED = re.compile(r"Key load error: Incorrect key provided")
+MARKER = re.compile(testbed.BOOT_MARKER + r" root=(\S+) data_mounted=(\S+)\r?\n")
+KERNEL_START = re.compile(r"Linux version \d")
+BOOT_FAILED = re.compile(
+    r"No pool imported|Manually import the root pool|Kernel panic"
+    r"|You are in emergency mode|Give root password for maintenance|\(initramfs\) "
+)
+SHELL_PROMPT = re.compile(r"root@zkv-e2e:[^\r\n]*# ")
+# Typed as RC''= so that the echo of the command line itself never matches.
+_RC = re.compile(r"ZKV-RC=(\d+)\r?\n")
+
+TAIL_LINES = 60
+
+
+class BootFailure(AssertionError):
+    """The guest did not do what the test waited for; the message ends with its console."""
+
+
+@dataclass
+class Timings:
+    """Seconds since QEMU started."""
+
+    kernel: float | None = None
+    prompts: list[float] = field(default_factory=list)
+    root: float | None = None
+
+    def summary(self) -> str:
+        def fmt(value: float | None) -> str:
+            return "-" if value is None else f"{value:.1f}"
+
+        prompts = ",".join(fmt(p) for p in self.prompts) or "-"
+        return f"kernel {fmt(self.kernel)} s, prompt {prompts} s, root {fmt(self.root)} s"
+
+
+@dataclass
+class BootResult:
+    root_source: str
+    data_mounted: bool
+    timings: Timings
+
+
+class _ConsoleLog:
+    """pexpect logfile: keeps the whole console in a file and the last lines in memory."""
+
+    def __init__(self, path: Path) -> None:
+        self._file: IO[str] = path.open("w", encoding="utf-8", errors="replace")
+        self._tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self._partial = ""
+
+    def write(self, data: str) -> None:
+        self._file.write(data)
+        lines = (self._partial + data).replace("\r", "").split("\n")
+        self._partial = lines.pop()
+        self._tail.extend(lines)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def tail(self) -> str:
+        return "\n".join([*self._tail, self._partial])
+
+
+class Guest:
+    """One boot of ``image`` on a throw-away qcow2 overlay. Use as a context manager.
+
+    ``host_port``: the guest reaches 127.0.0.1:<host_port> as 10.0.2.100:80.
+    ``extra_cmdline``: appended to the kernel command line (e.g. ``rd.zkv=0``).
+    """
+
+    def __init__(
+        self,
+        image: Image,
+        *,
+        host_port: int | None = None,
+        extra_cmdline: Sequence[str] = (),
+        console_log: Path | None = None,
+    ) -> None:
+        self.image = image
+        self.host_port = host_port
+        self.extra_cmdline = tuple(extra_cmdline)
+        self._workdir = tempfile.TemporaryDirectory(prefix="zkv-e2e-boot-")
+        log_path = console_log or Path(self._workdir.name) / "console.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.console_log_path = log_path
+        self._log = _ConsoleLog(log_path)
+        self._child: pexpect.spawn | None = None
+        self._started = 0.0
+
+    def __enter__(self) -> Guest:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def cmdline(self) -> list[str]:
+        return [
+            testbed.root_argument(self.image.flavour),
+            "console=ttyS0",
+            "panic=-1",
+            *self.extra_cmdline,
+        ]
+
+    def start(self) -> None:
+        overlay = qemu.overlay(self.image.disk, Path(self._workdir.name) / "disk.qcow2")
+        command = qemu.command(
+            kernel=self.image.kernel,
+            initrd=self.image.initrd,
+            cmdline=self.cmdline(),
+            drives=[f"file={overlay},format=qcow2,if=virtio,cache=unsafe"],
+            serial="stdio",
+            host_port=self.host_port,
+        )
+        self._log.write(f"$ {shlex.join(command)}\n")
+        self._started = time.monotonic()
+        self._child = pexpect.spawn(
+            command[0],
+            command[1:],
+            encoding="utf-8",
+            codec_errors="replace",
+            dimensions=(50, 250),
+            logfile=None,
+        )
+        self._child.logfile_read = self._log
+
+    def close(self) -> None:
+        if self._child is not None and self._child.isalive():
+            self._child.terminate(force=True)
+        self._log.close()
+        self._workdir.cleanup()
+
+    @property
+    def child(self) -> pexpect.spawn:
+        if self._child is None:
+            raise RuntimeError("guest not started")
+        return self._child
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._started
+
+    def fail(self, message: str) -> BootFailure:
+        return BootFailure(
+            f"{self.image.flavour}/{self.image.channel}: {message} after {self.elapsed():.0f} s\n"
+            f"--- last console lines ({self.console_log_path}) ---\n{self._log.tail()}"
+        )
+
+    def _expect(self, patterns: list[Any], deadline: float, what: str) -> int:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise self.fail(f"timed out waiting for {what}")
+        index: int = self.child.expect([*patterns, pexpect.EOF, pexpect.TIMEOUT], timeout=remaining)
+        if index == len(patterns):
+            raise self.fail(f"QEMU exited while waiting for {what}")
+        if index == len(patterns) + 1:
+            raise self.fail(f"timed out waiting for {what}")
+        return index
+
+    def boot(
+        self, answers: Sequence[str] = (testbed.ROOT_PASSPHRASE,), timeout: float = 600
+    ) -> BootResult:
+        """Answer root-key prompts with ``answers`` in order, until the real root's marker.
+
+        After an answer, only a prompt that follows a "key rejected" message counts as new:
+        the console agent may redraw the old prompt. A prompt with no answer left fails.
+        """
+        deadline = self._started + timeout
+        timings = Timings()
+        pending = list(answers)
+        armed = True
+        patterns = [KERNEL_START, PROMPT, KEY_REJECTED, MARKER, BOOT_FAILED]
+        while True:
+            index = self._expect(patterns, deadline, "the root key prompt or the boot marker")
+            if index == 0:
+                timings.kernel = timings.kernel or self.elapsed()
+            elif index == 1 and armed:
+                if not pending:
+                    raise self.fail("prompted for the root key again, but no answer is left")
+                timings.prompts.append(self.elapsed())
+                self.child.send(pending.pop(0) + "\r")
+                armed = False
+            elif index == 2:
+                armed = True
+            elif index == 3:
+                timings.root = self.elapsed()
+                match = self.child.match
+                if pending:
+                    raise self.fail(f"booted with {len(pending)} answer(s) unused")
+                return BootResult(match.group(1), match.group(2) == "yes", timings)
+            elif index == 4:
+                raise self.fail(f"boot failed: {self.child.after!r}")
+
+    def login(self, timeout: float = 180) -> None:
+        """Wait for the autologin root shell on the serial console."""
+        self.child.send("\r")
+        self._expect([SHELL_PROMPT], time.monotonic() + timeout, "the root shell")
+
+    def shell(self, command: str, timeout: float = 120) -> tuple[int, str]:
+        """Run ``command`` in the root shell; return its exit status and the console output."""
+        self.child.sendline(f"{command}; echo ZKV-RC''=$?")
+        self._expect([_RC], time.monotonic() + timeout, f"`{command}` to finish")
+        match = self.child.match
+        return int(match.group(1)), str(self.child.before)
+
+    def check(self, command: str, timeout: float = 120) -> str:
+        status, output = self.shell(command, timeout)
+        if status != 0:
+            raise self.fail(f"`{command}` exited {status}")
+        return output
+
+    def load_data_key(self, key: str, timeout: float = 180) -> None:
+        """Type ``zfs load-key tank/secure`` and the key at its prompt, then mount it."""
+        self.child.sendline(f"zfs load-key {testbed.DATA_DATASET}; echo ZKV-RC''=$?")
+        prompt = re.compile(rf"Enter hex key for '{re.escape(testbed.DATA_DATASET)}':")
+        self._expect([prompt], time.monotonic() + timeout, "the data key prompt")
+        self.child.send(key + "\r")
+        self._expect([_RC], time.monotonic() + timeout, "zfs load-key to finish")
+        if self.child.match.group(1) != "0":
+            raise self.fail("zfs load-key tank/secure failed")
+        self.check(f"zfs mount {testbed.DATA_DATASET}", timeout)
