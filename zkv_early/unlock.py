@@ -1,0 +1,106 @@
+"""Load the keys of an open keystore into ZFS: shared by ``zkv unlock`` and the boot client.
+
+For every entry whose dataset is an imported encryption root, try its candidate keys in order
+(the current key, then a key staged by an interrupted rotation). A key that is already loaded
+is success, not an error: another unit (or a person at the console) may have been faster.
+Nothing here raises for one bad entry; the report says what happened to each, so the caller
+decides what is fatal. Key material never appears in a report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from .errors import ZfsError, ZfsKeyAlreadyLoaded, ZfsKeyRejected
+from .keystore import OpenKeystore
+from .zfs import Zfs
+
+
+class Outcome(StrEnum):
+    LOADED = "loaded"  # the key is now loaded
+    VERIFIED = "verified"  # dry run (zfs load-key -n) accepted a key
+    ALREADY_LOADED = "already-loaded"  # nothing to do
+    ABSENT = "absent"  # not an encryption root of an imported pool right now
+    NO_ENTRY = "no-entry"  # asked for by name, but the keystore has no entry for it
+    FAILED = "failed"  # zfs refused every candidate key, or failed otherwise
+
+
+_GOOD = (Outcome.LOADED, Outcome.VERIFIED, Outcome.ALREADY_LOADED)
+
+
+@dataclass(frozen=True)
+class EntryResult:
+    target: str
+    outcome: Outcome
+    detail: str = ""
+    candidate: int | None = None  # index of the candidate key zfs accepted (1 = staged key)
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in _GOOD
+
+
+@dataclass
+class UnlockReport:
+    results: list[EntryResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no entry failed; absent datasets (pool not imported) do not count."""
+        return not self.failed
+
+    @property
+    def failed(self) -> list[EntryResult]:
+        return [r for r in self.results if r.outcome in (Outcome.FAILED, Outcome.NO_ENTRY)]
+
+    @property
+    def loaded(self) -> list[EntryResult]:
+        return [r for r in self.results if r.outcome is Outcome.LOADED]
+
+    def by_target(self) -> dict[str, EntryResult]:
+        return {r.target: r for r in self.results}
+
+
+def load_entries(
+    store: OpenKeystore,
+    zfs: Zfs,
+    only: list[str] | None = None,
+    *,
+    verify_only: bool = False,
+) -> UnlockReport:
+    """Load (or with ``verify_only`` dry-run check) every entry, or the ``only`` ones.
+
+    Raises only when zfs itself cannot be run or listed (ZfsError); per-entry problems are
+    reported in the returned UnlockReport.
+    """
+    roots = dict(zfs.encryption_roots())
+    known = {e.target for e in store.entries()}
+    wanted = sorted(known) if only is None else list(dict.fromkeys(only))
+    report = UnlockReport()
+    for target in wanted:
+        if target not in known:
+            report.results.append(EntryResult(target, Outcome.NO_ENTRY, "not in the keystore"))
+        elif target not in roots:
+            detail = "not an encryption root of an imported pool"
+            report.results.append(EntryResult(target, Outcome.ABSENT, detail))
+        elif roots[target] == "available" and not verify_only:
+            report.results.append(EntryResult(target, Outcome.ALREADY_LOADED))
+        else:
+            report.results.append(_try_candidates(store, zfs, target, verify_only))
+    return report
+
+
+def _try_candidates(store: OpenKeystore, zfs: Zfs, target: str, verify_only: bool) -> EntryResult:
+    success = Outcome.VERIFIED if verify_only else Outcome.LOADED
+    for index, key in enumerate(store.candidates(target)):
+        try:
+            zfs.load_key(target, key, verify_only=verify_only)
+        except ZfsKeyRejected:
+            continue
+        except ZfsKeyAlreadyLoaded:
+            return EntryResult(target, Outcome.ALREADY_LOADED)
+        except ZfsError as exc:
+            return EntryResult(target, Outcome.FAILED, exc.message)
+        return EntryResult(target, success, candidate=index)
+    return EntryResult(target, Outcome.FAILED, "zfs rejected every key the keystore holds for it")
