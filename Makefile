@@ -3,10 +3,11 @@ PYTHON ?= python3
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: all deps pyz test unit lint e2e images demo bench install uninstall clean
+.PHONY: all deps pyz test unit lint e2e images bench clean
 
 all: pyz
 
+# Everything the other targets need (apt + pip); idempotent, so `make test` can start with it.
 deps:
 	./.ci/install-deps
 
@@ -17,7 +18,7 @@ lint:
 	ruff check zkv_early gateway tests bench
 	ruff format --check zkv_early gateway tests bench
 	mypy
-	shellcheck -x $$(grep -rlE '^#! ?/bin/(ba)?sh' dracut initramfs-tools .ci tests bench systemd 2>/dev/null)
+	shellcheck -x $$(grep -rlE '^#!.*[/ ](ba|da)?sh( |$$)' dracut initramfs-tools .ci tests bench systemd mk 2>/dev/null)
 
 unit:
 	$(PYTHON) -m pytest -q tests
@@ -29,10 +30,15 @@ images:
 	$(PYTHON) -m tests.e2e.build_images
 
 # The whole suite: lint, unit and integration tests, then the VM boot tests.
-test: lint unit e2e
+test:
+	$(MAKE) deps
+	$(MAKE) lint unit e2e
 
 bench: pyz
 	$(PYTHON) -m bench
 
 clean:
 	rm -rf dist build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# install/uninstall (mk/install.mk) and demo (mk/demo.mk) live beside their owners' files.
+-include mk/*.mk

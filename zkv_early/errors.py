@@ -138,7 +138,7 @@ class ZfsDatasetNotFound(ZfsError):
 
 
 class ZfsNotEncryptionRoot(ZfsError):
-    """{dataset} is not an encryption root (its encryption root is {root})"""
+    """{dataset} is not an encryption root ({root})"""
 
     exit_code = 24
 
@@ -213,6 +213,30 @@ class Disabled(ZkvError):
     """zkv is disabled on the kernel command line (zkv=off)"""
 
     exit_code = 42
+
+
+class UnlockTimeout(ZkvError):
+    """no approval and no recovery passphrase within {seconds} s"""
+
+    exit_code = 43
+
+
+class KeysNotLoaded(ZkvError):
+    """keys not loaded for: {datasets}"""
+
+    exit_code = 44
+
+
+class PromptUnavailable(ZkvError):
+    """cannot ask for the recovery passphrase: {detail}"""
+
+    exit_code = 45
+
+
+class HandoverError(ZkvError):
+    """handover file {path}: {detail}"""
+
+    exit_code = 46
 
 
 class Interrupted(ZkvError):

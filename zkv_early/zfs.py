@@ -58,10 +58,10 @@ def _translate(stderr: str, dataset: str) -> ZfsError:
     if "dataset does not exist" in text or "does not exist" in text:
         return ZfsDatasetNotFound(dataset=dataset)
     if "is not encrypted" in text:
-        return ZfsNotEncryptionRoot(dataset=dataset, root="none (not encrypted)")
+        return ZfsNotEncryptionRoot(dataset=dataset, root="it is not encrypted")
     if "Keys must be loaded for encryption root" in text:
         root = text.rsplit("(", 1)[-1].rstrip(").") if "(" in text else "another dataset"
-        return ZfsNotEncryptionRoot(dataset=dataset, root=root)
+        return ZfsNotEncryptionRoot(dataset=dataset, root=f"its encryption root is {root}")
     first = text.splitlines()[0][:200] if text else "failed without a message"
     return ZfsError(detail=first)
 
@@ -128,9 +128,11 @@ class Zfs:
     def require_encryption_root(self, dataset: str) -> KeyInfo:
         info = self.key_info(dataset)
         if info.encryption_root is None:
-            raise ZfsNotEncryptionRoot(dataset=dataset, root="none (not encrypted)")
+            raise ZfsNotEncryptionRoot(dataset=dataset, root="it is not encrypted")
         if info.encryption_root != dataset:
-            raise ZfsNotEncryptionRoot(dataset=dataset, root=info.encryption_root)
+            raise ZfsNotEncryptionRoot(
+                dataset=dataset, root=f"its encryption root is {info.encryption_root}"
+            )
         return info
 
     def encryption_roots(self) -> list[tuple[str, str]]:
