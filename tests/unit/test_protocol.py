@@ -1,0 +1,167 @@
+"""Wire protocol v1: round trips, signatures, strict shapes, sealed releases."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zkv_early import crypto, protocol
+from zkv_early.protocol import (
+    EnrollRequest,
+    PollResult,
+    ProtocolViolation,
+    UnlockCreated,
+    UnlockRequest,
+)
+
+HOST_PRIVATE, HOST_PUBLIC = crypto.ed25519_generate()
+EPH_PRIVATE, EPH_PUBLIC = crypto.x25519_generate()
+
+
+def unlock_json(**overrides: Any) -> dict[str, Any]:
+    request = UnlockRequest.create(HOST_PRIVATE, "db01", ["rpool/ROOT/debian"], EPH_PUBLIC)
+    return {**request.to_json(), **overrides}
+
+
+def test_unlock_request_round_trip_and_signature() -> None:
+    parsed = UnlockRequest.from_json(unlock_json())
+    parsed.verify(HOST_PUBLIC)
+    assert parsed.host_id == protocol.host_id_of(HOST_PUBLIC)
+    assert parsed.datasets == ("rpool/ROOT/debian",)
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("hostname", "db02"),
+        ("datasets", ["tank/secure"]),
+        ("timestamp", 1),
+        ("nonce", "0" * 32),
+        ("ephemeral_key", crypto.x25519_generate()[1]),
+    ],
+)
+def test_any_changed_field_breaks_the_signature(field: str, value: Any) -> None:
+    original = UnlockRequest.from_json(unlock_json())
+    changed = UnlockRequest(**{**original.__dict__, field: value})
+    with pytest.raises(crypto.BadSignature):
+        changed.verify(HOST_PUBLIC)
+
+
+def test_signature_by_another_key_is_refused() -> None:
+    other_private, _ = crypto.ed25519_generate()
+    forged = UnlockRequest.create(other_private, "db01", [], EPH_PUBLIC)
+    with pytest.raises(crypto.BadSignature):
+        # claims the enrolled host's id, but was signed by another key
+        UnlockRequest(**{**forged.__dict__, "host_id": protocol.host_id_of(HOST_PUBLIC)}).verify(
+            HOST_PUBLIC
+        )
+    with pytest.raises(crypto.BadSignature):
+        forged.verify(HOST_PUBLIC)
+
+
+def test_enroll_signature_cannot_be_replayed_as_unlock() -> None:
+    enroll = EnrollRequest.create("db01", HOST_PRIVATE)
+    enroll.verify()
+    # the same signature bytes under the unlock context never verify
+    with pytest.raises(crypto.BadSignature):
+        crypto.ed25519_verify(
+            HOST_PUBLIC,
+            enroll.signature,
+            protocol.CONTEXT_UNLOCK + protocol.canonical(enroll.body()),
+        )
+
+
+BAD_UNLOCK_BODIES: list[dict[str, Any]] = [
+    {"extra": 1},
+    {"v": 2},
+    {"hostname": "bad host name"},
+    {"hostname": "-leadingdash"},
+    {"datasets": ["/absolute"]},
+    {"datasets": ["ok", 3]},
+    {"datasets": ["a"] * (protocol.MAX_DATASETS + 1)},
+    {"ephemeral_key": "AAAA"},
+    {"ephemeral_key": "not base64!"},
+    {"nonce": "XYZ"},
+    {"timestamp": "12"},
+    {"timestamp": True},
+    {"signature": "AAAA"},
+    {"host_id": "ABCDEF" * 6},
+]
+
+
+@pytest.mark.parametrize("overrides", BAD_UNLOCK_BODIES)
+def test_malformed_unlock_requests_are_violations(overrides: dict[str, Any]) -> None:
+    with pytest.raises(ProtocolViolation):
+        UnlockRequest.from_json(unlock_json(**overrides))
+
+
+def test_missing_field_is_a_violation() -> None:
+    body = unlock_json()
+    del body["nonce"]
+    with pytest.raises(ProtocolViolation):
+        UnlockRequest.from_json(body)
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+        max_leaves=10,
+    )
+)
+@settings(max_examples=200)
+def test_arbitrary_json_never_raises_anything_but_violation(raw: Any) -> None:
+    for parser in (
+        UnlockRequest.from_json,
+        EnrollRequest.from_json,
+        UnlockCreated.from_json,
+        PollResult.from_json,
+    ):
+        try:
+            parser(raw)
+        except ProtocolViolation:
+            pass
+
+
+def test_release_opens_only_for_its_request_and_key() -> None:
+    request_id = "ab" * 16
+    sealed = protocol.seal_release(request_id, EPH_PUBLIC, b"f" * 64)
+    result = PollResult.from_json(PollResult(protocol.STATE_APPROVED, sealed).to_json())
+    assert result.release is not None
+    assert protocol.open_release(request_id, EPH_PRIVATE, result.release) == b"f" * 64
+    with pytest.raises(crypto.DecryptionFailed):
+        protocol.open_release("cd" * 16, EPH_PRIVATE, result.release)
+    with pytest.raises(crypto.DecryptionFailed):
+        protocol.open_release(request_id, crypto.x25519_generate()[0], result.release)
+    tampered = copy.copy(result.release)
+    flipped = bytes([tampered.ciphertext[0] ^ 1]) + tampered.ciphertext[1:]
+    with pytest.raises(crypto.DecryptionFailed):
+        protocol.open_release(
+            request_id,
+            EPH_PRIVATE,
+            crypto.Sealed(tampered.ephemeral_public, tampered.nonce, flipped),
+        )
+
+
+@pytest.mark.parametrize("state", [s for s in protocol.STATES if s != protocol.STATE_APPROVED])
+def test_non_approved_states_carry_nothing(state: str) -> None:
+    assert PollResult.from_json({"state": state}) == PollResult(state)
+    with pytest.raises(ProtocolViolation):
+        PollResult.from_json({"state": state, "release": {}})
+
+
+def test_unlock_created_shape() -> None:
+    created = UnlockCreated("ab" * 16, "012345", 1_700_000_000)
+    assert UnlockCreated.from_json(created.to_json()) == created
+    with pytest.raises(ProtocolViolation):
+        UnlockCreated.from_json({**created.to_json(), "pin": "12a456"})
+
+
+def test_freshness_window() -> None:
+    assert protocol.check_fresh(1000, 1000 + protocol.REPLAY_WINDOW)
+    assert not protocol.check_fresh(1000, 1001 + protocol.REPLAY_WINDOW)
+    assert not protocol.check_fresh(1001 + protocol.REPLAY_WINDOW, 1000)
