@@ -80,7 +80,7 @@ class KeystoreCorrupt(KeystoreError):
     exit_code = 13
 
 
-class KeystoreUnsupportedVersion(KeystoreError):
+class KeystoreUnsupportedVersion(KeystoreCorrupt):  # a damaged version field looks the same
     """keystore {path} has format version {version}, which this zkv cannot read"""
 
     exit_code = 14

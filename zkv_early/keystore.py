@@ -73,6 +73,8 @@ class KdfParams:
             raise ValueError("scrypt n must be a power of two between 2^10 and 2^20")
         if not 1 <= self.r <= 32 or not 1 <= self.p <= 16:
             raise ValueError("scrypt r must be 1..32 and p 1..16")
+        if self.n * self.r * self.p > 1 << 23:  # 1 GiB: a hostile file must not exhaust memory
+            raise ValueError("scrypt parameters too expensive")
 
 
 # Tests set ZKV_TESTONLY_WEAKEN_KDF=1 so they do not spend seconds in scrypt (borg's idea).
@@ -187,15 +189,23 @@ class OpenKeystore:
         self._entries[entry.target] = entry
         self._keys[entry.target] = [material]
 
-    def stage(self, target: str, material: bytes) -> None:
-        """Add a second candidate key (kept until ``commit``), for crash-safe rotation."""
+    def stage(self, target: str, material: bytes, keyformat: str | None = None) -> None:
+        """Add a second candidate key (kept until ``commit``), for crash-safe rotation.
+
+        ``keyformat`` is the format the dataset will have after ``zfs change-key`` (which may
+        change it, e.g. passphrase -> raw); the entry keeps the current one until ``commit``.
+        """
         entry = self.entry(target)
-        check_material(entry.keyformat, material)
+        check_material(keyformat or entry.keyformat, material)
         self._keys[target] = [self._keys[target][0], material]
 
-    def commit(self, target: str, material: bytes) -> None:
+    def commit(self, target: str, material: bytes, keyformat: str | None = None) -> None:
+        """Make ``material`` (in ``keyformat``, default unchanged) the only key of ``target``."""
         entry = self.entry(target)
-        self._keys[target] = [check_material(entry.keyformat, material)]
+        fmt = keyformat or entry.keyformat
+        check_material(fmt, material)
+        self._entries[target] = Entry(target=target, keyformat=fmt, kind=entry.kind)
+        self._keys[target] = [material]
 
     def remove(self, target: str) -> None:
         self.entry(target)
@@ -350,11 +360,21 @@ class SealedKeystore:
                 if not 1 <= len(candidates) <= MAX_CANDIDATES:
                     raise ValueError("bad candidate count")
                 store.put(entry, candidates[0])
-                if len(candidates) == 2:
-                    store.stage(entry.target, candidates[1])
+                if len(candidates) == 2:  # a staged key may be in the format it rotates to
+                    store.stage(entry.target, candidates[1], _some_keyformat(candidates[1]))
         except (ValueError, KeyError, TypeError, InputError) as exc:
             raise KeystoreLocked from exc
         return store
+
+
+def _some_keyformat(material: bytes) -> str:
+    for keyformat in KEYFORMATS:
+        try:
+            check_material(keyformat, material)
+        except (InputError, InvalidKeyMaterial):
+            continue
+        return keyformat
+    raise ValueError("staged key is valid in no keyformat")
 
 
 def _parse(data: bytes, path: str) -> SealedKeystore:
@@ -367,7 +387,7 @@ def _parse(data: bytes, path: str) -> SealedKeystore:
         raise corrupt("the file is empty")
     try:
         doc = json.loads(data.decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise corrupt("not valid JSON (truncated?)") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise corrupt("missing the zkv-keystore marker")

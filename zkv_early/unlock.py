@@ -12,7 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from .errors import ZfsError, ZfsKeyAlreadyLoaded, ZfsKeyRejected
+from .errors import (
+    ZfsDatasetNotFound,
+    ZfsError,
+    ZfsKeyAlreadyLoaded,
+    ZfsKeyRejected,
+    ZfsNotEncryptionRoot,
+    ZfsUnavailable,
+)
 from .keystore import OpenKeystore
 from .zfs import Zfs
 
@@ -93,14 +100,19 @@ def load_entries(
 
 def _try_candidates(store: OpenKeystore, zfs: Zfs, target: str, verify_only: bool) -> EntryResult:
     success = Outcome.VERIFIED if verify_only else Outcome.LOADED
+    detail = "zfs rejected every key the keystore holds for it"
     for index, key in enumerate(store.candidates(target)):
         try:
             zfs.load_key(target, key, verify_only=verify_only)
-        except ZfsKeyRejected:
-            continue
         except ZfsKeyAlreadyLoaded:
             return EntryResult(target, Outcome.ALREADY_LOADED)
-        except ZfsError as exc:
+        except (ZfsDatasetNotFound, ZfsNotEncryptionRoot, ZfsUnavailable) as exc:
             return EntryResult(target, Outcome.FAILED, exc.message)
+        except ZfsKeyRejected:
+            continue
+        except ZfsError as exc:
+            # e.g. "Raw key too short": a staged key in the format a rotation moves to
+            detail = exc.message
+            continue
         return EntryResult(target, success, candidate=index)
-    return EntryResult(target, Outcome.FAILED, "zfs rejected every key the keystore holds for it")
+    return EntryResult(target, Outcome.FAILED, detail)
