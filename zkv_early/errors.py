@@ -243,3 +243,46 @@ class Interrupted(ZkvError):
     """interrupted"""
 
     exit_code = 130
+
+
+# --- admin CLI (50-59) ----------------------------------------------------------------------
+
+
+class EntryExists(ZkvError):
+    """the keystore already has an entry for {target} (use --force to replace it)"""
+
+    exit_code = 50
+
+
+class ZfsKeyNotLoaded(ZfsError):
+    """the key of {dataset} must be loaded to change it (run 'zkv unlock {dataset}' first)"""
+
+    exit_code = 51
+
+
+class RotationFailed(ZkvError):
+    """changing the key of {dataset} failed: {detail}"""
+
+    exit_code = 52
+
+
+class VerifyFailed(ZkvError):
+    """{count} of {total} entries could not be verified"""
+
+    exit_code = 53
+
+
+class UnlockFailed(ZkvError):
+    """{count} of {total} keys could not be loaded"""
+
+    exit_code = 54
+
+
+class DoctorFoundProblems(ZkvError):
+    """{count} problem(s) found"""
+
+    exit_code = 55
+
+
+class NoTerminal(UsageError):
+    """no terminal to ask for the {what}; give it with {option}"""

@@ -1,0 +1,160 @@
+"""``zkv``: the argparse tree, dispatch, and the one place errors become exit codes.
+
+Every failure a person can cause is a ZkvError: one line ``zkv: error: <message>`` on stderr
+and the exit code listed in docs/exit-codes.md. Anything else is a bug: one line "internal
+error" (a traceback only with --debug), exit 1. The seed tool's ``zkv fs ...`` spellings are
+aliases; its key-on-the-command-line options still parse, but only to be refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from .. import __version__
+from ..errors import Interrupted, UsageError, ZkvError
+from . import common, doctor, enroll, keycmds, zfscmds
+
+Handler = Callable[[argparse.Namespace], int]
+KEYFORMATS = ("raw", "hex", "passphrase")
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse echoes unrecognized arguments, which may be a pasted key: never repeat them.
+        if message.startswith("unrecognized arguments"):
+            message = "unexpected extra arguments; keys are never accepted on the command line"
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _parents() -> dict[str, Parser]:
+    store = Parser(add_help=False)
+    store.add_argument(
+        "--keystore",
+        metavar="PATH",
+        help="keystore file (default: $ZKV_KEYSTORE or /boot/zkv/keystore)",
+    )
+    store.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="")
+    # Seed-tool spellings that carried a key in argv: parsed only so they can be refused.
+    store.add_argument(
+        "-k",
+        "--repository-key",
+        "--repository_key",
+        dest="secret_option",
+        metavar="KEY",
+        help=argparse.SUPPRESS,
+    )
+    opener = Parser(add_help=False)
+    group = opener.add_argument_group("opening the keystore (default: ask for the passphrase)")
+    group.add_argument(
+        "--repository-key-file", metavar="PATH|-", help="read the repository key (hex) from here"
+    )
+    group.add_argument(
+        "--recovery-passphrase-file", metavar="PATH|-", help="read the recovery passphrase here"
+    )
+    return {"store": store, "opener": opener}
+
+
+def _add_commands(sub: argparse._SubParsersAction[Parser], seed: bool) -> None:
+    """The commands; ``seed`` adds the seed tool's short options to the ``fs`` aliases."""
+    p = _parents()
+    both = [p["store"], p["opener"]]
+
+    def command(name: str, handler: Handler, help_: str, parents: list[Parser]) -> Parser:
+        parser = sub.add_parser(name, help=help_, description=help_, parents=parents)
+        parser.set_defaults(handler=handler)
+        return parser
+
+    init = command("init", keycmds.cmd_init, "create a keystore", [p["store"]])
+    init.add_argument("-f", "--force", action="store_true", help="overwrite an existing keystore")
+    init.add_argument(
+        "--repository-key-file",
+        metavar="PATH|-",
+        help="write the new repository key here (0600), or only it to stdout with '-'",
+    )
+    init.add_argument(
+        "--recovery-passphrase-file", metavar="PATH|-", help="read the recovery passphrase here"
+    )
+    init.add_argument(
+        "-m", "--machine-readable", action="store_true", help="same as --repository-key-file -"
+    )
+
+    add = command("add", zfscmds.cmd_add, "add the key of an encryption root", both)
+    add.add_argument("dataset", metavar="DATASET")
+    add.add_argument("secret_positional", nargs="?", help=argparse.SUPPRESS)
+    add.add_argument("--key-file", metavar="PATH|-", help="read the key here (default: stdin)")
+    add.add_argument(
+        "--keyformat", choices=KEYFORMATS, help="default: the dataset's (raw with --generate)"
+    )
+    add.add_argument(
+        "--generate", action="store_true", help="give the dataset a new random key (change-key)"
+    )
+    add.add_argument("-f", "--force", action="store_true", help="replace an existing entry")
+
+    listing = command("list", keycmds.cmd_list, "list entries (needs no key)", [p["store"]])
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.add_argument("-p", "--plaintext", action="store_true", help=argparse.SUPPRESS)
+
+    remove = command("remove", keycmds.cmd_remove, "remove an entry", both)
+    remove.add_argument("dataset", metavar="DATASET")
+    remove.add_argument("-f", "--force", action="store_true", help="a missing entry is fine")
+    if seed:
+        return
+
+    for name, handler, help_ in (
+        ("verify", zfscmds.cmd_verify, "check every key with a dry-run zfs load-key -n"),
+        ("unlock", zfscmds.cmd_unlock, "load the keys now (all, or the named datasets)"),
+    ):
+        command(name, handler, help_, both).add_argument("datasets", metavar="DATASET", nargs="*")
+
+    passwd = command("passwd", keycmds.cmd_passwd, "change the recovery passphrase", both)
+    passwd.add_argument(
+        "--new-passphrase-file", metavar="PATH|-", help="read the new passphrase here"
+    )
+
+    enrol = command("enroll", enroll.cmd_enroll, "register this host with the gateway", both)
+    enrol.add_argument("--gateway", metavar="URL", required=True, help="https://gateway.example")
+    enrol.add_argument("--ca", metavar="FILE", help="CA bundle that signed the gateway's cert")
+    enrol.add_argument("--hostname", help="name shown to the owner (default: this host's)")
+
+    command("doctor", doctor.cmd_doctor, "check the installation", [p["store"]])
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="zkv", description="Manage the zkv keystore of ZFS keys.")
+    parser.add_argument("--version", action="version", version=f"zkv {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_commands(sub, seed=False)
+    fs = sub.add_parser("fs", help="the seed tool's spellings of init/add/list/remove")
+    _add_commands(fs.add_subparsers(dest="fs_command", metavar="COMMAND", required=True), True)
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    common.refuse_secrets_in_argv(args)
+    handler: Handler = args.handler
+    return handler(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(arguments)
+    except ZkvError as exc:
+        return _fail(exc.message, exc.exit_code)
+    except KeyboardInterrupt:
+        return _fail(Interrupted().message, Interrupted.exit_code)
+    except Exception:
+        if "--debug" in arguments:
+            traceback.print_exc()
+        return _fail("internal error (run again with --debug for details)", 1)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"zkv: error: {message}", file=sys.stderr)
+    return code

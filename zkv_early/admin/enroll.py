@@ -1,0 +1,74 @@
+"""``zkv enroll``: create the host key if needed and register it with the gateway.
+
+Enrolling only announces the host: the owner must approve it on the gateway before any unlock
+request from it can be answered. The private key never leaves this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+
+import requests
+
+from .. import hostkey, protocol
+from ..errors import (
+    GatewayRefused,
+    GatewayUnreachable,
+    InputError,
+    ProtocolError,
+    RateLimited,
+)
+from .common import path_of, say
+
+TIMEOUT = 30.0
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    key_path = hostkey.default_path(path_of(args))
+    if not key_path.exists():
+        key_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        hostkey.generate(key_path)
+        say(f"created host key {key_path} (mode 0600); rebuild the boot image afterwards")
+    private = hostkey.load(key_path)
+    try:
+        request = protocol.EnrollRequest.create(args.hostname or socket.gethostname(), private)
+    except protocol.ProtocolViolation as exc:
+        raise InputError(f"cannot enroll with this host name: {exc}") from None
+    accepted = _post(args.gateway.rstrip("/") + protocol.PATH_HOSTS, request, args.ca)
+    print(f"host id: {accepted.host_id}")
+    print(f"status:  {accepted.status}")
+    if accepted.status == "pending":
+        say(f"ask the owner to approve host {accepted.host_id} on the gateway")
+    elif accepted.status == "revoked":
+        say("the gateway has revoked this host; the owner must re-admit it")
+    return 0
+
+
+def _post(url: str, request: protocol.EnrollRequest, ca: str | None) -> protocol.EnrollAccepted:
+    try:
+        response = requests.post(
+            url, json=request.to_json(), timeout=TIMEOUT, verify=ca if ca else True
+        )
+    except requests.RequestException as exc:
+        raise GatewayUnreachable(url=url, detail=_reason(exc)) from None
+    if response.status_code == 429:
+        raise RateLimited
+    if response.status_code in (401, 403):
+        raise GatewayRefused
+    if response.status_code not in (200, 201, 202):
+        raise ProtocolError(detail=f"HTTP {response.status_code} from {url}")
+    try:
+        return protocol.EnrollAccepted.from_json(response.json())
+    except (ValueError, protocol.ProtocolViolation) as exc:
+        raise ProtocolError(detail=f"not an enrolment answer ({exc})") from None
+
+
+def _reason(exc: requests.RequestException) -> str:
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "TLS verification failed (wrong --ca?)"
+    if isinstance(exc, requests.exceptions.Timeout):
+        return f"no answer within {TIMEOUT:g} s"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return "connection failed"
+    return exc.__class__.__name__
