@@ -1,0 +1,139 @@
+"""The gateway side of the race: network, signed request, PIN, long-poll, sealed release.
+
+The repository key arrives encrypted to a fresh X25519 key that exists only in this process,
+so it is useless to anyone who records the exchange; it opens the keystore's repository slot.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from . import crypto, hostkey, keystore, net, protocol
+from .config import Config
+from .console import Console, countdown
+from .errors import (
+    ApprovalDenied,
+    ApprovalExpired,
+    GatewayError,
+    GatewayUnreachable,
+    InputError,
+    ProtocolError,
+)
+from .gateway_client import GatewayClient
+from .keystore import OpenKeystore, SealedKeystore
+from .race import Cancelled, Deadline
+
+MAX_WAIT = protocol.MAX_WAIT
+RETRY_MAX = 10.0  # seconds between attempts while the gateway cannot be reached
+EXPIRY_GRACE = 5  # seconds we keep polling past expires_at: the gateway has the last word
+
+
+@dataclass
+class GatewayUnlock:
+    config: Config
+    console: Console
+    client: GatewayClient
+    deadline: Deadline
+    hostname: str
+    wall_clock: Callable[[], float] = time.time
+    wait_network: Callable[..., None] = net.wait_for_network
+
+    def run(self, sealed: SealedKeystore, cancel: threading.Event) -> OpenKeystore:
+        host_private = hostkey.load(self.config.host_key)
+        parts = urlsplit(self.config.gateway_url)
+        self.wait_network(
+            self.config.gateway_host,
+            parts.port or (443 if parts.scheme == "https" else 80),
+            Deadline(self.deadline.clock, min(self.config.network_timeout, self._left())),
+            cancel,
+            self.console.say,
+            self.config.interfaces,
+        )
+        ephemeral_private, ephemeral_public = crypto.x25519_generate()
+        created = self._create(host_private, sealed, ephemeral_public, cancel)
+        release = self._wait_for_approval(created, cancel)
+        try:
+            secret = protocol.open_release(created.request_id, ephemeral_private, release)
+            repository_key = keystore.parse_repository_key(secret)
+        except (crypto.DecryptionFailed, InputError):
+            raise ProtocolError("the released key could not be decrypted") from None
+        self.console.say("approved; opening the keystore")
+        return sealed.open_with_repository_key(repository_key)
+
+    def stop(self) -> None:
+        self.client.abort()
+
+    def _left(self) -> float:
+        return self.deadline.remaining()
+
+    def _create(
+        self,
+        host_private: bytes,
+        sealed: SealedKeystore,
+        ephemeral_public: bytes,
+        cancel: threading.Event,
+    ) -> protocol.UnlockCreated:
+        delay = 1.0
+        while True:
+            # Signed anew for every attempt: the gateway refuses a replayed nonce.
+            request = protocol.UnlockRequest.create(
+                host_private, self.hostname, sealed.datasets(), ephemeral_public
+            )
+            try:
+                created = self.client.create(request)
+                break
+            except GatewayUnreachable as exc:
+                if self._left() <= delay:
+                    raise
+                self.console.say(f"{exc.message}; retrying in {delay:.0f} s")
+            if self.deadline.clock.wait(cancel, delay):
+                raise Cancelled
+            delay = min(delay * 2, RETRY_MAX)
+        self.console.say(
+            f"unlock request sent to {self.config.gateway_host}: approve PIN {created.pin} "
+            f"(expires in {countdown(created.expires_at - self.wall_clock())})"
+        )
+        return created
+
+    def _wait_for_approval(
+        self, created: protocol.UnlockCreated, cancel: threading.Event
+    ) -> crypto.Sealed:
+        expires = self.deadline.clock.monotonic() + max(0.0, created.expires_at - self.wall_clock())
+        failures = 0
+        while True:
+            if cancel.is_set():
+                raise Cancelled
+            now = self.deadline.clock.monotonic()
+            left = min(self._left(), expires + EXPIRY_GRACE - now)
+            if left <= 0:
+                raise ApprovalExpired
+            try:
+                result = self.client.poll(created.request_id, max(1, int(min(MAX_WAIT, left))))
+                failures = 0
+            except GatewayUnreachable as exc:
+                failures += 1
+                delay = min(RETRY_MAX, float(2**failures))
+                self.console.say(f"{exc.message}; retrying in {delay:.0f} s")
+                stopped = self.deadline.clock.wait(cancel, min(delay, left))
+                if stopped:
+                    raise Cancelled from None
+                continue
+            if result.state == protocol.STATE_APPROVED and result.release is not None:
+                return result.release
+            if result.state == protocol.STATE_DENIED:
+                raise ApprovalDenied
+            if result.state == protocol.STATE_EXPIRED:
+                raise ApprovalExpired
+            if result.state == protocol.STATE_FAILED:
+                raise GatewayError("the gateway could not complete the request")
+            later = self.deadline.clock.monotonic()
+            remaining = min(self._left(), expires - later)
+            self.console.say(
+                f"waiting for approval of PIN {created.pin} ({countdown(remaining)} left)"
+            )
+            if later - now < 1 and self.deadline.clock.wait(cancel, 1.0):
+                raise Cancelled  # a gateway that does not hold the poll open: do not spin

@@ -1,0 +1,124 @@
+"""``zkv-early.pyz unlock``: sealed keystore to loaded ZFS keys, gateway racing the console.
+
+keystore -> which encryption roots matter -> already loaded? done
+         -> race(gateway approval, recovery passphrase) -> open keystore
+         -> load the keys of imported roots -> hand the rest on via /run -> exit status
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from . import config as configmod
+from . import handover, keystore, prompt, recovery
+from .approval import GatewayUnlock
+from .config import Config
+from .console import Console
+from .errors import (
+    Disabled,
+    EntryNotFound,
+    HandoverError,
+    KeysNotLoaded,
+    PromptUnavailable,
+)
+from .gateway_client import GatewayClient
+from .keystore import OpenKeystore, SealedKeystore
+from .race import Contender, Deadline, SystemClock, race
+from .unlock import Outcome, load_entries
+from .zfs import Zfs
+
+
+@dataclass(frozen=True)
+class Options:
+    roots: Sequence[str] = ()
+    prompt: str = "auto"
+    tty: str = "/dev/console"
+    handover: str = handover.DEFAULT_PATH
+
+
+def unlock(config: Config, options: Options, console: Console, zfs: Zfs | None = None) -> None:
+    if config.disabled:
+        raise Disabled
+    sealed = keystore.read(config.keystore)
+    zfs = zfs or Zfs()
+    status = dict(zfs.encryption_roots())
+    required = _required(options.roots, sealed, zfs, status)
+    if not required:
+        console.say("no keystore entry belongs to an imported pool: nothing to unlock")
+        return
+    if all(status.get(root) == "available" for root in required):
+        console.say(f"keys already loaded: {', '.join(sorted(required))}")
+        return
+    console.debug(f"need keys for {', '.join(sorted(required))}; keystore {config.keystore}")
+    store = _open(config, options, console, sealed)
+    report = load_entries(store, zfs)
+    if report.loaded:
+        console.say(f"keys loaded: {', '.join(r.target for r in report.loaded)}")
+    for failed in report.failed:
+        console.say(f"{failed.target}: {failed.detail}")
+    pending = [r.target for r in report.results if r.outcome is Outcome.ABSENT]
+    if pending:
+        _hand_over(options.handover, store, pending, console)
+    good = {r.target for r in report.results if r.ok}
+    missing = sorted(required - good)
+    if missing:
+        raise KeysNotLoaded(datasets=", ".join(missing))
+
+
+def _required(
+    roots: Sequence[str], sealed: SealedKeystore, zfs: Zfs, status: dict[str, str]
+) -> set[str]:
+    """The encryption roots that must end up loaded for the exit status to be 0."""
+    if not roots:
+        return {target for target in sealed.datasets() if target in status}
+    required = set()
+    for dataset in roots:
+        root = zfs.encryption_root(dataset)
+        if root is None:
+            continue  # not encrypted: nothing to load
+        if root not in sealed.datasets():
+            raise EntryNotFound(target=root)
+        required.add(root)
+    return required
+
+
+def _open(
+    config: Config, options: Options, console: Console, sealed: SealedKeystore
+) -> OpenKeystore:
+    deadline = Deadline(SystemClock(), config.total_timeout)
+    client = GatewayClient(config.gateway_url, config.ca_file, config.request_timeout)
+    gateway = GatewayUnlock(config, console, client, deadline, configmod.hostname(config))
+    asker: prompt.Prompt | None = None
+    contenders: list[Contender[OpenKeystore]] = [
+        Contender("gateway", lambda cancel: gateway.run(sealed, cancel), gateway.stop)
+    ]
+    try:
+        asker = prompt.choose(options.prompt, options.tty, console, config.total_timeout)
+    except PromptUnavailable as exc:
+        console.say(f"{exc.message}; waiting for the gateway only")
+    if asker is not None:
+        ask = asker
+
+        def passphrase(cancel: threading.Event) -> OpenKeystore:
+            return recovery.unlock_with_passphrase(sealed, ask, console, config.attempts, cancel)
+
+        contenders.append(Contender("passphrase", passphrase, ask.close))
+    try:
+        outcome = race(contenders, config.total_timeout)
+    finally:
+        if asker is not None:
+            asker.close()  # terminal echo back on, whatever happened
+        client.close()
+    console.debug(f"unlocked by {outcome.winner}")
+    return outcome.value
+
+
+def _hand_over(path: str, store: OpenKeystore, targets: list[str], console: Console) -> None:
+    try:
+        handover.write(path, store, targets)
+    except HandoverError as exc:
+        console.say(f"{exc.message}; load those keys later with 'zkv unlock'")
+        return
+    console.say(f"keys for pools not imported yet handed over: {', '.join(targets)}")

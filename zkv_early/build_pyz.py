@@ -1,0 +1,134 @@
+"""Build ``zkv-early.pyz``, the boot client, with the standard ``zipapp``.
+
+What goes in is an explicit allowlist: the boot modules of ``zkv_early`` and nothing else (no
+admin CLI, no gateway, no third-party packages: HTTPS is ``http.client`` + ``ssl``). The crypto
+backend is *not* in the zip because compiled extensions cannot load from one; the initramfs
+hooks install Debian's python3-cryptography as real files, found on the normal sys.path.
+
+Modules are shipped as legacy ``.pyc`` only (``compileall -b``), compiled by the *target*
+interpreter so the magic number matches and nothing recompiles at boot (zipimport never uses
+``__pycache__`` nor writes one). Unchecked-hash pycs, sorted entries and fixed timestamps make
+the output byte-for-byte reproducible for the same interpreter.
+
+    python3 -m zkv_early.build_pyz --output dist/zkv-early.pyz [--python /usr/bin/python3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipapp
+import zipfile
+from pathlib import Path
+
+INTERPRETER = "/usr/bin/python3 -I"
+TARGET_PYTHON = "/usr/bin/python3"
+PACKAGE = "zkv_early"
+MODULES = (
+    "__init__",
+    "__main__",
+    "approval",
+    "boot",
+    "cmdline",
+    "config",
+    "console",
+    "crypto",
+    "early",
+    "encoding",
+    "errors",
+    "fsutil",
+    "gateway_client",
+    "handover",
+    "hostkey",
+    "keystore",
+    "net",
+    "prompt",
+    "protocol",
+    "race",
+    "recovery",
+    "unlock",
+    "zfs",
+)
+ALLOWED = frozenset({"__main__.pyc", *(f"{PACKAGE}/{m}.pyc" for m in MODULES)})
+ENTRY = "import sys\n\nfrom zkv_early.early import main\n\nsys.exit(main())\n"
+EPOCH = (1980, 1, 1, 0, 0, 0)
+
+_COMPILE = """
+import compileall, py_compile, sys
+ok = compileall.compile_dir(sys.argv[1], ddir="zkv-early.pyz", quiet=2, legacy=True, optimize=0,
+    invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+sys.exit(0 if ok else 1)
+"""
+
+
+def stage(source: Path, into: Path) -> None:
+    package = into / PACKAGE
+    package.mkdir(parents=True)
+    for module in MODULES:
+        shutil.copyfile(source / f"{module}.py", package / f"{module}.py")
+    (into / "__main__.py").write_text(ENTRY)
+
+
+def compile_tree(tree: Path, python: str) -> None:
+    """Compile with the interpreter that will run the zip, then drop the sources.
+
+    Not ``-I``: it would ignore PYTHONHASHSEED, and a fixed seed keeps the order of frozenset
+    constants (``x in {...}``) stable. A bare environment and cwd keep the process isolated.
+    """
+    env = {"PYTHONHASHSEED": "0", "PATH": os.defpath}
+    subprocess.run([python, "-s", "-c", _COMPILE, str(tree)], check=True, env=env, cwd=tree)
+    for path in tree.rglob("*.py"):
+        path.unlink()
+
+
+def archive(tree: Path, output: Path) -> None:
+    names = sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*") if p.is_file())
+    unexpected = set(names) - ALLOWED
+    if unexpected or set(names) != ALLOWED:
+        raise SystemExit(f"pyz contents differ from the allowlist: {sorted(set(names) ^ ALLOWED)}")
+    plain = output.with_name(output.name + ".zip.tmp")
+    with zipfile.ZipFile(plain, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        for name in names:
+            info = zipfile.ZipInfo(name, EPOCH)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, (tree / name).read_bytes())
+    try:
+        # A str target: zipapp then also sets the executable bits.
+        zipapp.create_archive(str(plain), str(output), interpreter=INTERPRETER)
+    finally:
+        plain.unlink()
+
+
+def build(output: Path, python: str) -> Path:
+    source = Path(__file__).resolve().parent
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="zkv-pyz-") as tmp:
+        tree = Path(tmp)
+        stage(source, tree)
+        compile_tree(tree, python)
+        archive(tree, output)
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m zkv_early.build_pyz", description=__doc__)
+    parser.add_argument("--output", default="dist/zkv-early.pyz", type=Path)
+    default_python = TARGET_PYTHON if os.access(TARGET_PYTHON, os.X_OK) else sys.executable
+    parser.add_argument(
+        "--python",
+        default=default_python,
+        help="interpreter of the target initramfs, used to byte-compile (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    path = build(args.output, args.python)
+    print(f"{path}: {path.stat().st_size} bytes, {len(ALLOWED)} modules")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

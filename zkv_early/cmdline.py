@@ -1,0 +1,71 @@
+"""Kernel command-line switches for the boot client (read from /proc/cmdline).
+
+    zkv=off (or rd.zkv=0)        do nothing: the hooks fall back to OpenZFS's own prompt
+    zkv.gateway=URL              use another gateway for this boot
+    zkv.timeout=SECONDS          overall time limit of ``unlock``
+    zkv.debug                    more console output (never key material)
+
+The ``rd.`` prefix is accepted for every switch, as dracut users expect it.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+DEFAULT_PATH = "/proc/cmdline"
+_OFF = ("off", "0", "no", "false")
+
+
+@dataclass(frozen=True)
+class Overrides:
+    disabled: bool = False
+    gateway: str | None = None
+    timeout: float | None = None
+    debug: bool = False
+
+
+def split(text: str) -> list[str]:
+    """Split like the kernel: whitespace separates, double quotes group."""
+    try:
+        return shlex.split(text)
+    except ValueError:  # an unbalanced quote: the kernel would not care, nor do we
+        return text.split()
+
+
+def parse(text: str) -> Overrides:
+    disabled, gateway, timeout, debug = False, None, None, False
+    for word in split(text):
+        name, has_value, value = word.partition("=")
+        name = name.removeprefix("rd.")
+        if name == "zkv":
+            disabled = bool(has_value) and value.lower() in _OFF
+        elif name == "zkv.gateway" and value:
+            gateway = value
+        elif name == "zkv.timeout":
+            timeout = _seconds(value)
+        elif name == "zkv.debug":
+            debug = not has_value or value.lower() not in _OFF
+    return Overrides(disabled=disabled, gateway=gateway, timeout=timeout, debug=debug)
+
+
+def read(path: str = DEFAULT_PATH) -> Overrides:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return parse(handle.read(64 * 1024))
+    except FileNotFoundError:
+        return Overrides()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ConfigError(f"zkv.timeout={value!r} is not a number of seconds") from None
+    if not 0 < seconds <= 24 * 3600:
+        raise ConfigError(f"zkv.timeout={value!r} must be between 0 and 86400 seconds")
+    return seconds

@@ -1,0 +1,165 @@
+"""The boot client's settings: /etc/zkv/early.conf (INI) inside the initramfs, then the kernel
+command line on top (see cmdline.py). Unknown sections or options are errors, so a typo is
+found when the image is built and tested, not silently ignored at boot.
+
+    [gateway]
+    url = https://zkv.example.net:8443     # required
+    ca_file = /etc/zkv/gateway-ca.pem       # default: /etc/ssl/certs/ca-certificates.crt
+    request_timeout = 15                    # seconds for one HTTP exchange (plus the long-poll)
+
+    [host]
+    keystore = /etc/zkv/keystore
+    host_key = /etc/zkv/host.key
+    name =                                  # default: /etc/hostname, then the kernel's
+
+    [timeouts]
+    network = 60                            # wait for link, address, route, DNS
+    total = 300                             # the whole unlock, approval included
+
+    [network]
+    interfaces = eth0 enp1s0                # only these count as "link up" (default: any)
+
+    [prompt]
+    attempts = 3                            # wrong recovery passphrases before giving up
+"""
+
+from __future__ import annotations
+
+import configparser
+import socket
+from dataclasses import dataclass, replace
+from urllib.parse import urlsplit
+
+from . import cmdline
+from .errors import ConfigError
+
+DEFAULT_PATH = "/etc/zkv/early.conf"
+DEFAULT_CA = "/etc/ssl/certs/ca-certificates.crt"
+
+_OPTIONS: dict[str, set[str]] = {
+    "gateway": {"url", "ca_file", "request_timeout"},
+    "host": {"keystore", "host_key", "name"},
+    "timeouts": {"network", "total"},
+    "network": {"interfaces"},
+    "prompt": {"attempts"},
+}
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+@dataclass(frozen=True)
+class Config:
+    gateway_url: str
+    ca_file: str = DEFAULT_CA
+    request_timeout: float = 15.0
+    keystore: str = "/etc/zkv/keystore"
+    host_key: str = "/etc/zkv/host.key"
+    hostname: str = ""
+    network_timeout: float = 60.0
+    total_timeout: float = 300.0
+    interfaces: tuple[str, ...] = ()
+    attempts: int = 3
+    disabled: bool = False
+    debug: bool = False
+
+    @property
+    def gateway_host(self) -> str:
+        return urlsplit(self.gateway_url).hostname or ""
+
+    @property
+    def gateway_is_loopback(self) -> bool:
+        host = self.gateway_host
+        return host in _LOOPBACK or host.startswith("127.")
+
+
+def parse(text: str, source: str = DEFAULT_PATH) -> Config:
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
+    try:
+        parser.read_string(text, source)
+    except configparser.Error as exc:
+        raise ConfigError(f"{source}: {exc.message}") from None
+    for section in parser.sections():
+        if section not in _OPTIONS:
+            raise ConfigError(f"{source}: unknown section [{section}]")
+        unknown = set(parser[section]) - _OPTIONS[section]
+        if unknown:
+            raise ConfigError(f"{source}: unknown option {sorted(unknown)[0]!r} in [{section}]")
+
+    def get(section: str, option: str, default: str) -> str:
+        return parser.get(section, option, fallback=default).strip() or default
+
+    def number(section: str, option: str, default: float, low: float, high: float) -> float:
+        raw = get(section, option, str(default))
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{source}: [{section}] {option} = {raw!r} is not a number") from None
+        if not low <= value <= high:
+            raise ConfigError(f"{source}: [{section}] {option} must be in {low:g}..{high:g}")
+        return value
+
+    interfaces = get("network", "interfaces", "").replace(",", " ").split()
+    return Config(
+        gateway_url=get("gateway", "url", ""),
+        ca_file=get("gateway", "ca_file", DEFAULT_CA),
+        request_timeout=number("gateway", "request_timeout", 15.0, 1, 300),
+        keystore=get("host", "keystore", Config.keystore),
+        host_key=get("host", "host_key", Config.host_key),
+        hostname=get("host", "name", ""),
+        network_timeout=number("timeouts", "network", 60.0, 0, 3600),
+        total_timeout=number("timeouts", "total", 300.0, 1, 86400),
+        interfaces=tuple(interfaces),
+        attempts=int(number("prompt", "attempts", 3, 1, 10)),
+    )
+
+
+def apply(config: Config, overrides: cmdline.Overrides) -> Config:
+    """The kernel command line wins over the file: it is what the person at the console set."""
+    result = replace(
+        config,
+        disabled=overrides.disabled,
+        debug=config.debug or overrides.debug,
+        gateway_url=overrides.gateway or config.gateway_url,
+        total_timeout=overrides.timeout or config.total_timeout,
+    )
+    return validate(result)
+
+
+def validate(config: Config) -> Config:
+    if config.disabled:
+        return config
+    url = urlsplit(config.gateway_url)
+    if not config.gateway_url:
+        raise ConfigError("no gateway url ([gateway] url or zkv.gateway=)")
+    if url.scheme not in ("https", "http") or not url.hostname:
+        raise ConfigError(f"gateway url {config.gateway_url!r} is not an http(s) URL")
+    if url.scheme == "http" and not config.gateway_is_loopback:
+        # The release is sealed, but the PIN and the request would travel in the clear.
+        raise ConfigError("the gateway url must use https (http is accepted for loopback only)")
+    return config
+
+
+def load(path: str = DEFAULT_PATH, cmdline_path: str = cmdline.DEFAULT_PATH) -> Config:
+    overrides = cmdline.read(cmdline_path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read(256 * 1024)
+    except FileNotFoundError:
+        if overrides.disabled:
+            return Config(gateway_url="", disabled=True)
+        raise ConfigError(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    return apply(parse(text, path), overrides)
+
+
+def hostname(config: Config, etc_hostname: str = "/etc/hostname") -> str:
+    """The name shown to the approver: configured, else the image's, else the kernel's."""
+    if config.hostname:
+        return config.hostname
+    try:
+        with open(etc_hostname, encoding="utf-8") as handle:
+            name = handle.readline().strip()
+    except OSError:
+        name = ""
+    name = name or socket.gethostname()
+    return name if name and name != "(none)" else "localhost"

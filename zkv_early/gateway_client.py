@@ -1,0 +1,178 @@
+"""HTTPS to the gateway with the standard library only (http.client + ssl): small and fast to
+import in an initramfs. The TLS context trusts only the configured CA file.
+
+One connection is kept and reused. ``abort()`` may be called from another thread: it shuts the
+socket down, so a long-poll in progress returns at once (the race's way to cancel it).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import ssl
+import threading
+from typing import Any
+from urllib.parse import urlsplit
+
+from . import protocol
+from .errors import (
+    ConfigError,
+    GatewayError,
+    GatewayRefused,
+    GatewayUnreachable,
+    ProtocolError,
+    RateLimited,
+)
+from .race import Cancelled
+
+USER_AGENT = "zkv-early/1"
+
+
+class GatewayClient:
+    def __init__(self, url: str, ca_file: str | None, timeout: float) -> None:
+        parts = urlsplit(url)
+        self.url = url.rstrip("/")
+        self.scheme = parts.scheme
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.base = parts.path.rstrip("/")
+        self.timeout = timeout
+        self._context = _tls_context(ca_file) if parts.scheme == "https" else None
+        self._lock = threading.Lock()
+        self._conn: http.client.HTTPConnection | None = None
+        self._aborted = False
+
+    # --- the two calls of the unlock flow -------------------------------------------------------
+
+    def create(self, request: protocol.UnlockRequest) -> protocol.UnlockCreated:
+        body = json.dumps(request.to_json()).encode()
+        status, answer = self._exchange("POST", protocol.PATH_UNLOCK, body, self.timeout)
+        if status != 201:
+            raise _status_error(status, answer)
+        created: protocol.UnlockCreated = _decode(protocol.UnlockCreated.from_json, answer)
+        return created
+
+    def poll(self, request_id: str, wait: int) -> protocol.PollResult:
+        wait = max(0, min(wait, protocol.MAX_WAIT))
+        path = f"{protocol.PATH_UNLOCK}/{request_id}?wait={wait}"
+        status, answer = self._exchange("GET", path, None, wait + self.timeout)
+        if status != 200:
+            raise _status_error(status, answer)
+        result: protocol.PollResult = _decode(protocol.PollResult.from_json, answer)
+        return result
+
+    # --- plumbing ---------------------------------------------------------------------------------
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        with self._lock:
+            if self._aborted:
+                raise Cancelled
+            if self._conn is None:
+                if self._context is not None:
+                    self._conn = http.client.HTTPSConnection(
+                        self.host, self.port, timeout=timeout, context=self._context
+                    )
+                else:
+                    self._conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+            self._conn.timeout = timeout
+            if self._conn.sock is not None:
+                self._conn.sock.settimeout(timeout)
+            return self._conn
+
+    def _exchange(
+        self, method: str, path: str, body: bytes | None, timeout: float
+    ) -> tuple[int, Any]:
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        for attempt in (1, 2):  # a kept-alive connection the server closed meanwhile: retry once
+            conn = self._connection(timeout)
+            try:
+                conn.request(method, self.base + path, body=body, headers=headers)
+                response = conn.getresponse()
+                data = response.read(protocol.MAX_BODY + 1)
+                if response.will_close:
+                    self._drop()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                self._drop()
+                if self._aborted:
+                    raise Cancelled from None
+                if attempt == 1:
+                    continue
+                raise GatewayUnreachable(url=self.url, detail=_describe(exc)) from None
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop()
+                if self._aborted:
+                    raise Cancelled from None
+                raise GatewayUnreachable(url=self.url, detail=_describe(exc)) from None
+            return response.status, _json(data)
+        raise AssertionError("unreachable")
+
+    def _drop(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def abort(self) -> None:
+        """Called from another thread: make a pending request fail now, and every later one."""
+        with self._lock:
+            self._aborted = True
+            conn = self._conn
+        if conn is not None and conn.sock is not None:
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._drop()
+
+
+def _tls_context(ca_file: str | None) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the gateway CA file {ca_file}: {exc}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def _json(data: bytes) -> Any:
+    if len(data) > protocol.MAX_BODY:
+        raise ProtocolError("answer too large")
+    try:
+        return json.loads(data) if data else None
+    except ValueError:
+        return None
+
+
+def _decode(parse: Any, answer: Any) -> Any:
+    try:
+        return parse(answer)
+    except protocol.ProtocolViolation as exc:
+        raise ProtocolError(str(exc)) from None
+
+
+def _status_error(status: int, answer: Any) -> GatewayError:
+    code = answer.get("error") if isinstance(answer, dict) else None
+    if status == 401:
+        return GatewayRefused()
+    if status == 429:
+        return RateLimited()
+    if status == 400:
+        return ProtocolError(f"the gateway rejected the request as malformed ({code or status})")
+    if status == 503:
+        return GatewayError(f"the gateway cannot serve unlocks right now ({code or status})")
+    return GatewayError(f"HTTP status {status}" + (f" ({code})" if code else ""))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted ({exc.verify_message})"
+    if isinstance(exc, socket.timeout | TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

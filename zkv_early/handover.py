@@ -1,0 +1,124 @@
+"""Keys for pools imported after the initramfs (data pools) are handed to the real root.
+
+The boot client writes them to ``/run/zkv/handover`` (folder 0700, file 0600, root only): /run
+is a tmpfs that both dracut and initramfs-tools carry over into the real root, so the keys never
+touch a disk; a file anywhere else is refused. In the real root, ``zkv-load-keys.service`` runs
+``zkv-early.pyz handover-load`` after the pools are imported: it loads what it can, then wipes
+the file and removes the folder, whatever happened. Keys for pools still not imported are
+dropped (said on stderr); ``zkv unlock`` can load them later with the recovery passphrase.
+
+File: one line of canonical JSON, ``{"entries": [{"keyformat", "keys": [b64...], "target"}],
+"format": "zkv-handover", "version": 1}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .encoding import b64, canonical, unb64
+from .errors import HandoverError
+from .fsutil import atomic_write, read_limited, wipe_file
+from .keystore import Entry, OpenKeystore
+from .unlock import UnlockReport, load_entries
+from .zfs import Zfs
+
+DEFAULT_PATH = "/run/zkv/handover"
+FORMAT = "zkv-handover"
+VERSION = 1
+MAX_SIZE = 1 << 20
+MEMORY_FILESYSTEMS = ("tmpfs", "ramfs", "rootfs")
+
+
+def filesystem_of(path: str, mounts: str = "/proc/self/mounts") -> str:
+    """The type of the file system holding ``path`` (longest matching mount point)."""
+    real = os.path.realpath(path)
+    best, kind = "", ""
+    for line in _read_text(mounts).splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+def write(
+    path: str, store: OpenKeystore, targets: list[str], mounts: str = "/proc/self/mounts"
+) -> None:
+    """Hand on the keys of ``targets``; entries already in the file for others are kept."""
+    folder = Path(path).parent
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
+    except OSError as exc:
+        raise HandoverError(path=path, detail=exc.strerror or str(exc)) from None
+    kind = filesystem_of(str(folder), mounts)
+    if kind not in MEMORY_FILESYSTEMS:
+        raise HandoverError(path=path, detail=f"refusing to write keys to a {kind or '?'} disk")
+    entries = {e["target"]: e for e in _document(path)["entries"]} if os.path.exists(path) else {}
+    for target in targets:
+        entry = store.entry(target)
+        keys = [b64(k) for k in store.candidates(target)]
+        entries[target] = {"keyformat": entry.keyformat, "keys": keys, "target": target}
+    document = {
+        "entries": [entries[t] for t in sorted(entries)],
+        "format": FORMAT,
+        "version": VERSION,
+    }
+    atomic_write(path, canonical(document) + b"\n", mode=0o600)
+
+
+def read(path: str) -> OpenKeystore:
+    """The handed-over entries as an in-memory keystore (no slots: it is never written)."""
+    doc = _document(path)
+    try:
+        entries = {e["target"]: Entry(e["target"], e["keyformat"]) for e in doc["entries"]}
+        keys = {e["target"]: [unb64(k) for k in e["keys"]] for e in doc["entries"]}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise HandoverError(path=path, detail=f"unreadable ({type(exc).__name__})") from None
+    return OpenKeystore(host_id="", data_key=b"", slots=[], _entries=entries, _keys=keys)
+
+
+def _document(path: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(read_limited(path, MAX_SIZE))
+        if not isinstance(doc, dict) or (doc.get("format"), doc.get("version")) != (
+            FORMAT,
+            VERSION,
+        ):
+            raise ValueError("not a zkv handover file")
+        if not isinstance(doc.get("entries"), list):
+            raise ValueError("no entries")
+        return doc
+    except (OSError, ValueError, RecursionError) as exc:
+        raise HandoverError(path=path, detail=f"unreadable ({type(exc).__name__})") from None
+
+
+def load(path: str, zfs: Zfs) -> UnlockReport:
+    """Load what was handed over, then wipe it. An absent file is an empty report."""
+    if not os.path.exists(path):
+        return UnlockReport()
+    try:
+        return load_entries(read(path), zfs)
+    finally:
+        discard(path)
+
+
+def discard(path: str) -> None:
+    wipe_file(path)
+    with contextlib.suppress(OSError):
+        os.rmdir(Path(path).parent)  # only when empty: never removes something else's files
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read(1 << 20)
+    except OSError:
+        return ""

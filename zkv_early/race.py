@@ -1,0 +1,119 @@
+"""First answer wins: the gateway and the console prompt run side by side in threads.
+
+Each contender gets a ``threading.Event``; when one succeeds (or the deadline passes) the event
+is set and each contender's ``stop`` hook runs, which breaks whatever the thread is blocked in
+(closing a socket, killing systemd-ask-password, the prompt's select loop). Threads are joined
+with a bound, and are daemons, so a stuck one can never keep the boot waiting. The main thread
+only ever waits on a queue with a timeout, so signals (SIGTERM from the hooks) still reach it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from .errors import UnlockTimeout, ZkvError
+
+T = TypeVar("T")
+JOIN_TIMEOUT = 3.0
+
+
+class Cancelled(Exception):
+    """Raised inside a contender that was told to stop; never reaches the user."""
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        """Sleep up to ``seconds``; return True at once if ``event`` is set."""
+        ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        return event.wait(max(0.0, seconds))
+
+
+class Deadline:
+    def __init__(self, clock: Clock, seconds: float) -> None:
+        self.clock = clock
+        self.seconds = seconds
+        self.end = clock.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return max(0.0, self.end - self.clock.monotonic())
+
+    def expired(self) -> bool:
+        return self.remaining() <= 0
+
+
+@dataclass
+class Contender(Generic[T]):
+    name: str
+    run: Callable[[threading.Event], T]
+    stop: Callable[[], None] = lambda: None
+
+
+@dataclass(frozen=True)
+class Winner(Generic[T]):
+    winner: str
+    value: T
+
+
+def race(contenders: Sequence[Contender[T]], timeout: float) -> Winner[T]:
+    """Return the first success. When all fail, raise the error of the first contender (in the
+    order given) that failed with a ZkvError; when time runs out, raise UnlockTimeout."""
+    results: queue.Queue[tuple[int, T | None, BaseException | None]] = queue.Queue()
+    cancel = threading.Event()
+
+    def runner(index: int, contender: Contender[T]) -> None:
+        try:
+            results.put((index, contender.run(cancel), None))
+        except BaseException as exc:  # reported to the main thread, which decides
+            results.put((index, None, exc))
+
+    threads = [
+        threading.Thread(target=runner, args=(i, c), name=f"zkv-{c.name}", daemon=True)
+        for i, c in enumerate(contenders)
+    ]
+    for thread in threads:
+        thread.start()
+    errors: dict[int, BaseException] = {}
+    end = time.monotonic() + timeout
+    try:
+        while len(errors) < len(contenders):
+            try:
+                index, value, error = results.get(timeout=max(0.0, end - time.monotonic()))
+            except queue.Empty:
+                raise UnlockTimeout(seconds=f"{timeout:g}") from None
+            if error is None:
+                return Winner(contenders[index].name, value)  # type: ignore[arg-type]
+            errors[index] = error
+        raise _most_relevant(errors)
+    finally:
+        cancel.set()
+        for contender in contenders:
+            try:
+                contender.stop()
+            except Exception:  # noqa: S110 - stopping is best effort; the join below is bounded
+                pass
+        for thread in threads:
+            thread.join(JOIN_TIMEOUT)
+
+
+def _most_relevant(errors: dict[int, BaseException]) -> BaseException:
+    for index in sorted(errors):
+        if isinstance(errors[index], ZkvError):
+            return errors[index]
+    for index in sorted(errors):
+        if not isinstance(errors[index], Cancelled):
+            return errors[index]
+    return errors[min(errors)]

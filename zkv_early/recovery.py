@@ -1,0 +1,38 @@
+"""The console side of the race: the recovery passphrase opens the keystore's recovery slot."""
+
+from __future__ import annotations
+
+import threading
+
+from .console import Console
+from .errors import KeystoreLocked, PassphraseRetriesExceeded
+from .keystore import OpenKeystore, SealedKeystore
+from .prompt import Prompt
+from .race import Cancelled
+
+
+def unlock_with_passphrase(
+    sealed: SealedKeystore,
+    prompt: Prompt,
+    console: Console,
+    attempts: int,
+    cancel: threading.Event,
+) -> OpenKeystore:
+    for attempt in range(attempts):
+        left = attempts - attempt
+        suffix = "" if left == attempts else f" ({left} attempts left)"
+        passphrase = prompt.ask(f"Recovery passphrase{suffix}: ", cancel)
+        if passphrase is None or cancel.is_set():
+            raise Cancelled
+        if passphrase:
+            try:
+                store = sealed.open_with_passphrase(passphrase)
+            except KeystoreLocked:
+                pass
+            else:
+                console.say("recovery passphrase accepted")
+                return store
+        if cancel.is_set():  # the gateway won while scrypt ran: do not ask again
+            raise Cancelled
+        console.say("wrong recovery passphrase")
+    raise PassphraseRetriesExceeded
