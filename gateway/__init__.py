@@ -1,0 +1,106 @@
+"""zkv gateway: human-approved release of a repository key to a booting host.
+
+``create_app`` is the Flask application factory; ``zkv-gateway serve`` runs it under gunicorn.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from zkv_early import protocol
+
+from . import notify, secrets_source
+from .config import Settings, load
+from .errors import ApiError
+from .notify import Notifier
+from .secrets_source import SecretSource
+from .service import Gateway
+from .store import Store
+
+OPENAPI = Path(__file__).with_name("openapi.yaml")
+log = logging.getLogger("zkv.gateway")
+
+
+def create_app(
+    config: Settings | Mapping[str, Any] | None = None,
+    *,
+    source: SecretSource | None = None,
+    notifier: Notifier | None = None,
+    clock: Callable[[], float] | None = None,
+) -> Flask:
+    """Build the app. ``config`` is ready Settings, or overrides on top of file and environment.
+
+    ``source``/``notifier``/``clock`` replace the configured backends (unit tests).
+    """
+    settings = config if isinstance(config, Settings) else load(config)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=settings.LOG_LEVEL.upper(), format="%(levelname)s %(name)s: %(message)s"
+        )
+    store = Store(settings.SQLALCHEMY_DATABASE_URI)
+    store.create_schema()
+    service = Gateway(
+        settings,
+        store,
+        source or secrets_source.from_settings(settings),
+        notifier or notify.from_settings(settings),
+        **({"clock": clock} if clock else {}),
+    )
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = protocol.MAX_BODY
+    app.extensions["zkv"] = service
+    if settings.APPROVER == "twilio":
+        from twilio.request_validator import RequestValidator
+
+        app.extensions["zkv.twilio_validator"] = RequestValidator(settings.TWILIO_TOKEN)
+    from . import api, webhook
+
+    app.register_blueprint(api.bp)
+    app.register_blueprint(webhook.bp)
+    app.add_url_rule("/openapi.yaml", "openapi", _openapi)
+    app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)
+    app.after_request(_no_store)
+    if settings.TRUSTED_PROXIES:
+        n = settings.TRUSTED_PROXIES
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi() -> Response:
+    return Response(OPENAPI.read_text(), mimetype="application/yaml")
+
+
+def _api_error(exc: ApiError) -> tuple[Response, int]:
+    return jsonify(protocol.error_body(exc.code)), exc.status
+
+
+_HTTP_CODES = {
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    429: "rate_limited",
+}
+
+
+def _http_error(exc: HTTPException) -> tuple[Response, int]:
+    status = exc.code or 500
+    return jsonify({"error": _HTTP_CODES.get(status, "bad_request")}), status
+
+
+def _unexpected(exc: Exception) -> tuple[Response, int]:
+    log.error("internal error: %s", type(exc).__name__)  # the type only: messages may quote input
+    return jsonify({"error": "internal"}), 500
+
+
+def _no_store(response: Response) -> Response:
+    response.headers["Cache-Control"] = "no-store"
+    return response

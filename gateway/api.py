@@ -1,0 +1,71 @@
+"""The v1 JSON API spoken with the boot client (zkv_early/protocol.py); see openapi.yaml."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from sqlalchemy import text
+
+from zkv_early import protocol
+from zkv_early.protocol import EnrollRequest, ProtocolViolation, UnlockRequest
+
+from .errors import ApiError
+from .service import Gateway
+
+bp = Blueprint("api", __name__)
+T = TypeVar("T")
+_REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def gateway() -> Gateway:
+    service: Gateway = current_app.extensions["zkv"]
+    return service
+
+
+def client_ip() -> str:
+    return request.remote_addr or "unknown"
+
+
+def _parse(from_json: Callable[[Any], T]) -> T:
+    if request.mimetype != "application/json":
+        raise ApiError("bad_request")
+    try:
+        return from_json(json.loads(request.get_data(cache=False)))
+    except (ValueError, RecursionError, ProtocolViolation):  # JSONDecodeError is a ValueError
+        raise ApiError("bad_request") from None
+
+
+@bp.post(protocol.PATH_HOSTS)
+def enroll() -> tuple[Response, int]:
+    accepted = gateway().enroll(_parse(EnrollRequest.from_json), client_ip())
+    return jsonify(accepted.to_json()), 202
+
+
+@bp.post(protocol.PATH_UNLOCK)
+def create_unlock_request() -> tuple[Response, int]:
+    created = gateway().create_unlock(_parse(UnlockRequest.from_json), client_ip())
+    return jsonify(created.to_json()), 201
+
+
+@bp.get(protocol.PATH_UNLOCK + "/<request_id>")
+def poll_unlock_request(request_id: str) -> Response:
+    raw_wait = request.args.get("wait", "0")
+    if not raw_wait.isascii() or not raw_wait.isdigit() or int(raw_wait) > protocol.MAX_WAIT:
+        raise ApiError("bad_request")
+    if not _REQUEST_ID.match(request_id):
+        raise ApiError("unauthorized")  # as unknown as any other id that is not ours
+    return jsonify(gateway().poll(request_id, int(raw_wait), client_ip()).to_json())
+
+
+@bp.get(protocol.PATH_HEALTH)
+def health() -> tuple[Response, int]:
+    try:
+        with gateway().store.read() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception:  # any database failure means "not healthy", never a traceback
+        return jsonify({"status": "database unavailable"}), 503
+    return jsonify({"status": "ok"}), 200

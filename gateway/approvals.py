@@ -1,0 +1,134 @@
+"""The approval state machine: pure, no I/O, the clock is an argument.
+
+    pending --owner replies PIN------------------> approved --released once--> (released)
+    pending --owner replies NO PIN---------------> denied
+    pending --MAX_WRONG_PINS wrong replies-------> denied
+    pending --now >= expires_at------------------> expired
+    pending|approved (unreleased) --error--------> failed   (SMS or secret source down)
+
+Default deny: nothing but an explicit matching reply approves, and an approval is good for one
+release before the request's own expiry. Every function returns a new value or raises
+``NotAllowed``; the store persists what comes back.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from dataclasses import dataclass, replace
+
+from zkv_early.protocol import (
+    STATE_APPROVED,
+    STATE_DENIED,
+    STATE_EXPIRED,
+    STATE_FAILED,
+    STATE_PENDING,
+)
+
+KIND_UNLOCK = "unlock"
+KIND_ENROLL = "enroll"
+
+_REPLY = re.compile(r"^(?:(?P<verb>yes|y|ok|no|n|deny)\s*)?(?P<pin>[0-9]{4,12})$")
+DENY_WORDS = ("no", "n", "deny")
+
+
+class NotAllowed(Exception):
+    """This transition is not allowed from the request's current state."""
+
+
+@dataclass(frozen=True)
+class Approval:
+    request_id: str
+    kind: str
+    pin: str
+    created_at: float
+    expires_at: float
+    state: str = STATE_PENDING
+    wrong_pins: int = 0
+    released: bool = False
+    reason: str = ""
+    decided_at: float | None = None
+
+    @property
+    def is_open(self) -> bool:
+        """Still waiting for the owner."""
+        return self.state == STATE_PENDING
+
+
+@dataclass(frozen=True)
+class Reply:
+    approve: bool
+    pin: str
+
+
+def new(request_id: str, kind: str, pin: str, now: float, ttl: float) -> Approval:
+    return Approval(request_id, kind, pin, created_at=now, expires_at=now + ttl)
+
+
+def observe(a: Approval, now: float) -> Approval:
+    """The request as of ``now``: a pending request past its deadline is expired.
+
+    An approved but unreleased request expires too, so an approval cannot be banked for later.
+    """
+    unreleased = a.state == STATE_APPROVED and not a.released
+    if now >= a.expires_at and (a.state == STATE_PENDING or unreleased):
+        return _decide(a, STATE_EXPIRED, now, "timeout")
+    return a
+
+
+def pin_matches(a: Approval, pin: str) -> bool:
+    return hmac.compare_digest(a.pin.encode(), pin.encode())
+
+
+def answer(a: Approval, reply: Reply, now: float) -> Approval:
+    """The owner's reply naming this request's PIN."""
+    a = _pending(a, now)
+    if not pin_matches(a, reply.pin):
+        raise NotAllowed("pin does not match")
+    return _decide(a, STATE_APPROVED if reply.approve else STATE_DENIED, now, "owner")
+
+
+def strike(a: Approval, now: float, max_wrong: int) -> Approval:
+    """A reply that matched no request counts against this one; enough of them deny it."""
+    a = _pending(a, now)
+    a = replace(a, wrong_pins=a.wrong_pins + 1)
+    return _decide(a, STATE_DENIED, now, "wrong-pins") if a.wrong_pins >= max_wrong else a
+
+
+def deny(a: Approval, now: float, reason: str) -> Approval:
+    """An explicit refusal that names the request (CLI) rather than its PIN."""
+    return _decide(_pending(a, now), STATE_DENIED, now, reason)
+
+
+def fail(a: Approval, now: float, reason: str) -> Approval:
+    a = observe(a, now)
+    if a.state not in (STATE_PENDING, STATE_APPROVED):
+        raise NotAllowed(f"cannot fail a {a.state} request")
+    return _decide(a, STATE_FAILED, now, reason)
+
+
+def release(a: Approval, now: float) -> Approval:
+    """Consume the approval: allowed exactly once, only while approved and unexpired."""
+    a = observe(a, now)
+    if a.state != STATE_APPROVED or a.released:
+        raise NotAllowed("nothing to release")
+    return replace(a, released=True)
+
+
+def parse_reply(body: str) -> Reply | None:
+    """'123456' or 'yes 123456' approves, 'no 123456' denies; anything else is not a reply."""
+    match = _REPLY.match(" ".join(body.lower().split()))
+    if match is None:
+        return None
+    return Reply(approve=match["verb"] not in DENY_WORDS, pin=match["pin"])
+
+
+def _pending(a: Approval, now: float) -> Approval:
+    a = observe(a, now)
+    if a.state != STATE_PENDING:
+        raise NotAllowed(f"request is {a.state}")
+    return a
+
+
+def _decide(a: Approval, state: str, now: float, reason: str) -> Approval:
+    return replace(a, state=state, decided_at=now, reason=reason)

@@ -1,0 +1,96 @@
+"""Where the released secret comes from: Azure Key Vault in production, a local file for demos.
+
+A source returns the secret as bytes, stripped of surrounding whitespace; errors become
+``SecretUnavailable`` whose message names the cause (status, error code) and never the value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+from zkv_early.protocol import MAX_SECRET
+
+from .config import Settings, is_secret_name
+from .errors import SecretUnavailable
+
+
+class SecretSource(Protocol):
+    def get(self, name: str | None) -> bytes:
+        """The secret called ``name``, or the configured default when None."""
+        ...
+
+
+class FileSecretSource:
+    """SECRET_FILE holds the default secret; a named secret is a file beside it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def get(self, name: str | None) -> bytes:
+        if name is not None and not is_secret_name(name):
+            raise SecretUnavailable("invalid secret name")
+        path = self.path if name is None else self.path.parent / name
+        try:
+            return _checked(path.read_bytes())
+        except OSError as exc:
+            raise SecretUnavailable(f"cannot read {path}: {exc.strerror}") from None
+
+
+class AzureSecretSource:
+    """azure-keyvault-secrets with a ManagedIdentityCredential or a ClientSecretCredential."""
+
+    def __init__(self, settings: Settings) -> None:
+        # Imported here: the SDKs are heavy and only this backend needs them.
+        from azure.identity import ClientSecretCredential, ManagedIdentityCredential
+        from azure.keyvault.secrets import SecretClient
+
+        self.default_name = settings.KEY_VAULT_SECRET
+        transport: dict[str, Any] = {
+            "connection_timeout": settings.KEY_VAULT_TIMEOUT,
+            "read_timeout": settings.KEY_VAULT_TIMEOUT,
+            "retry_total": settings.KEY_VAULT_RETRIES,
+        }
+        credential: Any
+        if settings.credential_kind == "client-secret":
+            credential = ClientSecretCredential(
+                settings.AAD_TENANT_ID,
+                settings.AAD_CLIENT_ID,
+                settings.AAD_CLIENT_SECRET,
+                authority=settings.AAD_AUTHORITY_HOST_URI,
+                **transport,
+            )
+        else:
+            credential = ManagedIdentityCredential(
+                client_id=settings.AAD_CLIENT_ID or None, **transport
+            )
+        self.client = SecretClient(settings.KEY_VAULT_URI, credential, **transport)
+
+    def get(self, name: str | None) -> bytes:
+        from azure.core.exceptions import AzureError, HttpResponseError
+
+        try:
+            value = self.client.get_secret(name or self.default_name).value
+        except HttpResponseError as exc:
+            code = exc.error.code if exc.error is not None else ""
+            raise SecretUnavailable(
+                f"key vault answered {exc.status_code} {code}".strip()
+            ) from None
+        except AzureError as exc:
+            raise SecretUnavailable(f"key vault unreachable: {type(exc).__name__}") from None
+        if value is None:
+            raise SecretUnavailable("key vault returned no value")
+        return _checked(value.encode())
+
+
+def _checked(secret: bytes) -> bytes:
+    secret = secret.strip()
+    if not secret or len(secret) > MAX_SECRET:
+        raise SecretUnavailable(f"secret is empty or longer than {MAX_SECRET} bytes")
+    return secret
+
+
+def from_settings(settings: Settings) -> SecretSource:
+    if settings.SECRET_SOURCE == "file":  # noqa: S105
+        return FileSecretSource(settings.SECRET_FILE)
+    return AzureSecretSource(settings)

@@ -1,0 +1,260 @@
+"""Persistence with SQLAlchemy Core: sqlite by default (WAL, busy timeout), any SQLAlchemy URL
+such as postgresql+psycopg://... works. The schema is created at start.
+
+Write transactions on sqlite start with BEGIN IMMEDIATE: taking the write lock up front means
+two workers never both read-then-upgrade and deadlock; the busy timeout makes them queue.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Connection,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import Engine, make_url
+
+from zkv_early.protocol import STATE_PENDING
+
+from .approvals import Approval
+
+metadata = MetaData()
+
+hosts = Table(
+    "hosts",
+    metadata,
+    Column("host_id", String(32), primary_key=True),
+    Column("hostname", String(253), nullable=False),
+    Column("public_key", String(64), nullable=False),
+    Column("status", String(16), nullable=False),  # pending | approved | revoked
+    Column("secret_name", String(127)),
+    Column("source_ip", String(64), nullable=False),
+    Column("enrolled_at", Float, nullable=False),
+    Column("decided_at", Float),
+)
+
+requests = Table(
+    "requests",
+    metadata,
+    Column("request_id", String(32), primary_key=True),
+    Column("kind", String(8), nullable=False),  # unlock | enroll
+    Column("host_id", String(32), nullable=False, index=True),
+    Column("hostname", String(253), nullable=False),
+    Column("source_ip", String(64), nullable=False),
+    Column("datasets", Text, nullable=False),
+    Column("ephemeral_key", String(64)),  # the boot's X25519 public key; dropped once released
+    Column("pin", String(12), nullable=False),
+    Column("state", String(16), nullable=False, index=True),
+    Column("wrong_pins", Integer, nullable=False),
+    Column("released", Boolean, nullable=False),
+    Column("reason", String(200), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("decided_at", Float),
+)
+
+nonces = Table(
+    "nonces",
+    metadata,
+    Column("host_id", String(32), primary_key=True),
+    Column("nonce", String(32), primary_key=True),
+    Column("at", Float, nullable=False, index=True),
+)
+
+messages = Table(  # inbound SMS already handled, by Twilio MessageSid
+    "messages",
+    metadata,
+    Column("sid", String(64), primary_key=True),
+    Column("at", Float, nullable=False, index=True),
+)
+
+rate_events = Table(
+    "rate_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(100), nullable=False),
+    Column("at", Float, nullable=False),
+    Index("ix_rate_events_key_at", "key", "at"),
+)
+
+audit_log = Table(
+    "audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False, index=True),
+    Column("event", String(40), nullable=False),
+    Column("request_id", String(32), index=True),
+    Column("host_id", String(32)),
+    Column("source_ip", String(64)),
+    Column("detail", String(500), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Host:
+    host_id: str
+    hostname: str
+    public_key: str
+    status: str
+    secret_name: str | None
+    source_ip: str
+    enrolled_at: float
+    decided_at: float | None
+
+
+@dataclass(frozen=True)
+class RequestRow:
+    """An approval plus the facts about who asked; only the approval part changes."""
+
+    approval: Approval
+    host_id: str
+    hostname: str
+    source_ip: str
+    datasets: tuple[str, ...]
+    ephemeral_key: str | None
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
+        self.engine: Engine = create_engine(url, pool_pre_ping=not self.is_sqlite)
+        if self.is_sqlite:
+            _tune_sqlite(self.engine)
+
+    def create_schema(self) -> None:
+        metadata.create_all(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn.execution_options(zkv_write=True)
+            with conn.begin():
+                yield conn
+
+    # --- hosts --------------------------------------------------------------------------------
+
+    def host(self, conn: Connection, host_id: str) -> Host | None:
+        row = conn.execute(select(hosts).where(hosts.c.host_id == host_id)).mappings().first()
+        return Host(**row) if row else None
+
+    def all_hosts(self, conn: Connection) -> list[Host]:
+        rows = conn.execute(select(hosts).order_by(hosts.c.enrolled_at)).mappings()
+        return [Host(**row) for row in rows]
+
+    def add_host(self, conn: Connection, host: Host) -> None:
+        conn.execute(hosts.insert().values(**host.__dict__))
+
+    def set_host(self, conn: Connection, host_id: str, **values: Any) -> None:
+        conn.execute(hosts.update().where(hosts.c.host_id == host_id).values(**values))
+
+    # --- requests -----------------------------------------------------------------------------
+
+    def add_request(self, conn: Connection, row: RequestRow) -> None:
+        conn.execute(requests.insert().values(**_request_values(row)))
+
+    def request(self, conn: Connection, request_id: str, lock: bool = False) -> RequestRow | None:
+        query = select(requests).where(requests.c.request_id == request_id)
+        row = conn.execute(query.with_for_update() if lock else query).mappings().first()
+        return _request_row(row) if row else None
+
+    def open_requests(self, conn: Connection, host_id: str | None = None) -> list[RequestRow]:
+        query = select(requests).where(requests.c.state == STATE_PENDING)
+        if host_id is not None:
+            query = query.where(requests.c.host_id == host_id)
+        rows = conn.execute(query.order_by(requests.c.created_at).with_for_update()).mappings()
+        return [_request_row(row) for row in rows]
+
+    def save(self, conn: Connection, a: Approval, **extra: Any) -> None:
+        values = {k: v for k, v in a.__dict__.items() if k not in ("request_id", "kind", "pin")}
+        conn.execute(
+            requests.update().where(requests.c.request_id == a.request_id).values(**values, **extra)
+        )
+
+    def recent_requests(self, conn: Connection, limit: int) -> list[RequestRow]:
+        query = select(requests).order_by(requests.c.created_at.desc()).limit(limit)
+        return [_request_row(row) for row in conn.execute(query).mappings()]
+
+    # --- replay protection --------------------------------------------------------------------
+
+    def use_nonce(self, conn: Connection, host_id: str, nonce: str, now: float) -> bool:
+        """False if this host already used the nonce (inside the replay window)."""
+        seen = select(nonces.c.at).where(nonces.c.host_id == host_id, nonces.c.nonce == nonce)
+        if conn.execute(seen).first() is not None:
+            return False
+        conn.execute(nonces.insert().values(host_id=host_id, nonce=nonce, at=now))
+        return True
+
+    def first_sight_of_message(self, conn: Connection, sid: str, now: float) -> bool:
+        if conn.execute(select(messages.c.at).where(messages.c.sid == sid)).first() is not None:
+            return False
+        conn.execute(messages.insert().values(sid=sid, at=now))
+        return True
+
+    def purge(self, conn: Connection, now: float, nonce_age: float, event_age: float) -> None:
+        conn.execute(nonces.delete().where(nonces.c.at < now - nonce_age))
+        conn.execute(rate_events.delete().where(rate_events.c.at < now - event_age))
+        conn.execute(messages.delete().where(messages.c.at < now - 30 * 86400))
+
+
+def _request_values(row: RequestRow) -> dict[str, Any]:
+    return {
+        **row.approval.__dict__,
+        "host_id": row.host_id,
+        "hostname": row.hostname,
+        "source_ip": row.source_ip,
+        "datasets": json.dumps(list(row.datasets)),
+        "ephemeral_key": row.ephemeral_key,
+    }
+
+
+def _request_row(row: Any) -> RequestRow:
+    fields = Approval.__dataclass_fields__
+    return RequestRow(
+        approval=Approval(**{k: row[k] for k in fields}),
+        host_id=row["host_id"],
+        hostname=row["hostname"],
+        source_ip=row["source_ip"],
+        datasets=tuple(json.loads(row["datasets"])),
+        ephemeral_key=row["ephemeral_key"],
+    )
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    # pysqlite's own transaction handling would defer BEGIN; take it over (SQLAlchemy recipe).
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("zkv_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

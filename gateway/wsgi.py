@@ -1,0 +1,15 @@
+"""WSGI entry for an external server: ``gunicorn -k gthread --threads 32 gateway.wsgi:app``."""
+
+from __future__ import annotations
+
+import sys
+
+from zkv_early.errors import ZkvError
+
+from . import create_app
+
+try:
+    app = create_app()
+except ZkvError as exc:  # one line, not a traceback, even when gunicorn imports us
+    print(f"zkv-gateway: {exc.message}", file=sys.stderr)
+    raise SystemExit(exc.exit_code) from None

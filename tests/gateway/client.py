@@ -1,0 +1,58 @@
+"""A minimal protocol-v1 client for the gateway tests (the real boot client lives elsewhere)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from zkv_early import crypto, protocol
+
+
+@dataclass
+class Host:
+    hostname: str = "db01"
+    private_key: bytes = field(default_factory=lambda: crypto.ed25519_generate()[0])
+
+    @property
+    def host_id(self) -> str:
+        return protocol.host_id_of(crypto.ed25519_public(self.private_key))
+
+
+@dataclass
+class Boot:
+    """One boot's request: its ephemeral key and what the gateway answered."""
+
+    request: protocol.UnlockRequest
+    ephemeral_private: bytes
+    response: requests.Response
+
+    @property
+    def created(self) -> protocol.UnlockCreated:
+        return protocol.UnlockCreated.from_json(self.response.json())
+
+
+def enroll(url: str, host: Host) -> requests.Response:
+    req = protocol.EnrollRequest.create(host.hostname, host.private_key)
+    return requests.post(url + protocol.PATH_HOSTS, json=req.to_json(), timeout=10)
+
+
+def unlock(url: str, host: Host, datasets: tuple[str, ...] = ("tank/secure",), **kw: Any) -> Boot:
+    private, public = crypto.x25519_generate()
+    req = protocol.UnlockRequest.create(host.private_key, host.hostname, datasets, public, **kw)
+    return Boot(req, private, send(url, req))
+
+
+def send(url: str, req: protocol.UnlockRequest) -> requests.Response:
+    return requests.post(url + protocol.PATH_UNLOCK, json=req.to_json(), timeout=10)
+
+
+def poll(url: str, request_id: str, wait: int = 0) -> requests.Response:
+    return requests.get(f"{url}{protocol.PATH_UNLOCK}/{request_id}?wait={wait}", timeout=wait + 30)
+
+
+def opened(boot: Boot, response: requests.Response) -> bytes:
+    result = protocol.PollResult.from_json(response.json())
+    assert result.state == protocol.STATE_APPROVED and result.release is not None
+    return protocol.open_release(boot.created.request_id, boot.ephemeral_private, result.release)

@@ -1,0 +1,229 @@
+"""Run the REAL gateway (gunicorn, gthread workers) on a free 127.0.0.1 port, for tests.
+
+Stable interface, also used by the boot-client integration tests::
+
+    from tests.gateway.server import running_gateway
+
+    with running_gateway(tmp_path, approver="console") as gw:   # or approver="auto" / "twilio"
+        gw.url                        # "http://127.0.0.1:<port>"
+        gw.secret                     # the bytes released on approval (file secret backend)
+        gw.approve_host(host_id)      # `zkv-gateway hosts approve HOST_ID` (enrolment)
+        gw.approve(request_id, pin)   # as the owner, through the CLI (console approver) ...
+        gw.deny(request_id)
+        gw.sms("123456")              # ... or a signed Twilio webhook (approver="twilio" only)
+        gw.notifications()            # owner notification texts so far (console/auto approver)
+        gw.audit()                    # `zkv-gateway audit` lines
+        gw.cli("hosts", "list")       # any zkv-gateway command -> CompletedProcess
+
+Arguments of ``running_gateway``:
+    tmp_path   a private directory: database, secret file, config file and log go there.
+    approver   "console" (default; nobody approves until you call approve()), "auto" (every
+               request and enrolment approved at once; tests only), "twilio" (real twilio SDK
+               against the local stand-in of tests/gateway/standins.py; use gw.sms()).
+    secret     the secret to release (default: 64 random hex characters, like a repository key).
+    settings   more gateway settings (names as in gateway/config.py, e.g. REQUEST_TTL=30).
+    env        extra environment for the gunicorn process.
+    workers, threads   gunicorn sizing (default 1 worker, 16 threads).
+
+Rate limits are raised well above what tests need unless ``settings`` says otherwise.
+Everything listens on 127.0.0.1 only; the process is stopped by its own PID on exit.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+OWNER = "+15550000001"
+TWILIO_NUMBER = "+15550000002"
+TWILIO_ACCOUNT = "AC" + "0" * 32
+TWILIO_TOKEN = "test-twilio-auth-token"
+
+TEST_LIMITS = {
+    "RATE_PER_SECOND": 1000,
+    "RATE_HOST_PER_HOUR": 100000,
+    "RATE_IP_PER_HOUR": 1000000,
+    "SMS_PER_HOUR": 1000000,
+    "AUTH_FAILURES_PER_HOUR": 1000000,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    secret: bytes
+    directory: Path
+    config_file: Path
+    log_file: Path
+    process: subprocess.Popen[bytes]
+    env: dict[str, str] = field(repr=False)
+    standins: Any = None  # tests.gateway.standins.Standins when approver="twilio"
+
+    # --- the owner ----------------------------------------------------------------------------
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", *args],
+            env=self.env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"zkv-gateway {' '.join(args)}: {result.stderr.strip()}")
+        return result
+
+    def approve_host(self, host_id: str, secret_name: str | None = None) -> None:
+        self.cli("hosts", "approve", host_id, *(["--secret", secret_name] if secret_name else []))
+
+    def revoke_host(self, host_id: str) -> None:
+        self.cli("hosts", "revoke", host_id)
+
+    def approve(self, request_id: str, pin: str) -> None:
+        self.cli("approve", request_id, pin)
+
+    def deny(self, request_id: str) -> None:
+        self.cli("deny", request_id)
+
+    def sms(self, body: str, sender: str = OWNER, sid: str | None = None) -> int:
+        """Send an inbound SMS as Twilio would (signed); returns the HTTP status."""
+        from tests.gateway.standins import post_signed_sms
+
+        return post_signed_sms(self.url, body, sender, sid)
+
+    # --- what happened ------------------------------------------------------------------------
+
+    def output(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+    def notifications(self) -> list[str]:
+        if self.standins is not None:
+            return [m["Body"] for m in self.standins.sms_sent]
+        return [
+            line.split("NOTIFY ", 1)[1]
+            for line in self.output().splitlines()
+            if line.startswith("NOTIFY ")
+        ]
+
+    def audit(self, request_id: str | None = None) -> list[str]:
+        args = ["audit", "--limit", "10000", *(["--request", request_id] if request_id else [])]
+        return self.cli(*args).stdout.splitlines()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # gunicorn: quick shutdown
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def write_config(path: Path, settings: Mapping[str, Any]) -> None:
+    path.write_text("".join(f"{key} = {value!r}\n" for key, value in settings.items()))
+    path.chmod(0o600)
+
+
+@contextmanager
+def running_gateway(
+    tmp_path: Path,
+    approver: str = "console",
+    secret: bytes | None = None,
+    settings: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    workers: int = 1,
+    threads: int = 16,
+) -> Iterator[RunningGateway]:
+    directory = Path(tmp_path)
+    directory.mkdir(parents=True, exist_ok=True)
+    secret = secret if secret is not None else secrets.token_hex(32).encode()
+    secret_file = directory / "repository-key"
+    secret_file.write_bytes(secret)
+    secret_file.chmod(0o600)
+    config: dict[str, Any] = {
+        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{directory / 'gateway.sqlite'}",
+        "SECRET_SOURCE": "file",
+        "SECRET_FILE": str(secret_file),
+        "APPROVER": approver,
+        "POLL_INTERVAL": 0.1,
+        **TEST_LIMITS,
+    }
+    if approver == "auto":
+        config["ALLOW_AUTO_APPROVER"] = True
+    with ExitStack() as stack:
+        proc_env = {k: v for k, v in os.environ.items() if not k.startswith("ZKV_")}
+        proc_env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
+        standins = None
+        if approver == "twilio":
+            from tests.gateway.standins import running_standins, twilio_settings
+
+            standins = stack.enter_context(running_standins(directory))
+            config.update(twilio_settings())
+            proc_env.update(standins.process_env())
+        config.update(settings or {})
+        config_file = directory / "gateway.conf.py"
+        write_config(config_file, config)
+        proc_env["CONFIG_FILE"] = str(config_file)
+        proc_env.update(env or {})
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        config_file.with_suffix(".url").write_text(url)
+        log_file = directory / "gateway.log"
+        with log_file.open("wb") as log:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "gateway.cli",
+                    "serve",
+                    "--bind",
+                    f"127.0.0.1:{port}",
+                    "--workers",
+                    str(workers),
+                    "--threads",
+                    str(threads),
+                ],
+                env=proc_env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        gw = RunningGateway(
+            url, secret, directory, config_file, log_file, process, proc_env, standins
+        )
+        stack.callback(gw.stop)
+        _wait_healthy(gw)
+        yield gw
+
+
+def _wait_healthy(gw: RunningGateway, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if gw.process.poll() is not None:
+            raise RuntimeError(f"gateway exited ({gw.process.returncode}):\n{gw.output()[-3000:]}")
+        try:
+            with urllib.request.urlopen(gw.url + "/healthz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"gateway did not become healthy:\n{gw.output()[-3000:]}")

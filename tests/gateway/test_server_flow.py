@@ -1,0 +1,59 @@
+"""The real gateway under gunicorn, console and auto approvers, file secret source."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.gateway import client
+from tests.gateway.server import RunningGateway, running_gateway
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    with running_gateway(tmp_path_factory.mktemp("gw")) as gateway:
+        yield gateway
+
+
+@pytest.fixture
+def host(gw: RunningGateway) -> client.Host:
+    host = client.Host()
+    response = client.enroll(gw.url, host)
+    assert response.status_code == 202
+    assert response.json() == {"host_id": host.host_id, "status": "pending"}
+    gw.approve_host(host.host_id)
+    return host
+
+
+def test_enrol_approve_unlock_release(gw: RunningGateway, host: client.Host) -> None:
+    boot = client.unlock(gw.url, host)
+    assert boot.response.status_code == 201, boot.response.text
+    created = boot.created
+    assert client.poll(gw.url, created.request_id).json() == {"state": "pending"}
+    assert any(created.pin in text and "db01" in text for text in gw.notifications())
+    gw.approve(created.request_id, created.pin)
+    assert client.opened(boot, client.poll(gw.url, created.request_id, wait=5)) == gw.secret
+    again = client.poll(gw.url, created.request_id)
+    assert (again.status_code, again.json()) == (401, {"error": "unauthorized"})
+    events = " ".join(gw.audit(created.request_id))
+    assert "unlock_requested" in events and "approved" in events and "released" in events
+    assert gw.secret.decode() not in gw.output()
+
+
+def test_pending_host_is_unauthorized(gw: RunningGateway) -> None:
+    host = client.Host()
+    client.enroll(gw.url, host)
+    boot = client.unlock(gw.url, host)
+    assert (boot.response.status_code, boot.response.json()) == (401, {"error": "unauthorized"})
+
+
+def test_auto_approver(tmp_path: Path) -> None:
+    with running_gateway(tmp_path, approver="auto") as auto:
+        host = client.Host()
+        assert client.enroll(auto.url, host).json()["status"] == "approved"
+        boot = client.unlock(auto.url, host)
+        response = client.poll(auto.url, boot.created.request_id, wait=5)
+        assert client.opened(boot, response) == auto.secret
+        assert "WITHOUT A HUMAN" in auto.output()
