@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 
 from .errors import FileWriteError
@@ -30,6 +31,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -
             os.fsync(fd)
         finally:
             os.close(fd)
+        _testonly_pause()
         os.replace(tmp, target)
         fsync_dir(folder)
     except OSError as exc:
@@ -40,6 +42,13 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _testonly_pause() -> None:
+    """Tests kill -9 a writer here to prove a crash leaves the old file intact."""
+    delay = os.environ.get("ZKV_TESTONLY_PAUSE_BEFORE_RENAME")
+    if delay:
+        time.sleep(float(delay))
 
 
 def fsync_dir(folder: str | os.PathLike[str]) -> None:

@@ -43,6 +43,7 @@ def _works(zfs: Zfs, dataset: str, key: bytes) -> bool:
 def cmd_add(args: argparse.Namespace) -> int:
     key_source = args.key_file or prompt.STDIN
     prompt.check_one_stdin(key_source, args.repository_key_file, args.recovery_passphrase_file)
+    keystore.check_target(args.dataset)
     path = path_of(args)
     sealed = keystore.read(path)  # fail before asking for anything if there is no keystore
     zfs = Zfs()
