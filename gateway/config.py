@@ -188,7 +188,7 @@ def validate(s: Settings) -> None:
         raise ConfigError("PUBLIC_URL must look like https://gateway.example.org")
     for key, low, high in (
         ("PIN_LENGTH", 4, 12),
-        ("REQUEST_TTL", 30, 86400),
+        ("REQUEST_TTL", 5, 86400),
         ("MAX_WAIT", 0, protocol.MAX_WAIT),
         ("POLL_INTERVAL", 0.05, 5),
         ("MAX_WRONG_PINS", 1, 100),

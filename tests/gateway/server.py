@@ -20,6 +20,7 @@ Arguments of ``running_gateway``:
     approver   "console" (default; nobody approves until you call approve()), "auto" (every
                request and enrolment approved at once; tests only), "twilio" (real twilio SDK
                against the local stand-in of tests/gateway/standins.py; use gw.sms()).
+    secret_source  "file" (default) or "azure" (real Azure SDKs against the local stand-ins).
     secret     the secret to release (default: 64 random hex characters, like a repository key).
     settings   more gateway settings (names as in gateway/config.py, e.g. REQUEST_TTL=30).
     env        extra environment for the gunicorn process.
@@ -108,7 +109,7 @@ class RunningGateway:
         """Send an inbound SMS as Twilio would (signed); returns the HTTP status."""
         from tests.gateway.standins import post_signed_sms
 
-        return post_signed_sms(self.url, body, sender, sid)
+        return post_signed_sms(self.url, body, sender, sid).status_code
 
     # --- what happened ------------------------------------------------------------------------
 
@@ -148,6 +149,7 @@ def running_gateway(
     tmp_path: Path,
     approver: str = "console",
     secret: bytes | None = None,
+    secret_source: str = "file",
     settings: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
     workers: int = 1,
@@ -173,12 +175,16 @@ def running_gateway(
         proc_env = {k: v for k, v in os.environ.items() if not k.startswith("ZKV_")}
         proc_env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
         standins = None
-        if approver == "twilio":
-            from tests.gateway.standins import running_standins, twilio_settings
+        if approver == "twilio" or secret_source == "azure":
+            from tests.gateway import standins as fakes
 
-            standins = stack.enter_context(running_standins(directory))
-            config.update(twilio_settings())
+            standins = stack.enter_context(fakes.running_standins(directory))
             proc_env.update(standins.process_env())
+            if approver == "twilio":
+                config.update(fakes.twilio_settings())
+            if secret_source == "azure":
+                config.update(fakes.azure_settings())
+                standins.vault_secrets[fakes.SECRET_NAME] = secret.decode()
         config.update(settings or {})
         config_file = directory / "gateway.conf.py"
         write_config(config_file, config)

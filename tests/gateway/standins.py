@@ -1,0 +1,237 @@
+"""Local HTTPS stand-ins for the Twilio API, the Azure AD token endpoint and Key Vault.
+
+One TLS server on 127.0.0.1 (trustme certificate for the real host names) answers by Host
+header, so the real twilio / azure-identity / azure-keyvault-secrets SDKs in the gunicorn
+process talk to it through the connect redirect in tests/gateway/redirect/sitecustomize.py.
+Tests steer failures through ``vault_mode`` ("ok", "403", "404", "timeout") and
+``twilio_mode`` ("ok", "fail"), and read what was sent in ``sms_sent``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import ssl
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import requests
+import trustme
+from twilio.request_validator import RequestValidator
+
+from tests.gateway.server import OWNER, REPO, TWILIO_ACCOUNT, TWILIO_NUMBER, TWILIO_TOKEN
+
+TWILIO_HOST = "api.twilio.com"
+VAULT_HOST = "myvault.vault.azure.net"
+AAD_HOST = "login.microsoftonline.com"
+TENANT = "72f988bf-0000-4000-8000-000000000001"
+CLIENT_ID = "11111111-2222-4333-8444-555555555555"
+CLIENT_SECRET = "test-aad-client-secret"
+SECRET_NAME = "zkv-repository-key"
+PATH_SMS = "/v1/twilio/sms"
+
+
+@dataclass
+class Standins:
+    port: int
+    ca_file: Path
+    vault_mode: str = "ok"
+    twilio_mode: str = "ok"
+    vault_secrets: dict[str, str] = field(default_factory=dict)
+    sms_sent: list[dict[str, str]] = field(default_factory=list)
+    seen: list[str] = field(default_factory=list)  # "HOST METHOD PATH" of every call
+    tokens: set[str] = field(default_factory=set)
+
+    def process_env(self) -> dict[str, str]:
+        return {
+            "PYTHONPATH": f"{REPO / 'tests/gateway/redirect'}:{REPO}",
+            "ZKV_TEST_CONNECT_REDIRECT": f"127.0.0.1:{self.port}",
+            "ZKV_TEST_REDIRECT_HOSTS": ",".join((TWILIO_HOST, VAULT_HOST, AAD_HOST)),
+            "REQUESTS_CA_BUNDLE": str(self.ca_file),
+        }
+
+
+def twilio_settings() -> dict[str, Any]:
+    return {
+        "APPROVER": "twilio",
+        "TWILIO_ACCOUNT_ID": TWILIO_ACCOUNT,
+        "TWILIO_TOKEN": TWILIO_TOKEN,
+        "SMS_TO": OWNER,
+        "SMS_FROM": TWILIO_NUMBER,
+        "TWILIO_TIMEOUT": 3,
+    }
+
+
+def azure_settings() -> dict[str, Any]:
+    return {
+        "SECRET_SOURCE": "azure",
+        "KEY_VAULT_URI": f"https://{VAULT_HOST}/",
+        "KEY_VAULT_SECRET": SECRET_NAME,
+        "AAD_TENANT_ID": TENANT,
+        "AAD_CLIENT_ID": CLIENT_ID,
+        "AAD_CLIENT_SECRET": CLIENT_SECRET,
+        "KEY_VAULT_TIMEOUT": 1,
+        "KEY_VAULT_RETRIES": 0,
+    }
+
+
+def post_signed_sms(
+    url: str, body: str, sender: str = OWNER, sid: str | None = None, token: str = TWILIO_TOKEN
+) -> requests.Response:
+    """POST an inbound-SMS webhook exactly as Twilio signs it."""
+    form = {
+        "MessageSid": sid or "SM" + secrets.token_hex(16),
+        "AccountSid": TWILIO_ACCOUNT,
+        "From": sender,
+        "To": TWILIO_NUMBER,
+        "Body": body,
+        "NumMedia": "0",
+    }
+    signature = RequestValidator(token).compute_signature(url + PATH_SMS, form)
+    return requests.post(
+        url + PATH_SMS, data=form, headers={"X-Twilio-Signature": signature}, timeout=10
+    )
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
+        pass
+
+    def _reply(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _form(self) -> dict[str, str]:
+        length = int(self.headers.get("Content-Length", "0"))
+        return dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def _dispatch(self, method: str) -> None:
+        host = self.headers.get("Host", "").split(":")[0]
+        state = self.server.state
+        state.seen.append(f"{host} {method} {self.path.split('?')[0]}")
+        if host == TWILIO_HOST:
+            self._twilio(state)
+        elif host == AAD_HOST:
+            self._aad(state, method)
+        elif host == VAULT_HOST:
+            self._vault(state)
+        else:
+            self._reply(404, {"error": "unknown host"})
+
+    def _twilio(self, state: Standins) -> None:
+        import base64
+
+        form = self._form()
+        expected = base64.b64encode(f"{TWILIO_ACCOUNT}:{TWILIO_TOKEN}".encode()).decode()
+        authorized = self.headers.get("Authorization") == f"Basic {expected}"
+        if state.twilio_mode != "ok" or not authorized:
+            self._reply(401, {"code": 20003, "message": "Authenticate", "status": 401})
+            return
+        state.sms_sent.append(form)
+        sid = "SM" + secrets.token_hex(16)
+        self._reply(
+            201,
+            {
+                "sid": sid,
+                "status": "queued",
+                "to": form.get("To"),
+                "from": form.get("From"),
+                "body": form.get("Body"),
+                "direction": "outbound-api",
+                "account_sid": TWILIO_ACCOUNT,
+            },
+        )
+
+    def _aad(self, state: Standins, method: str) -> None:
+        base = f"https://{AAD_HOST}/{TENANT}"
+        if self.path.startswith(f"/{TENANT}/v2.0/.well-known/openid-configuration"):
+            self._reply(
+                200,
+                {
+                    "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                    "token_endpoint": f"{base}/oauth2/v2.0/token",
+                    "issuer": f"{base}/v2.0",
+                },
+            )
+        elif method == "POST" and self.path.startswith(f"/{TENANT}/oauth2/v2.0/token"):
+            form = self._form()
+            if form.get("client_id") != CLIENT_ID or form.get("client_secret") != CLIENT_SECRET:
+                self._reply(401, {"error": "invalid_client", "error_description": "AADSTS7000215"})
+                return
+            token = secrets.token_hex(16)
+            state.tokens.add(token)
+            self._reply(200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"})
+        else:
+            self._reply(404, {"error": "not found"})
+
+    def _vault(self, state: Standins) -> None:
+        auth = self.headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or auth[7:] not in state.tokens:
+            challenge = (
+                f'Bearer authorization="https://{AAD_HOST}/{TENANT}", '
+                'resource="https://vault.azure.net"'
+            )
+            self._reply(401, {"error": {"code": "Unauthorized"}}, {"WWW-Authenticate": challenge})
+            return
+        name = self.path.split("?")[0].split("/")[2]
+        if state.vault_mode == "timeout":
+            time.sleep(3)
+        if state.vault_mode == "403":
+            self._reply(403, {"error": {"code": "Forbidden", "message": "no get permission"}})
+        elif state.vault_mode == "404" or name not in state.vault_secrets:
+            self._reply(404, {"error": {"code": "SecretNotFound", "message": "not found"}})
+        else:
+            now = int(time.time())
+            self._reply(
+                200,
+                {
+                    "value": state.vault_secrets[name],
+                    "id": f"https://{VAULT_HOST}/secrets/{name}/0123456789abcdef",
+                    "attributes": {"enabled": True, "created": now, "updated": now},
+                },
+            )
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    state: Standins
+
+
+@contextmanager
+def running_standins(directory: Path) -> Iterator[Standins]:
+    ca = trustme.CA()
+    ca_file = Path(directory) / "standin-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(TWILIO_HOST, VAULT_HOST, AAD_HOST).configure_cert(context)
+    server = _Server(("127.0.0.1", 0), _Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.state = Standins(port=server.server_address[1], ca_file=ca_file)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.state
+    finally:
+        server.shutdown()
+        server.server_close()
