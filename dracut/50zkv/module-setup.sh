@@ -1,0 +1,63 @@
+#!/bin/bash
+# zkv dracut module: load the ZFS keys with a key the zkv gateway releases once the owner
+# approves, before 90zfs's own prompt. Anything missing aborts the image build (the previous
+# image stays in place); nothing here can fail the boot.
+# shellcheck disable=SC2154 # initdir and moddir are set by dracut
+
+zkv_lib=/usr/lib/zkv
+zkv_conf=/etc/zkv/early.conf
+zkv_keystore=/boot/zkv/keystore
+zkv_hostkey=/boot/zkv/host.key
+
+# dracut ignores install()'s status, so a fatal problem must end dracut itself (as inst_hook
+# does); its EXIT trap removes the half-built image.
+zkv_fatal() {
+    dfatal "zkv: $*"
+    exit 1
+}
+
+check() {
+    # Only on hosts set up with `zkv init` and `zkv enroll`; an explicit add_dracutmodules+=zkv
+    # on a host without them makes dracut fail, which is what the admin wants to see.
+    [ -f "$zkv_conf" ] && [ -f "$zkv_keystore" ] && [ -f "$zkv_hostkey" ] || return 1
+    require_binaries python3 zfs || return 1
+    return 0
+}
+
+depends() {
+    echo zfs network systemd
+}
+
+install() {
+    local files ca
+
+    inst_multiple python3 systemd-ask-password ip \
+        || zkv_fatal "python3, systemd-ask-password or ip is missing"
+    inst_simple "$zkv_lib/zkv-early.pyz" || zkv_fatal "$zkv_lib/zkv-early.pyz is missing"
+    # The interpreter and exactly the modules the zipapp imports, not the whole stdlib.
+    files=$("$zkv_lib/initramfs-files" python "$zkv_lib/zkv-early.pyz") \
+        || zkv_fatal "cannot list the Python files the boot client needs"
+    # shellcheck disable=SC2086 # one path per word, none has blanks
+    inst_multiple $files || zkv_fatal "cannot install the Python runtime"
+
+    inst_simple "$zkv_conf" /etc/zkv/early.conf || zkv_fatal "cannot install $zkv_conf"
+    ca=$("$zkv_lib/initramfs-files" ca "$zkv_conf") || zkv_fatal "the gateway CA file is missing"
+    inst_simple "$ca" || zkv_fatal "cannot install $ca"
+    # Secrets: the image is written with umask 077 by dracut; keep the files 0600 too.
+    inst_simple "$zkv_keystore" /etc/zkv/keystore || zkv_fatal "cannot install the keystore"
+    inst_simple "$zkv_hostkey" /etc/zkv/host.key || zkv_fatal "cannot install the host key"
+    chmod 0600 "$initdir/etc/zkv/keystore" "$initdir/etc/zkv/host.key"
+    [ -f /etc/hostname ] && inst_simple /etc/hostname
+
+    # pre-mount 50 runs before 90zfs's zfs-load-key.sh (pre-mount 90), which then finds the
+    # key loaded and does not prompt.
+    inst_hook pre-mount 50 "$moddir/zkv-load-key.sh"
+    inst_hook cleanup 50 "$moddir/zkv-cleanup.sh"
+
+    # The gateway is on the network: ask dracut to bring it up (ip= defaults to DHCP).
+    # zkv_neednet="no" in dracut.conf.d leaves that to the admin's own kernel command line.
+    if [ "${zkv_neednet:-yes}" != no ]; then
+        mkdir -p "$initdir/etc/cmdline.d"
+        echo "rd.neednet=1" > "$initdir/etc/cmdline.d/50zkv.conf"
+    fi
+}

@@ -1,0 +1,91 @@
+# zkv: `make install` / `make uninstall` on a Debian or Ubuntu host (run as root).
+#
+# DESTDIR stages the whole tree (packaging, test images). PREFIX places the `zkv` command
+# ($(PREFIX)/sbin/zkv); everything dracut, initramfs-tools and systemd read lives where they
+# look for it, whatever PREFIX says. The keystore (/boot/zkv) and an existing
+# /etc/zkv/early.conf are never touched. Rebuild the initramfs afterwards.
+
+PYTHON ?= python3
+PREFIX ?= /usr/local
+DESTDIR ?=
+ZKV_LIBDIR := /usr/lib/zkv
+ZKV_SBINDIR = $(PREFIX)/sbin
+ZKV_UNITDIR := /lib/systemd/system
+ZKV_DRACUTDIR := /usr/lib/dracut/modules.d/50zkv
+ZKV_ITDIR := /usr/share/initramfs-tools
+ZKV_PYZ ?= dist/zkv-early.pyz
+
+define ZKV_REMINDER
+@echo
+@echo "zkv: now rebuild the initramfs so it carries the boot client:"
+@echo "      update-initramfs -u -k all      # initramfs-tools (Debian, Ubuntu)"
+@echo "      dracut --force --regenerate-all # dracut"
+@echo "    (zkv is left out of the image until 'zkv init' and 'zkv enroll' have run)"
+endef
+
+.PHONY: install install-files uninstall
+
+install: pyz install-files
+
+# Everything but building the zipapp (the test images call this with a ready $(ZKV_PYZ)).
+install-files:
+	@test -f $(ZKV_PYZ) || { echo "zkv: $(ZKV_PYZ) is missing: run make pyz" >&2; exit 1; }
+	install -d -m 0755 $(DESTDIR)$(ZKV_LIBDIR) $(DESTDIR)$(ZKV_LIBDIR)/python \
+		$(DESTDIR)$(ZKV_SBINDIR) $(DESTDIR)$(ZKV_UNITDIR) \
+		$(DESTDIR)$(ZKV_UNITDIR)/zfs-load-key@.service.d \
+		$(DESTDIR)/etc/systemd/system/zfs-mount.service.wants \
+		$(DESTDIR)$(ZKV_DRACUTDIR) $(DESTDIR)$(ZKV_ITDIR)/hooks \
+		$(DESTDIR)$(ZKV_ITDIR)/conf-hooks.d $(DESTDIR)$(ZKV_ITDIR)/scripts/local-top \
+		$(DESTDIR)$(ZKV_ITDIR)/scripts/local-bottom \
+		$(DESTDIR)/etc/zfs/initramfs-tools-load-key.d
+	install -d -m 0700 $(DESTDIR)/etc/zkv
+	# The boot client and the build-time helper both hooks use.
+	install -m 0644 $(ZKV_PYZ) $(DESTDIR)$(ZKV_LIBDIR)/zkv-early.pyz
+	install -m 0755 boot/initramfs-files $(DESTDIR)$(ZKV_LIBDIR)/initramfs-files
+	# The admin CLI: the package beside the zipapp, run by a wrapper (no pip, no venv).
+	rm -rf $(DESTDIR)$(ZKV_LIBDIR)/python/zkv_early
+	cp -r zkv_early $(DESTDIR)$(ZKV_LIBDIR)/python/zkv_early
+	find $(DESTDIR)$(ZKV_LIBDIR)/python -name __pycache__ -prune -exec rm -rf {} +
+	printf '%s\n' '#!/usr/bin/python3 -I' '# zkv admin CLI (installed by make install).' \
+		'import runpy, sys' 'sys.path.insert(0, "$(ZKV_LIBDIR)/python")' \
+		'runpy.run_module("zkv_early.admin", run_name="__main__")' \
+		> $(DESTDIR)$(ZKV_SBINDIR)/zkv
+	chmod 0755 $(DESTDIR)$(ZKV_SBINDIR)/zkv
+	# dracut module.
+	install -m 0755 dracut/50zkv/module-setup.sh $(DESTDIR)$(ZKV_DRACUTDIR)/module-setup.sh
+	install -m 0644 dracut/50zkv/zkv-load-key.sh dracut/50zkv/zkv-cleanup.sh \
+		$(DESTDIR)$(ZKV_DRACUTDIR)/
+	# initramfs-tools hook, boot scripts and the OpenZFS >= 2.2 load-key drop-in.
+	install -m 0755 initramfs-tools/hooks/zkv $(DESTDIR)$(ZKV_ITDIR)/hooks/zkv
+	install -m 0644 initramfs-tools/conf-hooks.d/zkv $(DESTDIR)$(ZKV_ITDIR)/conf-hooks.d/zkv
+	install -m 0644 initramfs-tools/scripts/zkv-functions $(DESTDIR)$(ZKV_ITDIR)/scripts/zkv-functions
+	install -m 0755 initramfs-tools/scripts/local-top/zkv $(DESTDIR)$(ZKV_ITDIR)/scripts/local-top/zkv
+	install -m 0755 initramfs-tools/scripts/local-bottom/zkv \
+		$(DESTDIR)$(ZKV_ITDIR)/scripts/local-bottom/zkv
+	install -m 0644 initramfs-tools/zfs-load-key.d/zkv \
+		$(DESTDIR)/etc/zfs/initramfs-tools-load-key.d/zkv
+	# Real root: the handed-over data-pool keys, enabled by its WantedBy= link.
+	install -m 0644 systemd/zkv-load-keys.service $(DESTDIR)$(ZKV_UNITDIR)/zkv-load-keys.service
+	install -m 0644 systemd/zfs-load-key@.service.d/50-zkv.conf \
+		$(DESTDIR)$(ZKV_UNITDIR)/zfs-load-key@.service.d/50-zkv.conf
+	ln -sf $(ZKV_UNITDIR)/zkv-load-keys.service \
+		$(DESTDIR)/etc/systemd/system/zfs-mount.service.wants/zkv-load-keys.service
+	# Settings: an example the first time, never over the admin's file.
+	test -e $(DESTDIR)/etc/zkv/early.conf || install -m 0644 boot/early.conf.example \
+		$(DESTDIR)/etc/zkv/early.conf
+	$(ZKV_REMINDER)
+
+uninstall:
+	rm -f $(DESTDIR)$(ZKV_SBINDIR)/zkv
+	rm -rf $(DESTDIR)$(ZKV_LIBDIR) $(DESTDIR)$(ZKV_DRACUTDIR)
+	rm -f $(DESTDIR)$(ZKV_ITDIR)/hooks/zkv $(DESTDIR)$(ZKV_ITDIR)/conf-hooks.d/zkv \
+		$(DESTDIR)$(ZKV_ITDIR)/scripts/zkv-functions \
+		$(DESTDIR)$(ZKV_ITDIR)/scripts/local-top/zkv \
+		$(DESTDIR)$(ZKV_ITDIR)/scripts/local-bottom/zkv \
+		$(DESTDIR)/etc/zfs/initramfs-tools-load-key.d/zkv
+	rm -f $(DESTDIR)/etc/systemd/system/zfs-mount.service.wants/zkv-load-keys.service \
+		$(DESTDIR)$(ZKV_UNITDIR)/zkv-load-keys.service \
+		$(DESTDIR)$(ZKV_UNITDIR)/zfs-load-key@.service.d/50-zkv.conf
+	-rmdir $(DESTDIR)$(ZKV_UNITDIR)/zfs-load-key@.service.d 2>/dev/null
+	@echo "zkv: kept /etc/zkv (settings) and /boot/zkv (keystore, host key); remove them by hand"
+	$(ZKV_REMINDER)

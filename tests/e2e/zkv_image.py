@@ -1,0 +1,207 @@
+"""The zkv guest image: the test bed's image with zkv installed, enrolled and holding a keystore.
+
+Two layers on top of tests/e2e/builder.py:
+
+1. the test bed's *payload* (cached chroot + disk): ``make install-files DESTDIR=<overlay>``,
+   /etc/zkv/early.conf pointing at https://10.0.2.100/ with the test CA, and the initrd
+   regenerated (zkv installed but not set up yet, so the hooks leave it out: that initrd is the
+   "without zkv" reference of the benchmark);
+2. ``zkv-initrd`` (here): the disk's data key is only known once the disk exists, so the
+   keystore (root passphrase + tank's key) and the host key are written into /boot/zkv of an
+   overlayfs view of the payload chroot, and the initrd is rebuilt there. Kernel and disk are
+   the payload image's (symlinks); only the initrd differs.
+
+Test secrets only: they protect throw-away disk images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.e2e import builder, cache, chroot, testbed
+from tests.e2e.chroots import Payload
+from tests.e2e.disk import only_file
+from tests.e2e.testbed import Channel, Flavour, Image
+from zkv_early import crypto, hostkey, keystore, protocol
+
+REPO = Path(__file__).resolve().parents[2]
+RECOVERY_PASSPHRASE = "zkv-e2e-recovery-passphrase"
+GATEWAY_URL = "https://10.0.2.100/"
+GUEST_CA = "/etc/zkv/gateway-ca.pem"
+HOSTNAME = "zkv-e2e"
+
+# Inside the chroot: rebuild the initrd with whatever generator the flavour has.
+_REGENERATE = """\
+set -eu
+if command -v update-initramfs >/dev/null; then
+    update-initramfs -u -k all
+else
+    dracut --force --regenerate-all
+fi
+"""
+_EARLY_CONF = f"""\
+# zkv e2e: the gateway is the host's loopback, reached through QEMU's guestfwd.
+[gateway]
+url = {GATEWAY_URL}
+ca_file = {GUEST_CA}
+request_timeout = 15
+
+[timeouts]
+network = 60
+total = 240
+"""
+
+
+@dataclass(frozen=True)
+class ZkvImage:
+    image: Image  # bootable with tests.e2e.driver.Guest
+    base: Image  # the same disk with the payload's initrd (zkv installed, not set up)
+    repository_key: str  # 64 hex: what the gateway must release
+    host_key: Path
+
+    @property
+    def host_private_key(self) -> bytes:
+        return hostkey.load(self.host_key)
+
+    @property
+    def host_id(self) -> str:
+        return protocol.host_id_of(crypto.ed25519_public(self.host_private_key))
+
+
+@dataclass(frozen=True)
+class TestCa:
+    cert: Path
+    key: Path
+
+
+def test_ca() -> TestCa:
+    """One CA per cache: its certificate is baked into the cached images."""
+    import trustme
+
+    directory = testbed.cache_dir() / "zkv-ca"
+    cert, key = directory / "ca.pem", directory / "ca.key"
+    if not (cert.is_file() and key.is_file()):
+        directory.mkdir(parents=True, exist_ok=True)
+        ca = trustme.CA(organization_name="zkv e2e test CA")
+        ca.private_key_pem.write_to_path(str(key))
+        key.chmod(0o600)
+        ca.cert_pem.write_to_path(str(cert))
+    return TestCa(cert, key)
+
+
+def _sources_digest() -> str:
+    """What `make install-files` copies, so that a change rebuilds the images."""
+    parts = [
+        cache.tree_digest(REPO / name)
+        for name in ("dracut", "initramfs-tools", "systemd", "boot", "zkv_early")
+    ]
+    parts.append(cache.file_digest(REPO / "mk" / "install.mk"))
+    return cache.key_of({"sources": parts})
+
+
+def build_pyz(target: Path) -> Path:
+    subprocess.run(
+        ["python3", "-m", "zkv_early.build_pyz", "--output", str(target)],
+        cwd=REPO,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return target
+
+
+def _stage_payload(work: Path) -> Payload:
+    overlay = work / "overlay"
+    pyz = build_pyz(work / "zkv-early.pyz")
+    subprocess.run(
+        ["make", "-s", "-f", "mk/install.mk", "install-files",
+         f"DESTDIR={overlay}", "PREFIX=/usr", f"ZKV_PYZ={pyz}"],
+        cwd=REPO,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    (overlay / "etc/zkv/early.conf").write_text(_EARLY_CONF)
+    shutil.copyfile(test_ca().cert, overlay / GUEST_CA.lstrip("/"))
+    script = work / "regenerate.sh"
+    script.write_text(_REGENERATE)
+    return Payload(overlay=overlay, script=script)
+
+
+def build(flavour: Flavour, channel: Channel) -> ZkvImage:
+    """The cached zkv image for this flavour and channel, built as needed (minutes)."""
+    with tempfile.TemporaryDirectory(prefix="zkv-payload-") as tmp:
+        payload = _stage_payload(Path(tmp))
+        base = builder.build(flavour, channel, payload)
+        chroot_dir = _payload_chroot(flavour, channel, payload)
+    inputs = {
+        "layer": "zkv-initrd",
+        "image": base.directory.name,
+        "sources": _sources_digest(),
+        "recovery": RECOVERY_PASSPHRASE,
+    }
+
+    def make(work: Path) -> None:
+        _make(base, chroot_dir, work)
+
+    directory = cache.entry(f"zkv-{flavour}-{channel}", inputs, make)
+    image = Image(flavour, channel, directory)
+    return ZkvImage(
+        image=image,
+        base=base,
+        repository_key=(directory / "repository.key").read_text().strip(),
+        host_key=directory / "host.key",
+    )
+
+
+def _payload_chroot(flavour: Flavour, channel: Channel, payload: Payload) -> Path:
+    from tests.e2e import chroots
+
+    base = chroots.flavour(flavour, channel)
+    return chroots.with_payload(base, payload, f"{flavour}-{channel}-payload").root
+
+
+def _make(base: Image, chroot_root: Path, work: Path) -> None:
+    repository_key = keystore.new_repository_key()
+    (work / "repository.key").write_text(keystore.format_repository_key(repository_key) + "\n")
+    host_key = work / "host.key"
+    hostkey.generate(host_key)
+    store = keystore.create(repository_key, RECOVERY_PASSPHRASE.encode())
+    store.put(keystore.Entry(testbed.ROOT_DATASET, "passphrase"), testbed.ROOT_PASSPHRASE.encode())
+    store.put(keystore.Entry(testbed.DATA_DATASET, "hex"), base.data_key().encode())
+    with _overlay_view(chroot_root, work / "overlay") as root:
+        boot_zkv = root / "boot" / "zkv"
+        boot_zkv.mkdir(mode=0o700, parents=True, exist_ok=True)
+        keystore.write(boot_zkv / "keystore", store)
+        shutil.copyfile(host_key, boot_zkv / "host.key")
+        (boot_zkv / "host.key").chmod(0o600)
+        script = work / "regenerate.sh"
+        script.write_text(_REGENERATE)
+        chroot.run(root, script)
+        shutil.copyfile(only_file(root / "boot", "initrd.img-*"), work / "initrd.img")
+    (work / "initrd.img").chmod(0o600)
+    for name in ("vmlinuz", "disk.raw"):
+        (work / name).symlink_to(base.directory / name)
+    shutil.copyfile(base.data_key_file, work / "tank-secure.key")
+    shutil.rmtree(work / "overlay")
+
+
+@contextlib.contextmanager
+def _overlay_view(lower: Path, work: Path) -> Iterator[Path]:
+    """A writable view of a cached chroot that leaves the chroot itself untouched."""
+    upper, scratch, merged = work / "upper", work / "work", work / "merged"
+    for path in (upper, scratch, merged):
+        path.mkdir(parents=True)
+    subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o",
+         f"lowerdir={lower},upperdir={upper},workdir={scratch}", str(merged)],
+        check=True,
+    )
+    try:
+        yield merged
+    finally:
+        subprocess.run(["umount", str(merged)], check=True)
