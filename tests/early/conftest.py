@@ -1,0 +1,185 @@
+"""Integration fixtures: the BUILT zkv-early.pyz under Debian's /usr/bin/python3 -I, against the
+real gateway (tests/gateway/server.py) on loopback, with the recording fake zfs and a keystore
+made with the shared keystore module.
+
+The pyz finds ``cryptography`` where an initramfs has it: Debian's python3-cryptography in
+/usr/lib/python3/dist-packages (apt-get install python3-cryptography python3-cffi-backend).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.fakezfs import FakeZfs
+from tests.gateway.server import RunningGateway
+from zkv_early import build_pyz, hostkey, keystore, protocol
+
+TARGET_PYTHON = "/usr/bin/python3"
+PASSPHRASE = b"correct horse battery"
+ROOT_KEY = bytes(range(32))  # raw key of rpool
+DATA_KEY = b"tank passphrase 1"  # passphrase of tank (imported later: handed over)
+
+
+def _target_ready() -> str | None:
+    if not os.access(TARGET_PYTHON, os.X_OK):
+        return f"{TARGET_PYTHON} missing"
+    probe = subprocess.run(
+        [TARGET_PYTHON, "-I", "-c", "import cryptography.hazmat.primitives.ciphers.aead"],
+        capture_output=True,
+    )
+    if probe.returncode != 0:
+        return "Debian python3-cryptography missing (apt-get install python3-cryptography)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    reason = _target_ready()
+    if reason:
+        pytest.skip(reason)
+    return build_pyz.build(tmp_path_factory.mktemp("pyz") / "zkv-early.pyz", TARGET_PYTHON)
+
+
+@pytest.fixture
+def shm() -> Iterator[Path]:
+    """A private folder on a tmpfs, where the handover file may go (as /run at boot)."""
+    path = Path(tempfile.mkdtemp(prefix="zkv-test-", dir="/dev/shm"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class Machine:
+    """One simulated boot: keystore, host key, config and fake zfs in a temp folder."""
+
+    root: Path
+    pyz: Path
+    zfs: FakeZfs
+    handover: Path
+    repository_key: bytes
+    gateway_url: str = "http://127.0.0.1:9"
+    cmdline: str = ""
+    settings: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def keystore(self) -> Path:
+        return self.root / "keystore"
+
+    @property
+    def host_key(self) -> Path:
+        return self.root / "host.key"
+
+    def write_config(self) -> Path:
+        sections: dict[str, dict[str, str]] = {
+            "gateway": {"url": self.gateway_url, "request_timeout": "5"},
+            "host": {
+                "keystore": str(self.keystore),
+                "host_key": str(self.host_key),
+                "name": "testhost",
+            },
+            "timeouts": {"network": "5", "total": "60"},
+        }
+        for name, values in self.settings.items():
+            sections.setdefault(name, {}).update(values)
+        text = "".join(
+            f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items())
+            for name, values in sections.items()
+        )
+        (self.root / "early.conf").write_text(text)
+        (self.root / "cmdline").write_text(self.cmdline + "\n")
+        return self.root / "early.conf"
+
+    def argv(self, *args: str, prompt: str = "none") -> list[str]:
+        config = self.write_config()
+        command = [
+            TARGET_PYTHON,
+            "-I",
+            str(self.pyz),
+            "--config",
+            str(config),
+            "--cmdline",
+            str(self.root / "cmdline"),
+        ]
+        if args and args[0] == "handover-load":
+            return [*command, "handover-load", "--handover", str(self.handover), *args[1:]]
+        return [*command, "unlock", "--prompt", prompt, "--handover", str(self.handover), *args]
+
+    def env(self) -> dict[str, str]:
+        return self.zfs.env()
+
+    def run(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv(*args), env=self.env(), capture_output=True, text=True, timeout=timeout
+        )
+
+    def enroll(self, gw: RunningGateway) -> str:
+        """Enrol the host key with the gateway over the wire, approve it as the owner."""
+        private = hostkey.load(self.host_key)
+        req = protocol.EnrollRequest.create("testhost", private)
+        data = json.dumps(req.to_json()).encode()
+        post = urllib.request.Request(
+            gw.url + protocol.PATH_HOSTS, data=data, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(post, timeout=10) as response:
+            accepted = protocol.EnrollAccepted.from_json(json.load(response))
+        if accepted.status != "approved":
+            gw.approve_host(accepted.host_id)
+        self.gateway_url = gw.url
+        return accepted.host_id
+
+
+def make_machine(root: Path, pyz: Path, handover_dir: Path, repository_key: bytes) -> Machine:
+    root.mkdir(parents=True, exist_ok=True)
+    store = keystore.create(repository_key, PASSPHRASE, kdf=keystore.WEAK_KDF)
+    store.put(keystore.Entry("rpool", "raw"), ROOT_KEY)
+    store.put(keystore.Entry("tank", "passphrase"), DATA_KEY)
+    keystore.write(root / "keystore", store)
+    hostkey.generate(root / "host.key")
+    zfs = FakeZfs.create(
+        root / "zfs",
+        {
+            "rpool": {"keyformat": "raw", "key": ROOT_KEY, "keystatus": "unavailable"},
+            "rpool/ROOT": {"encryptionroot": "rpool"},
+            "rpool/ROOT/debian": {"encryptionroot": "rpool"},
+            "bpool": {"encryptionroot": "-"},
+        },
+    )
+    return Machine(root, pyz, zfs, handover_dir / "zkv" / "handover", repository_key)
+
+
+@pytest.fixture
+def machine(tmp_path: Path, pyz: Path, shm: Path) -> Machine:
+    return make_machine(tmp_path / "machine", pyz, shm, os.urandom(32))
+
+
+def wait_for(predicate: object, timeout: float = 30.0, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()  # type: ignore[operator]
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def pending_request(gw: RunningGateway) -> tuple[str, str]:
+    """(request id, PIN) of the unlock request waiting for the owner."""
+
+    def find() -> tuple[str, str] | None:
+        rows = [line.split() for line in gw.cli("requests").stdout.splitlines()]
+        ids = [r[0] for r in rows if len(r) > 2 and r[1] == "unlock" and r[2] == "pending"]
+        pins = [n.split("Reply ", 1)[1].split()[0] for n in gw.notifications() if "unlock" in n]
+        return (ids[-1], pins[-1]) if ids and pins else None
+
+    return wait_for(find, what="a pending unlock request")  # type: ignore[return-value]
