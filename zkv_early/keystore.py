@@ -391,7 +391,7 @@ def _parse(data: bytes, path: str) -> SealedKeystore:
         raise corrupt("not valid JSON (truncated?)") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise corrupt("missing the zkv-keystore marker")
-    if doc.get("version") != VERSION:
+    if type(doc.get("version")) is not int or doc["version"] != VERSION:  # 1.0 == True == 1
         raise KeystoreUnsupportedVersion(path=path, version=repr(doc.get("version")))
     try:
         sealed = _from_document(doc)

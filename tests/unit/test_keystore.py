@@ -1,0 +1,299 @@
+"""Keystore format v1: checked-in vectors, limits, canonical form, rotation bookkeeping."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from zkv_early import keystore
+from zkv_early.encoding import canonical
+from zkv_early.errors import (
+    InputError,
+    InvalidKeyMaterial,
+    KeystoreCorrupt,
+    KeystoreLocked,
+    KeystoreNotFound,
+    KeystoreUnsupportedVersion,
+)
+
+VECTORS = Path(__file__).parents[1] / "vectors"
+NAMES = ("empty", "basic", "rotation")
+REPO = bytes(range(32))
+PASS = b"recovery passphrase"
+
+
+@pytest.fixture(autouse=True)
+def weak_kdf(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZKV_TESTONLY_WEAKEN_KDF", "1")
+
+
+def vector(name: str) -> tuple[dict[str, Any], bytes]:
+    expected = json.loads((VECTORS / f"keystore-v1-{name}.json").read_text())
+    return expected, (VECTORS / expected["keystore_file"]).read_bytes()
+
+
+def check_contents(store: keystore.OpenKeystore, expected: dict[str, Any]) -> None:
+    assert store.host_id == expected["host_id"]
+    got = [
+        {
+            "target": e.target,
+            "keyformat": e.keyformat,
+            "candidates_b64": [base64.b64encode(c).decode() for c in store.candidates(e.target)],
+        }
+        for e in store.entries()
+    ]
+    assert got == expected["entries"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_vectors_open_with_both_secrets(name: str) -> None:
+    expected, data = vector(name)
+    sealed = keystore.SealedKeystore.parse(data)
+    assert sealed.datasets() == [e["target"] for e in expected["entries"]]
+    repository_key = keystore.parse_repository_key(expected["repository_key"])
+    check_contents(sealed.open_with_repository_key(repository_key), expected)
+    check_contents(sealed.open_with_passphrase(expected["recovery_passphrase"].encode()), expected)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_vectors_survive_a_rewrite(name: str, tmp_path: Path) -> None:
+    expected, data = vector(name)
+    store = keystore.SealedKeystore.parse(data).open_with_passphrase(
+        expected["recovery_passphrase"].encode()
+    )
+    keystore.write(tmp_path / "ks", store)
+    again = keystore.read(tmp_path / "ks")
+    key = keystore.parse_repository_key(expected["repository_key"])
+    check_contents(again.open_with_repository_key(key), expected)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_vectors_reject_wrong_secrets(name: str) -> None:
+    _, data = vector(name)
+    sealed = keystore.SealedKeystore.parse(data)
+    with pytest.raises(KeystoreLocked):
+        sealed.open_with_repository_key(bytes(32))
+    with pytest.raises(KeystoreLocked):
+        sealed.open_with_passphrase(b"not the passphrase")
+
+
+def test_rotation_vector_stages_a_key_in_another_format() -> None:
+    _, data = vector("rotation")
+    store = keystore.SealedKeystore.parse(data).open_with_repository_key(REPO)
+    _, new = store.candidates("tank/data")
+    assert store.entry("tank/data").keyformat == "passphrase" and len(new) == 32
+    store.commit("tank/data", new, "raw")
+    assert store.entry("tank/data").keyformat == "raw"
+    assert store.candidates("tank/data") == [new]
+
+
+def fresh(*entries: tuple[str, str, bytes]) -> keystore.OpenKeystore:
+    store = keystore.create(REPO, PASS)
+    for target, keyformat, material in entries:
+        store.put(keystore.Entry(target, keyformat), material)
+    return store
+
+
+def test_round_trip_and_remove(tmp_path: Path) -> None:
+    store = fresh(("tank/a", "raw", b"k" * 32), ("tank/b", "hex", b"f" * 64))
+    store.remove("tank/a")
+    keystore.write(tmp_path / "ks", store)
+    assert (tmp_path / "ks").stat().st_mode & 0o777 == 0o600
+    opened = keystore.read(tmp_path / "ks").open_with_passphrase(PASS)
+    assert [e.target for e in opened.entries()] == ["tank/b"]
+    assert opened.candidates("tank/b") == [b"f" * 64]
+
+
+def test_passphrase_and_repository_key_changes() -> None:
+    store = fresh()
+    store.set_recovery_passphrase(b"a new passphrase")
+    store.set_repository_key(bytes(range(1, 33)))
+    sealed = keystore.SealedKeystore.parse(store.serialize())
+    for attempt in (
+        lambda: sealed.open_with_passphrase(PASS),
+        lambda: sealed.open_with_repository_key(REPO),
+    ):
+        with pytest.raises(KeystoreLocked):
+            attempt()
+    sealed.open_with_passphrase(b"a new passphrase")
+    sealed.open_with_repository_key(bytes(range(1, 33)))
+
+
+@pytest.mark.parametrize(
+    ("keyformat", "material"),
+    [("raw", b"x" * 31), ("raw", b"x" * 33), ("hex", b"g" * 64), ("hex", b"a" * 63),
+     ("passphrase", b"short"), ("passphrase", b"x" * 513), ("passphrase", b"line\nbreak"),
+     ("passphrase", b"nul\0inside")],
+)  # fmt: skip
+def test_material_is_checked(keyformat: str, material: bytes) -> None:
+    with pytest.raises(InvalidKeyMaterial):
+        fresh().put(keystore.Entry("tank/a", keyformat), material)
+
+
+@pytest.mark.parametrize("target", ["", "/tank", "tank/", "tank//a", "-x", "t" * 256, "ta\nnk"])
+def test_bad_dataset_names(target: str) -> None:
+    with pytest.raises(InputError):
+        fresh().put(keystore.Entry(target, "raw"), b"k" * 32)
+
+
+def test_unknown_keyformat_and_entry() -> None:
+    with pytest.raises(InputError):
+        fresh().put(keystore.Entry("tank/a", "base64"), b"k" * 32)
+    with pytest.raises(keystore.EntryNotFound):
+        fresh().candidates("tank/a")
+
+
+def test_entry_limit() -> None:
+    store = fresh()
+    for i in range(keystore.MAX_ENTRIES):
+        store.put(keystore.Entry(f"tank/{i}", "raw"), b"k" * 32)
+    store.put(keystore.Entry("tank/0", "raw"), b"j" * 32)  # replacing is fine
+    with pytest.raises(InputError):
+        store.put(keystore.Entry("tank/one-too-many", "raw"), b"k" * 32)
+
+
+def test_recovery_passphrase_limits() -> None:
+    for bad in (b"short", b"x" * 1025):
+        with pytest.raises(InputError):
+            keystore.create(REPO, bad)
+
+
+def test_repository_key_text() -> None:
+    assert keystore.parse_repository_key(REPO.hex().upper() + "\n") == REPO
+    for bad in ("", "00" * 31, "zz" * 32, "00" * 33):
+        with pytest.raises(InputError):
+            keystore.parse_repository_key(bad)
+
+
+# --- what the parser refuses ----------------------------------------------------------------
+
+
+def document() -> dict[str, Any]:
+    parsed: dict[str, Any] = json.loads(vector("basic")[1])
+    return parsed
+
+
+def sealed_bytes(doc: dict[str, Any]) -> bytes:
+    return canonical(doc) + b"\n"
+
+
+def test_size_limit(tmp_path: Path) -> None:
+    with pytest.raises(KeystoreCorrupt, match="larger than"):
+        keystore.SealedKeystore.parse(b" " * (keystore.MAX_FILE_SIZE + 1))
+    (tmp_path / "big").write_bytes(b"{" * (keystore.MAX_FILE_SIZE + 10))
+    with pytest.raises(KeystoreCorrupt, match="larger than"):
+        keystore.read(tmp_path / "big")
+
+
+def test_missing_and_unreadable(tmp_path: Path) -> None:
+    with pytest.raises(KeystoreNotFound):
+        keystore.read(tmp_path / "nope")
+    with pytest.raises(KeystoreCorrupt):
+        keystore.read(tmp_path)  # a directory
+
+
+def test_empty_and_deeply_nested() -> None:
+    for data in (b"", b"[" * 100_000, b"null\n", b"[]\n", b'"zkv-keystore"\n'):
+        with pytest.raises(KeystoreCorrupt):
+            keystore.SealedKeystore.parse(data)
+
+
+@pytest.mark.parametrize("version", [0, 2, "1", None, 1.0, True])
+def test_unknown_version(version: object) -> None:
+    doc = document()
+    doc["version"] = version
+    with pytest.raises(KeystoreUnsupportedVersion) as info:
+        keystore.SealedKeystore.parse(sealed_bytes(doc))
+    assert info.value.exit_code == 14
+
+
+def test_every_truncation_is_corrupt() -> None:
+    _, data = vector("basic")
+    for length in range(len(data)):
+        with pytest.raises(KeystoreCorrupt):
+            keystore.SealedKeystore.parse(data[:length])
+
+
+def mutate(change: str) -> dict[str, Any]:
+    doc = document()
+    entries, slots = doc["entries"], doc["slots"]
+    if change == "extra field":
+        doc["comment"] = "hi"
+    elif change == "entry extra field":
+        entries[0]["note"] = "x"
+    elif change == "unsorted entries":
+        entries.reverse()
+    elif change == "duplicate entry":
+        entries.append(entries[-1])
+    elif change == "unknown kind":
+        entries[0]["kind"] = "luks"
+    elif change == "unknown aead":
+        doc["aead"] = "aes-256-gcm"
+    elif change == "uppercase host id":
+        doc["host_id"] = doc["host_id"].upper()
+    elif change == "no slots":
+        doc["slots"] = []
+    elif change == "too many slots":
+        doc["slots"] = slots * 17
+    elif change == "unknown slot":
+        slots[0]["kind"] = "tpm"
+    elif change == "hostile scrypt":
+        slots[1].update(n=1 << 20, r=32, p=16)
+    elif change == "scrypt n not power of two":
+        slots[1]["n"] = 1000
+    elif change == "scrypt float":
+        slots[1]["r"] = 8.0
+    elif change == "bad base64":
+        doc["payload"]["nonce"] = "!!!!"
+    elif change == "unpadded base64":
+        slots[1]["salt"] = slots[1]["salt"].rstrip("=")
+    return doc
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["extra field", "entry extra field", "unsorted entries", "duplicate entry", "unknown kind",
+     "unknown aead", "uppercase host id", "no slots", "too many slots", "unknown slot",
+     "hostile scrypt", "scrypt n not power of two", "scrypt float", "bad base64",
+     "unpadded base64"],
+)  # fmt: skip
+def test_malformed_fields_are_corrupt(change: str) -> None:
+    with pytest.raises(KeystoreCorrupt):
+        keystore.SealedKeystore.parse(sealed_bytes(mutate(change)))
+
+
+@pytest.mark.parametrize(
+    "render",
+    [
+        lambda d: json.dumps(d, sort_keys=True).encode() + b"\n",  # spaces
+        lambda d: json.dumps(d, indent=2, sort_keys=True).encode() + b"\n",
+        lambda d: json.dumps(dict(reversed(d.items())), separators=(",", ":")).encode() + b"\n",
+        lambda d: canonical(d),  # no final newline
+        lambda d: canonical(d) + b"\n\n",
+        lambda d: b" " + canonical(d) + b"\n",
+        lambda d: canonical(d).replace(b"tank/home", b"tank\\/home") + b"\n",  # escaped slash
+    ],
+)
+def test_non_canonical_forms_are_corrupt(render: Any) -> None:
+    doc = document()
+    assert sealed_bytes(doc) == vector("basic")[1]
+    with pytest.raises(KeystoreCorrupt, match=r"canonical|JSON"):
+        keystore.SealedKeystore.parse(render(doc))
+
+
+def test_header_and_slots_are_bound() -> None:
+    """Authenticated, not only canonical: a valid-looking edit of the header cannot open."""
+    doc = document()
+    doc["entries"][0]["keyformat"] = "hex"
+    sealed = keystore.SealedKeystore.parse(sealed_bytes(doc))
+    with pytest.raises(KeystoreLocked):
+        sealed.open_with_repository_key(REPO)
+    # A slot moved to a keystore with another host id does not open it.
+    other = json.loads(vector("empty")[1])
+    other["host_id"] = "f" * 32
+    with pytest.raises(KeystoreLocked):
+        keystore.SealedKeystore.parse(sealed_bytes(other)).open_with_repository_key(REPO)
