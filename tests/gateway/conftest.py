@@ -1,0 +1,118 @@
+"""In-process fixtures: the Flask app from create_app with a fake clock, a recording notifier
+and an in-memory secret source (fast tests of policy; the real server is in test_server_*)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from gateway import create_app
+from gateway.approvals import Reply
+from gateway.config import Settings
+from gateway.errors import NotifyFailed, SecretUnavailable
+from gateway.service import Gateway
+from tests.gateway.server import TEST_LIMITS
+from zkv_early import crypto, protocol
+
+
+class FakeClock:
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Recorder:
+    texts: list[str] = field(default_factory=list)
+    broken: bool = False
+
+    def notify(self, text: str, pin: str) -> Reply | None:
+        if self.broken:
+            raise NotifyFailed("twilio: TwilioRestException 401")
+        self.texts.append(text)
+        return None
+
+
+@dataclass
+class MemorySource:
+    value: bytes = b"ab" * 32
+    broken: bool = False
+
+    def get(self, name: str | None) -> bytes:
+        if self.broken:
+            raise SecretUnavailable("key vault answered 403 Forbidden")
+        return self.value
+
+
+@dataclass
+class Env:
+    app: Flask
+    http: FlaskClient
+    clock: FakeClock
+    notifier: Recorder
+    source: MemorySource
+
+    @property
+    def gateway(self) -> Gateway:
+        service: Gateway = self.app.extensions["zkv"]
+        return service
+
+    def enrolled(self, hostname: str = "db01") -> bytes:
+        """A host key, enrolled and approved."""
+        private, public = crypto.ed25519_generate()
+        req = protocol.EnrollRequest.create(hostname, private, at=int(self.clock()))
+        assert self.http.post(protocol.PATH_HOSTS, json=req.to_json()).status_code == 202
+        self.gateway.set_host_status(req.host_id, "approved")
+        return private
+
+    def unlock(self, private: bytes, **kw: Any) -> tuple[Any, bytes, protocol.UnlockRequest]:
+        eph_private, eph_public = crypto.x25519_generate()
+        req = protocol.UnlockRequest.create(
+            private, kw.pop("hostname", "db01"), ("tank/a",), eph_public, at=int(self.clock())
+        )
+        return self.http.post(protocol.PATH_UNLOCK, json=req.to_json()), eph_private, req
+
+    def poll(self, request_id: str) -> Any:
+        return self.http.get(f"{protocol.PATH_UNLOCK}/{request_id}?wait=0")
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    secret = tmp_path / "secret"
+    secret.write_text("x" * 64)
+    base: dict[str, Any] = {
+        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'gw.sqlite'}",
+        "SECRET_SOURCE": "file",
+        "SECRET_FILE": str(secret),
+        "APPROVER": "console",
+        **TEST_LIMITS,
+    }
+    return Settings(**{**base, **overrides})
+
+
+@pytest.fixture
+def env_factory(tmp_path: Path) -> Iterator[Any]:
+    def build(**overrides: Any) -> Env:
+        clock, notifier, source = FakeClock(), Recorder(), MemorySource()
+        app = create_app(
+            make_settings(tmp_path, **overrides), source=source, notifier=notifier, clock=clock
+        )
+        return Env(app, app.test_client(), clock, notifier, source)
+
+    yield build
+
+
+@pytest.fixture
+def env(env_factory: Any) -> Env:
+    built: Env = env_factory()
+    return built

@@ -1,0 +1,186 @@
+"""Policy tests against the in-process app (fake clock): authentication, replay, expiry, limits,
+bad input. Every refusal must look the same to the caller."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from gateway import create_app
+from tests.gateway.conftest import Env, make_settings
+from zkv_early import crypto, protocol
+
+UNAUTHORIZED = (401, {"error": "unauthorized"})
+
+
+def answer(response: Any) -> tuple[int, Any]:
+    return response.status_code, response.get_json()
+
+
+def test_unknown_host(env: Env) -> None:
+    stranger = crypto.ed25519_generate()[0]
+    assert answer(env.unlock(stranger)[0]) == UNAUTHORIZED
+
+
+def test_pending_and_revoked_hosts(env: Env) -> None:
+    private = env.enrolled()
+    created = env.unlock(private)[0].get_json()
+    host_id = protocol.host_id_of(crypto.ed25519_public(private))
+    env.gateway.set_host_status(host_id, "revoked")
+    assert env.poll(created["request_id"]).get_json() == {"state": "denied"}
+    assert answer(env.unlock(private)[0]) == UNAUTHORIZED
+    events = [e.event for e in env_audit(env)]
+    assert "host_revoked" in events and "auth_failed" in events
+
+
+def test_signature_by_another_key(env: Env) -> None:
+    private = env.enrolled()
+    _, eph = crypto.x25519_generate()
+    good = protocol.UnlockRequest.create(private, "db01", ["tank"], eph, at=int(env.clock()))
+    forged = protocol.UnlockRequest.create(
+        crypto.ed25519_generate()[0], "db01", ["tank"], eph, at=int(env.clock())
+    )
+    body = {**good.to_json(), "signature": forged.to_json()["signature"]}
+    assert answer(env.http.post(protocol.PATH_UNLOCK, json=body)) == UNAUTHORIZED
+    tampered = {**good.to_json(), "hostname": "evil"}
+    assert answer(env.http.post(protocol.PATH_UNLOCK, json=tampered)) == UNAUTHORIZED
+
+
+def test_replayed_nonce_and_stale_timestamp(env: Env) -> None:
+    private = env.enrolled()
+    response, _, req = env.unlock(private)
+    assert response.status_code == 201
+    env.clock.advance(2)
+    assert answer(env.http.post(protocol.PATH_UNLOCK, json=req.to_json())) == UNAUTHORIZED
+    _, eph = crypto.x25519_generate()
+    old = protocol.UnlockRequest.create(
+        private, "db01", ["tank"], eph, at=int(env.clock()) - protocol.REPLAY_WINDOW - 1
+    )
+    assert answer(env.http.post(protocol.PATH_UNLOCK, json=old.to_json())) == UNAUTHORIZED
+
+
+def test_expiry(env: Env) -> None:
+    created = env.unlock(env.enrolled())[0].get_json()
+    env.clock.advance(599)
+    assert env.poll(created["request_id"]).get_json() == {"state": "pending"}
+    env.clock.advance(1)
+    assert env.poll(created["request_id"]).get_json() == {"state": "expired"}
+    assert created["expires_at"] == int(env.clock())
+    assert "expired" in [e.event for e in env_audit(env)]
+
+
+def test_release_happens_exactly_once_under_concurrent_polls(env: Env) -> None:
+    created = env.unlock(env.enrolled())[0].get_json()
+    env.gateway.decide(created["request_id"], created["pin"], approve=True)
+    results: list[int] = []
+
+    def poll() -> None:
+        results.append(
+            env.app.test_client().get(f"{protocol.PATH_UNLOCK}/{created['request_id']}").status_code
+        )
+
+    threads = [threading.Thread(target=poll) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [200] + [401] * 7
+    assert [e.event for e in env_audit(env)].count("released") == 1
+
+
+def test_twilio_down_fails_the_request(env: Env) -> None:
+    private = env.enrolled()
+    env.notifier.broken = True
+    env.clock.advance(1)
+    response = env.unlock(private)[0]
+    assert answer(response) == (503, {"error": "approver_unavailable"})
+    with env.gateway.store.read() as conn:
+        latest = env.gateway.store.recent_requests(conn, 1)[0].approval
+    assert (latest.kind, latest.state) == ("unlock", "failed")
+
+
+def test_secret_source_down(env: Env) -> None:
+    created = env.unlock(env.enrolled())[0].get_json()
+    env.source.broken = True
+    env.gateway.decide(created["request_id"], created["pin"], approve=True)
+    assert answer(env.poll(created["request_id"])) == (503, {"error": "secret_unavailable"})
+    assert env.poll(created["request_id"]).get_json() == {"state": "failed"}
+
+
+def test_rate_limits_per_host_and_floor(env_factory: Any) -> None:
+    env = env_factory(RATE_PER_SECOND=1, RATE_HOST_PER_HOUR=2)
+    private = env.enrolled()
+    env.clock.advance(1.5)
+    assert env.unlock(private)[0].status_code == 201
+    assert answer(env.unlock(private)[0]) == (429, {"error": "rate_limited"})  # same second
+    env.clock.advance(1.5)
+    assert env.unlock(private)[0].status_code == 201
+    env.clock.advance(1.5)
+    assert env.unlock(private)[0].status_code == 429  # 2 per hour
+    env.clock.advance(3600)
+    assert env.unlock(private)[0].status_code == 201
+
+
+def test_sms_budget_holds_across_instances(env_factory: Any, tmp_path: Any) -> None:
+    env = env_factory(SMS_PER_HOUR=3)  # two enrolment notices + one unlock
+    other = create_app(
+        make_settings(tmp_path, SMS_PER_HOUR=3), notifier=env.notifier, clock=env.clock
+    ).test_client()  # a second instance on the same database
+    a, b = env.enrolled("a"), env.enrolled("b")
+    assert env.unlock(a)[0].status_code == 201
+    env.clock.advance(2)
+    _, eph = crypto.x25519_generate()
+    req = protocol.UnlockRequest.create(b, "b", ["tank"], eph, at=int(env.clock()))
+    assert other.post(protocol.PATH_UNLOCK, json=req.to_json()).status_code == 429
+    env.clock.advance(3600)
+    assert env.unlock(b)[0].status_code == 201
+
+
+def test_lockout_after_auth_failures(env_factory: Any) -> None:
+    env = env_factory(AUTH_FAILURES_PER_HOUR=3)
+    private = env.enrolled()
+    for _ in range(3):
+        assert env.unlock(crypto.ed25519_generate()[0])[0].status_code == 401
+    assert answer(env.unlock(private)[0]) == (429, {"error": "rate_limited"})
+    env.clock.advance(3601)
+    assert env.unlock(private)[0].status_code == 201
+
+
+def test_bad_input_is_a_clear_4xx(env: Env) -> None:
+    post = env.http.post
+    assert answer(post(protocol.PATH_UNLOCK, data="{", content_type="application/json")) == (
+        400,
+        {"error": "bad_request"},
+    )
+    assert post(protocol.PATH_UNLOCK, data="x", content_type="text/plain").status_code == 400
+    deep = "[" * 5000 + "]" * 5000
+    assert post(protocol.PATH_UNLOCK, data=deep, content_type="application/json").status_code == 400
+    big = b'{"a":"' + b"x" * protocol.MAX_BODY + b'"}'
+    assert post(protocol.PATH_HOSTS, data=big, content_type="application/json").status_code == 413
+    assert post(protocol.PATH_UNLOCK, json={"v": 1}).status_code == 400
+    assert env.http.get(f"{protocol.PATH_UNLOCK}/{'0' * 32}?wait=abc").status_code == 400
+    assert env.http.get(f"{protocol.PATH_UNLOCK}/{'0' * 32}?wait=26").status_code == 400
+    assert answer(env.http.get(f"{protocol.PATH_UNLOCK}/nothex")) == UNAUTHORIZED
+    assert answer(env.http.get(f"{protocol.PATH_UNLOCK}/{'0' * 32}")) == UNAUTHORIZED
+    assert env.http.get("/nope").status_code == 404
+    assert env.http.get("/healthz").get_json() == {"status": "ok"}
+
+
+def test_enrolment_is_idempotent_and_needs_the_key(env: Env) -> None:
+    private, public = crypto.ed25519_generate()
+    req = protocol.EnrollRequest.create("db02", private, at=int(env.clock()))
+    assert answer(env.http.post(protocol.PATH_HOSTS, json=req.to_json())) == (
+        202,
+        {"host_id": req.host_id, "status": "pending"},
+    )
+    assert len(env.notifier.texts) == 1 and "db02" in env.notifier.texts[0]
+    assert env.http.post(protocol.PATH_HOSTS, json=req.to_json()).status_code == 401  # replay
+    impostor = {**req.to_json(), "public_key": protocol.b64(crypto.ed25519_generate()[1])}
+    assert answer(env.http.post(protocol.PATH_HOSTS, json=impostor)) == UNAUTHORIZED
+
+
+def env_audit(env: Env) -> list[Any]:
+    from gateway import audit
+
+    with env.gateway.store.read() as conn:
+        return audit.entries(conn, 1000)

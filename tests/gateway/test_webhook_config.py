@@ -1,0 +1,124 @@
+"""Webhook URL reconstruction behind a proxy, configuration layering and start-up errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twilio.request_validator import RequestValidator
+
+from gateway import config
+from gateway.errors import ConfigError
+from tests.gateway.server import OWNER, REPO, TWILIO_TOKEN
+from tests.gateway.standins import twilio_settings
+
+FORM = {"MessageSid": "SM1", "From": OWNER, "Body": "hello"}
+
+
+def signed(url: str) -> dict[str, str]:
+    return {"X-Twilio-Signature": RequestValidator(TWILIO_TOKEN).compute_signature(url, FORM)}
+
+
+def test_public_url(env_factory: Any) -> None:
+    env = env_factory(**twilio_settings(), PUBLIC_URL="https://gw.example.org")
+    public = "https://gw.example.org/v1/twilio/sms"
+    assert env.http.post("/v1/twilio/sms", data=FORM, headers=signed(public)).status_code == 200
+    internal = "http://localhost/v1/twilio/sms"
+    assert env.http.post("/v1/twilio/sms", data=FORM, headers=signed(internal)).status_code == 403
+
+
+def test_trusted_proxy_restores_the_public_url(env_factory: Any) -> None:
+    env = env_factory(**twilio_settings(), TRUSTED_PROXIES=1)
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "gw.example.org"}
+    headers = {**forwarded, **signed("https://gw.example.org/v1/twilio/sms")}
+    assert env.http.post("/v1/twilio/sms", data=FORM, headers=headers).status_code == 200
+
+
+def test_webhook_is_closed_without_twilio(env: Any) -> None:
+    assert env.http.post("/v1/twilio/sms", data=FORM).status_code == 403
+
+
+def test_layering(tmp_path: Path) -> None:
+    secret = tmp_path / "s"
+    secret.write_text("k" * 64)
+    conf = tmp_path / "c.py"
+    conf.write_text(
+        f"SECRET_SOURCE = 'file'\nSECRET_FILE = {str(secret)!r}\nAPPROVER = 'console'\n"
+        "PIN_LENGTH = 8\nREQUEST_TTL = 100\nDEBUG = True\n"
+    )
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "twilio-token").write_text("from-credential\n")
+    env = {
+        "CONFIG_FILE": str(conf),
+        "ZKV_PIN_LENGTH": "7",
+        "CREDENTIALS_DIRECTORY": str(creds),
+        "ZKV_TWILIO_TOKEN": "from-env",
+        "ZKV_UNRELATED": "ignored",
+    }
+    s = config.load(environ=env)
+    assert (s.PIN_LENGTH, s.REQUEST_TTL, s.TWILIO_TOKEN) == (7, 100, "from-credential")
+    assert "from-credential" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({}, "KEY_VAULT_URI is required"),
+        ({"ZKV_SECRET_SOURCE": "file", "ZKV_SECRET_FILE": "/nonexistent"}, "not a readable file"),
+        (
+            {
+                "ZKV_SECRET_SOURCE": "file",
+                "ZKV_SECRET_FILE": "/etc/hostname",
+                "ZKV_APPROVER": "auto",
+            },
+            "ALLOW_AUTO_APPROVER",
+        ),
+        (
+            {
+                "ZKV_SECRET_SOURCE": "file",
+                "ZKV_SECRET_FILE": "/etc/hostname",
+                "ZKV_PIN_LENGTH": "six",
+            },
+            "PIN_LENGTH must be a number",
+        ),
+        (
+            {"ZKV_SECRET_SOURCE": "file", "ZKV_SECRET_FILE": "/etc/hostname", "ZKV_SMS_TO": "12"},
+            "TWILIO_ACCOUNT_ID is required",
+        ),
+    ],
+)
+def test_invalid_configuration(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config.load(environ=environ)
+
+
+def test_cli_reports_configuration_errors_in_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve"],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "ZKV_APPROVER": "sms"},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 3
+    assert result.stderr.startswith("zkv-gateway: configuration error:")
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_cli_wrong_pin_is_a_strike(env: Any, tmp_path: Path) -> None:
+    created = env.unlock(env.enrolled())[0].get_json()
+    from gateway.cli import main
+
+    conf = tmp_path / "cli.py"
+    conf.write_text("".join(f"{k} = {v!r}\n" for k, v in env.gateway.settings.__dict__.items()))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CONFIG_FILE", str(conf))
+        assert main(["approve", created["request_id"], "00000000"]) == 5
+        assert main(["deny", created["request_id"]]) == 0
+        assert main(["approve", created["request_id"], created["pin"]]) == 5
+    assert env.poll(created["request_id"]).get_json() == {"state": "denied"}
