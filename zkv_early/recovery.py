@@ -35,4 +35,6 @@ def unlock_with_passphrase(
         if cancel.is_set():  # the gateway won while scrypt ran: do not ask again
             raise Cancelled
         console.say("wrong recovery passphrase")
-    raise PassphraseRetriesExceeded
+    error = PassphraseRetriesExceeded()
+    console.say(f"{error.message}; no more questions on this console")  # the gateway may go on
+    raise error

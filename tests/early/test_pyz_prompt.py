@@ -1,0 +1,114 @@
+"""The console fallback racing the gateway, typed through a pty (pexpect) into the built pyz."""
+
+from __future__ import annotations
+
+import termios
+import time
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from tests.early.conftest import PASSPHRASE, Machine, pending_request
+from tests.gateway.server import running_gateway
+
+
+def spawn(machine: Machine) -> pexpect.spawn:
+    argv = machine.argv("--tty", "/dev/tty", prompt="console")
+    return pexpect.spawn(argv[0], argv[1:], env=machine.env(), encoding="utf-8", timeout=30)
+
+
+def finish(child: pexpect.spawn) -> tuple[int, str]:
+    child.expect(pexpect.EOF, timeout=60)
+    echo_on = bool(termios.tcgetattr(child.child_fd)[3] & termios.ECHO)
+    child.close()
+    assert echo_on, "terminal echo was not restored"
+    return child.exitstatus, child.before or ""
+
+
+@pytest.fixture
+def down(machine: Machine) -> Machine:
+    machine.gateway_url = "http://127.0.0.1:9"  # nothing listens there
+    return machine
+
+
+def test_gateway_down_passphrase_wins(down: Machine) -> None:
+    child = spawn(down)
+    child.expect("Recovery passphrase: ")
+    child.sendline(PASSPHRASE.decode())
+    status, rest = finish(child)
+    assert status == 0, rest
+    assert PASSPHRASE.decode() not in rest  # echo was off
+    assert down.zfs.keystatus("rpool") == "available"
+    assert "keys loaded: rpool" in rest
+
+
+def test_wrong_passphrase_asks_again_then_gives_up(down: Machine) -> None:
+    down.cmdline = "zkv.timeout=8"
+    child = spawn(down)
+    for _ in range(3):
+        child.expect(r"Recovery passphrase( \(\d attempts left\))?: ")
+        child.sendline("not the passphrase")
+        child.expect("wrong recovery passphrase")
+    child.expect("too many wrong recovery passphrases")
+    status, rest = finish(child)
+    # The gateway goes on until its own end; when both fail, the gateway's error is reported.
+    assert status == 31, rest
+    assert "Recovery passphrase" not in rest
+    assert down.zfs.keystatus("rpool") == "unavailable"
+
+
+def test_interrupt_after_wrong_passphrases_restores_the_terminal(down: Machine) -> None:
+    down.settings = {"gateway": {"url": "http://127.0.0.1:9"}}
+    down.cmdline = "zkv.timeout=30"
+    child = spawn(down)
+    for _ in range(3):
+        child.expect(r"Recovery passphrase( \(\d attempts left\))?: ")
+        child.sendline("not the passphrase")
+    child.expect("too many wrong recovery passphrases")
+    child.sendintr()  # the hooks stop us the same way (SIGTERM/SIGINT): status 130
+    status, _rest = finish(child)
+    assert status == 130
+
+
+def test_wrong_then_right_passphrase(down: Machine) -> None:
+    child = spawn(down)
+    child.expect("Recovery passphrase: ")
+    child.sendline("not the passphrase")
+    child.expect(r"\(2 attempts left\): ")
+    child.sendline(PASSPHRASE.decode())
+    status, rest = finish(child)
+    assert status == 0, rest
+
+
+def test_slow_gateway_passphrase_wins_while_a_poll_is_pending(
+    machine: Machine, tmp_path: Path
+) -> None:
+    with running_gateway(tmp_path / "gw") as gw:  # nobody approves
+        machine.enroll(gw)
+        child = spawn(machine)
+        child.expect("Recovery passphrase: ")
+        child.expect(r"approve PIN \d+")
+        pending_request(gw)
+        started = time.monotonic()
+        child.sendline(PASSPHRASE.decode())
+        status, rest = finish(child)
+        took = time.monotonic() - started
+        requests = gw.cli("requests").stdout
+    assert status == 0, rest
+    assert took < 10, "the pending long-poll (25 s) must not hold up the unlock"
+    assert " pending " in requests
+    assert machine.zfs.keystatus("rpool") == "available"
+
+
+def test_gateway_approval_withdraws_the_prompt(machine: Machine, tmp_path: Path) -> None:
+    with running_gateway(tmp_path / "gw", secret=machine.repository_key.hex().encode()) as gw:
+        machine.enroll(gw)
+        child = spawn(machine)
+        child.expect("Recovery passphrase: ")
+        request_id, pin = pending_request(gw)
+        gw.approve(request_id, pin)
+        status, rest = finish(child)
+    assert status == 0, rest
+    assert "approved" in rest
+    assert machine.zfs.keystatus("rpool") == "available"
