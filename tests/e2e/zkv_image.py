@@ -2,14 +2,15 @@
 
 Two layers on top of tests/e2e/builder.py:
 
-1. the test bed's *payload* (cached chroot + disk): ``make install-files DESTDIR=<overlay>``,
-   /etc/zkv/early.conf pointing at https://10.0.2.100/ with the test CA, and the initrd
-   regenerated (zkv installed but not set up yet, so the hooks leave it out: that initrd is the
-   "without zkv" reference of the benchmark);
-2. ``zkv-initrd`` (here): the disk's data key is only known once the disk exists, so the
-   keystore (root passphrase + tank's key) and the host key are written into /boot/zkv of an
-   overlayfs view of the payload chroot, and the initrd is rebuilt there. Kernel and disk are
-   the payload image's (symlinks); only the initrd differs.
+1. the test bed's *payload* (cached chroot + disk): what the real root needs from
+   ``make install-files`` (the zipapp, zkv-load-keys.service, the CLI), /etc/zkv/early.conf
+   pointing at https://10.0.2.100/ and the test CA. Its initrd is the flavour's own: the
+   "without zkv" reference of the benchmark;
+2. ``zkv-initrd`` (here): ``make install-files`` again (all of it, so a change to a hook only
+   rebuilds this layer), the keystore (root passphrase + tank's key, which is only known once
+   the disk exists) and the host key in /boot/zkv, all in an overlayfs view of the payload
+   chroot, and the initrd rebuilt there. Kernel and disk are the payload image's (symlinks);
+   only the initrd differs.
 
 Test secrets only: they protect throw-away disk images.
 """
@@ -115,21 +116,34 @@ def build_pyz(target: Path) -> Path:
     return target
 
 
-def _stage_payload(work: Path) -> Payload:
-    overlay = work / "overlay"
-    pyz = build_pyz(work / "zkv-early.pyz")
+# Installed by the zkv-initrd layer only: the initrd generators' parts.
+_INITRD_PARTS = (
+    "usr/lib/dracut", "usr/share/initramfs-tools", "etc/zfs", "usr/lib/zkv/initramfs-files",
+)
+
+
+def install_files(destdir: Path, pyz: Path) -> None:
     subprocess.run(
         ["make", "-s", "-f", "mk/install.mk", "install-files",
-         f"DESTDIR={overlay}", "PREFIX=/usr", f"ZKV_PYZ={pyz}"],
+         f"DESTDIR={destdir}", "PREFIX=/usr", f"ZKV_PYZ={pyz}"],
         cwd=REPO,
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    (overlay / "etc/zkv/early.conf").write_text(_EARLY_CONF)
-    shutil.copyfile(test_ca().cert, overlay / GUEST_CA.lstrip("/"))
-    script = work / "regenerate.sh"
-    script.write_text(_REGENERATE)
-    return Payload(overlay=overlay, script=script)
+    (destdir / "etc/zkv/early.conf").write_text(_EARLY_CONF)
+    shutil.copyfile(test_ca().cert, destdir / GUEST_CA.lstrip("/"))
+
+
+def _stage_payload(work: Path) -> Payload:
+    overlay = work / "overlay"
+    install_files(overlay, build_pyz(work / "zkv-early.pyz"))
+    for part in _INITRD_PARTS:
+        target = overlay / part
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+    return Payload(overlay=overlay)
 
 
 def build(flavour: Flavour, channel: Channel) -> ZkvImage:
@@ -174,6 +188,7 @@ def _make(base: Image, chroot_root: Path, work: Path) -> None:
     store.put(keystore.Entry(testbed.ROOT_DATASET, "passphrase"), testbed.ROOT_PASSPHRASE.encode())
     store.put(keystore.Entry(testbed.DATA_DATASET, "hex"), base.data_key().encode())
     with _overlay_view(chroot_root, work / "overlay") as root:
+        install_files(root, build_pyz(work / "zkv-early.pyz"))
         boot_zkv = root / "boot" / "zkv"
         boot_zkv.mkdir(mode=0o700, parents=True, exist_ok=True)
         keystore.write(boot_zkv / "keystore", store)

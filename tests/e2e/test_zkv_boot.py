@@ -1,0 +1,135 @@
+"""zkv in the VM: the boot client in the initrd against the real gateway on the host's loopback.
+
+The guest reaches the gateway as https://10.0.2.100/ (QEMU guestfwd -> TLS front -> gunicorn on
+127.0.0.1). The owner's approval is given by the test through the gateway's owner CLI
+(`zkv-gateway approve ID PIN`, console approver), with the PIN read off the guest's console.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import testbed, zkv_image
+from tests.e2e.conftest import record_boot
+from tests.e2e.driver import BootResult, Guest, Timings
+from tests.e2e.testbed import Channel, Flavour, Image
+from tests.e2e.zkv_boot import Outcome, gateway, no_leftovers, run_boot, unreachable_port
+from tests.e2e.zkv_image import RECOVERY_PASSPHRASE, ZkvImage
+
+pytestmark = pytest.mark.e2e
+
+CHANNEL: Channel = testbed.default_channel()
+GuestFactory = Callable[..., Guest]
+
+
+@pytest.fixture(scope="session")
+def zkv_images(prerequisites: None) -> Callable[[Flavour], ZkvImage]:
+    built: dict[Flavour, ZkvImage] = {}
+
+    def get(flavour: Flavour) -> ZkvImage:
+        if flavour not in built:
+            built[flavour] = zkv_image.build(flavour, CHANNEL)
+        return built[flavour]
+
+    return get
+
+
+@pytest.fixture
+def boot(request: pytest.FixtureRequest) -> Iterator[Callable[[Image, int], Guest]]:
+    guests: list[Guest] = []
+    name = request.node.name.replace("[", "-").replace("]", "")
+
+    def start(image: Image, host_port: int) -> Guest:
+        log = testbed.cache_dir() / "logs" / f"{name}-{len(guests)}.log"
+        guest = Guest(image, host_port=host_port, console_log=log)
+        guests.append(guest)
+        guest.start()
+        return guest
+
+    yield start
+    for guest in guests:
+        guest.close()
+
+
+def _record(image: Image, scenario: str, out: Outcome) -> None:
+    timings = Timings(kernel=out.kernel, prompts=out.stock_prompts, root=out.root_at)
+    record_boot(image, scenario, BootResult(out.root, out.data_mounted, timings))
+
+
+@pytest.mark.parametrize("flavour", testbed.FLAVOURS)
+def test_approved_boot_unlocks_everything_and_leaves_nothing(
+    flavour: Flavour, zkv_images: Callable[[Flavour], ZkvImage], boot: Callable[..., Guest],
+    tmp_path: Path,
+) -> None:
+    zimg = zkv_images(flavour)
+    with gateway(zimg, tmp_path) as gw:
+        guest = boot(zimg.image, gw.guest_port)
+        out = run_boot(guest, on_pin=gw.approve_pin)
+        _record(zimg.image, "zkv-approved", out)
+        assert out.pin is not None
+        assert out.root == testbed.ROOT_DATASET
+        assert out.stock_prompts == []
+        assert out.data_mounted, "tank/secure's key should have come from the keystore"
+        left = no_leftovers(guest, zimg)
+    assert left["run_zkv"] == "0", left
+    assert left["secrets_in_run"] == "0", left
+    assert left["global_addresses"] == "0", left
+    assert left["net_conf"] == "0", left
+    assert left["dhclient"] == "0", left
+
+
+@pytest.mark.parametrize("flavour", testbed.FLAVOURS)
+def test_gateway_down_recovery_passphrase_boots(
+    flavour: Flavour, zkv_images: Callable[[Flavour], ZkvImage], boot: Callable[..., Guest],
+) -> None:
+    zimg = zkv_images(flavour)
+    with unreachable_port() as port:
+        guest = boot(zimg.image, port)
+        # The prompt races the gateway: answer it at once, as a person at the console would.
+        out = run_boot(guest, recovery=RECOVERY_PASSPHRASE, answer_after_gateway_gave_up=False)
+    _record(zimg.image, "zkv-gateway-down", out)
+    assert out.pin is None
+    assert out.recovery_prompts_answered
+    assert out.stock_prompts == []
+    assert out.root == testbed.ROOT_DATASET
+    assert out.data_mounted
+
+
+@pytest.mark.parametrize("flavour", testbed.FLAVOURS)
+def test_denied_falls_back_to_a_prompt(
+    flavour: Flavour, zkv_images: Callable[[Flavour], ZkvImage], boot: Callable[..., Guest],
+    tmp_path: Path,
+) -> None:
+    zimg = zkv_images(flavour)
+    with gateway(zimg, tmp_path) as gw:
+        guest = boot(zimg.image, gw.guest_port)
+        out = run_boot(
+            guest, on_pin=gw.deny_pin, recovery=RECOVERY_PASSPHRASE,
+            stock=testbed.ROOT_PASSPHRASE,
+        )
+    _record(zimg.image, "zkv-denied", out)
+    assert out.gateway_gave_up and "denied" in out.gateway_gave_up
+    assert out.recovery_prompts_answered or out.stock_prompts
+    assert out.root == testbed.ROOT_DATASET
+
+
+@pytest.mark.parametrize("flavour", testbed.FLAVOURS)
+def test_released_key_that_does_not_open_the_keystore_falls_back(
+    flavour: Flavour, zkv_images: Callable[[Flavour], ZkvImage], boot: Callable[..., Guest],
+    tmp_path: Path,
+) -> None:
+    zimg = zkv_images(flavour)
+    with gateway(zimg, tmp_path, secret=secrets.token_hex(32)) as gw:
+        guest = boot(zimg.image, gw.guest_port)
+        out = run_boot(
+            guest, on_pin=gw.approve_pin, recovery=RECOVERY_PASSPHRASE,
+            stock=testbed.ROOT_PASSPHRASE,
+        )
+    _record(zimg.image, "zkv-wrong-key", out)
+    assert out.gateway_gave_up and "could not be opened" in out.gateway_gave_up
+    assert out.recovery_prompts_answered or out.stock_prompts
+    assert out.root == testbed.ROOT_DATASET

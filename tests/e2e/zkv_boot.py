@@ -1,0 +1,250 @@
+"""Booting a zkv image against the real gateway: TLS in front of it, enrolment, the console loop.
+
+Used by test_zkv_boot.py, tests/e2e/demo.py and bench/boot_time.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pexpect
+
+from tests.e2e import driver, testbed
+from tests.e2e.driver import Guest
+from tests.e2e.zkv_image import HOSTNAME, RECOVERY_PASSPHRASE, ZkvImage, test_ca
+from tests.gateway import client
+from tests.gateway.server import RunningGateway, free_port, running_gateway
+
+PIN = re.compile(r"approve PIN (\d{4,12})")
+RECOVERY_PROMPT = re.compile(r"Recovery passphrase[^\r\n:]*:")
+# A status line of the client that ends the gateway's part: denied, expired, wrong key, down.
+GATEWAY_GAVE_UP = re.compile(
+    r"zkv: (the owner denied[^\r\n]*|the unlock request expired[^\r\n]*"
+    r"|the keystore could not be opened[^\r\n]*|cannot reach the gateway[^\r\n]*)\r?\n"
+)
+RECOVERY_OK = re.compile(r"zkv: recovery passphrase accepted")
+RECOVERY_WRONG = re.compile(r"zkv: wrong recovery passphrase")
+
+
+@contextlib.contextmanager
+def tls_front(upstream_port: int) -> Iterator[int]:
+    """HTTPS on a free 127.0.0.1 port, with a certificate for 10.0.2.100 from the test CA,
+    forwarding to the gateway's plain HTTP port (the guest only trusts the test CA)."""
+    import trustme
+
+    ca_files = test_ca()
+    ca = trustme.CA.from_pem(ca_files.cert.read_bytes(), ca_files.key.read_bytes())
+    leaf = ca.issue_cert("10.0.2.100", "localhost")
+    with tempfile.TemporaryDirectory(prefix="zkv-tls-") as tmp:
+        pem = Path(tmp) / "server.pem"
+        leaf.private_key_and_cert_chain_pem.write_to_path(str(pem))
+        port = free_port()
+        process = subprocess.Popen(
+            ["socat",
+             f"OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={pem},verify=0",
+             f"TCP:127.0.0.1:{upstream_port}"],
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            _wait_port(port)
+            yield port
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=10)
+
+
+def _wait_port(port: int, timeout: float = 10) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"TLS front on port {port} did not start")
+
+
+@dataclass
+class Gateway:
+    gw: RunningGateway
+    guest_port: int  # what QEMU's guestfwd connects to (the TLS front)
+
+    def pending_request(self, timeout: float = 60) -> str:
+        """The id of the newest pending unlock request."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in reversed(self.gw.cli("requests").stdout.splitlines()):
+                fields = line.split()
+                if len(fields) >= 3 and fields[1] == "unlock" and fields[2] == "pending":
+                    return fields[0]
+            time.sleep(0.5)
+        raise AssertionError("no pending unlock request at the gateway")
+
+    def approve_pin(self, pin: str) -> str:
+        request_id = self.pending_request()
+        self.gw.approve(request_id, pin)
+        return request_id
+
+    def deny_pin(self, pin: str) -> str:
+        request_id = self.pending_request()
+        self.gw.deny(request_id)
+        return request_id
+
+
+@contextlib.contextmanager
+def gateway(
+    zimg: ZkvImage, tmp: Path, approver: str = "console", secret: str | None = None
+) -> Iterator[Gateway]:
+    """The real gateway releasing ``secret`` (default: the image's repository key), the
+    image's host enrolled and approved by the owner, and the TLS front the guest talks to."""
+    released = (secret or zimg.repository_key).encode()
+    with running_gateway(tmp, approver=approver, secret=released) as gw:
+        host = client.Host(hostname=HOSTNAME, private_key=zimg.host_private_key)
+        response = client.enroll(gw.url, host)
+        assert response.status_code in (200, 201, 202), response.text
+        if response.json().get("status") != "approved":
+            gw.approve_host(host.host_id)
+        port = int(gw.url.rsplit(":", 1)[1])
+        with tls_front(port) as front:
+            yield Gateway(gw, front)
+
+
+@contextlib.contextmanager
+def unreachable_port() -> Iterator[int]:
+    """A loopback port where nothing listens: guestfwd's socat fails, the guest sees a reset."""
+    yield free_port()
+
+
+@dataclass
+class Outcome:
+    root: str = ""
+    data_mounted: bool = False
+    pin: str | None = None
+    kernel: float | None = None
+    root_at: float | None = None
+    stock_prompts: list[float] = field(default_factory=list)
+    recovery_prompts_answered: list[float] = field(default_factory=list)
+    gateway_gave_up: str | None = None
+    events: list[str] = field(default_factory=list)
+
+    @property
+    def kernel_to_root(self) -> float | None:
+        if self.kernel is None or self.root_at is None:
+            return None
+        return self.root_at - self.kernel
+
+
+def run_boot(
+    guest: Guest,
+    *,
+    on_pin: Callable[[str], object] | None = None,
+    recovery: str | None = None,
+    stock: str | None = None,
+    answer_after_gateway_gave_up: bool = True,
+    timeout: float = 600,
+    echo: Callable[[str], None] | None = None,
+) -> Outcome:
+    """Drive one boot until the real root's marker.
+
+    ``on_pin``: called once with the PIN the client shows. ``recovery`` / ``stock``: what to type
+    at zkv's recovery prompt / OpenZFS's prompt (None: a stock prompt fails the test, a recovery
+    prompt is left waiting, as the racing prompt of an approved boot is). With
+    ``answer_after_gateway_gave_up``, the recovery prompt is answered only after the client said
+    the gateway part failed (denied, expired, wrong key, unreachable): that is the fallback.
+    """
+    out = Outcome()
+    deadline = time.monotonic() + timeout
+    armed_recovery = True
+    armed_stock = True
+    patterns = [
+        driver.KERNEL_START, PIN, RECOVERY_PROMPT, driver.PROMPT, driver.KEY_REJECTED,
+        driver.MARKER, driver.BOOT_FAILED, GATEWAY_GAVE_UP, RECOVERY_WRONG, RECOVERY_OK,
+    ]
+
+    def note(text: str) -> None:
+        out.events.append(f"{guest.elapsed():6.1f}s {text}")
+        if echo:
+            echo(text)
+
+    while True:
+        index = guest._expect(patterns, deadline, "the zkv boot to reach the real root")
+        match = guest.child.match
+        if index == 0:
+            out.kernel = out.kernel or guest.elapsed()
+        elif index == 1 and out.pin is None:
+            out.pin = match.group(1)
+            note(f"client shows PIN {out.pin}")
+            if on_pin is not None:
+                on_pin(out.pin)
+        elif index == 2:
+            ready = out.gateway_gave_up is not None or not answer_after_gateway_gave_up
+            if recovery is not None and armed_recovery and ready:
+                note("typing the recovery passphrase")
+                out.recovery_prompts_answered.append(guest.elapsed())
+                guest.child.send(recovery + "\r")
+                armed_recovery = False
+        elif index == 3 and armed_stock:
+            out.stock_prompts.append(guest.elapsed())
+            if stock is None:
+                raise guest.fail("OpenZFS prompted for the root key, but zkv should have loaded it")
+            note("OpenZFS prompt: typing the root passphrase")
+            guest.child.send(stock + "\r")
+            armed_stock = False
+        elif index == 4:
+            armed_stock = True
+        elif index == 5:
+            out.root_at = guest.elapsed()
+            out.root, out.data_mounted = match.group(1), match.group(2) == "yes"
+            note(f"real root up: root={out.root} data_mounted={out.data_mounted}")
+            return out
+        elif index == 6:
+            raise guest.fail(f"boot failed: {guest.child.after!r}")
+        elif index == 7 and out.gateway_gave_up is None:
+            out.gateway_gave_up = match.group(1).strip()
+            note(f"client: {out.gateway_gave_up}")
+        elif index == 8:
+            armed_recovery = True
+        elif index == 9:
+            note("client: recovery passphrase accepted")
+
+
+def no_leftovers(guest: Guest, zimg: ZkvImage) -> dict[str, str]:
+    """After boot: what is under /run/zkv, which key material /run holds, the boot network."""
+    guest.login()
+    secrets = (testbed.ROOT_PASSPHRASE, zimg.image.data_key(), zimg.repository_key,
+               RECOVERY_PASSPHRASE)
+    patterns = " ".join(f"-e {s}" for s in secrets)
+    return {
+        "run_zkv": _last_output(guest, "ls -A /run/zkv 2>/dev/null | wc -l"),
+        "secrets_in_run": _last_output(
+            guest, f"grep -rlsF {patterns} /run /tmp /dev/shm 2>/dev/null | wc -l"
+        ),
+        "global_addresses": _last_output(guest, "ip -o -4 addr show scope global | wc -l"),
+        "net_conf": _last_output(guest, "ls /run/net-*.conf 2>/dev/null | wc -l"),
+        "dhclient": _last_output(guest, "pgrep -c dhclient || true"),
+        "handover_unit": _last_output(
+            guest, "systemctl show -p ActiveState,Result zkv-load-keys.service | tr '\\n' ' '"
+        ),
+    }
+
+
+def _last_output(guest: Guest, command: str) -> str:
+    output = guest.check(command)
+    lines = [ln.strip() for ln in output.replace("\r", "").splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def have_tools() -> bool:
+    return all(shutil.which(tool) for tool in ("socat", "qemu-system-x86_64"))
+
+
+__all__ = ["Gateway", "Outcome", "gateway", "no_leftovers", "pexpect", "run_boot", "tls_front"]
