@@ -64,10 +64,17 @@ def _print_notifications(gw: Gateway, stop: threading.Event) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--flavour", choices=testbed.FLAVOURS, default="initramfs-tools",
-                        help="initrd generator of the guest (default: %(default)s, the faster)")
-    parser.add_argument("--auto-approve", action="store_true",
-                        help="approve the PIN at once (CI smoke test; no human needed)")
+    parser.add_argument(
+        "--flavour",
+        choices=testbed.FLAVOURS,
+        default="initramfs-tools",
+        help="initrd generator of the guest (default: %(default)s, the faster)",
+    )
+    parser.add_argument(
+        "--auto-approve",
+        action="store_true",
+        help="approve the PIN at once (CI smoke test; no human needed)",
+    )
     parser.add_argument("--timeout", type=float, default=900, help="seconds for the whole boot")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -75,20 +82,28 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     channel = testbed.default_channel()
-    step(f"building or finding the zkv guest image ({args.flavour}, OpenZFS channel {channel}); "
-         "the first build takes several minutes")
+    step(
+        f"building or finding the zkv guest image ({args.flavour}, OpenZFS channel {channel}); "
+        "the first build takes several minutes"
+    )
     started = time.monotonic()
     zimg = zkv_image.build(args.flavour, channel)
     print(f"    image: {zimg.image.directory} ({time.monotonic() - started:.0f} s)")
-    print(f"    root {testbed.ROOT_DATASET} (passphrase) and {testbed.DATA_DATASET} (raw key) "
-          "are both in the keystore inside the initramfs, sealed by the repository key")
+    print(
+        f"    root {testbed.ROOT_DATASET} (passphrase) and {testbed.DATA_DATASET} (raw key) "
+        "are both in the keystore inside the initramfs, sealed by the repository key"
+    )
 
     with tempfile.TemporaryDirectory(prefix="zkv-demo-") as tmp:
-        step("starting the gateway on 127.0.0.1 (gunicorn, sqlite, file secret, console approver)"
-             " and enrolling the guest's host key")
+        step(
+            "starting the gateway on 127.0.0.1 (gunicorn, sqlite, file secret, console approver)"
+            " and enrolling the guest's host key"
+        )
         with gateway(zimg, Path(tmp)) as gw:
-            print(f"    gateway {gw.gw.url}; the guest reaches it as {zkv_image.GATEWAY_URL} "
-                  f"(QEMU guestfwd -> TLS on 127.0.0.1:{gw.guest_port})")
+            print(
+                f"    gateway {gw.gw.url}; the guest reaches it as {zkv_image.GATEWAY_URL} "
+                f"(QEMU guestfwd -> TLS on 127.0.0.1:{gw.guest_port})"
+            )
             stop = threading.Event()
             watcher = threading.Thread(target=_print_notifications, args=(gw, stop), daemon=True)
             watcher.start()
@@ -108,11 +123,17 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 guest.start()
                 guest.child.logfile_read = _Tee(guest._log, sys.stdout)
-                out = run_boot(guest, on_pin=on_pin, timeout=args.timeout,
-                               echo=lambda text: step(f"[test driver] {text}"))
-                step(f"real root mounted {out.kernel_to_root or 0:.1f} s after the kernel "
-                     f"started; {testbed.DATA_DATASET} mounted: {out.data_mounted}; "
-                     f"OpenZFS prompts shown: {len(out.stock_prompts)}")
+                out = run_boot(
+                    guest,
+                    on_pin=on_pin,
+                    timeout=args.timeout,
+                    echo=lambda text: step(f"[test driver] {text}"),
+                )
+                step(
+                    f"real root mounted {out.kernel_to_root or 0:.1f} s after the kernel "
+                    f"started; {testbed.DATA_DATASET} mounted: {out.data_mounted}; "
+                    f"OpenZFS prompts shown: {len(out.stock_prompts)}"
+                )
                 step("checking what the initramfs left behind")
                 left = no_leftovers(guest, zimg)
                 guest.check("zfs list -o name,keystatus,mounted")

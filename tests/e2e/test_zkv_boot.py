@@ -62,7 +62,9 @@ def _record(image: Image, scenario: str, out: Outcome) -> None:
 
 @pytest.mark.parametrize("flavour", testbed.FLAVOURS)
 def test_approved_boot_unlocks_everything_and_leaves_nothing(
-    flavour: Flavour, zkv_images: Callable[[Flavour], ZkvImage], boot: Callable[..., Guest],
+    flavour: Flavour,
+    zkv_images: Callable[[Flavour], ZkvImage],
+    boot: Callable[..., Guest],
     tmp_path: Path,
 ) -> None:
     zimg = zkv_images(flavour)
@@ -84,7 +86,9 @@ def test_approved_boot_unlocks_everything_and_leaves_nothing(
 
 @pytest.mark.parametrize("flavour", testbed.FLAVOURS)
 def test_gateway_down_recovery_passphrase_boots(
-    flavour: Flavour, zkv_images: Callable[[Flavour], ZkvImage], boot: Callable[..., Guest],
+    flavour: Flavour,
+    zkv_images: Callable[[Flavour], ZkvImage],
+    boot: Callable[..., Guest],
 ) -> None:
     zimg = zkv_images(flavour)
     with unreachable_port() as port:
@@ -101,14 +105,18 @@ def test_gateway_down_recovery_passphrase_boots(
 
 @pytest.mark.parametrize("flavour", testbed.FLAVOURS)
 def test_denied_falls_back_to_a_prompt(
-    flavour: Flavour, zkv_images: Callable[[Flavour], ZkvImage], boot: Callable[..., Guest],
+    flavour: Flavour,
+    zkv_images: Callable[[Flavour], ZkvImage],
+    boot: Callable[..., Guest],
     tmp_path: Path,
 ) -> None:
     zimg = zkv_images(flavour)
     with gateway(zimg, tmp_path) as gw:
         guest = boot(zimg.image, gw.guest_port)
         out = run_boot(
-            guest, on_pin=gw.deny_pin, recovery=RECOVERY_PASSPHRASE,
+            guest,
+            on_pin=gw.deny_pin,
+            recovery=RECOVERY_PASSPHRASE,
             stock=testbed.ROOT_PASSPHRASE,
         )
     _record(zimg.image, "zkv-denied", out)
@@ -119,14 +127,18 @@ def test_denied_falls_back_to_a_prompt(
 
 @pytest.mark.parametrize("flavour", testbed.FLAVOURS)
 def test_released_key_that_does_not_open_the_keystore_falls_back(
-    flavour: Flavour, zkv_images: Callable[[Flavour], ZkvImage], boot: Callable[..., Guest],
+    flavour: Flavour,
+    zkv_images: Callable[[Flavour], ZkvImage],
+    boot: Callable[..., Guest],
     tmp_path: Path,
 ) -> None:
     zimg = zkv_images(flavour)
     with gateway(zimg, tmp_path, secret=secrets.token_hex(32)) as gw:
         guest = boot(zimg.image, gw.guest_port)
         out = run_boot(
-            guest, on_pin=gw.approve_pin, recovery=RECOVERY_PASSPHRASE,
+            guest,
+            on_pin=gw.approve_pin,
+            recovery=RECOVERY_PASSPHRASE,
             stock=testbed.ROOT_PASSPHRASE,
         )
     _record(zimg.image, "zkv-wrong-key", out)

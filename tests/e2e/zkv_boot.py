@@ -49,9 +49,11 @@ def tls_front(upstream_port: int) -> Iterator[int]:
         leaf.private_key_and_cert_chain_pem.write_to_path(str(pem))
         port = free_port()
         process = subprocess.Popen(
-            ["socat",
-             f"OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={pem},verify=0",
-             f"TCP:127.0.0.1:{upstream_port}"],
+            [
+                "socat",
+                f"OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={pem},verify=0",
+                f"TCP:127.0.0.1:{upstream_port}",
+            ],
             stdin=subprocess.DEVNULL,
         )
         try:
@@ -166,8 +168,16 @@ def run_boot(
     armed_recovery = True
     armed_stock = True
     patterns = [
-        driver.KERNEL_START, PIN, RECOVERY_PROMPT, driver.PROMPT, driver.KEY_REJECTED,
-        driver.MARKER, driver.BOOT_FAILED, GATEWAY_GAVE_UP, RECOVERY_WRONG, RECOVERY_OK,
+        driver.KERNEL_START,
+        PIN,
+        RECOVERY_PROMPT,
+        driver.PROMPT,
+        driver.KEY_REJECTED,
+        driver.MARKER,
+        driver.BOOT_FAILED,
+        GATEWAY_GAVE_UP,
+        RECOVERY_WRONG,
+        RECOVERY_OK,
     ]
 
     def note(text: str) -> None:
@@ -220,8 +230,12 @@ def run_boot(
 def no_leftovers(guest: Guest, zimg: ZkvImage) -> dict[str, str]:
     """After boot: what is under /run/zkv, which key material /run holds, the boot network."""
     guest.login()
-    secrets = (testbed.ROOT_PASSPHRASE, zimg.image.data_key(), zimg.repository_key,
-               RECOVERY_PASSPHRASE)
+    secrets = (
+        testbed.ROOT_PASSPHRASE,
+        zimg.image.data_key(),
+        zimg.repository_key,
+        RECOVERY_PASSPHRASE,
+    )
     patterns = " ".join(f"-e {s}" for s in secrets)
     return {
         "run_zkv": _last_output(guest, "ls -A /run/zkv 2>/dev/null | wc -l"),

@@ -118,14 +118,25 @@ def build_pyz(target: Path) -> Path:
 
 # Installed by the zkv-initrd layer only: the initrd generators' parts.
 _INITRD_PARTS = (
-    "usr/lib/dracut", "usr/share/initramfs-tools", "etc/zfs", "usr/lib/zkv/initramfs-files",
+    "usr/lib/dracut",
+    "usr/share/initramfs-tools",
+    "etc/zfs",
+    "usr/lib/zkv/initramfs-files",
 )
 
 
 def install_files(destdir: Path, pyz: Path) -> None:
     subprocess.run(
-        ["make", "-s", "-f", "mk/install.mk", "install-files",
-         f"DESTDIR={destdir}", "PREFIX=/usr", f"ZKV_PYZ={pyz}"],
+        [
+            "make",
+            "-s",
+            "-f",
+            "mk/install.mk",
+            "install-files",
+            f"DESTDIR={destdir}",
+            "PREFIX=/usr",
+            f"ZKV_PYZ={pyz}",
+        ],
         cwd=REPO,
         check=True,
         stdout=subprocess.DEVNULL,
@@ -212,8 +223,15 @@ def _overlay_view(lower: Path, work: Path) -> Iterator[Path]:
     for path in (upper, scratch, merged):
         path.mkdir(parents=True)
     subprocess.run(
-        ["mount", "-t", "overlay", "overlay", "-o",
-         f"lowerdir={lower},upperdir={upper},workdir={scratch}", str(merged)],
+        [
+            "mount",
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            f"lowerdir={lower},upperdir={upper},workdir={scratch}",
+            str(merged),
+        ],
         check=True,
     )
     try:

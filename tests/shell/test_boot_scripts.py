@@ -69,7 +69,9 @@ zkv_lib={lib}; zkv_conf={etc}/early.conf; zkv_keystore={boot}/keystore; zkv_host
 """
     return subprocess.run(
         ["bash", "-c", script, "bash", str(tmp / "calls.log")],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
 
@@ -101,7 +103,9 @@ def _pyz(tmp: Path) -> Path:
     target = tmp / "zkv-early.pyz"
     subprocess.run(
         [sys.executable, "-m", "zkv_early.build_pyz", "--output", str(target)],
-        cwd=REPO, check=True, capture_output=True,
+        cwd=REPO,
+        check=True,
+        capture_output=True,
     )
     return target
 
@@ -109,7 +113,9 @@ def _pyz(tmp: Path) -> Path:
 @pytest.mark.skipif(not os.path.exists("/usr/bin/python3"), reason="no /usr/bin/python3")
 def test_python_files_cover_what_the_client_imports(tmp_path: Path) -> None:
     done = subprocess.run(
-        [str(FILES_TOOL), "python", str(_pyz(tmp_path))], capture_output=True, text=True,
+        [str(FILES_TOOL), "python", str(_pyz(tmp_path))],
+        capture_output=True,
+        text=True,
         check=False,
     )
     if "python3-cryptography is not importable" in done.stderr:
