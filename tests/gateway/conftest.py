@@ -70,7 +70,7 @@ class Env:
 
     def enrolled(self, hostname: str = "db01") -> bytes:
         """A host key, enrolled and approved."""
-        private, public = crypto.ed25519_generate()
+        private, _ = crypto.ed25519_generate()
         req = protocol.EnrollRequest.create(hostname, private, at=int(self.clock()))
         assert self.http.post(protocol.PATH_HOSTS, json=req.to_json()).status_code == 202
         self.gateway.set_host_status(req.host_id, "approved")

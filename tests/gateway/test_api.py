@@ -167,7 +167,7 @@ def test_bad_input_is_a_clear_4xx(env: Env) -> None:
 
 
 def test_enrolment_is_idempotent_and_needs_the_key(env: Env) -> None:
-    private, public = crypto.ed25519_generate()
+    private, _ = crypto.ed25519_generate()
     req = protocol.EnrollRequest.create("db02", private, at=int(env.clock()))
     assert answer(env.http.post(protocol.PATH_HOSTS, json=req.to_json())) == (
         202,

@@ -1,0 +1,58 @@
+"""gateway/openapi.yaml checked against the running gunicorn server with generated inputs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from tests.gateway.server import REPO, running_gateway
+
+SPEC = REPO / "gateway" / "openapi.yaml"
+
+
+def test_the_server_serves_its_description(tmp_path: Path) -> None:
+    with running_gateway(tmp_path) as gw:
+        served = requests.get(gw.url + "/openapi.yaml", timeout=10).text
+    assert yaml.safe_load(served) == yaml.safe_load(SPEC.read_text())
+
+
+@pytest.mark.skipif(shutil.which("schemathesis") is None, reason="schemathesis not installed")
+def test_schemathesis_finds_no_server_error(tmp_path: Path) -> None:
+    with running_gateway(tmp_path / "gw", approver="twilio", workers=2) as gw:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "schemathesis.cli",
+                "run",
+                str(SPEC),
+                "--url",
+                gw.url,
+                "--checks",
+                "not_a_server_error,status_code_conformance,content_type_conformance",
+                "--max-examples",
+                "60",
+                "--seed",
+                "1",
+                "--workers",
+                "2",
+                "--phases",
+                "examples,coverage,fuzzing",
+                "--request-timeout",
+                "40",
+                "--no-color",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=170,
+        )
+        log = gw.output()
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "Traceback" not in log and "internal error" not in log
