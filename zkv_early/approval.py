@@ -93,9 +93,10 @@ class GatewayUnlock:
             if self.deadline.clock.wait(cancel, delay):
                 raise Cancelled
             delay = min(delay * 2, RETRY_MAX)
+        left = min(self._left(), created.expires_at - self.wall_clock())
         self.console.say(
             f"unlock request sent to {self.config.gateway_host}: approve PIN {created.pin} "
-            f"(expires in {countdown(created.expires_at - self.wall_clock())})"
+            f"({countdown(left)} left)"
         )
         return created
 

@@ -1,0 +1,185 @@
+"""The gateway side of the race with a scripted client and a fake clock (no sockets, no sleeps)."""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.unit.test_early_net import FakeClock
+from zkv_early import hostkey, keystore, protocol
+from zkv_early.approval import GatewayUnlock
+from zkv_early.config import Config
+from zkv_early.console import Console
+from zkv_early.errors import (
+    ApprovalDenied,
+    ApprovalExpired,
+    GatewayUnreachable,
+    KeystoreLocked,
+    ProtocolError,
+)
+from zkv_early.race import Deadline
+
+REPO_KEY = bytes(range(32))
+RID = "ab" * 16
+
+
+class ScriptedClient:
+    """create() and poll() answer from a script; poll() spends the time it was asked to wait."""
+
+    def __init__(
+        self,
+        clock: FakeClock,
+        polls: list[Callable[[protocol.UnlockRequest], Any]],
+        create_failures: int = 0,
+        ttl: int = 600,
+    ) -> None:
+        self.clock, self.polls, self.create_failures, self.ttl = clock, polls, create_failures, ttl
+        self.requests: list[protocol.UnlockRequest] = []
+        self.waits: list[int] = []
+
+    def create(self, request: protocol.UnlockRequest) -> protocol.UnlockCreated:
+        self.requests.append(request)
+        if self.create_failures:
+            self.create_failures -= 1
+            raise GatewayUnreachable(url="https://gw", detail="Connection refused")
+        return protocol.UnlockCreated(RID, "123456", int(self.clock.now) + self.ttl)
+
+    def poll(self, request_id: str, wait: int) -> protocol.PollResult:
+        self.waits.append(wait)
+        step = self.polls.pop(0) if self.polls else pending
+        result = step(self.requests[-1])
+        if isinstance(result, BaseException):
+            raise result
+        if result.state == protocol.STATE_PENDING:
+            self.clock.now += wait
+        return result  # type: ignore[no-any-return]
+
+    def abort(self) -> None: ...
+
+
+def pending(_req: protocol.UnlockRequest) -> protocol.PollResult:
+    return protocol.PollResult(protocol.STATE_PENDING)
+
+
+def approved(secret: bytes = REPO_KEY.hex().encode()) -> Callable[..., protocol.PollResult]:
+    def step(req: protocol.UnlockRequest) -> protocol.PollResult:
+        sealed = protocol.seal_release(RID, req.ephemeral_key, secret)
+        return protocol.PollResult(protocol.STATE_APPROVED, sealed)
+
+    return step
+
+
+def state(name: str) -> Callable[..., protocol.PollResult]:
+    return lambda _req: protocol.PollResult(name)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Callable[..., tuple[GatewayUnlock, ScriptedClient, str]]:
+    hostkey.generate(tmp_path / "host.key")
+    store = keystore.create(REPO_KEY, b"recovery words", kdf=keystore.WEAK_KDF)
+    store.put(keystore.Entry("rpool", "raw"), bytes(32))
+    keystore.write(tmp_path / "keystore", store)
+
+    def make(polls: list[Any], total: float = 300, **kw: Any) -> tuple[Any, Any, str]:
+        clock = FakeClock()
+        client = ScriptedClient(clock, polls, **kw)
+        out = io.StringIO()
+        config = Config(gateway_url="https://gw.example", host_key=str(tmp_path / "host.key"))
+        flow = GatewayUnlock(
+            config,
+            Console(out),
+            client,
+            Deadline(clock, total),
+            "nas",  # type: ignore[arg-type]
+            wall_clock=lambda: clock.now,
+            wait_network=lambda *a, **k: None,
+        )
+        return flow, client, out
+
+    return make  # type: ignore[return-value]
+
+
+def sealed(tmp_path: Path) -> keystore.SealedKeystore:
+    return keystore.read(tmp_path / "keystore")
+
+
+def test_pending_then_approved_opens_the_keystore(setup: Any, tmp_path: Path) -> None:
+    flow, client, out = setup([pending, pending, approved()])
+    store = flow.run(sealed(tmp_path), threading.Event())
+    assert store.candidates("rpool") == [bytes(32)]
+    assert client.waits == [25, 25, 25]  # protocol.MAX_WAIT per call
+    request = client.requests[0]
+    assert request.datasets == ("rpool",) and request.hostname == "nas"
+    text = out.getvalue()
+    assert (
+        "PIN 123456" in text
+        and "gw.example" in text
+        and "5:00 left" in text
+        and "4:35 left" in text
+    )
+    assert REPO_KEY.hex() not in text
+
+
+def test_unreachable_gateway_is_retried_with_backoff(setup: Any, tmp_path: Path) -> None:
+    flow, client, out = setup([approved()], create_failures=3)
+    flow.run(sealed(tmp_path), threading.Event())
+    assert len(client.requests) == 4
+    assert len({r.nonce for r in client.requests}) == 4  # signed anew each time
+    assert "retrying in 1 s" in out.getvalue() and "retrying in 4 s" in out.getvalue()
+
+
+def test_unreachable_until_the_deadline(setup: Any, tmp_path: Path) -> None:
+    flow, _client, _out = setup([], total=20, create_failures=100)
+    with pytest.raises(GatewayUnreachable):
+        flow.run(sealed(tmp_path), threading.Event())
+
+
+def test_denied(setup: Any, tmp_path: Path) -> None:
+    flow, _c, _o = setup([pending, state(protocol.STATE_DENIED)])
+    with pytest.raises(ApprovalDenied):
+        flow.run(sealed(tmp_path), threading.Event())
+
+
+def test_expired_by_the_gateway(setup: Any, tmp_path: Path) -> None:
+    flow, _c, _o = setup([state(protocol.STATE_EXPIRED)])
+    with pytest.raises(ApprovalExpired):
+        flow.run(sealed(tmp_path), threading.Event())
+
+
+def test_expiry_bounds_polling_even_if_the_gateway_never_says_so(
+    setup: Any, tmp_path: Path
+) -> None:
+    flow, client, _o = setup([], ttl=60)
+    with pytest.raises(ApprovalExpired):
+        flow.run(sealed(tmp_path), threading.Event())
+    assert sum(client.waits) <= 60 + 5
+
+
+def test_overall_timeout_bounds_polling(setup: Any, tmp_path: Path) -> None:
+    flow, client, _o = setup([], total=40)
+    with pytest.raises(ApprovalExpired):
+        flow.run(sealed(tmp_path), threading.Event())
+    assert sum(client.waits) <= 40
+
+
+def test_poll_errors_are_retried(setup: Any, tmp_path: Path) -> None:
+    down = lambda _r: GatewayUnreachable(url="u", detail="reset")  # noqa: E731
+    flow, _c, _o = setup([down, down, approved()])
+    assert flow.run(sealed(tmp_path), threading.Event()) is not None
+
+
+def test_release_for_another_key_does_not_open(setup: Any, tmp_path: Path) -> None:
+    flow, _c, _o = setup([approved(bytes(32).hex().encode())])
+    with pytest.raises(KeystoreLocked):
+        flow.run(sealed(tmp_path), threading.Event())
+
+
+def test_release_that_is_not_a_repository_key(setup: Any, tmp_path: Path) -> None:
+    flow, _c, _o = setup([approved(b"not hex")])
+    with pytest.raises(ProtocolError):
+        flow.run(sealed(tmp_path), threading.Event())

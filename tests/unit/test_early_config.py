@@ -1,0 +1,123 @@
+"""Boot client settings: the INI file and the kernel command line on top."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from zkv_early import cmdline, config
+from zkv_early.errors import ConfigError
+
+FULL = """
+[gateway]
+url = https://zkv.example.net:8443   # inline comments are fine
+ca_file = /etc/zkv/gateway-ca.pem
+request_timeout = 20
+[host]
+keystore = /etc/zkv/keystore
+host_key = /etc/zkv/host.key
+name = nas
+[timeouts]
+network = 30
+total = 120
+[network]
+interfaces = eth0, enp1s0
+[prompt]
+attempts = 5
+"""
+
+
+def test_full_file() -> None:
+    c = config.parse(FULL)
+    assert c.gateway_url == "https://zkv.example.net:8443"
+    assert c.gateway_host == "zkv.example.net"
+    assert (c.ca_file, c.request_timeout, c.hostname) == ("/etc/zkv/gateway-ca.pem", 20.0, "nas")
+    assert (c.network_timeout, c.total_timeout, c.attempts) == (30.0, 120.0, 5)
+    assert c.interfaces == ("eth0", "enp1s0")
+
+
+def test_defaults() -> None:
+    c = config.parse("[gateway]\nurl = https://gw\n")
+    assert c.keystore == "/etc/zkv/keystore" and c.host_key == "/etc/zkv/host.key"
+    assert c.ca_file == "/etc/ssl/certs/ca-certificates.crt"
+    assert (c.total_timeout, c.network_timeout, c.attempts) == (300.0, 60.0, 3)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[gateway]\nurl = https://gw\n[gatway]\n",
+        "[gateway]\nurl = https://gw\ntimeout = 3\n",
+        "[timeouts]\ntotal = soon\n",
+        "[timeouts]\ntotal = 0\n",
+        "[prompt]\nattempts = 99\n",
+        "not ini at all",
+    ],
+)
+def test_mistakes_are_errors(text: str) -> None:
+    with pytest.raises(ConfigError):
+        config.validate(config.parse(text))
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://gw.example", True),
+        ("http://127.0.0.1:8080", True),
+        ("http://localhost", True),
+        ("http://gw.example", False),  # http only on loopback
+        ("ftp://gw.example", False),
+        ("", False),
+    ],
+)
+def test_gateway_url(url: str, ok: bool) -> None:
+    c = config.Config(gateway_url=url)
+    if ok:
+        assert config.validate(c) is c
+    else:
+        with pytest.raises(ConfigError):
+            config.validate(c)
+
+
+def test_cmdline_parsing() -> None:
+    o = cmdline.parse(
+        'BOOT_IMAGE=/vmlinuz root=ZFS=rpool/ROOT/debian zkv.gateway="https://b" '
+        "rd.zkv.timeout=45 zkv.debug quiet"
+    )
+    assert o == cmdline.Overrides(disabled=False, gateway="https://b", timeout=45.0, debug=True)
+    assert cmdline.parse("zkv=off").disabled
+    assert cmdline.parse("rd.zkv=0").disabled
+    assert not cmdline.parse("zkv=on").disabled
+    assert not cmdline.parse("zkv.debug=0").debug
+    assert cmdline.parse('unbalanced="quote zkv.debug').debug  # split like the kernel
+    with pytest.raises(ConfigError):
+        cmdline.parse("zkv.timeout=forever")
+    with pytest.raises(ConfigError):
+        cmdline.parse("zkv.timeout=-1")
+
+
+def test_cmdline_wins_over_file(tmp_path: Path) -> None:
+    conf = tmp_path / "early.conf"
+    conf.write_text("[gateway]\nurl = https://a\n[timeouts]\ntotal = 100\n")
+    line = tmp_path / "cmdline"
+    line.write_text("zkv.gateway=https://b zkv.timeout=7 zkv.debug\n")
+    c = config.load(str(conf), str(line))
+    assert (c.gateway_url, c.total_timeout, c.debug, c.disabled) == ("https://b", 7.0, True, False)
+
+
+def test_missing_file_is_an_error_unless_disabled(tmp_path: Path) -> None:
+    line = tmp_path / "cmdline"
+    line.write_text("quiet\n")
+    with pytest.raises(ConfigError):
+        config.load(str(tmp_path / "absent.conf"), str(line))
+    line.write_text("zkv=off\n")
+    assert config.load(str(tmp_path / "absent.conf"), str(line)).disabled
+
+
+def test_hostname_fallbacks(tmp_path: Path) -> None:
+    etc = tmp_path / "hostname"
+    etc.write_text("nas\n")
+    assert config.hostname(config.Config(gateway_url="x", hostname="set"), str(etc)) == "set"
+    assert config.hostname(config.Config(gateway_url="x"), str(etc)) == "nas"
+    assert config.hostname(config.Config(gateway_url="x"), str(tmp_path / "none")) != ""
