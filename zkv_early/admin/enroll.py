@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import argparse
 import socket
-
-import requests
+from typing import TYPE_CHECKING
 
 from .. import hostkey, protocol
 from ..errors import (
@@ -20,6 +19,9 @@ from ..errors import (
     RateLimited,
 )
 from .common import path_of, say
+
+if TYPE_CHECKING:
+    import requests
 
 TIMEOUT = 30.0
 
@@ -46,6 +48,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def _post(url: str, request: protocol.EnrollRequest, ca: str | None) -> protocol.EnrollAccepted:
+    import requests  # only here: importing it doubles the start-up time of every command
+
     try:
         response = requests.post(
             url, json=request.to_json(), timeout=TIMEOUT, verify=ca if ca else True
@@ -65,6 +69,8 @@ def _post(url: str, request: protocol.EnrollRequest, ca: str | None) -> protocol
 
 
 def _reason(exc: requests.RequestException) -> str:
+    import requests
+
     if isinstance(exc, requests.exceptions.SSLError):
         return "TLS verification failed (wrong --ca?)"
     if isinstance(exc, requests.exceptions.Timeout):
