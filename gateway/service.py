@@ -173,6 +173,15 @@ class Gateway:
                 self._update(conn, row, approvals.fail(a, now, "host revoked"))
                 return PollResult(protocol.STATE_FAILED)
             self.store.save(conn, a, ephemeral_key=None)  # consumed before the secret is read
+            audit.record(
+                conn,
+                "released",
+                now,
+                request_id=request_id,
+                host_id=row.host_id,
+                source_ip=row.source_ip,
+                detail="sealed to the boot's ephemeral key",
+            )
         try:
             secret = self.source.get(host.secret_name)
             sealed = protocol.seal_release(request_id, unb64(row.ephemeral_key), secret)
@@ -181,15 +190,6 @@ class Gateway:
             with self.store.write() as conn:
                 self._update(conn, row, approvals.fail(a, self.clock(), f"secret source: {exc}"))
             raise ApiError("secret_unavailable") from None
-        with self.store.write() as conn:
-            audit.record(
-                conn,
-                "released",
-                self.clock(),
-                request_id=request_id,
-                host_id=row.host_id,
-                source_ip=row.source_ip,
-            )
         return PollResult(STATE_APPROVED, sealed)
 
     def _observe_expiry(self, request_id: str) -> None:

@@ -2,12 +2,15 @@
 such as postgresql+psycopg://... works. The schema is created at start.
 
 Write transactions on sqlite start with BEGIN IMMEDIATE: taking the write lock up front means
-two workers never both read-then-upgrade and deadlock; the busy timeout makes them queue.
+two workers never both read-then-upgrade and deadlock; the busy timeout makes them queue. Threads
+of one process also queue on a Python lock first: sqlite's busy handler sleeps in growing steps,
+which under load costs far more than waiting on a lock that is handed over at once.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -134,6 +137,7 @@ class Store:
     def __init__(self, url: str) -> None:
         self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
         self.engine: Engine = create_engine(url, pool_pre_ping=not self.is_sqlite)
+        self._write_lock = threading.Lock() if self.is_sqlite else None
         if self.is_sqlite:
             _tune_sqlite(self.engine)
 
@@ -150,7 +154,11 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
+        if self._write_lock is None:
+            with self.engine.connect() as conn, conn.begin():
+                yield conn
+            return
+        with self._write_lock, self.engine.connect() as conn:
             conn.execution_options(zkv_write=True)
             with conn.begin():
                 yield conn

@@ -57,3 +57,29 @@ def test_auto_approver(tmp_path: Path) -> None:
         response = client.poll(auto.url, boot.created.request_id, wait=5)
         assert client.opened(boot, response) == auto.secret
         assert "WITHOUT A HUMAN" in auto.output()
+
+
+def test_refusals_look_the_same(gw: RunningGateway, host: client.Host) -> None:
+    unknown = client.unlock(gw.url, client.Host()).response
+    boot = client.unlock(gw.url, host)
+    replay = client.send(gw.url, boot.request)
+    gw.deny(boot.created.request_id)
+    gw.revoke_host(host.host_id)
+    revoked = client.unlock(gw.url, host).response
+    answers = {(r.status_code, r.text) for r in (unknown, replay, revoked)}
+    assert len(answers) == 1 and answers.pop()[0] == 401
+    reasons = " ".join(gw.audit())
+    assert "host is unknown" in reasons and "replayed nonce" in reasons
+    assert "host is revoked" in reasons
+
+
+def test_expiry_on_the_real_server(tmp_path: Path) -> None:
+    with running_gateway(tmp_path, settings={"REQUEST_TTL": 5}) as short:
+        host = client.Host()
+        client.enroll(short.url, host)
+        short.approve_host(host.host_id)
+        boot = client.unlock(short.url, host)
+        response = client.poll(short.url, boot.created.request_id, wait=10)
+        assert response.json() == {"state": "expired"}
+        result = short.cli("approve", boot.created.request_id, boot.created.pin, check=False)
+        assert result.returncode == 5 and "expired" in result.stderr
