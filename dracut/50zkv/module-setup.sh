@@ -29,16 +29,17 @@ depends() {
 }
 
 install() {
-    local files ca
+    local files ca src dst
 
     inst_multiple python3 systemd-ask-password ip \
         || zkv_fatal "python3, systemd-ask-password or ip is missing"
     inst_simple "$zkv_lib/zkv-early.pyz" || zkv_fatal "$zkv_lib/zkv-early.pyz is missing"
-    # The interpreter and exactly the modules the zipapp imports, not the whole stdlib.
+    # The interpreter and exactly the modules the zipapp imports (as bytecode), not the stdlib.
     files=$("$zkv_lib/initramfs-files" python "$zkv_lib/zkv-early.pyz") \
         || zkv_fatal "cannot list the Python files the boot client needs"
-    # shellcheck disable=SC2086 # one path per word, none has blanks
-    inst_multiple $files || zkv_fatal "cannot install the Python runtime"
+    echo "$files" | while read -r src dst; do
+        inst "$src" "$dst" || exit 1
+    done || zkv_fatal "cannot install the Python runtime"
 
     inst_simple "$zkv_conf" /etc/zkv/early.conf || zkv_fatal "cannot install $zkv_conf"
     ca=$("$zkv_lib/initramfs-files" ca "$zkv_conf") || zkv_fatal "the gateway CA file is missing"

@@ -43,7 +43,8 @@ def _dracut(tmp: Path, body: str, *, configured: bool = True) -> subprocess.Comp
         d.mkdir(exist_ok=True)
     (lib / "zkv-early.pyz").write_bytes(b"PK")
     (lib / "initramfs-files").write_text(
-        "#!/bin/sh\ncase $1 in python) echo /usr/bin/python3.11 /x/_ssl.so ;;"
+        "#!/bin/sh\ncase $1 in python) printf '%s\\n' '/usr/bin/python3.11 /usr/bin/python3.11'"
+        " '/x/__pycache__/os.cpython-311.pyc /x/os.pyc' ;;"
         " ca) echo /etc/ssl/ca.pem ;; esac\n"
     )
     (lib / "initramfs-files").chmod(0o755)
@@ -57,6 +58,7 @@ log=$1
 dfatal() {{ echo "dfatal $*" >>"$log"; }}
 require_binaries() {{ return 0; }}
 inst_multiple() {{ echo "inst_multiple $*" >>"$log"; }}
+inst() {{ echo "inst $*" >>"$log"; }}
 inst_simple() {{
     echo "inst_simple $*" >>"$log"; t="$initdir${{2:-$1}}"; mkdir -p "${{t%/*}}"; touch "$t"
 }}
@@ -85,7 +87,8 @@ def test_dracut_install(tmp_path: Path) -> None:
     done = _dracut(tmp_path, "install; echo rc=$?")
     assert "rc=0" in done.stdout, done.stderr
     calls = (tmp_path / "calls.log").read_text()
-    assert "inst_multiple /usr/bin/python3.11 /x/_ssl.so" in calls
+    assert "inst /usr/bin/python3.11 /usr/bin/python3.11" in calls
+    assert "inst /x/__pycache__/os.cpython-311.pyc /x/os.pyc" in calls
     assert f"inst_simple {tmp_path}/boot/keystore /etc/zkv/keystore" in calls
     assert "inst_hook pre-mount 50 " in calls and "inst_hook cleanup 50 " in calls
     assert (tmp_path / "initdir/etc/cmdline.d/50zkv.conf").read_text() == "rd.neednet=1\n"
@@ -121,12 +124,14 @@ def test_python_files_cover_what_the_client_imports(tmp_path: Path) -> None:
     if "python3-cryptography is not importable" in done.stderr:
         pytest.skip("the system python3 has no cryptography")
     assert done.returncode == 0, done.stderr
-    files = done.stdout.split()
+    pairs = [line.split() for line in done.stdout.splitlines()]
+    files = [dst for _, dst in pairs]
     names = {Path(f).name for f in files}
     assert any(n.startswith("python3.") for n in names)
     assert any(n.startswith("_ssl.") for n in names) or "ssl.py" in names
     assert any("cryptography" in f for f in files)
-    assert "os.py" in names and "encodings" in " ".join(files)
+    assert "os.pyc" in names and "encodings" in " ".join(files)
+    assert not any(f.endswith(".py") and "__pycache__" not in f for f in files), "bytecode only"
     assert not any("zkv_early" in f for f in files), "the zipapp's own modules stay in the zipapp"
     assert not any(f.startswith(str(tmp_path)) for f in files)
 
