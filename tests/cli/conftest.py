@@ -89,10 +89,15 @@ class Zkv:
         assert "Traceback" not in result.stderr
         return result
 
-    def init(self) -> bytes:
-        """A keystore opened by PASSPHRASE; returns its repository key."""
-        out = self.ok("init", "--recovery-passphrase-file", str(self.passphrase_file), "-m").stdout
-        return bytes.fromhex(out.decode().strip())
+    def make_store(self, *entries: tuple[str, str, bytes]) -> bytes:
+        """Like ``zkv init`` + ``zkv add`` but in process (fast): for tests of other commands."""
+        repository_key = keystore.new_repository_key()
+        store = keystore.create(repository_key, PASSPHRASE, keystore.WEAK_KDF)
+        for target, keyformat, material in entries:
+            store.put(keystore.Entry(target, keyformat), material)
+        self.keystore.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        keystore.write(self.keystore, store)
+        return repository_key
 
     def open(self) -> keystore.OpenKeystore:
         return keystore.read(self.keystore).open_with_passphrase(PASSPHRASE)

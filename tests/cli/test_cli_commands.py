@@ -51,7 +51,7 @@ def test_init_dash_prints_only_the_key(zkv: Zkv) -> None:
 
 
 def test_add_raw_key_travels_on_stdin_only(zkv: Zkv) -> None:
-    zkv.init()
+    zkv.make_store()
     result = zkv.with_pass("add", "tank/a", stdin=RAW_A)
     assert "update-initramfs" in result.stderr
     store = zkv.open()
@@ -65,7 +65,7 @@ def test_add_raw_key_travels_on_stdin_only(zkv: Zkv) -> None:
 
 
 def test_add_hex_and_passphrase_from_key_file(zkv: Zkv) -> None:
-    zkv.init()
+    zkv.make_store()
     (zkv.tmp / "hex").write_bytes(HEX_C + b"\n")
     zkv.ok("add", "tank/c", "--key-file", str(zkv.tmp / "hex"),
            "--recovery-passphrase-file", str(zkv.passphrase_file))  # fmt: skip
@@ -76,7 +76,7 @@ def test_add_hex_and_passphrase_from_key_file(zkv: Zkv) -> None:
 
 
 def test_add_refuses_wrong_key_and_keeps_the_file(zkv: Zkv) -> None:
-    zkv.init()
+    zkv.make_store()
     before = zkv.keystore.read_bytes()
     result = zkv.with_pass("add", "tank/a", stdin=RAW_B)
     assert result.code == 21 and "rejected the key for tank/a" in result.error_line
@@ -84,7 +84,7 @@ def test_add_refuses_wrong_key_and_keeps_the_file(zkv: Zkv) -> None:
 
 
 def test_add_existing_entry_needs_force(zkv: Zkv) -> None:
-    zkv.init()
+    zkv.make_store()
     zkv.with_pass("add", "tank/d", stdin=PASS_D + b"\n")
     assert zkv.with_pass("add", "tank/d", stdin=PASS_D).code == 50
     zkv.ok("add", "-f", "tank/d", "--recovery-passphrase-file", str(zkv.passphrase_file),
@@ -93,8 +93,7 @@ def test_add_existing_entry_needs_force(zkv: Zkv) -> None:
 
 
 def test_generate_rotates_in_crash_safe_order(zkv: Zkv) -> None:
-    zkv.init()
-    zkv.with_pass("add", "tank/d", stdin=PASS_D)
+    zkv.make_store(("tank/d", "passphrase", PASS_D))
     state = zkv.fake.state()
     state["datasets"]["tank/d"]["keystatus"] = "available"
     zkv.fake.write(state)
@@ -113,8 +112,7 @@ def test_generate_rotates_in_crash_safe_order(zkv: Zkv) -> None:
 
 
 def test_generate_rolls_back_when_change_key_fails(zkv: Zkv) -> None:
-    zkv.init()
-    zkv.with_pass("add", "tank/a", stdin=RAW_A)
+    zkv.make_store(("tank/a", "raw", RAW_A))
     state = zkv.fake.state()
     state["datasets"]["tank/a"]["keystatus"] = "available"
     state["fail_change_key"] = True
@@ -126,16 +124,13 @@ def test_generate_rolls_back_when_change_key_fails(zkv: Zkv) -> None:
 
 
 def test_generate_needs_loaded_key(zkv: Zkv) -> None:
-    zkv.init()
-    zkv.with_pass("add", "tank/a", stdin=RAW_A)
+    zkv.make_store(("tank/a", "raw", RAW_A))
     result = zkv.with_pass("add", "--generate", "tank/a")
     assert result.code == 51 and "must be loaded" in result.error_line
 
 
 def test_list_needs_no_key_and_shows_no_secret(zkv: Zkv) -> None:
-    zkv.init()
-    zkv.with_pass("add", "tank/a", stdin=RAW_A)
-    zkv.with_pass("add", "tank/c", stdin=HEX_C)
+    zkv.make_store(("tank/a", "raw", RAW_A), ("tank/c", "hex", HEX_C))
     out = zkv.ok("list").stdout
     assert out == b"tank/a\traw\ntank/c\thex\n"
     doc = json.loads(zkv.ok("list", "--json").stdout)
@@ -144,9 +139,9 @@ def test_list_needs_no_key_and_shows_no_secret(zkv: Zkv) -> None:
 
 
 def test_unlock_loads_everything_keys_on_stdin(zkv: Zkv) -> None:
-    repository_key = zkv.init()
-    for name, key in (("tank/a", RAW_A), ("tank/b", RAW_B), ("tank/c", HEX_C)):
-        zkv.with_pass("add", name, stdin=key)
+    repository_key = zkv.make_store(
+        ("tank/a", "raw", RAW_A), ("tank/b", "raw", RAW_B), ("tank/c", "hex", HEX_C)
+    )
     state = zkv.fake.state()
     state["datasets"]["tank/b"]["keystatus"] = "available"
     zkv.fake.write(state)
@@ -163,9 +158,7 @@ def test_unlock_loads_everything_keys_on_stdin(zkv: Zkv) -> None:
 
 
 def test_verify_reports_each_entry(zkv: Zkv) -> None:
-    zkv.init()
-    zkv.with_pass("add", "tank/a", stdin=RAW_A)
-    zkv.with_pass("add", "tank/b", stdin=RAW_B)
+    zkv.make_store(("tank/a", "raw", RAW_A), ("tank/b", "raw", RAW_B))
     assert zkv.with_pass("verify").stdout == b"tank/a: verified\ntank/b: verified\n"
     state = zkv.fake.state()
     state["datasets"]["tank/b"]["key"] = state["datasets"]["tank/a"]["key"]
@@ -177,8 +170,7 @@ def test_verify_reports_each_entry(zkv: Zkv) -> None:
 
 
 def test_remove_and_passwd(zkv: Zkv) -> None:
-    zkv.init()
-    zkv.with_pass("add", "tank/a", stdin=RAW_A)
+    zkv.make_store(("tank/a", "raw", RAW_A))
     zkv.ok("remove", "tank/a", "--recovery-passphrase-file", str(zkv.passphrase_file))
     assert zkv.ok("list").stdout == b""
     zkv.ok("fs", "remove", "-f", "tank/a")

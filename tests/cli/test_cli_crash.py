@@ -37,7 +37,7 @@ def opens_with(zkv: Zkv, *passphrases: bytes) -> bytes:
 
 
 def test_kill_between_fsync_and_rename_keeps_old_file(zkv: Zkv) -> None:
-    zkv.init()
+    zkv.make_store()
     before = zkv.keystore.read_bytes()
     zkv.extra_env["ZKV_TESTONLY_PAUSE_BEFORE_RENAME"] = "30"
     proc = passwd(zkv, NEW)
@@ -56,7 +56,7 @@ def test_kill_between_fsync_and_rename_keeps_old_file(zkv: Zkv) -> None:
 
 
 def test_kill_at_random_times(zkv: Zkv) -> None:
-    zkv.init()
+    zkv.make_store()
     rng = random.Random(1)
     current = PASSPHRASE
     for i in range(8):

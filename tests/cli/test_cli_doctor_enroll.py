@@ -19,8 +19,7 @@ from zkv_early.zfs import Zfs
 
 
 def installed(zkv: Zkv, tmp: Path) -> doctor.Places:
-    zkv.init()
-    zkv.with_pass("add", "tank/a", stdin=RAW_A)
+    zkv.make_store(("tank/a", "raw", RAW_A))
     hostkey.generate(zkv.keystore.parent / "host.key")
     (tmp / "early.conf").write_text("[gateway]\nurl = https://zkv.example.net\n")
     (tmp / "hook").write_text("#!/bin/sh\n")
@@ -67,7 +66,7 @@ def test_doctor_explains_each_problem(
 
 
 def test_doctor_cli_exit_code(zkv: Zkv) -> None:
-    zkv.init()
+    zkv.make_store()
     result = zkv("doctor")
     assert result.code == 55
     assert "PROBLEM" in result.stdout.decode()
@@ -107,7 +106,7 @@ def test_enroll_creates_host_key_and_registers(
     zkv: Zkv, gateway: tuple[str, list[dict[str, Any]]]
 ) -> None:
     url, received = gateway
-    zkv.init()
+    zkv.make_store()
     out = zkv.ok("enroll", "--gateway", url + "/", "--hostname", "box1")
     key_path = zkv.keystore.parent / "host.key"
     assert key_path.stat().st_mode & 0o777 == 0o600
@@ -122,7 +121,7 @@ def test_enroll_creates_host_key_and_registers(
 
 
 def test_enroll_unreachable(zkv: Zkv) -> None:
-    zkv.init()
+    zkv.make_store()
     hostkey.generate(zkv.keystore.parent / "host.key")
     result = zkv("enroll", "--gateway", "http://127.0.0.1:9")
     assert result.code == 31 and "cannot reach the gateway" in result.error_line

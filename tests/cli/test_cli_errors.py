@@ -17,12 +17,11 @@ def nothing(zkv: Zkv) -> None:
 
 
 def initialised(zkv: Zkv) -> None:
-    zkv.init()
+    zkv.make_store()
 
 
 def with_entry(zkv: Zkv) -> None:
-    zkv.init()
-    zkv.with_pass("add", "tank/a", stdin=RAW_A)
+    zkv.make_store(("tank/a", "raw", RAW_A))
 
 
 def garbage(zkv: Zkv) -> None:
@@ -31,12 +30,12 @@ def garbage(zkv: Zkv) -> None:
 
 
 def truncated(zkv: Zkv) -> None:
-    zkv.init()
+    zkv.make_store()
     zkv.keystore.write_bytes(zkv.keystore.read_bytes()[:-40])
 
 
 def future_version(zkv: Zkv) -> None:
-    zkv.init()
+    zkv.make_store()
     zkv.keystore.write_bytes(zkv.keystore.read_bytes().replace(b'"version":1', b'"version":2'))
 
 
@@ -45,7 +44,7 @@ def directory(zkv: Zkv) -> None:
 
 
 def no_zfs(zkv: Zkv) -> None:
-    zkv.init()
+    zkv.make_store()
     zkv.extra_env["ZKV_ZFS"] = str(zkv.tmp / "no-such-zfs")
 
 
