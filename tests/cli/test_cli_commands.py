@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
+
+import pytest
 
 from tests.cli.conftest import HEX_C, PASS_D, PASSPHRASE, RAW_A, RAW_B, Zkv, secrets_in
 from zkv_early import keystore
@@ -187,3 +190,23 @@ def test_seed_aliases(zkv: Zkv) -> None:
     zkv.ok("fs", "add", "tank/a", "--recovery-passphrase-file", str(zkv.passphrase_file),
            stdin=RAW_A)  # fmt: skip
     assert zkv.ok("fs", "list").stdout == b"tank/a\traw\n"
+
+
+@pytest.mark.parametrize("zfs_has", ["old", "new"], ids=["before-change-key", "after-change-key"])
+def test_interrupted_rotation_still_unlocks_and_can_be_redone(zkv: Zkv, zfs_has: str) -> None:
+    """A crash inside 'add --generate' leaves [old, new]: whichever zfs has, the keystore opens
+    it, and a second 'add --generate' completes the rotation."""
+    old, new = PASS_D, RAW_B
+    zkv.make_store(("tank/d", "passphrase", old))
+    store = zkv.open()
+    store.stage("tank/d", new, "raw")
+    keystore.write(zkv.keystore, store)
+    state = zkv.fake.state()
+    if zfs_has == "new":
+        state["datasets"]["tank/d"].update(keyformat="raw", key=base64.b64encode(new).decode())
+    zkv.fake.write(state)
+    assert zkv.with_pass("unlock").stdout.startswith(b"tank/d: loaded")
+    zkv.ok("add", "--generate", "tank/d", "--recovery-passphrase-file", str(zkv.passphrase_file))
+    final = zkv.open()
+    assert final.candidates("tank/d") == [zkv.fake.key("tank/d")]
+    assert zkv.fake.key("tank/d") not in (old, new)

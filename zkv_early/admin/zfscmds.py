@@ -14,9 +14,11 @@ from ..errors import (
     UnlockFailed,
     UsageError,
     VerifyFailed,
+    ZfsDatasetNotFound,
     ZfsError,
     ZfsKeyNotLoaded,
-    ZfsKeyRejected,
+    ZfsNotEncryptionRoot,
+    ZfsUnavailable,
 )
 from ..unlock import Outcome, UnlockReport, load_entries
 from ..zfs import KeyInfo, Zfs
@@ -33,9 +35,13 @@ def generate_key(keyformat: str) -> bytes:
 
 
 def _works(zfs: Zfs, dataset: str, key: bytes) -> bool:
+    """Dry-run check. Only a missing dataset or zfs is fatal: a staged key in another format
+    ("Raw key too short") or a timeout means "not this key", which keeps both in the keystore."""
     try:
         zfs.load_key(dataset, key, verify_only=True)
-    except ZfsKeyRejected:
+    except (ZfsDatasetNotFound, ZfsNotEncryptionRoot, ZfsUnavailable):
+        raise
+    except ZfsError:
         return False
     return True
 
