@@ -36,7 +36,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     if key_out not in (None, prompt.STDIN):
         # Before the keystore, so a keystore never exists whose repository key was not kept.
         atomic_write(key_out, f"{text}\n".encode(), mode=0o600)
-    save(path, store, remind=False)
+    save(path, store)
     say(f"created {path} (host id {store.host_id})")
     if key_out == prompt.STDIN:
         print(text, flush=True)
