@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from . import crypto, hostkey, keystore, net, protocol
@@ -23,7 +24,6 @@ from .errors import (
     InputError,
     ProtocolError,
 )
-from .gateway_client import GatewayClient
 from .keystore import OpenKeystore, SealedKeystore
 from .race import Cancelled, Deadline
 
@@ -32,11 +32,21 @@ RETRY_MAX = 10.0  # seconds between attempts while the gateway cannot be reached
 EXPIRY_GRACE = 5  # seconds we keep polling past expires_at: the gateway has the last word
 
 
+class Gateway(Protocol):
+    """What the flow needs from gateway_client.GatewayClient (tests script it)."""
+
+    def create(self, request: protocol.UnlockRequest) -> protocol.UnlockCreated: ...
+
+    def poll(self, request_id: str, wait: int) -> protocol.PollResult: ...
+
+    def abort(self) -> None: ...
+
+
 @dataclass
 class GatewayUnlock:
     config: Config
     console: Console
-    client: GatewayClient
+    client: Gateway
     deadline: Deadline
     hostname: str
     wall_clock: Callable[[], float] = time.time

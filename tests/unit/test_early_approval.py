@@ -57,7 +57,7 @@ class ScriptedClient:
             raise result
         if result.state == protocol.STATE_PENDING:
             self.clock.now += wait
-        return result  # type: ignore[no-any-return]
+        return result
 
     def abort(self) -> None: ...
 
@@ -79,13 +79,13 @@ def state(name: str) -> Callable[..., protocol.PollResult]:
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> Callable[..., tuple[GatewayUnlock, ScriptedClient, str]]:
+def setup(tmp_path: Path) -> Callable[..., tuple[GatewayUnlock, ScriptedClient, io.StringIO]]:
     hostkey.generate(tmp_path / "host.key")
     store = keystore.create(REPO_KEY, b"recovery words", kdf=keystore.WEAK_KDF)
     store.put(keystore.Entry("rpool", "raw"), bytes(32))
     keystore.write(tmp_path / "keystore", store)
 
-    def make(polls: list[Any], total: float = 300, **kw: Any) -> tuple[Any, Any, str]:
+    def make(polls: list[Any], total: float = 300, **kw: Any) -> tuple[Any, Any, io.StringIO]:
         clock = FakeClock()
         client = ScriptedClient(clock, polls, **kw)
         out = io.StringIO()
@@ -95,13 +95,13 @@ def setup(tmp_path: Path) -> Callable[..., tuple[GatewayUnlock, ScriptedClient, 
             Console(out),
             client,
             Deadline(clock, total),
-            "nas",  # type: ignore[arg-type]
+            "nas",
             wall_clock=lambda: clock.now,
             wait_network=lambda *a, **k: None,
         )
         return flow, client, out
 
-    return make  # type: ignore[return-value]
+    return make
 
 
 def sealed(tmp_path: Path) -> keystore.SealedKeystore:

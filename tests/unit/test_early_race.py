@@ -6,6 +6,7 @@ import os
 import termios
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -80,7 +81,7 @@ def test_bugs_are_not_swallowed() -> None:
 
 
 @pytest.fixture
-def pty() -> tuple[int, str]:
+def pty() -> Iterator[tuple[int, str]]:
     master, slave = os.openpty()
     name = os.ttyname(slave)
     yield master, name
