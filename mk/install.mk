@@ -14,6 +14,7 @@ ZKV_UNITDIR := /usr/lib/systemd/system
 ZKV_DRACUTDIR := /usr/lib/dracut/modules.d/50zkv
 ZKV_ITDIR := /usr/share/initramfs-tools
 ZKV_PYZ ?= dist/zkv-early.pyz
+ZKV_PACKAGE ?= zkv_early
 
 define ZKV_REMINDER
 @echo
@@ -44,7 +45,7 @@ install-files:
 	install -m 0755 boot/initramfs-files $(DESTDIR)$(ZKV_LIBDIR)/initramfs-files
 	# The admin CLI: the package beside the zipapp, run by a wrapper (no pip, no venv).
 	rm -rf $(DESTDIR)$(ZKV_LIBDIR)/python/zkv_early
-	cp -r zkv_early $(DESTDIR)$(ZKV_LIBDIR)/python/zkv_early
+	cp -r $(ZKV_PACKAGE) $(DESTDIR)$(ZKV_LIBDIR)/python/zkv_early
 	find $(DESTDIR)$(ZKV_LIBDIR)/python -name __pycache__ -prune -exec rm -rf {} +
 	printf '%s\n' '#!/usr/bin/python3 -I' '# zkv admin CLI (installed by make install).' \
 		'import runpy, sys' 'sys.path.insert(0, "$(ZKV_LIBDIR)/python")' \

@@ -18,6 +18,7 @@ Test secrets only: they protect throw-away disk images.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import tempfile
@@ -125,7 +126,7 @@ _INITRD_PARTS = (
 )
 
 
-def install_files(destdir: Path, pyz: Path) -> None:
+def install_files(destdir: Path, pyz: Path, package: Path = REPO / "zkv_early") -> None:
     subprocess.run(
         [
             "make",
@@ -136,6 +137,7 @@ def install_files(destdir: Path, pyz: Path) -> None:
             f"DESTDIR={destdir}",
             "PREFIX=/usr",
             f"ZKV_PYZ={pyz}",
+            f"ZKV_PACKAGE={package}",
         ],
         cwd=REPO,
         check=True,
@@ -145,9 +147,27 @@ def install_files(destdir: Path, pyz: Path) -> None:
     shutil.copyfile(test_ca().cert, destdir / GUEST_CA.lstrip("/"))
 
 
+def _realroot_client() -> tuple[Path, Path]:
+    """The zipapp and CLI package for the real root, pinned in the cache at first use.
+
+    They go into the disk, and a new disk costs a helper VM (minutes): pinning them keeps the
+    disk while zkv_early evolves. The initrd always gets the current client (zkv-initrd layer);
+    the handover file between the two is versioned. ZKV_E2E_REFRESH_ROOT=1 takes a new pin.
+    """
+    pinned = testbed.cache_dir() / "zkv-realroot"
+    if os.environ.get("ZKV_E2E_REFRESH_ROOT") == "1" or not (pinned / "zkv-early.pyz").is_file():
+        shutil.rmtree(pinned, ignore_errors=True)
+        pinned.mkdir(parents=True)
+        build_pyz(pinned / "zkv-early.pyz")
+        shutil.copytree(
+            REPO / "zkv_early", pinned / "zkv_early", ignore=shutil.ignore_patterns("__pycache__")
+        )
+    return pinned / "zkv-early.pyz", pinned / "zkv_early"
+
+
 def _stage_payload(work: Path) -> Payload:
     overlay = work / "overlay"
-    install_files(overlay, build_pyz(work / "zkv-early.pyz"))
+    install_files(overlay, *_realroot_client())
     for part in _INITRD_PARTS:
         target = overlay / part
         if target.is_dir():
