@@ -131,8 +131,7 @@ def _run_helper(image: Image, initrd: Path, helper_root: Path, console: Path) ->
         "rootfstype=ext4",
         "ro",
         "init=/zkv-e2e-helper",
-        "console=ttyS0",
-        "panic=-1",
+        *testbed.BASE_CMDLINE,
         f"zkv.rootpass={testbed.ROOT_PASSPHRASE}",
         f"zkv.datakey={image.data_key()}",
     ]

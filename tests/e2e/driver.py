@@ -28,7 +28,7 @@ PROMPT = re.compile(
     r"|Enter passphrase for '(?P<i>[^']+)':"
 )
 KEY_REJECTED = re.compile(r"Key load error: Incorrect key provided")
-MARKER = re.compile(testbed.BOOT_MARKER + r" root=(\S+) data_mounted=(\S+)\r?\n")
+MARKER = re.compile(testbed.BOOT_MARKER + r" root=(\S+) data_mounted=(\S+)\r*\n")
 KERNEL_START = re.compile(r"Linux version \d")
 BOOT_FAILED = re.compile(
     r"No pool imported|Manually import the root pool|Kernel panic"
@@ -36,7 +36,7 @@ BOOT_FAILED = re.compile(
 )
 SHELL_PROMPT = re.compile(r"root@zkv-e2e:[^\r\n]*# ")
 # Typed as RC''= so that the echo of the command line itself never matches.
-_RC = re.compile(r"ZKV-RC=(\d+)\r?\n")
+_RC = re.compile(r"ZKV-RC=(\d+)\r*\n")
 
 TAIL_LINES = 60
 
@@ -133,8 +133,7 @@ class Guest:
     def cmdline(self) -> list[str]:
         return [
             testbed.root_argument(self.image.flavour),
-            "console=ttyS0",
-            "panic=-1",
+            *testbed.BASE_CMDLINE,
             *self.extra_cmdline,
         ]
 

@@ -34,6 +34,10 @@ QEMU_MEMORY_MB: Final = 2048
 QEMU_SMP: Final = 2
 
 
+# Under TCG on a loaded host the kernel's IO-APIC timer check can fail and panic the boot.
+BASE_CMDLINE: Final = ("console=ttyS0", "panic=-1", "no_timer_check")
+
+
 def cache_dir() -> Path:
     """Root of the artefact cache (override with ZKV_E2E_CACHE)."""
     return Path(os.environ.get("ZKV_E2E_CACHE", "/var/tmp/zkv-e2e"))
