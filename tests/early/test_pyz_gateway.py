@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tests.early.conftest import (
     DATA_KEY,
+    PASSPHRASE,
     ROOT_KEY,
     TARGET_PYTHON,
     Machine,
@@ -56,6 +57,7 @@ def test_help_documents_the_hook_contract(pyz: Path) -> None:
 def test_approved_by_the_owner_loads_root_and_hands_over_the_rest(
     machine: Machine, tmp_path: Path
 ) -> None:
+    machine.cmdline = "zkv.debug"  # even the debug output carries no key material
     with running_gateway(tmp_path / "gw", secret=machine.repository_key.hex().encode()) as gw:
         machine.enroll(gw)
         proc = subprocess.Popen(
@@ -206,3 +208,39 @@ def test_root_given_as_child_dataset(tmp_path: Path, pyz: Path, shm: Path) -> No
         result = m.run("--root", "rpool/ROOT/debian", "--root", "bpool")
     assert result.returncode == 0, result.stderr
     assert m.zfs.keystatus("rpool") == "available"
+
+
+def test_sigterm_while_waiting_for_approval(machine: Machine, tmp_path: Path) -> None:
+    with running_gateway(tmp_path / "gw") as gw:  # nobody approves
+        machine.enroll(gw)
+        proc = subprocess.Popen(
+            machine.argv(),
+            env=machine.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        pending_request(gw)
+        started = time.monotonic()
+        proc.terminate()
+        _out, err = proc.communicate(timeout=15)
+        took = time.monotonic() - started
+    assert proc.returncode == 130, err
+    assert took < 5
+
+
+def test_ask_password_prompt_wins_when_the_gateway_is_down(machine: Machine) -> None:
+    """dracut with systemd: the passphrase comes from systemd-ask-password (a stand-in here)."""
+    bin_dir = machine.root / "bin"
+    bin_dir.mkdir()
+    ask = bin_dir / "systemd-ask-password"
+    ask.write_text('#!/bin/sh\n[ "$1" = --no-tty ] || exit 3\nprintf "%s\\n" "$ZKV_TEST_TYPED"\n')
+    ask.chmod(0o755)
+    env = {**machine.env(), "ZKV_TEST_TYPED": PASSPHRASE.decode()}
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    result = subprocess.run(
+        machine.argv(prompt="ask-password"), env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "recovery passphrase accepted" in result.stderr
+    assert machine.zfs.keystatus("rpool") == "available"
