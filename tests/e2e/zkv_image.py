@@ -34,7 +34,8 @@ from zkv_early import crypto, hostkey, keystore, protocol
 
 REPO = Path(__file__).resolve().parents[2]
 RECOVERY_PASSPHRASE = "zkv-e2e-recovery-passphrase"
-GATEWAY_URL = "https://10.0.2.100/"
+# QEMU's guestfwd forwards port 80 only, so TLS runs on port 80.
+GATEWAY_URL = "https://10.0.2.100:80/"
 GUEST_CA = "/etc/zkv/gateway-ca.pem"
 HOSTNAME = "zkv-e2e"
 
@@ -47,17 +48,21 @@ else
     dracut --force --regenerate-all
 fi
 """
-_EARLY_CONF = f"""\
+_EARLY_CONF_TEMPLATE = """\
 # zkv e2e: the gateway is the host's loopback, reached through QEMU's guestfwd.
 [gateway]
-url = {GATEWAY_URL}
-ca_file = {GUEST_CA}
+url = {url}
+ca_file = {ca}
 request_timeout = 15
 
 [timeouts]
 network = 60
 total = 240
 """
+_EARLY_CONF = _EARLY_CONF_TEMPLATE.format(url=GATEWAY_URL, ca=GUEST_CA)
+# The disks were built with this copy; the real root never reads it (only a rebuild of the
+# initrd would), and changing it would cost a new disk: kept as it was.
+_REALROOT_EARLY_CONF = _EARLY_CONF_TEMPLATE.format(url="https://10.0.2.100/", ca=GUEST_CA)
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,9 @@ _INITRD_PARTS = (
 )
 
 
-def install_files(destdir: Path, pyz: Path, package: Path = REPO / "zkv_early") -> None:
+def install_files(
+    destdir: Path, pyz: Path, package: Path = REPO / "zkv_early", early_conf: str = _EARLY_CONF
+) -> None:
     subprocess.run(
         [
             "make",
@@ -143,7 +150,7 @@ def install_files(destdir: Path, pyz: Path, package: Path = REPO / "zkv_early") 
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    (destdir / "etc/zkv/early.conf").write_text(_EARLY_CONF)
+    (destdir / "etc/zkv/early.conf").write_text(early_conf)
     shutil.copyfile(test_ca().cert, destdir / GUEST_CA.lstrip("/"))
 
 
@@ -167,7 +174,7 @@ def _realroot_client() -> tuple[Path, Path]:
 
 def _stage_payload(work: Path) -> Payload:
     overlay = work / "overlay"
-    install_files(overlay, *_realroot_client())
+    install_files(overlay, *_realroot_client(), early_conf=_REALROOT_EARLY_CONF)
     for part in _INITRD_PARTS:
         target = overlay / part
         if target.is_dir():
