@@ -195,6 +195,8 @@ def build(flavour: Flavour, channel: Channel) -> ZkvImage:
         "image": base.directory.name,
         "sources": _sources_digest(),
         "recovery": RECOVERY_PASSPHRASE,
+        "early_conf": _EARLY_CONF,
+        "ca": cache.file_digest(test_ca().cert),
     }
 
     def make(work: Path) -> None:
