@@ -8,6 +8,7 @@ keystore -> which encryption roots matter -> already loaded? done
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -51,7 +52,11 @@ def unlock(config: Config, options: Options, console: Console, zfs: Zfs | None =
     if all(status.get(root) == "available" for root in required):
         console.say(f"keys already loaded: {', '.join(sorted(required))}")
         return
-    console.debug(f"need keys for {', '.join(sorted(required))}; keystore {config.keystore}")
+    console.debug(
+        f"need keys for {', '.join(sorted(required))}; keystore {config.keystore}; "
+        f"gateway {config.gateway_url}; prompt {options.prompt}; "
+        f"limits: network {config.network_timeout:g} s, total {config.total_timeout:g} s"
+    )
     store = _open(config, options, console, sealed)
     report = load_entries(store, zfs)
     if report.loaded:
@@ -87,6 +92,7 @@ def _required(
 def _open(
     config: Config, options: Options, console: Console, sealed: SealedKeystore
 ) -> OpenKeystore:
+    t0 = time.monotonic()
     deadline = Deadline(SystemClock(), config.total_timeout)
     client = GatewayClient(config.gateway_url, config.ca_file, config.request_timeout)
     gateway = GatewayUnlock(config, console, client, deadline, configmod.hostname(config))
@@ -111,7 +117,7 @@ def _open(
         if asker is not None:
             asker.close()  # terminal echo back on, whatever happened
         client.close()
-    console.debug(f"unlocked by {outcome.winner}")
+    console.debug(f"keystore opened by the {outcome.winner} after {time.monotonic() - t0:.2f} s")
     return outcome.value
 
 

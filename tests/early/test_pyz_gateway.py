@@ -220,11 +220,12 @@ def test_sigterm_while_waiting_for_approval(machine: Machine, tmp_path: Path) ->
             stderr=subprocess.PIPE,
             text=True,
         )
-        pending_request(gw)
+        request_id, _pin = pending_request(gw)
         started = time.monotonic()
         proc.terminate()
         _out, err = proc.communicate(timeout=15)
         took = time.monotonic() - started
+        gw.deny(request_id)  # ends the gateway's side of the long-poll: a quick shutdown
     assert proc.returncode == 130, err
     assert took < 5
 

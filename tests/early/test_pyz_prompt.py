@@ -89,12 +89,13 @@ def test_slow_gateway_passphrase_wins_while_a_poll_is_pending(
         child = spawn(machine)
         child.expect("Recovery passphrase: ")
         child.expect(r"approve PIN \d+")
-        pending_request(gw)
+        request_id, _pin = pending_request(gw)
         started = time.monotonic()
         child.sendline(PASSPHRASE.decode())
         status, rest = finish(child)
         took = time.monotonic() - started
         requests = gw.cli("requests").stdout
+        gw.deny(request_id)  # ends the gateway's side of the long-poll: a quick shutdown
     assert status == 0, rest
     assert took < 10, "the pending long-poll (25 s) must not hold up the unlock"
     assert " pending " in requests
