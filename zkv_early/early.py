@@ -101,7 +101,7 @@ def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     console = Console(sys.stderr)
     try:
         if args.command == "handover-load":
@@ -128,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         console.close()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def handover_load(path: str, console: Console) -> int:
