@@ -251,8 +251,11 @@ def no_leftovers(guest: Guest, zimg: ZkvImage) -> dict[str, str]:
     }
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
 def _last_output(guest: Guest, command: str) -> str:
-    output = guest.check(command)
+    output = _ANSI.sub("", guest.check(command))
     lines = [ln.strip() for ln in output.replace("\r", "").splitlines() if ln.strip()]
     return lines[-1] if lines else ""
 
