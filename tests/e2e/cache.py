@@ -14,13 +14,13 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 from tests.e2e import testbed
 
-Inputs = dict[str, object]
+Inputs = Mapping[str, object]
 
 
 def file_digest(path: Path) -> str:
@@ -52,7 +52,7 @@ def _walk(root: Path) -> Iterator[Path]:
 
 def key_of(inputs: Inputs) -> str:
     """Cache key: sha256 of the canonical JSON of the inputs (parent keys, digests, options)."""
-    blob = json.dumps(inputs, sort_keys=True, separators=(",", ":")).encode()
+    blob = json.dumps(dict(inputs), sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()
 
 
@@ -87,7 +87,8 @@ def entry(name: str, inputs: Inputs, build: Callable[[Path], None]) -> Path:
         log(f"building {final.name}")
         started = time.monotonic()
         build(partial)
-        (partial / "inputs.json").write_text(json.dumps(inputs, indent=2, sort_keys=True) + "\n")
+        record = json.dumps(dict(inputs), indent=2, sort_keys=True)
+        (partial / "inputs.json").write_text(record + "\n")
         os.replace(partial, final)
         log(f"built {final.name} in {time.monotonic() - started:.0f} s")
     return final

@@ -37,6 +37,8 @@ BOOT_FAILED = re.compile(
 SHELL_PROMPT = re.compile(r"root@zkv-e2e:[^\r\n]*# ")
 # Typed as RC''= so that the echo of the command line itself never matches.
 _RC = re.compile(r"ZKV-RC=(\d+)\r*\n")
+# Colours, bracketed-paste toggles and other CSI sequences in shell output.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 TAIL_LINES = 60
 
@@ -231,11 +233,16 @@ class Guest:
         self._expect([SHELL_PROMPT], time.monotonic() + timeout, "the root shell")
 
     def shell(self, command: str, timeout: float = 120) -> tuple[int, str]:
-        """Run ``command`` in the root shell; return its exit status and the console output."""
+        """Run ``command`` in the root shell; return its exit status and the console output.
+
+        The output is everything since the command was typed, its echo included, with the
+        carriage returns and terminal escape sequences removed.
+        """
         self.child.sendline(f"{command}; echo ZKV-RC''=$?")
         self._expect([_RC], time.monotonic() + timeout, f"`{command}` to finish")
         match = self.child.match
-        return int(match.group(1)), str(self.child.before)
+        output = _ANSI.sub("", str(self.child.before)).replace("\r", "")
+        return int(match.group(1)), output
 
     def check(self, command: str, timeout: float = 120) -> str:
         status, output = self.shell(command, timeout)

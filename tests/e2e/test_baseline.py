@@ -61,6 +61,6 @@ def test_data_key_loaded_by_hand(
     guest.login()
     guest.load_data_key(image.data_key())
     mounted = guest.check(f"zfs get -H -o value mounted {testbed.DATA_DATASET}")
-    assert mounted.splitlines()[-1].strip() == "yes"
+    assert mounted.strip().splitlines()[-1].strip() == "yes"
     canary = guest.check(f"cat {testbed.DATA_MOUNTPOINT}/canary")
     assert "zkv-e2e canary" in canary
