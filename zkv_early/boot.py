@@ -110,7 +110,9 @@ def _open(
         def passphrase(cancel: threading.Event) -> OpenKeystore:
             return recovery.unlock_with_passphrase(sealed, ask, console, config.attempts, cancel)
 
-        contenders.append(Contender("passphrase", passphrase, ask.close))
+        # No stop hook: both prompts notice the cancel event within a tick; closing the
+        # terminal under a thread still in select() would be a race.
+        contenders.append(Contender("passphrase", passphrase))
     try:
         outcome = race(contenders, config.total_timeout)
     finally:

@@ -38,7 +38,8 @@ class GatewayClient:
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.base = parts.path.rstrip("/")
         self.timeout = timeout
-        self._context = _tls_context(ca_file) if parts.scheme == "https" else None
+        self.ca_file = ca_file
+        self._context: ssl.SSLContext | None = None  # built on first use, in the gateway thread
         self._lock = threading.Lock()
         self._conn: http.client.HTTPConnection | None = None
         self._aborted = False
@@ -69,7 +70,9 @@ class GatewayClient:
             if self._aborted:
                 raise Cancelled
             if self._conn is None:
-                if self._context is not None:
+                if self.scheme == "https":
+                    # A bad CA file fails the gateway side only; the prompt still runs.
+                    self._context = self._context or _tls_context(self.ca_file)
                     self._conn = http.client.HTTPSConnection(
                         self.host, self.port, timeout=timeout, context=self._context
                     )

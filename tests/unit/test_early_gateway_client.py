@@ -16,6 +16,7 @@ import trustme
 
 from zkv_early import crypto, protocol
 from zkv_early.errors import (
+    ConfigError,
     GatewayRefused,
     GatewayUnreachable,
     ProtocolError,
@@ -152,3 +153,9 @@ def test_abort_ends_a_pending_long_poll_at_once(tls: tuple[Any, str, Path]) -> N
     assert len(outcome) == 1 and isinstance(outcome[0], Cancelled)
     with pytest.raises(Cancelled):  # and every later call
         client.poll(RID, 1)
+
+
+def test_a_bad_ca_file_fails_the_gateway_side_only_when_used() -> None:
+    client = GatewayClient("https://localhost:1", "/nonexistent/ca.pem", 2)  # no error yet
+    with pytest.raises(ConfigError, match="CA file"):
+        client.create(request())
