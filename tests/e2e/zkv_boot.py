@@ -152,6 +152,7 @@ def run_boot(
     recovery: str | None = None,
     stock: str | None = None,
     answer_after_gateway_gave_up: bool = True,
+    recovery_after_pin: float | None = None,
     timeout: float = 600,
     echo: Callable[[str], None] | None = None,
 ) -> Outcome:
@@ -162,6 +163,9 @@ def run_boot(
     prompt is left waiting, as the racing prompt of an approved boot is). With
     ``answer_after_gateway_gave_up``, the recovery prompt is answered only after the client said
     the gateway part failed (denied, expired, wrong key, unreachable): that is the fallback.
+    ``recovery_after_pin``: type the recovery passphrase that many seconds after ``on_pin``
+    returned, at the prompt that stays up while the client waits (it does not announce a
+    denial or a key that failed while the prompt is still open).
     """
     out = Outcome()
     deadline = time.monotonic() + timeout
@@ -195,6 +199,12 @@ def run_boot(
             note(f"client shows PIN {out.pin}")
             if on_pin is not None:
                 on_pin(out.pin)
+            if recovery is not None and recovery_after_pin is not None and armed_recovery:
+                time.sleep(recovery_after_pin)
+                note("typing the recovery passphrase at the prompt still open")
+                out.recovery_prompts_answered.append(guest.elapsed())
+                guest.child.send(recovery + "\r")
+                armed_recovery = False
         elif index == 2:
             ready = out.gateway_gave_up is not None or not answer_after_gateway_gave_up
             if recovery is not None and armed_recovery and ready:
