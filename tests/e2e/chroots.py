@@ -68,9 +68,9 @@ def flavour_inputs(flavour: Flavour, channel: Channel) -> cache.Inputs:
 
 def flavour(flavour: Flavour, channel: Channel) -> Chroot:
     inputs = flavour_inputs(flavour, channel)
+    parent = rootfs.build(channel) / "root"  # outside the entry: its build time is its own
 
     def build(work: Path) -> None:
-        parent = rootfs.build(channel) / "root"
         root = _copy(parent, work / "root")
         _overlay(_OVERLAY, root)
         chroot.run(root, _CONFIGURE, [testbed.HOSTID])
