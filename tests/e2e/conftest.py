@@ -84,6 +84,36 @@ def guest_factory(request: pytest.FixtureRequest) -> Iterator[Callable[[Image], 
         guest.close()
 
 
+@pytest.fixture(scope="module")
+def booted_guest(
+    images: Callable[[Flavour, Channel], Image],
+) -> Iterator[Callable[[Flavour, Channel], tuple[Guest, BootResult]]]:
+    """A guest per flavour/channel booted with the right passphrase, shared by a module's tests.
+
+    A TCG boot costs a minute or more, so tests that only look at a booted system share one.
+    """
+    booted: dict[tuple[Flavour, Channel], tuple[Guest, BootResult]] = {}
+
+    def get(flavour: Flavour, channel: Channel) -> tuple[Guest, BootResult]:
+        if (flavour, channel) not in booted:
+            image = images(flavour, channel)
+            log = testbed.cache_dir() / "logs" / f"booted-{flavour}-{channel}.log"
+            guest = Guest(image, console_log=log)
+            try:
+                guest.start()
+                result = guest.boot()
+            except BaseException:
+                guest.close()
+                raise
+            record_boot(image, "passphrase", result)
+            booted[(flavour, channel)] = (guest, result)
+        return booted[(flavour, channel)]
+
+    yield get
+    for guest, _ in booted.values():
+        guest.close()
+
+
 def record_boot(image: Image, scenario: str, result: BootResult) -> None:
     """Remember boot timings for the terminal summary and <cache>/logs/timings.tsv."""
     line = f"{image.flavour}\t{image.channel}\t{scenario}\t{result.timings.summary()}"
