@@ -11,8 +11,8 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import stat
+import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -82,7 +82,7 @@ def entry(name: str, inputs: Inputs, build: Callable[[Path], None]) -> Path:
         partial = final.with_name(final.name + ".partial")
         if partial.exists():
             log(f"discarding an interrupted build: {partial}")
-            shutil.rmtree(partial)
+            discard(partial)
         partial.mkdir(parents=True)
         log(f"building {final.name}")
         started = time.monotonic()
@@ -92,6 +92,19 @@ def entry(name: str, inputs: Inputs, build: Callable[[Path], None]) -> Path:
         os.replace(partial, final)
         log(f"built {final.name} in {time.monotonic() - started:.0f} s")
     return final
+
+
+def discard(path: Path) -> None:
+    """Remove an interrupted build, which may still have the host's /dev etc. mounted inside.
+
+    Unmount everything below it first, and never let rm cross into another file system.
+    """
+    prefix = str(path.resolve()) + "/"
+    with open("/proc/self/mounts") as mounts:
+        targets = [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
+    for target in sorted(targets, key=len, reverse=True):
+        subprocess.run(["umount", "--lazy", target], check=False)
+    subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=True)
 
 
 def log(message: str) -> None:
