@@ -4,5 +4,6 @@
 DEMO_ARGS ?=
 
 .PHONY: demo
-demo: pyz
+demo:
+	$(MAKE) deps pyz
 	$(PYTHON) -m tests.e2e.demo $(DEMO_ARGS)
