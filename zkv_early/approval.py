@@ -22,7 +22,9 @@ from .errors import (
     GatewayError,
     GatewayUnreachable,
     InputError,
+    KeystoreLocked,
     ProtocolError,
+    ReleaseRejected,
 )
 from .keystore import OpenKeystore, SealedKeystore
 from .race import Cancelled, Deadline
@@ -72,7 +74,10 @@ class GatewayUnlock:
         except (crypto.DecryptionFailed, InputError):
             raise ProtocolError("the released key could not be decrypted") from None
         self.console.say("approved; opening the keystore")
-        return sealed.open_with_repository_key(repository_key)
+        try:
+            return sealed.open_with_repository_key(repository_key)
+        except KeystoreLocked:
+            raise ReleaseRejected from None  # same exit status, says whose key it was
 
     def stop(self) -> None:
         self.client.abort()

@@ -16,19 +16,22 @@ from . import config as configmod
 from . import handover, keystore, prompt, recovery
 from .approval import GatewayUnlock
 from .config import Config
-from .console import Console
+from .console import Console, countdown
 from .errors import (
     Disabled,
     EntryNotFound,
     HandoverError,
     KeysNotLoaded,
     PromptUnavailable,
+    ZkvError,
 )
 from .gateway_client import GatewayClient
 from .keystore import OpenKeystore, SealedKeystore
 from .race import Contender, Deadline, SystemClock, race
 from .unlock import Outcome, load_entries
 from .zfs import Zfs
+
+FRESH_LISTING = 5.0  # seconds: a zfs listing older than this is taken again before loading
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,8 @@ def unlock(config: Config, options: Options, console: Console, zfs: Zfs | None =
         raise Disabled
     sealed = keystore.read(config.keystore)
     zfs = zfs or Zfs()
-    status = dict(zfs.encryption_roots())
+    listing = zfs.root_infos()
+    status = {name: info.keystatus for name, info in listing.items()}
     required = _required(options.roots, sealed, zfs, status)
     if not required:
         console.say("no keystore entry belongs to an imported pool: nothing to unlock")
@@ -57,8 +61,11 @@ def unlock(config: Config, options: Options, console: Console, zfs: Zfs | None =
         f"gateway {config.gateway_url}; prompt {options.prompt}; "
         f"limits: network {config.network_timeout:g} s, total {config.total_timeout:g} s"
     )
+    started = time.monotonic()
     store = _open(config, options, console, sealed)
-    report = load_entries(store, zfs)
+    if time.monotonic() - started > FRESH_LISTING:
+        listing = zfs.root_infos()  # pools may have been imported, keys loaded meanwhile
+    report = load_entries(store, zfs, listing=listing)
     if report.loaded:
         console.say(f"keys loaded: {', '.join(r.target for r in report.loaded)}")
     for failed in report.failed:
@@ -106,6 +113,10 @@ def _open(
         console.say(f"{exc.message}; waiting for the gateway only")
     if asker is not None:
         ask = asker
+        # The gateway gave up (denied, expired, a release that does not open the keystore...):
+        # say so at once and keep the prompt for a shorter while, not the whole overall limit.
+        contenders[0].grace = config.fallback_timeout
+        contenders[0].on_failure = lambda error, left: console.say(_fallback_message(error, left))
 
         def passphrase(cancel: threading.Event) -> OpenKeystore:
             return recovery.unlock_with_passphrase(sealed, ask, console, config.attempts, cancel)
@@ -121,6 +132,11 @@ def _open(
         client.close()
     console.debug(f"keystore opened by the {outcome.winner} after {time.monotonic() - t0:.2f} s")
     return outcome.value
+
+
+def _fallback_message(error: BaseException, left: float) -> str:
+    reason = error.message if isinstance(error, ZkvError) else "the gateway client failed"
+    return f"{reason}; type the recovery passphrase ({countdown(left)} left, then OpenZFS asks)"
 
 
 def _hand_over(path: str, store: OpenKeystore, targets: list[str], console: Console) -> None:

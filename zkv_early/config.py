@@ -15,6 +15,8 @@ found when the image is built and tested, not silently ignored at boot.
     [timeouts]
     network = 60                            # wait for link, address, route, DNS
     total = 300                             # the whole unlock, approval included
+    fallback = 120                          # recovery prompt kept open after the gateway gave
+                                            # up (denied, expired, bad release); 0 = exit at once
 
     [network]
     interfaces = eth0 enp1s0                # only these count as "link up" (default: any)
@@ -39,7 +41,7 @@ DEFAULT_CA = "/etc/ssl/certs/ca-certificates.crt"
 _OPTIONS: dict[str, set[str]] = {
     "gateway": {"url", "ca_file", "request_timeout"},
     "host": {"keystore", "host_key", "name"},
-    "timeouts": {"network", "total"},
+    "timeouts": {"network", "total", "fallback"},
     "network": {"interfaces"},
     "prompt": {"attempts"},
 }
@@ -56,6 +58,7 @@ class Config:
     hostname: str = ""
     network_timeout: float = 60.0
     total_timeout: float = 300.0
+    fallback_timeout: float = 120.0
     interfaces: tuple[str, ...] = ()
     attempts: int = 3
     disabled: bool = False
@@ -107,6 +110,7 @@ def parse(text: str, source: str = DEFAULT_PATH) -> Config:
         hostname=get("host", "name", ""),
         network_timeout=number("timeouts", "network", 60.0, 0, 3600),
         total_timeout=number("timeouts", "total", 300.0, 1, 86400),
+        fallback_timeout=number("timeouts", "fallback", 120.0, 0, 86400),
         interfaces=tuple(interfaces),
         attempts=int(number("prompt", "attempts", 3, 1, 10)),
     )

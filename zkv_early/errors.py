@@ -92,6 +92,10 @@ class KeystoreLocked(KeystoreError):
     exit_code = 15
 
 
+class ReleaseRejected(KeystoreLocked):
+    """the released key does not open the keystore"""
+
+
 class EntryNotFound(KeystoreError):
     """the keystore has no entry for {target}"""
 

@@ -5,6 +5,10 @@ is set and each contender's ``stop`` hook runs, which breaks whatever the thread
 (closing a socket, killing systemd-ask-password, the prompt's select loop). Threads are joined
 with a bound, and are daemons, so a stuck one can never keep the boot waiting. The main thread
 only ever waits on a queue with a timeout, so signals (SIGTERM from the hooks) still reach it.
+
+A contender with a ``grace`` (the gateway) shortens the race when it fails: the others get at
+most that many seconds more, then its error ends the run. So a denial does not leave the
+console waiting for the whole overall limit before OpenZFS's own prompt takes over.
 """
 
 from __future__ import annotations
@@ -60,6 +64,9 @@ class Contender(Generic[T]):
     name: str
     run: Callable[[threading.Event], T]
     stop: Callable[[], None] = lambda: None
+    grace: float | None = None  # when this one fails, the others' time left is capped to this
+    # Called from the main thread when this one fails while others go on: (error, seconds left).
+    on_failure: Callable[[BaseException, float], None] = lambda _error, _left: None
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,8 @@ class Winner(Generic[T]):
 
 def race(contenders: Sequence[Contender[T]], timeout: float) -> Winner[T]:
     """Return the first success. When all fail, raise the error of the first contender (in the
-    order given) that failed with a ZkvError; when time runs out, raise UnlockTimeout."""
+    order given) that failed with a ZkvError. When time runs out, raise the error of the
+    contender whose grace ran out, else UnlockTimeout."""
     results: queue.Queue[tuple[int, T | None, BaseException | None]] = queue.Queue()
     cancel = threading.Event()
 
@@ -88,15 +96,26 @@ def race(contenders: Sequence[Contender[T]], timeout: float) -> Winner[T]:
         thread.start()
     errors: dict[int, BaseException] = {}
     end = time.monotonic() + timeout
+    graced: BaseException | None = None  # the error that shortened the race
     try:
         while len(errors) < len(contenders):
             try:
                 index, value, error = results.get(timeout=max(0.0, end - time.monotonic()))
             except queue.Empty:
+                if graced is not None:
+                    raise graced from None
                 raise UnlockTimeout(seconds=f"{timeout:g}") from None
             if error is None:
                 return Winner(contenders[index].name, value)  # type: ignore[arg-type]
             errors[index] = error
+            grace = contenders[index].grace
+            if grace is None or len(errors) == len(contenders) or isinstance(error, Cancelled):
+                continue
+            if grace <= 0:
+                raise error
+            end = min(end, time.monotonic() + grace)
+            graced = error
+            contenders[index].on_failure(error, max(0.0, end - time.monotonic()))
         raise _most_relevant(errors)
     finally:
         cancel.set()

@@ -113,3 +113,91 @@ def test_gateway_approval_withdraws_the_prompt(machine: Machine, tmp_path: Path)
     assert status == 0, rest
     assert "approved" in rest
     assert machine.zfs.keystatus("rpool") == "available"
+
+
+# --- the gateway gives up while the prompt is open: say so, keep asking for a bounded while ----
+
+
+def test_denial_is_announced_at_once_and_the_passphrase_still_works(
+    machine: Machine, tmp_path: Path
+) -> None:
+    machine.settings = {"timeouts": {"fallback": "60"}}
+    with running_gateway(tmp_path / "gw") as gw:
+        machine.enroll(gw)
+        child = spawn(machine)
+        child.expect("Recovery passphrase: ")
+        request_id, _pin = pending_request(gw)
+        gw.deny(request_id)
+        child.expect(
+            r"the owner denied the unlock request; type the recovery passphrase "
+            r"\(0:[56]\d left, then OpenZFS asks\)",
+            timeout=5,
+        )
+        child.expect("Recovery passphrase: ")  # shown again under the news
+        child.sendline(PASSPHRASE.decode())
+        status, rest = finish(child)
+    assert status == 0, rest
+    assert machine.zfs.keystatus("rpool") == "available"
+
+
+def test_after_a_denial_the_prompt_closes_after_the_fallback_time(
+    machine: Machine, tmp_path: Path
+) -> None:
+    machine.settings = {"timeouts": {"fallback": "2"}}
+    with running_gateway(tmp_path / "gw") as gw:
+        machine.enroll(gw)
+        child = spawn(machine)
+        child.expect("Recovery passphrase: ")
+        request_id, _pin = pending_request(gw)
+        gw.deny(request_id)
+        started = time.monotonic()
+        child.expect("denied the unlock request; type the recovery passphrase", timeout=5)
+        status, rest = finish(child)
+        took = time.monotonic() - started
+    assert status == 33, rest  # the gateway's error: OpenZFS's prompt takes over
+    assert 1.5 < took < 10
+    assert machine.zfs.keystatus("rpool") == "unavailable"
+
+
+def test_zero_fallback_exits_at_once_on_denial(machine: Machine, tmp_path: Path) -> None:
+    machine.settings = {"timeouts": {"fallback": "0"}}
+    with running_gateway(tmp_path / "gw") as gw:
+        machine.enroll(gw)
+        child = spawn(machine)
+        child.expect("Recovery passphrase: ")
+        request_id, _pin = pending_request(gw)
+        gw.deny(request_id)
+        started = time.monotonic()
+        status, rest = finish(child)
+        took = time.monotonic() - started
+    assert status == 33, rest
+    assert "denied" in rest and "type the recovery passphrase" not in rest
+    assert took < 5
+
+
+def test_bad_release_is_announced_and_the_passphrase_still_works(
+    machine: Machine, tmp_path: Path
+) -> None:
+    machine.settings = {"timeouts": {"fallback": "60"}}
+    with running_gateway(tmp_path / "gw", approver="auto", secret=bytes(32).hex().encode()) as gw:
+        machine.enroll(gw)
+        child = spawn(machine)
+        child.expect("the released key does not open the keystore; type the recovery passphrase")
+        child.expect("Recovery passphrase: ")
+        child.sendline(PASSPHRASE.decode())
+        status, rest = finish(child)
+    assert status == 0, rest
+    assert machine.zfs.keystatus("rpool") == "available"
+
+
+def test_expiry_is_announced_then_the_gateways_status(machine: Machine, tmp_path: Path) -> None:
+    machine.settings = {"timeouts": {"fallback": "1"}}
+    with running_gateway(tmp_path / "gw", settings={"REQUEST_TTL": 30}) as gw:  # the minimum
+        machine.enroll(gw)
+        child = spawn(machine)
+        child.expect(r"approve PIN \d+")
+        child.expect("expired before it was approved; type the recovery passphrase", timeout=60)
+        started = time.monotonic()
+        status, rest = finish(child)
+    assert status == 34, rest
+    assert time.monotonic() - started < 8

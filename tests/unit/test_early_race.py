@@ -69,6 +69,60 @@ def test_deadline_cancels_everything() -> None:
     assert sorted(stopped) == ["a", "b"] and hook == ["a"]
 
 
+def denied_now(cancel: threading.Event) -> str:
+    raise ApprovalDenied
+
+
+def test_a_failure_with_grace_caps_the_others_time_and_its_error_ends_the_race() -> None:
+    stopped: list[str] = []
+    told: list[tuple[str, float]] = []
+    gateway = Contender("gateway", denied_now, grace=0.3)
+    gateway.on_failure = lambda error, left: told.append((type(error).__name__, left))
+    started = time.monotonic()
+    with pytest.raises(ApprovalDenied):
+        race([gateway, blocker(stopped, "passphrase")], 30)
+    assert 0.25 < time.monotonic() - started < 2  # the grace, not the overall 30 s
+    assert stopped == ["passphrase"]
+    assert len(told) == 1 and told[0][0] == "ApprovalDenied" and 0 < told[0][1] <= 0.3
+
+
+def test_the_other_may_still_win_during_the_grace() -> None:
+    def typed_soon(cancel: threading.Event) -> str:
+        time.sleep(0.2)
+        return "typed"
+
+    gateway = Contender("gateway", denied_now, grace=5)
+    assert race([gateway, Contender("passphrase", typed_soon)], 30).value == "typed"
+
+
+def test_zero_grace_ends_the_race_at_once() -> None:
+    stopped: list[str] = []
+    told: list[float] = []
+    gateway = Contender("gateway", denied_now, grace=0)
+    gateway.on_failure = lambda _error, left: told.append(left)
+    started = time.monotonic()
+    with pytest.raises(ApprovalDenied):
+        race([gateway, blocker(stopped, "passphrase")], 30)
+    assert time.monotonic() - started < 1
+    assert stopped == ["passphrase"] and told == []
+
+
+def test_grace_never_extends_the_overall_limit() -> None:
+    gateway = Contender("gateway", denied_now, grace=60)
+    started = time.monotonic()
+    with pytest.raises(ApprovalDenied):
+        race([gateway, blocker([], "passphrase")], 0.3)
+    assert time.monotonic() - started < 2
+
+
+def test_a_failure_without_grace_leaves_the_overall_limit() -> None:
+    def wrong(cancel: threading.Event) -> str:
+        raise PassphraseRetriesExceeded
+
+    with pytest.raises(UnlockTimeout):  # the gateway (still running) keeps its whole time
+        race([blocker([], "gateway"), Contender("passphrase", wrong)], 0.3)
+
+
 def test_bugs_are_not_swallowed() -> None:
     def bug(cancel: threading.Event) -> str:
         raise RuntimeError("boom")
