@@ -50,7 +50,7 @@ FAKE_ZFS = """#!/bin/sh
 # bench-only zfs: one raw-key encryption root "rpool"; its keystatus is the state file's word
 s=$(cat "$ZKV_BENCH_ZFS_STATE")
 case "$1" in
-list) printf 'rpool\\trpool\\t%s\\n' "$s" ;;
+list) printf 'rpool\\trpool\\t%s\\traw\\n' "$s" ;;  # -o name,encryptionroot,keystatus,keyformat
 get) printf 'encryptionroot\\trpool\\nkeystatus\\t%s\\nkeyformat\\traw\\n' "$s" ;;
 load-key) cat >/dev/null; echo available > "$ZKV_BENCH_ZFS_STATE" ;;
 *) exit 2 ;;

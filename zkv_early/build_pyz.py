@@ -37,6 +37,7 @@ MODULES = (
     "config",
     "console",
     "crypto",
+    "evp",
     "early",
     "encoding",
     "errors",

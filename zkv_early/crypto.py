@@ -8,15 +8,26 @@ X25519 sealed box for releasing a secret to one boot. Every decryption failure r
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from . import evp
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+    from cryptography.hazmat.primitives.asymmetric.x25519 import (
+        X25519PrivateKey,
+        X25519PublicKey,
+    )
+
+# pyca/cryptography's public API is imported inside the functions: with cryptography 38 that
+# import costs the boot client 60 ms of CPU, and the unlock path goes through evp.py instead.
+_EVP = evp.load()
 
 KEY_SIZE = 32
 NONCE_SIZE = 12
@@ -37,6 +48,8 @@ def random_bytes(n: int) -> bytes:
 
 def aead_seal(key: bytes, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
     """Return (nonce, ciphertext+tag). A fresh random nonce per call."""
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
     nonce = os.urandom(NONCE_SIZE)
     return nonce, ChaCha20Poly1305(key).encrypt(nonce, plaintext, aad)
 
@@ -44,6 +57,14 @@ def aead_seal(key: bytes, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
 def aead_open(key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
     if len(key) != KEY_SIZE or len(nonce) != NONCE_SIZE:
         raise DecryptionFailed
+    if _EVP is not None:
+        try:
+            return _EVP.chacha20_poly1305_decrypt(key, nonce, ciphertext, aad)
+        except evp.EvpError:
+            raise DecryptionFailed from None
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
     try:
         return ChaCha20Poly1305(key).decrypt(nonce, ciphertext, aad)
     except InvalidTag:
@@ -51,9 +72,9 @@ def aead_open(key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
 
 
 def hkdf(key_material: bytes, info: bytes, salt: bytes | None = None) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=salt, info=info).derive(
-        key_material
-    )
+    """HKDF-SHA256 (RFC 5869) for one 32-byte block: the standard library's HMAC suffices."""
+    prk = hmac.digest(salt or bytes(32), key_material, "sha256")
+    return hmac.digest(prk, info + b"\x01", "sha256")[:KEY_SIZE]
 
 
 def scrypt(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
@@ -67,19 +88,32 @@ def scrypt(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
 
 def ed25519_generate() -> tuple[bytes, bytes]:
     """Return (private_raw, public_raw), 32 bytes each."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     private = Ed25519PrivateKey.generate()
     return _raw_private(private), _raw_public(private.public_key())
 
 
 def ed25519_public(private_raw: bytes) -> bytes:
+    if _EVP is not None and len(private_raw) == KEY_SIZE:
+        return _EVP.ed25519_public(private_raw)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     return _raw_public(Ed25519PrivateKey.from_private_bytes(private_raw).public_key())
 
 
 def ed25519_sign(private_raw: bytes, message: bytes) -> bytes:
+    if _EVP is not None and len(private_raw) == KEY_SIZE:
+        return _EVP.ed25519_sign(private_raw, message)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     return Ed25519PrivateKey.from_private_bytes(private_raw).sign(message)
 
 
 def ed25519_verify(public_raw: bytes, signature: bytes, message: bytes) -> None:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         Ed25519PublicKey.from_public_bytes(public_raw).verify(signature, message)
     except (InvalidSignature, ValueError):
@@ -98,6 +132,11 @@ class Sealed:
 
 def x25519_generate() -> tuple[bytes, bytes]:
     """Return (private_raw, public_raw) of a fresh ephemeral key."""
+    if _EVP is not None:
+        private_raw = os.urandom(KEY_SIZE)  # what OpenSSL's keygen does (clamped when used)
+        return private_raw, _EVP.x25519_public(private_raw)
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     private = X25519PrivateKey.generate()
     return _raw_private(private), _raw_public(private.public_key())
 
@@ -108,6 +147,8 @@ def _box_key(shared: bytes, sender_public: bytes, recipient_public: bytes, info:
 
 def seal_to(recipient_public: bytes, plaintext: bytes, info: bytes) -> Sealed:
     """Encrypt to an X25519 public key; ``info`` binds the context (e.g. the request id)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
     try:
         recipient = X25519PublicKey.from_public_bytes(recipient_public)
     except ValueError:
@@ -120,6 +161,18 @@ def seal_to(recipient_public: bytes, plaintext: bytes, info: bytes) -> Sealed:
 
 
 def open_sealed(recipient_private: bytes, sealed: Sealed, info: bytes) -> bytes:
+    if _EVP is not None:
+        try:
+            if len(recipient_private) != KEY_SIZE or len(sealed.ephemeral_public) != KEY_SIZE:
+                raise evp.EvpError
+            shared = _EVP.x25519_exchange(recipient_private, sealed.ephemeral_public)
+            recipient_public = _EVP.x25519_public(recipient_private)
+        except evp.EvpError:
+            raise DecryptionFailed from None
+        key = _box_key(shared, sealed.ephemeral_public, recipient_public, info)
+        return aead_open(key, sealed.nonce, sealed.ciphertext, aad=info)
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
     try:
         private = X25519PrivateKey.from_private_bytes(recipient_private)
         shared = private.exchange(X25519PublicKey.from_public_bytes(sealed.ephemeral_public))
@@ -131,6 +184,8 @@ def open_sealed(recipient_private: bytes, sealed: Sealed, info: bytes) -> bytes:
 
 
 def _raw_private(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(
         serialization.Encoding.Raw,
         serialization.PrivateFormat.Raw,
@@ -139,4 +194,6 @@ def _raw_private(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
 
 
 def _raw_public(key: Ed25519PublicKey | X25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

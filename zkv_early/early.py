@@ -6,7 +6,6 @@ import argparse
 import os
 import signal
 import sys
-import traceback
 from collections.abc import Sequence
 from types import FrameType
 
@@ -124,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A bug: the hooks fall back to OpenZFS's prompt. Tracebacks show code, not values.
         console.say("internal error (please report it)")
         if console.debugging:
+            import traceback  # only here: 3 ms of import on every boot otherwise
+
             console.say(traceback.format_exc())
         return 1
     finally:

@@ -9,6 +9,7 @@ decides what is fatal. Key material never appears in a report.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -21,7 +22,7 @@ from .errors import (
     ZfsUnavailable,
 )
 from .keystore import OpenKeystore
-from .zfs import Zfs
+from .zfs import KeyInfo, Zfs
 
 
 class Outcome(StrEnum):
@@ -75,13 +76,18 @@ def load_entries(
     only: list[str] | None = None,
     *,
     verify_only: bool = False,
+    listing: Mapping[str, KeyInfo] | None = None,
 ) -> UnlockReport:
     """Load (or with ``verify_only`` dry-run check) every entry, or the ``only`` ones.
 
+    ``listing``: a fresh Zfs.root_infos() (the boot client's), so zfs is not asked again.
     Raises only when zfs itself cannot be run or listed (ZfsError); per-entry problems are
     reported in the returned UnlockReport.
     """
-    roots = dict(zfs.encryption_roots())
+    if listing is None:
+        roots = dict(zfs.encryption_roots())
+    else:
+        roots = {name: info.keystatus for name, info in listing.items()}
     known = {e.target for e in store.entries()}
     wanted = sorted(known) if only is None else list(dict.fromkeys(only))
     report = UnlockReport()
@@ -94,16 +100,19 @@ def load_entries(
         elif roots[target] == "available" and not verify_only:
             report.results.append(EntryResult(target, Outcome.ALREADY_LOADED))
         else:
-            report.results.append(_try_candidates(store, zfs, target, verify_only))
+            info = listing.get(target) if listing is not None else None
+            report.results.append(_try_candidates(store, zfs, target, verify_only, info))
     return report
 
 
-def _try_candidates(store: OpenKeystore, zfs: Zfs, target: str, verify_only: bool) -> EntryResult:
+def _try_candidates(
+    store: OpenKeystore, zfs: Zfs, target: str, verify_only: bool, info: KeyInfo | None
+) -> EntryResult:
     success = Outcome.VERIFIED if verify_only else Outcome.LOADED
     detail = "zfs rejected every key the keystore holds for it"
     for index, key in enumerate(store.candidates(target)):
         try:
-            zfs.load_key(target, key, verify_only=verify_only)
+            zfs.load_key(target, key, verify_only=verify_only, info=info)
         except ZfsKeyAlreadyLoaded:
             return EntryResult(target, Outcome.ALREADY_LOADED)
         except (ZfsDatasetNotFound, ZfsNotEncryptionRoot, ZfsUnavailable) as exc:

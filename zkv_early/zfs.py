@@ -148,11 +148,38 @@ class Zfs:
                 roots.append((fields[0], fields[2]))
         return roots
 
+    def root_infos(self) -> dict[str, KeyInfo]:
+        """Every encryption root in the imported pools with its key status and format: one
+        ``zfs list`` that spares the boot client a ``zfs get`` per root before loading."""
+        out = self._checked(
+            [
+                "list",
+                "-H",
+                "-p",
+                "-o",
+                "name,encryptionroot,keystatus,keyformat",
+                "-t",
+                "filesystem,volume",
+            ],
+            "(all)",
+        )
+        infos = {}
+        for line in out.splitlines():
+            fields = line.split("\t")
+            if len(fields) == 4 and fields[0] == fields[1]:
+                status, keyformat = (f.replace("-", "none") for f in fields[2:])
+                infos[fields[0]] = KeyInfo(fields[0], fields[0], status, keyformat)
+        return infos
+
     # --- keys ---------------------------------------------------------------------------------
 
-    def load_key(self, root: str, key: bytes, *, verify_only: bool = False) -> None:
-        """Load (or with ``verify_only``, dry-run check) the key of encryption root ``root``."""
-        info = self.require_encryption_root(root)
+    def load_key(
+        self, root: str, key: bytes, *, verify_only: bool = False, info: KeyInfo | None = None
+    ) -> None:
+        """Load (or with ``verify_only``, dry-run check) the key of encryption root ``root``.
+        ``info``: what root_infos() just said about it, instead of asking zfs again."""
+        if info is None or info.encryption_root != root:
+            info = self.require_encryption_root(root)
         if not verify_only and info.keystatus == "available":
             raise ZfsKeyAlreadyLoaded(dataset=root)
         args = ["load-key", "-L", "prompt", *(["-n"] if verify_only else []), root]
