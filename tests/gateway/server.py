@@ -32,6 +32,7 @@ Everything listens on 127.0.0.1 only; the process is stopped by its own PID on e
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -51,6 +52,8 @@ OWNER = "+15550000001"
 TWILIO_NUMBER = "+15550000002"
 TWILIO_ACCOUNT = "AC" + "0" * 32
 TWILIO_TOKEN = "test-twilio-auth-token"
+
+STOP_GRACE = 2.0  # seconds for gunicorn's quick shutdown before the process group is killed
 
 TEST_LIMITS = {
     "RATE_PER_SECOND": 1000,
@@ -133,9 +136,12 @@ class RunningGateway:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)  # gunicorn: quick shutdown
             try:
-                self.process.wait(timeout=15)
+                self.process.wait(timeout=STOP_GRACE)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                # A worker thread still holds a long-poll a client dropped (up to MAX_WAIT s):
+                # end the server's own process group (master and workers), not only the master.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
 
 
@@ -212,6 +218,7 @@ def running_gateway(
                 cwd=REPO,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stop() can end the workers too
             )
         gw = RunningGateway(
             url, secret, directory, config_file, log_file, process, proc_env, standins
