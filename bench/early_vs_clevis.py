@@ -239,7 +239,12 @@ def breakdown(pyz: Path, runs: int) -> list[tuple[str, float]]:
     """Median CPU of the interpreter alone, of the big imports, and of all the pyz's imports."""
     cases = {
         "python3 -I, nothing imported": [PYTHON, "-I", "-c", "pass"],
-        "... + cryptography 38 public API (the pyz uses evp.py instead)": [PYTHON, "-I", "-c", CRYPTO_IMPORT],
+        "... + cryptography 38 public API (the pyz uses evp.py)": [
+            PYTHON,
+            "-I",
+            "-c",
+            CRYPTO_IMPORT,
+        ],
         "... + http.client, ssl, json": [PYTHON, "-I", "-c", "import http.client, ssl, json"],
         "zkv-early.pyz --version (every import, no work)": [PYTHON, "-I", str(pyz), "--version"],
     }
