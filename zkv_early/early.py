@@ -11,7 +11,6 @@ from types import FrameType
 
 from . import __version__, cmdline, handover
 from . import config as configmod
-from .boot import Options, unlock
 from .console import Console
 from .errors import Interrupted, KeysNotLoaded, ZkvError
 from .unlock import Outcome
@@ -105,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "handover-load":
             return handover_load(args.handover, console)
+        # Imported here: handover-load (zkv-load-keys.service in the real root) needs no gateway
+        # client, TLS or prompt, and under TCG each import costs a multiple in CPU time.
+        from .boot import Options, unlock
+
         config = configmod.load(args.config, args.cmdline)
         console.debugging = config.debug
         tty_console = args.prompt == "console" or (args.prompt == "auto" and not _systemd_initrd())

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from zkv_early import boot, early
 from zkv_early.console import Console
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run(tmp_path: Path, cmdline: str, conf: str | None, *args: str) -> int:
@@ -41,7 +45,7 @@ def test_a_bug_is_exit_1_without_traceback_unless_debug(
     def broken(*args: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(early, "unlock", broken)
+    monkeypatch.setattr("zkv_early.boot.unlock", broken)  # imported by main() when needed
     conf = "[gateway]\nurl = https://gw\n"
     assert run(tmp_path, "", conf, "unlock", "--prompt", "none") == 1
     err = capsys.readouterr().err
@@ -52,6 +56,19 @@ def test_a_bug_is_exit_1_without_traceback_unless_debug(
 
 def test_handover_load_with_nothing_handed_over(tmp_path: Path) -> None:
     assert early.main(["handover-load", "--handover", str(tmp_path / "none")]) == 0
+
+
+def test_handover_load_does_not_import_the_gateway_client(tmp_path: Path) -> None:
+    # zkv-load-keys.service: every import costs seconds of CPU in a TCG guest.
+    code = (
+        "import sys; from zkv_early.early import main; "
+        f"rc = main(['handover-load', '--handover', {str(tmp_path / 'none')!r}]); "
+        "print(rc, sorted(m for m in ('zkv_early.boot', 'http.client', 'ssl') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    assert done.stdout.split() == ["0", "[]"]
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
