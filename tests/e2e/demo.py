@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             "starting the gateway on 127.0.0.1 (gunicorn, sqlite, file secret, console approver)"
             " and enrolling the guest's host key"
         )
-        with gateway(zimg, Path(tmp)) as gw:
+        with gateway(zimg, Path(tmp), approver="console") as gw:
             print(
                 f"    gateway {gw.gw.url}; the guest reaches it as {zkv_image.GATEWAY_URL} "
                 f"(QEMU guestfwd -> TLS on 127.0.0.1:{gw.guest_port})"

@@ -79,24 +79,53 @@ def _wait_port(port: int, timeout: float = 10) -> None:
 class Gateway:
     gw: RunningGateway
     guest_port: int  # what QEMU's guestfwd connects to (the TLS front)
+    approver: str = "twilio"
+
+    def requests(self) -> list[list[str]]:
+        """`zkv-gateway requests`: one row per request, ``[id, kind, state, ...]``."""
+        return [line.split() for line in self.gw.cli("requests").stdout.splitlines()]
 
     def pending_request(self, timeout: float = 60) -> str:
         """The id of the newest pending unlock request."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for line in reversed(self.gw.cli("requests").stdout.splitlines()):
-                fields = line.split()
+            for fields in reversed(self.requests()):
                 if len(fields) >= 3 and fields[1] == "unlock" and fields[2] == "pending":
                     return fields[0]
             time.sleep(0.5)
         raise AssertionError("no pending unlock request at the gateway")
 
+    def _state(self, request_id: str) -> str:
+        for fields in self.requests():
+            if fields and fields[0] == request_id and len(fields) >= 3:
+                return fields[2]
+        return ""
+
+    def _reply(self, pin: str, body: str, expected: str) -> str:
+        """As the owner: reply ``body`` by SMS to the text that carried ``pin``. The webhook is
+        signed exactly as Twilio signs it (X-Twilio-Signature over URL and form) and comes from
+        the owner's number; Twilio's API stand-in recorded the text the gateway sent."""
+        request_id = self.pending_request()
+        texts = self.gw.notifications()
+        assert any(pin in text for text in texts), f"no SMS to the owner with PIN {pin}: {texts}"
+        status = self.gw.sms(body)
+        assert status == 200, f"webhook answered {status}"
+        deadline = time.monotonic() + 10
+        while (state := self._state(request_id)) != expected and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert state == expected, f"request {request_id} is {state!r} after SMS {body!r}"
+        return request_id
+
     def approve_pin(self, pin: str) -> str:
+        if self.approver == "twilio":
+            return self._reply(pin, pin, "approved")
         request_id = self.pending_request()
         self.gw.approve(request_id, pin)
         return request_id
 
     def deny_pin(self, pin: str) -> str:
+        if self.approver == "twilio":
+            return self._reply(pin, f"NO {pin}", "denied")
         request_id = self.pending_request()
         self.gw.deny(request_id)
         return request_id
@@ -104,10 +133,14 @@ class Gateway:
 
 @contextlib.contextmanager
 def gateway(
-    zimg: ZkvImage, tmp: Path, approver: str = "console", secret: str | None = None
+    zimg: ZkvImage, tmp: Path, approver: str = "twilio", secret: str | None = None
 ) -> Iterator[Gateway]:
     """The real gateway releasing ``secret`` (default: the image's repository key), the
-    image's host enrolled and approved by the owner, and the TLS front the guest talks to."""
+    image's host enrolled and approved by the owner, and the TLS front the guest talks to.
+
+    ``approver="twilio"`` (default): the real twilio SDK texts the owner through the local
+    Twilio API stand-in, and approve_pin/deny_pin answer through the signed SMS webhook.
+    ``"console"``: the owner's CLI (`zkv-gateway approve ID PIN`), as in `make demo`."""
     released = (secret or zimg.repository_key).encode()
     with running_gateway(tmp, approver=approver, secret=released) as gw:
         host = client.Host(hostname=HOSTNAME, private_key=zimg.host_private_key)
@@ -117,7 +150,7 @@ def gateway(
             gw.approve_host(host.host_id)
         port = int(gw.url.rsplit(":", 1)[1])
         with tls_front(port) as front:
-            yield Gateway(gw, front)
+            yield Gateway(gw, front, approver)
 
 
 @contextlib.contextmanager
@@ -257,6 +290,12 @@ def no_leftovers(guest: Guest, zimg: ZkvImage) -> dict[str, str]:
         "dhclient": _last_output(guest, "pgrep -c dhclient || true"),
         "handover_unit": _last_output(
             guest, "systemctl show -p ActiveState,Result zkv-load-keys.service | tr '\\n' ' '"
+        ),
+        # milliseconds from the unit leaving "inactive" to its main process's exit
+        "load_keys_ms": _last_output(
+            guest,
+            "u=zkv-load-keys.service; echo $(( ($(systemctl show -P ExecMainExitTimestampMonotonic"
+            " $u) - $(systemctl show -P InactiveExitTimestampMonotonic $u)) / 1000 ))",
         ),
     }
 

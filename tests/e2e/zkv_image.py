@@ -58,11 +58,15 @@ request_timeout = 15
 [timeouts]
 network = 60
 total = 240
-"""
-_EARLY_CONF = _EARLY_CONF_TEMPLATE.format(url=GATEWAY_URL, ca=GUEST_CA)
+{fallback}"""
+# A short fallback: after a denial or a bad release zkv's prompt stays up 10 s (not 120 s),
+# then OpenZFS's own prompt appears (the wrong-key scenario types the passphrase there).
+_EARLY_CONF = _EARLY_CONF_TEMPLATE.format(url=GATEWAY_URL, ca=GUEST_CA, fallback="fallback = 10\n")
 # The disks were built with this copy; the real root never reads it (only a rebuild of the
 # initrd would), and changing it would cost a new disk: kept as it was.
-_REALROOT_EARLY_CONF = _EARLY_CONF_TEMPLATE.format(url="https://10.0.2.100/", ca=GUEST_CA)
+_REALROOT_EARLY_CONF = _EARLY_CONF_TEMPLATE.format(
+    url="https://10.0.2.100/", ca=GUEST_CA, fallback=""
+)
 
 
 @dataclass(frozen=True)
