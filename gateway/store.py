@@ -1,10 +1,14 @@
-"""Persistence with SQLAlchemy Core: sqlite by default (WAL, busy timeout), any SQLAlchemy URL
-such as postgresql+psycopg://... works. The schema is created at start.
+"""Persistence with SQLAlchemy Core: sqlite by default (WAL, busy timeout) or PostgreSQL
+(postgresql+psycopg://...); both are tested. The schema is created at start.
 
-Write transactions on sqlite start with BEGIN IMMEDIATE: taking the write lock up front means
-two workers never both read-then-upgrade and deadlock; the busy timeout makes them queue. Threads
-of one process also queue on a Python lock first: sqlite's busy handler sleeps in growing steps,
-which under load costs far more than waiting on a lock that is handed over at once.
+The service's write transactions check then write (nonce unused? under the rate limit? PIN free?)
+and rely on one writer at a time. Write transactions on sqlite start with BEGIN IMMEDIATE: taking
+the write lock up front means two workers never both read-then-upgrade and deadlock; the busy
+timeout makes them queue. Threads of one process also queue on a Python lock first: sqlite's busy
+handler sleeps in growing steps, which under load costs far more than waiting on a lock that is
+handed over at once. On PostgreSQL (READ COMMITTED) a write transaction first takes one
+transaction-scoped advisory lock, the same single-writer rule across workers and instances;
+SERIALIZABLE would need every transaction to be retryable instead. Reads never wait.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     select,
 )
 from sqlalchemy.engine import Engine, make_url
@@ -38,6 +43,8 @@ from zkv_early.protocol import STATE_PENDING
 from .approvals import Approval
 
 metadata = MetaData()
+PG_WRITE_LOCK = 0x7A6B76  # advisory lock key ("zkv"); see the module docstring
+REASON_LEN, SID_LEN = 200, 64  # Postgres enforces String lengths, sqlite does not
 
 hosts = Table(
     "hosts",
@@ -66,7 +73,7 @@ requests = Table(
     Column("state", String(16), nullable=False, index=True),
     Column("wrong_pins", Integer, nullable=False),
     Column("released", Boolean, nullable=False),
-    Column("reason", String(200), nullable=False),
+    Column("reason", String(REASON_LEN), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
     Column("decided_at", Float),
@@ -83,7 +90,7 @@ nonces = Table(
 messages = Table(  # inbound SMS already handled, by Twilio MessageSid
     "messages",
     metadata,
-    Column("sid", String(64), primary_key=True),
+    Column("sid", String(SID_LEN), primary_key=True),
     Column("at", Float, nullable=False, index=True),
 )
 
@@ -135,14 +142,16 @@ class RequestRow:
 
 class Store:
     def __init__(self, url: str) -> None:
-        self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
+        backend = make_url(url).get_backend_name()
+        self.is_sqlite, self.is_postgres = backend == "sqlite", backend == "postgresql"
         self.engine: Engine = create_engine(url, pool_pre_ping=not self.is_sqlite)
         self._write_lock = threading.Lock() if self.is_sqlite else None
         if self.is_sqlite:
             _tune_sqlite(self.engine)
 
     def create_schema(self) -> None:
-        metadata.create_all(self.engine)
+        with self.write() as conn:  # under the writer lock: instances starting at once may race
+            metadata.create_all(conn)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -156,6 +165,8 @@ class Store:
     def write(self) -> Iterator[Connection]:
         if self._write_lock is None:
             with self.engine.connect() as conn, conn.begin():
+                if self.is_postgres:
+                    conn.execute(select(func.pg_advisory_xact_lock(PG_WRITE_LOCK)))
                 yield conn
             return
         with self._write_lock, self.engine.connect() as conn:
@@ -198,6 +209,7 @@ class Store:
 
     def save(self, conn: Connection, a: Approval, **extra: Any) -> None:
         values = {k: v for k, v in a.__dict__.items() if k not in ("request_id", "kind", "pin")}
+        values["reason"] = a.reason[:REASON_LEN]
         conn.execute(
             requests.update().where(requests.c.request_id == a.request_id).values(**values, **extra)
         )
@@ -217,6 +229,7 @@ class Store:
         return True
 
     def first_sight_of_message(self, conn: Connection, sid: str, now: float) -> bool:
+        sid = sid[:SID_LEN]  # Twilio's are 34 characters
         if conn.execute(select(messages.c.at).where(messages.c.sid == sid)).first() is not None:
             return False
         conn.execute(messages.insert().values(sid=sid, at=now))

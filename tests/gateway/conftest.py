@@ -17,6 +17,7 @@ from gateway.approvals import Reply
 from gateway.config import Settings
 from gateway.errors import NotifyFailed, SecretUnavailable
 from gateway.service import Gateway
+from tests.gateway import postgres as pg
 from tests.gateway.server import TEST_LIMITS
 from zkv_early import crypto, protocol
 
@@ -100,16 +101,22 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     return Settings(**{**base, **overrides})
 
 
+database_url, postgres = pg.database_url, pg.postgres  # fixtures for every gateway test
+
+
 @pytest.fixture
-def env_factory(tmp_path: Path) -> Iterator[Any]:
+def env_factory(tmp_path: Path, database_url: str) -> Iterator[Any]:
     def build(**overrides: Any) -> Env:
         clock, notifier, source = FakeClock(), Recorder(), MemorySource()
-        app = create_app(
-            make_settings(tmp_path, **overrides), source=source, notifier=notifier, clock=clock
-        )
-        return Env(app, app.test_client(), clock, notifier, source)
+        settings = make_settings(tmp_path, SQLALCHEMY_DATABASE_URI=database_url, **overrides)
+        app = create_app(settings, source=source, notifier=notifier, clock=clock)
+        built.append(Env(app, app.test_client(), clock, notifier, source))
+        return built[-1]
 
+    built: list[Env] = []
     yield build
+    for env in built:  # close pooled connections now: a Postgres cluster has a connection cap
+        env.gateway.store.dispose()
 
 
 @pytest.fixture

@@ -4,10 +4,14 @@ bad input. Every refusal must look the same to the caller."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
+from flask.testing import FlaskClient
+
 from gateway import create_app
-from tests.gateway.conftest import Env, make_settings
+from tests.gateway.conftest import Env
+from tests.gateway.postgres import on_both_databases
 from zkv_early import crypto, protocol
 
 UNAUTHORIZED = (401, {"error": "unauthorized"})
@@ -22,6 +26,7 @@ def test_unknown_host(env: Env) -> None:
     assert answer(env.unlock(stranger)[0]) == UNAUTHORIZED
 
 
+@on_both_databases
 def test_pending_and_revoked_hosts(env: Env) -> None:
     private = env.enrolled()
     created = env.unlock(private)[0].get_json()
@@ -46,6 +51,7 @@ def test_signature_by_another_key(env: Env) -> None:
     assert answer(env.http.post(protocol.PATH_UNLOCK, json=tampered)) == UNAUTHORIZED
 
 
+@on_both_databases
 def test_replayed_nonce_and_stale_timestamp(env: Env) -> None:
     private = env.enrolled()
     response, _, req = env.unlock(private)
@@ -59,6 +65,7 @@ def test_replayed_nonce_and_stale_timestamp(env: Env) -> None:
     assert answer(env.http.post(protocol.PATH_UNLOCK, json=old.to_json())) == UNAUTHORIZED
 
 
+@on_both_databases
 def test_expiry(env: Env) -> None:
     created = env.unlock(env.enrolled())[0].get_json()
     env.clock.advance(599)
@@ -69,23 +76,36 @@ def test_expiry(env: Env) -> None:
     assert "expired" in [e.event for e in env_audit(env)]
 
 
+@on_both_databases
 def test_release_happens_exactly_once_under_concurrent_polls(env: Env) -> None:
     created = env.unlock(env.enrolled())[0].get_json()
     env.gateway.decide(created["request_id"], created["pin"], approve=True)
-    results: list[int] = []
-
-    def poll() -> None:
-        results.append(
-            env.app.test_client().get(f"{protocol.PATH_UNLOCK}/{created['request_id']}").status_code
-        )
-
-    threads = [threading.Thread(target=poll) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(results) == [200] + [401] * 7
+    path = f"{protocol.PATH_UNLOCK}/{created['request_id']}"
+    results = at_once(env, [lambda http: http.get(path)] * 8)
+    assert results == [200] + [401] * 7
     assert [e.event for e in env_audit(env)].count("released") == 1
+
+
+@on_both_databases
+def test_a_nonce_is_used_once_under_concurrent_posts(env: Env) -> None:
+    _, eph = crypto.x25519_generate()
+    req = protocol.UnlockRequest.create(env.enrolled(), "db01", ["tank"], eph, at=int(env.clock()))
+    results = at_once(env, [lambda http: http.post(protocol.PATH_UNLOCK, json=req.to_json())] * 6)
+    assert results == [201] + [401] * 5
+
+
+@on_both_databases
+def test_sms_budget_holds_under_concurrent_requests(env_factory: Any) -> None:
+    env = env_factory(SMS_PER_HOUR=8)  # six enrolment notices, then room for two unlocks
+    bodies = []
+    for name in "abcdef":
+        _, eph = crypto.x25519_generate()
+        private = env.enrolled(name)
+        bodies.append(
+            protocol.UnlockRequest.create(private, name, ["tank"], eph, at=int(env.clock()))
+        )
+    calls = [lambda http, r=r: http.post(protocol.PATH_UNLOCK, json=r.to_json()) for r in bodies]
+    assert at_once(env, calls) == [201] * 2 + [429] * 4
 
 
 def test_twilio_down_fails_the_request(env: Env) -> None:
@@ -107,6 +127,7 @@ def test_secret_source_down(env: Env) -> None:
     assert env.poll(created["request_id"]).get_json() == {"state": "failed"}
 
 
+@on_both_databases
 def test_rate_limits_per_host_and_floor(env_factory: Any) -> None:
     env = env_factory(RATE_PER_SECOND=1, RATE_HOST_PER_HOUR=2)
     private = env.enrolled()
@@ -121,10 +142,11 @@ def test_rate_limits_per_host_and_floor(env_factory: Any) -> None:
     assert env.unlock(private)[0].status_code == 201
 
 
-def test_sms_budget_holds_across_instances(env_factory: Any, tmp_path: Any) -> None:
+@on_both_databases
+def test_sms_budget_holds_across_instances(env_factory: Any) -> None:
     env = env_factory(SMS_PER_HOUR=3)  # two enrolment notices + one unlock
     other = create_app(
-        make_settings(tmp_path, SMS_PER_HOUR=3), notifier=env.notifier, clock=env.clock
+        env.gateway.settings, notifier=env.notifier, clock=env.clock
     ).test_client()  # a second instance on the same database
     a, b = env.enrolled("a"), env.enrolled("b")
     assert env.unlock(a)[0].status_code == 201
@@ -136,6 +158,7 @@ def test_sms_budget_holds_across_instances(env_factory: Any, tmp_path: Any) -> N
     assert env.unlock(b)[0].status_code == 201
 
 
+@on_both_databases
 def test_lockout_after_auth_failures(env_factory: Any) -> None:
     env = env_factory(AUTH_FAILURES_PER_HOUR=3)
     private = env.enrolled()
@@ -166,6 +189,7 @@ def test_bad_input_is_a_clear_4xx(env: Env) -> None:
     assert env.http.get("/healthz").get_json() == {"status": "ok"}
 
 
+@on_both_databases
 def test_enrolment_is_idempotent_and_needs_the_key(env: Env) -> None:
     private, _ = crypto.ed25519_generate()
     req = protocol.EnrollRequest.create("db02", private, at=int(env.clock()))
@@ -177,6 +201,20 @@ def test_enrolment_is_idempotent_and_needs_the_key(env: Env) -> None:
     assert env.http.post(protocol.PATH_HOSTS, json=req.to_json()).status_code == 401  # replay
     impostor = {**req.to_json(), "public_key": protocol.b64(crypto.ed25519_generate()[1])}
     assert answer(env.http.post(protocol.PATH_HOSTS, json=impostor)) == UNAUTHORIZED
+
+
+def at_once(env: Env, calls: list[Callable[[FlaskClient], Any]]) -> list[int]:
+    """Run the calls in parallel threads, one client each; their status codes, sorted."""
+    results: list[int] = []
+    threads = [
+        threading.Thread(target=lambda c=c: results.append(c(env.app.test_client()).status_code))
+        for c in calls
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sorted(results)
 
 
 def env_audit(env: Env) -> list[Any]:

@@ -1,4 +1,5 @@
-"""The real gateway under gunicorn, console and auto approvers, file secret source."""
+"""The real gateway under gunicorn, console and auto approvers, file secret source; the tests
+on the shared server run once on sqlite and once on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,12 +9,17 @@ from pathlib import Path
 import pytest
 
 from tests.gateway import client
+from tests.gateway.postgres import DATABASES, url_for
 from tests.gateway.server import RunningGateway, running_gateway
 
 
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
-    with running_gateway(tmp_path_factory.mktemp("gw")) as gateway:
+@pytest.fixture(scope="module", params=DATABASES)
+def gw(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningGateway]:
+    directory = tmp_path_factory.mktemp("gw")
+    url = url_for(request.param, directory, request)
+    with running_gateway(directory, settings={"SQLALCHEMY_DATABASE_URI": url}) as gateway:
         yield gateway
 
 
