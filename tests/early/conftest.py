@@ -123,6 +123,16 @@ class Machine:
             self.argv(*args), env=self.env(), capture_output=True, text=True, timeout=timeout
         )
 
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        """Run in the background (the test answers as the owner meanwhile)."""
+        return subprocess.Popen(
+            self.argv(*args),
+            env=self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
     def enroll(self, gw: RunningGateway) -> str:
         """Enrol the host key with the gateway over the wire, approve it as the owner."""
         private = hostkey.load(self.host_key)

@@ -60,13 +60,7 @@ def test_approved_by_the_owner_loads_root_and_hands_over_the_rest(
     machine.cmdline = "zkv.debug"  # even the debug output carries no key material
     with running_gateway(tmp_path / "gw", secret=machine.repository_key.hex().encode()) as gw:
         machine.enroll(gw)
-        proc = subprocess.Popen(
-            machine.argv(),
-            env=machine.env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = machine.start()
         request_id, pin = pending_request(gw)
         gw.approve(request_id, pin)
         out, err = proc.communicate(timeout=60)
@@ -111,13 +105,7 @@ def test_handover_load_in_the_real_root_loads_then_wipes(machine: Machine, tmp_p
 def test_denied(machine: Machine, tmp_path: Path) -> None:
     with running_gateway(tmp_path / "gw") as gw:
         machine.enroll(gw)
-        proc = subprocess.Popen(
-            machine.argv(),
-            env=machine.env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = machine.start()
         request_id, _pin = pending_request(gw)
         gw.deny(request_id)
         started = time.monotonic()
@@ -216,13 +204,7 @@ def test_root_given_as_child_dataset(tmp_path: Path, pyz: Path, shm: Path) -> No
 def test_sigterm_while_waiting_for_approval(machine: Machine, tmp_path: Path) -> None:
     with running_gateway(tmp_path / "gw") as gw:  # nobody approves
         machine.enroll(gw)
-        proc = subprocess.Popen(
-            machine.argv(),
-            env=machine.env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = machine.start()
         request_id, _pin = pending_request(gw)
         started = time.monotonic()
         proc.terminate()
