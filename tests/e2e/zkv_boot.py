@@ -27,8 +27,11 @@ from tests.gateway.server import RunningGateway, free_port, running_gateway
 PIN = re.compile(r"approve PIN (\d{4,12})")
 RECOVERY_PROMPT = re.compile(r"Recovery passphrase[^\r\n:]*:")
 # A status line of the client that ends the gateway's part: denied, expired, wrong key, down.
+# After a failure with its prompt still open the client says "<reason>; type the recovery
+# passphrase (m:ss left, then OpenZFS asks)"; without a prompt, the reason alone.
 GATEWAY_GAVE_UP = re.compile(
-    r"zkv: (the owner denied[^\r\n]*|the unlock request expired[^\r\n]*"
+    r"zkv: ([^\r\n]*?; type the recovery passphrase \([^\r\n]*|the owner denied[^\r\n]*"
+    r"|the unlock request expired[^\r\n]*|the released key does not open[^\r\n]*"
     r"|the keystore could not be opened[^\r\n]*|cannot reach the gateway[^\r\n]*)\r?\n"
 )
 RECOVERY_OK = re.compile(r"zkv: recovery passphrase accepted")
@@ -95,40 +98,38 @@ class Gateway:
             time.sleep(0.5)
         raise AssertionError("no pending unlock request at the gateway")
 
-    def _state(self, request_id: str) -> str:
-        for fields in self.requests():
-            if fields and fields[0] == request_id and len(fields) >= 3:
-                return fields[2]
-        return ""
+    def last_unlock_state(self) -> str:
+        """State of the newest unlock request (`zkv-gateway requests`)."""
+        rows = [r for r in self.requests() if len(r) >= 3 and r[1] == "unlock"]
+        return rows[-1][2] if rows else ""
 
-    def _reply(self, pin: str, body: str, expected: str) -> str:
+    def _reply(self, pin: str, body: str) -> None:
         """As the owner: reply ``body`` by SMS to the text that carried ``pin``. The webhook is
         signed exactly as Twilio signs it (X-Twilio-Signature over URL and form) and comes from
-        the owner's number; Twilio's API stand-in recorded the text the gateway sent."""
-        request_id = self.pending_request()
-        texts = self.gw.notifications()
-        assert any(pin in text for text in texts), f"no SMS to the owner with PIN {pin}: {texts}"
+        the owner's number; Twilio's API stand-in recorded the text the gateway sent. Returns at
+        once (no CLI round trips: the client's fallback window is short); check the outcome
+        with last_unlock_state() after the boot."""
+        deadline = time.monotonic() + 10
+        while True:
+            texts = self.gw.notifications()
+            if any(pin in text for text in texts):
+                break
+            assert time.monotonic() < deadline, f"no SMS to the owner with PIN {pin}: {texts}"
+            time.sleep(0.1)
         status = self.gw.sms(body)
         assert status == 200, f"webhook answered {status}"
-        deadline = time.monotonic() + 10
-        while (state := self._state(request_id)) != expected and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert state == expected, f"request {request_id} is {state!r} after SMS {body!r}"
-        return request_id
 
-    def approve_pin(self, pin: str) -> str:
+    def approve_pin(self, pin: str) -> None:
         if self.approver == "twilio":
-            return self._reply(pin, pin, "approved")
-        request_id = self.pending_request()
-        self.gw.approve(request_id, pin)
-        return request_id
+            self._reply(pin, pin)
+        else:
+            self.gw.approve(self.pending_request(), pin)
 
-    def deny_pin(self, pin: str) -> str:
+    def deny_pin(self, pin: str) -> None:
         if self.approver == "twilio":
-            return self._reply(pin, f"NO {pin}", "denied")
-        request_id = self.pending_request()
-        self.gw.deny(request_id)
-        return request_id
+            self._reply(pin, f"NO {pin}")
+        else:
+            self.gw.deny(self.pending_request())
 
 
 @contextlib.contextmanager
@@ -185,7 +186,6 @@ def run_boot(
     recovery: str | None = None,
     stock: str | None = None,
     answer_after_gateway_gave_up: bool = True,
-    recovery_after_pin: float | None = None,
     timeout: float = 600,
     echo: Callable[[str], None] | None = None,
 ) -> Outcome:
@@ -195,15 +195,14 @@ def run_boot(
     at zkv's recovery prompt / OpenZFS's prompt (None: a stock prompt fails the test, a recovery
     prompt is left waiting, as the racing prompt of an approved boot is). With
     ``answer_after_gateway_gave_up``, the recovery prompt is answered only after the client said
-    the gateway part failed (denied, expired, wrong key, unreachable): that is the fallback.
-    ``recovery_after_pin``: type the recovery passphrase that many seconds after ``on_pin``
-    returned, at the prompt that stays up while the client waits (it does not announce a
-    denial or a key that failed while the prompt is still open).
+    the gateway part failed (denied, expired, wrong key, unreachable): that is the fallback
+    (the client keeps its prompt open for ``[timeouts] fallback`` seconds after saying so).
     """
     out = Outcome()
     deadline = time.monotonic() + timeout
     armed_recovery = True
     armed_stock = True
+    recovery_prompt_open = False
     patterns = [
         driver.KERNEL_START,
         PIN,
@@ -232,13 +231,8 @@ def run_boot(
             note(f"client shows PIN {out.pin}")
             if on_pin is not None:
                 on_pin(out.pin)
-            if recovery is not None and recovery_after_pin is not None and armed_recovery:
-                time.sleep(recovery_after_pin)
-                note("typing the recovery passphrase at the prompt still open")
-                out.recovery_prompts_answered.append(guest.elapsed())
-                guest.child.send(recovery + "\r")
-                armed_recovery = False
         elif index == 2:
+            recovery_prompt_open = True
             ready = out.gateway_gave_up is not None or not answer_after_gateway_gave_up
             if recovery is not None and armed_recovery and ready:
                 note("typing the recovery passphrase")
@@ -264,8 +258,15 @@ def run_boot(
         elif index == 7 and out.gateway_gave_up is None:
             out.gateway_gave_up = match.group(1).strip()
             note(f"client: {out.gateway_gave_up}")
+            # systemd-ask-password's prompt (dracut) is not redrawn: type at the open prompt.
+            if recovery is not None and armed_recovery and recovery_prompt_open:
+                note("typing the recovery passphrase at the prompt still open")
+                out.recovery_prompts_answered.append(guest.elapsed())
+                guest.child.send(recovery + "\r")
+                armed_recovery = False
         elif index == 8:
             armed_recovery = True
+            recovery_prompt_open = True
         elif index == 9:
             note("client: recovery passphrase accepted")
 
