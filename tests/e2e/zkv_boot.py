@@ -25,14 +25,15 @@ from tests.gateway import client
 from tests.gateway.server import RunningGateway, free_port, running_gateway
 
 PIN = re.compile(r"approve PIN (\d{4,12})")
-RECOVERY_PROMPT = re.compile(r"Recovery passphrase[^\r\n:]*:")
+# initramfs-tools: "Recovery passphrase: "; dracut's console agent: "... (press TAB for no echo)".
+RECOVERY_PROMPT = re.compile(r"Recovery passphrase(?: \(press TAB for no echo\)|[^\r\n:]*:)")
 # A status line of the client that ends the gateway's part: denied, expired, wrong key, down.
 # After a failure with its prompt still open the client says "<reason>; type the recovery
 # passphrase (m:ss left, then OpenZFS asks)"; without a prompt, the reason alone.
 GATEWAY_GAVE_UP = re.compile(
     r"zkv: ([^\r\n]*?; type the recovery passphrase \([^\r\n]*|the owner denied[^\r\n]*"
     r"|the unlock request expired[^\r\n]*|the released key does not open[^\r\n]*"
-    r"|the keystore could not be opened[^\r\n]*|cannot reach the gateway[^\r\n]*)\r?\n"
+    r"|the keystore could not be opened[^\r\n]*|cannot reach the gateway[^\r\n]*)\r*\n"
 )
 RECOVERY_OK = re.compile(r"zkv: recovery passphrase accepted")
 RECOVERY_WRONG = re.compile(r"zkv: wrong recovery passphrase")
