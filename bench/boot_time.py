@@ -45,17 +45,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     channel = testbed.default_channel()
     print(
-        "| flavour | OpenZFS channel | baseline (passphrase at once) | zkv pre-approved | delta |"
+        "| flavour | OpenZFS channel | baseline (passphrase at once) | zkv pre-approved | delta "
+        "| runs (baseline vs zkv) |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for flavour in args.flavour or testbed.FLAVOURS:
         zimg = zkv_image.build(flavour, channel)
-        base = statistics.median(baseline_boot(zimg) for _ in range(args.runs))
-        zkv = statistics.median(zkv_boot(zimg) for _ in range(args.runs))
-        print(
-            f"| {flavour} | {channel} | {base:.1f} s | {zkv:.1f} s | {zkv - base:+.1f} s |",
-            flush=True,
-        )
+        bases: list[float] = []
+        zkvs: list[float] = []
+        for _ in range(args.runs):  # interleaved: a change in the host's load hits both
+            bases.append(baseline_boot(zimg))
+            zkvs.append(zkv_boot(zimg))
+        base, zkv = statistics.median(bases), statistics.median(zkvs)
+        runs = f"{' / '.join(f'{b:.1f}' for b in bases)} vs {' / '.join(f'{z:.1f}' for z in zkvs)}"
+        row = f"| {flavour} | {channel} | {base:.1f} s | {zkv:.1f} s | {zkv - base:+.1f} s"
+        print(f"{row} | {runs} |", flush=True)
     return 0
 
 
