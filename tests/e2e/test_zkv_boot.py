@@ -84,17 +84,17 @@ def test_approved_boot_unlocks_everything_and_leaves_nothing(
         assert out.stock_prompts == []
         assert out.data_mounted, "tank/secure's key should have come from the keystore"
         left = no_leftovers(guest, zimg)
-        # TEMP diagnostics (console log): where zkv-load-keys.service spends its time
+        # For the console log: where zkv-load-keys.service spent its time (docs/boot-integration.md)
         guest.shell(
             "systemd-analyze critical-chain zkv-load-keys.service | cat;"
             " journalctl -b -o short-monotonic --no-pager -u zkv-load-keys.service"
         )
-        print(left)
     assert left["run_zkv"] == "0", left
     assert left["secrets_in_run"] == "0", left
     assert left["global_addresses"] == "0", left
     assert left["net_conf"] == "0", left
     assert left["dhclient"] == "0", left
+    assert "Result=success" in left["handover_unit"], left
 
 
 @pytest.mark.parametrize("channel", testbed.extra_channels())
