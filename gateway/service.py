@@ -308,28 +308,20 @@ class Gateway:
         try:
             yield
         except _Unauthorized as exc:
-            with self.store.write() as conn:
-                ratelimit.record(conn, self.clock(), f"authfail:{ip}")
-                audit.record(
-                    conn,
-                    "auth_failed",
-                    self.clock(),
-                    host_id=host_id,
-                    source_ip=ip,
-                    detail=str(exc),
-                )
+            self._refused("auth_failed", ip, host_id, str(exc), count_failure=True)
             raise ApiError("unauthorized") from None
         except _Limited as exc:
-            with self.store.write() as conn:
-                audit.record(
-                    conn,
-                    "rate_limited",
-                    self.clock(),
-                    host_id=host_id,
-                    source_ip=ip,
-                    detail=str(exc),
-                )
+            self._refused("rate_limited", ip, host_id, str(exc), count_failure=False)
             raise ApiError("rate_limited") from None
+
+    def _refused(
+        self, event: str, ip: str, host_id: str | None, detail: str, count_failure: bool
+    ) -> None:
+        """Audit a refusal; authentication failures also count towards the IP's lockout."""
+        with self.store.write() as conn:
+            if count_failure:
+                ratelimit.record(conn, self.clock(), f"authfail:{ip}")
+            audit.record(conn, event, self.clock(), host_id=host_id, source_ip=ip, detail=detail)
 
     def _check_signed(self, timestamp: int, now: float, verify: Callable[[], None]) -> None:
         if not protocol.check_fresh(timestamp, int(now)):
