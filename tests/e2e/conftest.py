@@ -67,14 +67,14 @@ def images(prerequisites: None) -> Callable[[Flavour, Channel], Image]:
 
 
 @pytest.fixture
-def guest_factory(request: pytest.FixtureRequest) -> Iterator[Callable[[Image], Guest]]:
+def guest_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., Guest]]:
     """Start guests whose console goes to <cache>/logs/<test>.log; all are killed afterwards."""
     guests: list[Guest] = []
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
 
-    def start(image: Image) -> Guest:
+    def start(image: Image, host_port: int | None = None) -> Guest:
         log = testbed.cache_dir() / "logs" / f"{name}-{len(guests)}.log"
-        guest = Guest(image, console_log=log)
+        guest = Guest(image, host_port=host_port, console_log=log)
         guests.append(guest)
         guest.start()
         return guest

@@ -14,7 +14,7 @@ passphrase), and a released key that does not open the keystore (zkv gives up af
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -44,23 +44,6 @@ def zkv_images(prerequisites: None) -> Callable[..., ZkvImage]:
     return get
 
 
-@pytest.fixture
-def boot(request: pytest.FixtureRequest) -> Iterator[Callable[[Image, int], Guest]]:
-    guests: list[Guest] = []
-    name = request.node.name.replace("[", "-").replace("]", "")
-
-    def start(image: Image, host_port: int) -> Guest:
-        log = testbed.cache_dir() / "logs" / f"{name}-{len(guests)}.log"
-        guest = Guest(image, host_port=host_port, console_log=log)
-        guests.append(guest)
-        guest.start()
-        return guest
-
-    yield start
-    for guest in guests:
-        guest.close()
-
-
 def _record(image: Image, scenario: str, out: Outcome) -> None:
     timings = Timings(kernel=out.kernel, prompts=out.stock_prompts, root=out.root_at)
     record_boot(image, scenario, BootResult(out.root, out.data_mounted, timings))
@@ -70,12 +53,12 @@ def _record(image: Image, scenario: str, out: Outcome) -> None:
 def test_approved_boot_unlocks_everything_and_leaves_nothing(
     flavour: Flavour,
     zkv_images: Callable[..., ZkvImage],
-    boot: Callable[..., Guest],
+    guest_factory: GuestFactory,
     tmp_path: Path,
 ) -> None:
     zimg = zkv_images(flavour)
     with gateway(zimg, tmp_path) as gw:
-        guest = boot(zimg.image, gw.guest_port)
+        guest = guest_factory(zimg.image, gw.guest_port)
         out = run_boot(guest, on_pin=gw.approve_pin)
         _record(zimg.image, "zkv-approved", out)
         assert gw.last_unlock_state() == "approved"
@@ -103,7 +86,7 @@ def test_approved_boot_on_the_other_openzfs(
     flavour: Flavour,
     channel: Channel,
     zkv_images: Callable[..., ZkvImage],
-    boot: Callable[..., Guest],
+    guest_factory: GuestFactory,
     tmp_path: Path,
 ) -> None:
     """One approved boot on the other channel's OpenZFS (2.1.11 by default): its hooks differ
@@ -111,7 +94,7 @@ def test_approved_boot_on_the_other_openzfs(
     `ZKV_ZFS_CHANNEL=bookworm` runs every scenario there."""
     zimg = zkv_images(flavour, channel)
     with gateway(zimg, tmp_path) as gw:
-        guest = boot(zimg.image, gw.guest_port)
+        guest = guest_factory(zimg.image, gw.guest_port)
         out = run_boot(guest, on_pin=gw.approve_pin)
         assert gw.last_unlock_state() == "approved"
     _record(zimg.image, "zkv-approved", out)
@@ -124,11 +107,11 @@ def test_approved_boot_on_the_other_openzfs(
 def test_gateway_down_recovery_passphrase_boots(
     flavour: Flavour,
     zkv_images: Callable[..., ZkvImage],
-    boot: Callable[..., Guest],
+    guest_factory: GuestFactory,
 ) -> None:
     zimg = zkv_images(flavour)
     with unreachable_port() as port:
-        guest = boot(zimg.image, port)
+        guest = guest_factory(zimg.image, port)
         # The prompt races the gateway: answer it at once, as a person at the console would.
         out = run_boot(guest, recovery=RECOVERY_PASSPHRASE, answer_after_gateway_gave_up=False)
     _record(zimg.image, "zkv-gateway-down", out)
@@ -143,12 +126,12 @@ def test_gateway_down_recovery_passphrase_boots(
 def test_denied_falls_back_to_a_prompt(
     flavour: Flavour,
     zkv_images: Callable[..., ZkvImage],
-    boot: Callable[..., Guest],
+    guest_factory: GuestFactory,
     tmp_path: Path,
 ) -> None:
     zimg = zkv_images(flavour)
     with gateway(zimg, tmp_path) as gw:
-        guest = boot(zimg.image, gw.guest_port)
+        guest = guest_factory(zimg.image, gw.guest_port)
         # The recovery passphrase is typed only once the client said the owner denied.
         out = run_boot(guest, on_pin=gw.deny_pin, recovery=RECOVERY_PASSPHRASE)
         assert gw.last_unlock_state() == "denied"
@@ -164,12 +147,12 @@ def test_denied_falls_back_to_a_prompt(
 def test_released_key_that_does_not_open_the_keystore_falls_back(
     flavour: Flavour,
     zkv_images: Callable[..., ZkvImage],
-    boot: Callable[..., Guest],
+    guest_factory: GuestFactory,
     tmp_path: Path,
 ) -> None:
     zimg = zkv_images(flavour)
     with gateway(zimg, tmp_path, secret=secrets.token_hex(32)) as gw:
-        guest = boot(zimg.image, gw.guest_port)
+        guest = guest_factory(zimg.image, gw.guest_port)
         # Nobody types at zkv's prompt: after [timeouts] fallback the client exits and
         # OpenZFS's own prompt takes the dataset passphrase.
         out = run_boot(guest, on_pin=gw.approve_pin, stock=testbed.ROOT_PASSPHRASE)
