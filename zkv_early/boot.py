@@ -2,11 +2,16 @@
 
 keystore -> which encryption roots matter -> already loaded? done
          -> race(gateway approval, recovery passphrase) -> open keystore
-         -> load the keys of imported roots -> hand the rest on via /run -> exit status
+         -> load the keys of the root's pool -> hand the others on via /run -> exit status
+
+With ``--after FILE`` the client starts before the pools are imported (Python's start, the
+network and the owner's approval then overlap the import) and looks at the pools only once the
+hook, after the import, creates FILE.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -22,6 +27,7 @@ from .errors import (
     EntryNotFound,
     HandoverError,
     KeysNotLoaded,
+    PoolsNotImported,
     PromptUnavailable,
     ZkvError,
 )
@@ -29,9 +35,10 @@ from .gateway_client import GatewayClient
 from .keystore import OpenKeystore, SealedKeystore
 from .race import Contender, Deadline, SystemClock, race
 from .unlock import Outcome, load_entries
-from .zfs import Zfs
+from .zfs import KeyInfo, Zfs
 
 FRESH_LISTING = 5.0  # seconds: a zfs listing older than this is taken again before loading
+AFTER_POLL = 0.1  # seconds between looks for the --after file
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,7 @@ class Options:
     prompt: str = "auto"
     tty: str = "/dev/console"
     handover: str = handover.DEFAULT_PATH
+    after: str | None = None  # started before the import: load once this file exists
 
 
 def unlock(config: Config, options: Options, console: Console, zfs: Zfs | None = None) -> None:
@@ -47,6 +55,9 @@ def unlock(config: Config, options: Options, console: Console, zfs: Zfs | None =
         raise Disabled
     sealed = keystore.read(config.keystore)
     zfs = zfs or Zfs()
+    if options.after is not None:
+        _unlock_ahead(config, options, console, sealed, zfs, options.after)
+        return
     listing = zfs.root_infos()
     status = {name: info.keystatus for name, info in listing.items()}
     required = _required(options.roots, sealed, zfs, status)
@@ -56,27 +67,84 @@ def unlock(config: Config, options: Options, console: Console, zfs: Zfs | None =
     if all(status.get(root) == "available" for root in required):
         console.say(f"keys already loaded: {', '.join(sorted(required))}")
         return
-    console.debug(
-        f"need keys for {', '.join(sorted(required))}; keystore {config.keystore}; "
-        f"gateway {config.gateway_url}; prompt {options.prompt}; "
-        f"limits: network {config.network_timeout:g} s, total {config.total_timeout:g} s"
-    )
+    _say_plan(config, options, console, required)
     started = time.monotonic()
     store = _open(config, options, console, sealed)
     if time.monotonic() - started > FRESH_LISTING:
         listing = zfs.root_infos()  # pools may have been imported, keys loaded meanwhile
-    report = load_entries(store, zfs, listing=listing)
+    _load(store, zfs, listing, required, options, console)
+
+
+def _unlock_ahead(
+    config: Config,
+    options: Options,
+    console: Console,
+    sealed: SealedKeystore,
+    zfs: Zfs,
+    after: str,
+) -> None:
+    """No pool to look at yet: open the keystore first, then wait for the hook's go."""
+    if not sealed.datasets():
+        console.say("the keystore has no entry: nothing to unlock")
+        return
+    _say_plan(config, options, console, set(options.roots))
+    deadline = Deadline(SystemClock(), config.total_timeout)
+    store = _open(config, options, console, sealed)
+    if not os.path.exists(after):
+        console.say("keystore open; waiting for the pools to be imported")
+    while not os.path.exists(after):
+        if deadline.expired():
+            raise PoolsNotImported(seconds=f"{config.total_timeout:g}")
+        time.sleep(min(AFTER_POLL, deadline.remaining()))
+    listing = zfs.root_infos()
+    status = {name: info.keystatus for name, info in listing.items()}
+    required = _required(options.roots, sealed, zfs, status)
+    _load(store, zfs, listing, required, options, console)
+
+
+def _say_plan(config: Config, options: Options, console: Console, required: set[str]) -> None:
+    console.debug(
+        f"need keys for {', '.join(sorted(required)) or 'every imported entry'}; keystore "
+        f"{config.keystore}; gateway {config.gateway_url}; prompt {options.prompt}; "
+        f"limits: network {config.network_timeout:g} s, total {config.total_timeout:g} s"
+    )
+
+
+def _load(
+    store: OpenKeystore,
+    zfs: Zfs,
+    listing: dict[str, KeyInfo],
+    required: set[str],
+    options: Options,
+    console: Console,
+) -> None:
+    """Load the keys the root needs here; every other key goes to the real root's unit.
+
+    With --root, only the entries in the root's pools are loaded in the initramfs (the data
+    pools' keys are handed over, to load before zfs-mount.service, even where the initramfs
+    imported those pools too, as dracut does): the root mounts sooner. Without --root, every
+    entry of an imported pool is loaded here.
+    """
+    targets = [e.target for e in store.entries()]
+    pools = {_pool(root) for root in required}
+    here = [t for t in targets if _pool(t) in pools] if options.roots else targets
+    report = load_entries(store, zfs, only=here, listing=listing)
     if report.loaded:
         console.say(f"keys loaded: {', '.join(r.target for r in report.loaded)}")
     for failed in report.failed:
         console.say(f"{failed.target}: {failed.detail}")
-    pending = [r.target for r in report.results if r.outcome is Outcome.ABSENT]
+    absent = {r.target for r in report.results if r.outcome is Outcome.ABSENT}
+    pending = [t for t in targets if t in absent or t not in here]
     if pending:
         _hand_over(options.handover, store, pending, console)
     good = {r.target for r in report.results if r.ok}
     missing = sorted(required - good)
     if missing:
         raise KeysNotLoaded(datasets=", ".join(missing))
+
+
+def _pool(dataset: str) -> str:
+    return dataset.split("/", 1)[0]
 
 
 def _required(

@@ -35,7 +35,8 @@ exit status (docs/exit-codes.md):
   33  denied                 34 request expired         36 unexpected gateway answer
   40  network did not come up                            41 too many wrong passphrases
   42  disabled by zkv=off    43 overall timeout         44 keys not loaded
-  45  no way to prompt       46 handover file problem   130 interrupted
+  45  no way to prompt       46 handover file problem   47 pools not imported (--after)
+  130 interrupted
 Any non-zero status: the hooks fall back to OpenZFS's own passphrase prompt.
 """
 
@@ -79,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--tty", default="/dev/console", help="terminal for the prompt (default: %(default)s)"
     )
     run.add_argument(
+        "--after",
+        metavar="FILE",
+        help="start before the pools are imported: get the keystore open at once, look at the "
+        "pools and load the keys only once FILE exists (the boot hook creates it)",
+    )
+    run.add_argument(
         "--handover",
         default=handover.DEFAULT_PATH,
         help="where keys for later pools go, on a tmpfs (default: %(default)s)",
@@ -113,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tty_console = args.prompt == "console" or (args.prompt == "auto" and not _systemd_initrd())
         if tty_console:
             console = Console.open(args.tty, config.debug)
-        options = Options(args.root, args.prompt, args.tty, args.handover)
+        options = Options(args.root, args.prompt, args.tty, args.handover, args.after)
         unlock(config, options, console)
         return 0
     except ZkvError as exc:

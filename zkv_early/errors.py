@@ -243,6 +243,12 @@ class HandoverError(ZkvError):
     exit_code = 46
 
 
+class PoolsNotImported(ZkvError):
+    """the keys are ready but the pools were not imported within {seconds} s"""
+
+    exit_code = 47
+
+
 class Interrupted(ZkvError):
     """interrupted"""
 
