@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import urlsplit
 
 from . import crypto, hostkey, keystore, net, protocol
 from .config import Config
@@ -26,6 +25,7 @@ from .errors import (
     ProtocolError,
     ReleaseRejected,
 )
+from .http11 import Url
 from .keystore import OpenKeystore, SealedKeystore
 from .race import Cancelled, Deadline
 
@@ -56,10 +56,9 @@ class GatewayUnlock:
 
     def run(self, sealed: SealedKeystore, cancel: threading.Event) -> OpenKeystore:
         host_private = hostkey.load(self.config.host_key)
-        parts = urlsplit(self.config.gateway_url)
         self.wait_network(
             self.config.gateway_host,
-            parts.port or (443 if parts.scheme == "https" else 80),
+            Url(self.config.gateway_url).port,
             Deadline(self.deadline.clock, min(self.config.network_timeout, self._left())),
             cancel,
             self.console.say,

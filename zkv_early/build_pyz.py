@@ -43,6 +43,7 @@ MODULES = (
     "errors",
     "fsutil",
     "gateway_client",
+    "http11",
     "handover",
     "hostkey",
     "keystore",

@@ -30,10 +30,10 @@ from __future__ import annotations
 import configparser
 import socket
 from dataclasses import dataclass, replace
-from urllib.parse import urlsplit
 
 from . import cmdline
 from .errors import ConfigError
+from .http11 import Url
 
 DEFAULT_PATH = "/etc/zkv/early.conf"
 DEFAULT_CA = "/etc/ssl/certs/ca-certificates.crt"
@@ -66,7 +66,7 @@ class Config:
 
     @property
     def gateway_host(self) -> str:
-        return urlsplit(self.gateway_url).hostname or ""
+        return Url(self.gateway_url).host
 
     @property
     def gateway_is_loopback(self) -> bool:
@@ -131,10 +131,10 @@ def apply(config: Config, overrides: cmdline.Overrides) -> Config:
 def validate(config: Config) -> Config:
     if config.disabled:
         return config
-    url = urlsplit(config.gateway_url)
+    url = Url(config.gateway_url)
     if not config.gateway_url:
         raise ConfigError("no gateway url ([gateway] url or zkv.gateway=)")
-    if url.scheme not in ("https", "http") or not url.hostname:
+    if not url.valid:
         raise ConfigError(f"gateway url {config.gateway_url!r} is not an http(s) URL")
     if url.scheme == "http" and not config.gateway_is_loopback:
         # The release is sealed, but the PIN and the request would travel in the clear.

@@ -1,5 +1,5 @@
-"""HTTPS to the gateway with the standard library only (http.client + ssl): small and fast to
-import in an initramfs. The TLS context trusts only the configured CA file.
+"""HTTPS to the gateway with ssl and a minimal HTTP/1.1 (http11.py): small and fast to import in
+an initramfs. The TLS context trusts only the configured CA file.
 
 One connection is kept and reused. ``abort()`` may be called from another thread: it shuts the
 socket down, so a long-poll in progress returns at once (the race's way to cancel it).
@@ -7,13 +7,11 @@ socket down, so a long-poll in progress returns at once (the race's way to cance
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import ssl
 import threading
 from typing import Any
-from urllib.parse import urlsplit
 
 from . import protocol
 from .errors import (
@@ -24,6 +22,7 @@ from .errors import (
     ProtocolError,
     RateLimited,
 )
+from .http11 import BadResponse, Connection, Disconnected, Url
 from .race import Cancelled
 
 USER_AGENT = "zkv-early/1"
@@ -31,17 +30,17 @@ USER_AGENT = "zkv-early/1"
 
 class GatewayClient:
     def __init__(self, url: str, ca_file: str | None, timeout: float) -> None:
-        parts = urlsplit(url)
+        parts = Url(url)
         self.url = url.rstrip("/")
         self.scheme = parts.scheme
-        self.host = parts.hostname or ""
-        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.host = parts.host
+        self.port = parts.port
         self.base = parts.path.rstrip("/")
         self.timeout = timeout
         self.ca_file = ca_file
         self._context: ssl.SSLContext | None = None  # built on first use, in the gateway thread
         self._lock = threading.Lock()
-        self._conn: http.client.HTTPConnection | None = None
+        self._conn: Connection | None = None
         self._aborted = False
 
     # --- the two calls of the unlock flow -------------------------------------------------------
@@ -65,22 +64,16 @@ class GatewayClient:
 
     # --- plumbing ---------------------------------------------------------------------------------
 
-    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+    def _connection(self) -> Connection:
         with self._lock:
             if self._aborted:
                 raise Cancelled
             if self._conn is None:
+                context = None
                 if self.scheme == "https":
                     # A bad CA file fails the gateway side only; the prompt still runs.
-                    self._context = self._context or _tls_context(self.ca_file)
-                    self._conn = http.client.HTTPSConnection(
-                        self.host, self.port, timeout=timeout, context=self._context
-                    )
-                else:
-                    self._conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-            self._conn.timeout = timeout
-            if self._conn.sock is not None:
-                self._conn.sock.settimeout(timeout)
+                    context = self._context = self._context or _tls_context(self.ca_file)
+                self._conn = Connection(self.host, self.port, context)
             return self._conn
 
     def _exchange(
@@ -90,26 +83,31 @@ class GatewayClient:
         if body is not None:
             headers["Content-Type"] = "application/json"
         for attempt in (1, 2):  # a kept-alive connection the server closed meanwhile: retry once
-            conn = self._connection(timeout)
+            conn = self._connection()
             try:
-                conn.request(method, self.base + path, body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read(protocol.MAX_BODY + 1)
+                response = conn.request(
+                    method, self.base + path, headers, body, timeout, protocol.MAX_BODY
+                )
                 if response.will_close:
                     self._drop()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+            except (Disconnected, BrokenPipeError, ConnectionResetError) as exc:
                 self._drop()
                 if self._aborted:
                     raise Cancelled from None
                 if attempt == 1:
                     continue
                 raise GatewayUnreachable(url=self.url, detail=_describe(exc)) from None
-            except (OSError, http.client.HTTPException) as exc:
+            except BadResponse as exc:
+                self._drop()
+                if self._aborted:
+                    raise Cancelled from None
+                raise ProtocolError(str(exc)) from None
+            except OSError as exc:
                 self._drop()
                 if self._aborted:
                     raise Cancelled from None
                 raise GatewayUnreachable(url=self.url, detail=_describe(exc)) from None
-            return response.status, _json(data)
+            return response.status, _json(response.body)
         raise AssertionError("unreachable")
 
     def _drop(self) -> None:
@@ -143,8 +141,6 @@ def _tls_context(ca_file: str | None) -> ssl.SSLContext:
 
 
 def _json(data: bytes) -> Any:
-    if len(data) > protocol.MAX_BODY:
-        raise ProtocolError("answer too large")
     try:
         return json.loads(data) if data else None
     except ValueError:
