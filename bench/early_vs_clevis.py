@@ -2,8 +2,9 @@
 
     python3 -m bench.early_vs_clevis [--runs 15] [--pyz dist/zkv-early.pyz] [--write-docs]
 
-zkv: exec of the built pyz under /usr/bin/python3 -I -> every key loaded, against the real
-gateway (gunicorn, auto approver: approval already given), with a minimal /bin/sh zfs stand-in
+zkv: exec of the built pyz under /usr/bin/python3 -I -S (as the hooks run it) -> every key
+loaded, against the real gateway (gunicorn, auto approver: approval already given), with a
+minimal /bin/sh zfs stand-in
 (the recording test fake starts a Python interpreter per call, which would time the fake).
 clevis: ``clevis decrypt < jwe`` against ``tangd`` behind socat. Runs are interleaved; medians.
 
@@ -150,7 +151,7 @@ class Zkv:
 
     def once(self) -> Sample:
         self.state.write_text("unavailable\n")
-        sample, result = timed([PYTHON, "-I", *self.args()], env=self.env)
+        sample, result = timed([PYTHON, "-IS", *self.args()], env=self.env)
         if result.returncode != 0 or self.state.read_text().strip() != "available":
             raise RuntimeError(f"zkv unlock failed ({result.returncode}): {result.stderr!r}")
         return sample
@@ -159,7 +160,7 @@ class Zkv:
         self.state.write_text("unavailable\n")
         out = self.root / "modules.json"
         subprocess.run(
-            [PYTHON, "-I", "-c", PROBE, str(out), *self.args()],
+            [PYTHON, "-IS", "-c", PROBE, str(out), *self.args()],
             env=self.env,
             check=True,
             capture_output=True,
@@ -237,16 +238,22 @@ CRYPTO_IMPORT = (
 
 def breakdown(pyz: Path, runs: int) -> list[tuple[str, float]]:
     """Median CPU of the interpreter alone, of the big imports, and of all the pyz's imports."""
+    every_import = f"import sys; sys.path.insert(0, {str(pyz)!r}); import zkv_early.boot"
     cases = {
-        "python3 -I, nothing imported": [PYTHON, "-I", "-c", "pass"],
-        "... + cryptography 38 public API (the pyz uses evp.py)": [
+        "python3 -I -S, nothing imported": [PYTHON, "-IS", "-c", "pass"],
+        "... + ssl, socket, json, subprocess": [
+            PYTHON,
+            "-IS",
+            "-c",
+            "import ssl, socket, json, subprocess",
+        ],
+        "... + every module of the unlock, no work": [PYTHON, "-IS", "-c", every_import],
+        "python3 -I + cryptography 38 public API (not imported: evp.py)": [
             PYTHON,
             "-I",
             "-c",
             CRYPTO_IMPORT,
         ],
-        "... + http.client, ssl, json": [PYTHON, "-I", "-c", "import http.client, ssl, json"],
-        "zkv-early.pyz --version (every import, no work)": [PYTHON, "-I", str(pyz), "--version"],
     }
     cpu: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(runs):

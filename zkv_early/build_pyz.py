@@ -3,7 +3,8 @@
 What goes in is an explicit allowlist: the boot modules of ``zkv_early`` and nothing else (no
 admin CLI, no gateway, no third-party packages: HTTPS is ``http.client`` + ``ssl``). The crypto
 backend is *not* in the zip because compiled extensions cannot load from one; the initramfs
-hooks install Debian's python3-cryptography as real files, found on the normal sys.path.
+hooks install Debian's python3-cryptography as real files (``zkv_early/__init__.py`` puts
+their folder on sys.path when python3 runs with -S, as the hooks start it).
 
 Modules are shipped as legacy ``.pyc`` only (``compileall -b``), compiled by the *target*
 interpreter so the magic number matches and nothing recompiles at boot (zipimport never uses
@@ -25,13 +26,14 @@ import zipapp
 import zipfile
 from pathlib import Path
 
-INTERPRETER = "/usr/bin/python3 -I"
+INTERPRETER = "/usr/bin/python3 -IS"  # one word: a shebang passes one argument
 TARGET_PYTHON = "/usr/bin/python3"
 PACKAGE = "zkv_early"
 MODULES = (
     "__init__",
     "__main__",
     "approval",
+    "args",
     "boot",
     "cmdline",
     "config",

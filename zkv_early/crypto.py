@@ -34,6 +34,12 @@ NONCE_SIZE = 12
 AEAD_NAME = "chacha20-poly1305"
 
 
+def public_api_needed() -> bool:
+    """Whether the boot path uses pyca/cryptography's public API: only when the OpenSSL binding
+    evp.py calls is missing. initramfs-files leaves the public API out of the image otherwise."""
+    return _EVP is None
+
+
 class DecryptionFailed(Exception):
     """Wrong key, wrong associated data or tampered ciphertext: deliberately one error."""
 

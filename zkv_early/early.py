@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
@@ -11,8 +10,9 @@ from types import FrameType
 
 from . import __version__, cmdline, handover
 from . import config as configmod
+from .args import Command, Help, Option, Parser
 from .console import Console
-from .errors import Interrupted, KeysNotLoaded, ZkvError
+from .errors import Interrupted, KeysNotLoaded, UsageError, ZkvError
 from .unlock import Outcome
 from .zfs import Zfs
 
@@ -41,63 +41,74 @@ Any non-zero status: the hooks fall back to OpenZFS's own passphrase prompt.
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="zkv-early.pyz",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"zkv-early {__version__}")
-    parser.add_argument(
-        "--config", default=configmod.DEFAULT_PATH, help="settings file (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--cmdline", default=cmdline.DEFAULT_PATH, help="kernel command line (default: %(default)s)"
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = commands.add_parser(
+def build_parser() -> Parser:
+    unlock = Command(
         "unlock",
-        help="load the keys of the encryption roots (in the initramfs)",
-        description="Exit 0 once the key of every --root (default: every keystore entry whose "
-        "pool is imported) is loaded; keys of pools not imported yet go to --handover.",
+        "load the keys of the encryption roots (in the initramfs)",
+        "Exit 0 once the key of every --root (default: every keystore entry whose pool is "
+        "imported) is loaded; keys of other pools go to --handover.",
+        [
+            Option(
+                "--root",
+                "DATASET",
+                "a dataset that must be unlocked (its encryption root is used); repeatable",
+                repeat=True,
+            ),
+            Option(
+                "--prompt",
+                "MODE",
+                "how to ask for the recovery passphrase: auto = systemd-ask-password in a "
+                "systemd initrd, else the terminal",
+                "auto",
+                ("auto", "console", "ask-password", "none"),
+            ),
+            Option("--tty", "DEVICE", "terminal for the prompt", "/dev/console"),
+            Option(
+                "--after",
+                "FILE",
+                "start before the pools are imported: get the keystore open at once, look at "
+                "the pools and load the keys only once FILE exists (the boot hook creates it)",
+            ),
+            Option(
+                "--handover",
+                "PATH",
+                "where keys for later pools go, on a tmpfs",
+                handover.DEFAULT_PATH,
+            ),
+        ],
     )
-    run.add_argument(
-        "--root",
-        action="append",
-        default=[],
-        metavar="DATASET",
-        help="a dataset that must be unlocked (its encryption root is used); repeatable",
-    )
-    run.add_argument(
-        "--prompt",
-        choices=("auto", "console", "ask-password", "none"),
-        default="auto",
-        help="how to ask for the recovery passphrase: auto = systemd-ask-password in a "
-        "systemd initrd, else the terminal (default: %(default)s)",
-    )
-    run.add_argument(
-        "--tty", default="/dev/console", help="terminal for the prompt (default: %(default)s)"
-    )
-    run.add_argument(
-        "--after",
-        metavar="FILE",
-        help="start before the pools are imported: get the keystore open at once, look at the "
-        "pools and load the keys only once FILE exists (the boot hook creates it)",
-    )
-    run.add_argument(
-        "--handover",
-        default=handover.DEFAULT_PATH,
-        help="where keys for later pools go, on a tmpfs (default: %(default)s)",
-    )
-    load = commands.add_parser(
+    load = Command(
         "handover-load",
-        help="in the real root: load the keys handed over, then wipe the file",
-        description="Exit 0 when nothing was handed over or every key for an imported pool "
-        "loaded; the file is wiped in every case.",
+        "in the real root: load the keys handed over, then wipe the file",
+        "Exit 0 when nothing was handed over or every key for an imported pool loaded; the "
+        "file is wiped in every case.",
+        [Option("--handover", "PATH", "the handover file", handover.DEFAULT_PATH)],
     )
-    load.add_argument("--handover", default=handover.DEFAULT_PATH, help="default: %(default)s")
-    return parser
+    return Parser(
+        "zkv-early.pyz",
+        DESCRIPTION,
+        EPILOG,
+        [
+            Option("--config", "PATH", "settings file", configmod.DEFAULT_PATH),
+            Option("--cmdline", "PATH", "kernel command line", cmdline.DEFAULT_PATH),
+        ],
+        [unlock, load],
+    )
+
+
+class Arguments:
+    """What the parser found, as attributes (args.handover, args.root ...)."""
+
+    def __init__(self, command: str, values: dict[str, object]) -> None:
+        self.command = command
+        self.config = str(values["config"])
+        self.cmdline = str(values["cmdline"])
+        self.handover = str(values["handover"])
+        self.root: list[str] = list(values.get("root", []))  # type: ignore[call-overload]
+        self.prompt = str(values.get("prompt"))
+        self.tty = str(values.get("tty"))
+        after = values.get("after")
+        self.after = None if after is None else str(after)
 
 
 def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
@@ -105,7 +116,19 @@ def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words == ["--version"]:
+        print(f"zkv-early {__version__}")
+        return 0
+    try:
+        command, values = build_parser().parse(words)
+    except Help as wanted:
+        print(wanted.text)
+        return 0
+    except UsageError as exc:
+        print(f"zkv-early.pyz: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    args = Arguments(command, values)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     console = Console(sys.stderr)
     try:

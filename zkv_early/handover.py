@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 from .encoding import b64, canonical, unb64
@@ -52,9 +51,9 @@ def write(
     path: str, store: OpenKeystore, targets: list[str], mounts: str = "/proc/self/mounts"
 ) -> None:
     """Hand on the keys of ``targets``; entries already in the file for others are kept."""
-    folder = Path(path).parent
+    folder = os.path.dirname(os.path.abspath(path))
     try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.makedirs(folder, mode=0o700, exist_ok=True)
         os.chmod(folder, 0o700)
     except OSError as exc:
         raise HandoverError(path=path, detail=exc.strerror or str(exc)) from None
@@ -112,8 +111,8 @@ def load(path: str, zfs: Zfs) -> UnlockReport:
 
 def discard(path: str) -> None:
     wipe_file(path)
-    with contextlib.suppress(OSError):
-        os.rmdir(Path(path).parent)  # only when empty: never removes something else's files
+    with contextlib.suppress(OSError):  # rmdir: only when empty, never someone else's files
+        os.rmdir(os.path.dirname(os.path.abspath(path)))
 
 
 def _read_text(path: str) -> str:

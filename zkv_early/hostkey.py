@@ -7,7 +7,10 @@ written atomically. ``zkv enroll`` creates it; the boot hooks copy it into the i
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 from . import crypto, keystore
 from .encoding import b64, unb64

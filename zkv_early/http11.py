@@ -9,7 +9,10 @@ transfer coding or the connection's end; keep-alive. Anything else is a ``BadRes
 from __future__ import annotations
 
 import socket
-import ssl
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # config.py imports this module for Url; ssl loads only with the gateway client
+    import ssl
 
 MAX_LINE = 8190  # status line, header line, chunk-size line
 MAX_HEADERS = 100

@@ -26,8 +26,10 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 from . import crypto
 from .encoding import b64 as _b64
@@ -468,6 +470,8 @@ def _exact_keys(raw: Any, keys: set[str]) -> None:
 
 def resolve_path(explicit: str | None = None) -> Path:
     """--keystore PATH beats ZKV_KEYSTORE beats the default on /boot."""
+    from pathlib import Path  # the admin CLI's; the boot path imports no pathlib (fsutil.py)
+
     return Path(explicit or os.environ.get(ENV_PATH) or DEFAULT_PATH)
 
 

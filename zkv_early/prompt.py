@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import shutil
 import subprocess
 import termios
 import threading
@@ -21,6 +20,7 @@ from typing import Any, Protocol
 
 from .console import Console
 from .errors import PromptUnavailable
+from .fsutil import which
 
 MAX_PASSPHRASE = 1024
 TICK = 0.2
@@ -171,7 +171,7 @@ def choose(
     """``auto``: systemd-ask-password in a systemd initrd, otherwise the terminal."""
     if mode == "none":
         return None
-    ask_password = shutil.which("systemd-ask-password")
+    ask_password = which("systemd-ask-password")
     if mode == "ask-password" or (mode == "auto" and ask_password and os.path.isdir(run_dir)):
         if not ask_password:
             raise PromptUnavailable("systemd-ask-password is not installed")

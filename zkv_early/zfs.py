@@ -10,7 +10,6 @@ line). See docs/zfs-layer.md for the OpenZFS behaviour this relies on.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ from .errors import (
     ZfsNotEncryptionRoot,
     ZfsUnavailable,
 )
+from .fsutil import which
 
 ENV_BINARY = "ZKV_ZFS"
 _SEARCH = ("/usr/sbin/zfs", "/sbin/zfs", "/usr/local/sbin/zfs")
@@ -39,7 +39,7 @@ def find_binary() -> str:
     explicit = os.environ.get(ENV_BINARY)
     if explicit:
         return explicit
-    found = shutil.which("zfs")
+    found = which("zfs")
     if found:
         return found
     for candidate in _SEARCH:

@@ -1,4 +1,4 @@
-"""Integration fixtures: the BUILT zkv-early.pyz under Debian's /usr/bin/python3 -I, against the
+"""Integration fixtures: the BUILT zkv-early.pyz under Debian's /usr/bin/python3 -I -S, against the
 real gateway (tests/gateway/server.py) on loopback, with the recording fake zfs and a keystore
 made with the shared keystore module.
 
@@ -26,6 +26,7 @@ from tests.gateway.server import RunningGateway
 from zkv_early import build_pyz, hostkey, keystore, protocol
 
 TARGET_PYTHON = "/usr/bin/python3"
+BOOT_FLAGS = "-IS"  # as the hooks start the client: isolated, no site
 PASSPHRASE = b"correct horse battery"
 ROOT_KEY = bytes(range(32))  # raw key of rpool
 DATA_KEY = b"tank passphrase 1"  # passphrase of tank (imported later: handed over)
@@ -104,7 +105,7 @@ class Machine:
         config = self.write_config()
         command = [
             TARGET_PYTHON,
-            "-I",
+            BOOT_FLAGS,
             str(self.pyz),
             "--config",
             str(config),

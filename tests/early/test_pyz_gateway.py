@@ -11,6 +11,7 @@ from tests.early.conftest import (
     DATA_KEY,
     PASSPHRASE,
     ROOT_KEY,
+    BOOT_FLAGS,
     TARGET_PYTHON,
     Machine,
     make_machine,
@@ -35,15 +36,15 @@ def test_pyz_holds_only_the_allowlisted_modules(pyz: Path) -> None:
     assert not any(
         n.startswith(("zkv_early/admin", "gateway", "requests", "cryptography")) for n in names
     )
-    assert pyz.read_bytes().startswith(b"#!/usr/bin/python3 -I\n")
+    assert pyz.read_bytes().startswith(b"#!/usr/bin/python3 -IS\n")
 
 
 def test_help_documents_the_hook_contract(pyz: Path) -> None:
     top = subprocess.run(
-        [TARGET_PYTHON, "-I", str(pyz), "--help"], capture_output=True, text=True, check=True
+        [TARGET_PYTHON, BOOT_FLAGS, str(pyz), "--help"], capture_output=True, text=True, check=True
     ).stdout
     sub = subprocess.run(
-        [TARGET_PYTHON, "-I", str(pyz), "unlock", "--help"],
+        [TARGET_PYTHON, BOOT_FLAGS, str(pyz), "unlock", "--help"],
         capture_output=True,
         text=True,
         check=True,

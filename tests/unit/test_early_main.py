@@ -71,10 +71,51 @@ def test_handover_load_does_not_import_the_gateway_client(tmp_path: Path) -> Non
     assert done.stdout.split() == ["0", "[]"]
 
 
-def test_usage_errors_exit_2(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit) as exc:
-        early.main(["unlock", "--prompt", "sometimes"])
-    assert exc.value.code == 2
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["unlock", "--prompt", "sometimes"], "--prompt must be one of auto, console"),
+        (["unlock", "--root"], "--root needs a value (DATASET)"),
+        (["unlock", "--nope"], "unknown option --nope"),
+        (["unlock", "extra"], "unexpected argument 'extra'"),
+        (["lock"], "unknown command 'lock'"),
+        (["--config", "x"], "a command is required"),
+        (["handover-load", "--root", "x"], "unknown option --root"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert early.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_options_in_both_spellings_and_repeated() -> None:
+    command, values = early.build_parser().parse(
+        ["--config=/c", "unlock", "--root", "a/b", "--root=c", "--prompt=none", "--after", "/go"]
+    )
+    args = early.Arguments(command, values)
+    assert (args.command, args.config, args.root, args.prompt, args.after) == (
+        "unlock",
+        "/c",
+        ["a/b", "c"],
+        "none",
+        "/go",
+    )
+    assert (args.cmdline, args.tty, args.handover) == (
+        "/proc/cmdline",
+        "/dev/console",
+        "/run/zkv/handover",
+    )
+
+
+def test_help_at_both_levels(capsys: pytest.CaptureFixture[str]) -> None:
+    assert early.main(["-h"]) == 0
+    assert "handover-load" in capsys.readouterr().out
+    assert early.main(["--config", "x", "unlock", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--after FILE" in out and max(len(line) for line in out.splitlines()) <= 100
 
 
 def test_status_lines_do_not_swallow_a_pending_prompt() -> None:
