@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 from . import crypto, hostkey, keystore, net, protocol
@@ -44,15 +43,20 @@ class Gateway(Protocol):
     def abort(self) -> None: ...
 
 
-@dataclass
 class GatewayUnlock:
-    config: Config
-    console: Console
-    client: Gateway
-    deadline: Deadline
-    hostname: str
-    wall_clock: Callable[[], float] = time.time
-    wait_network: Callable[..., None] = net.wait_for_network
+    def __init__(
+        self,
+        config: Config,
+        console: Console,
+        client: Gateway,
+        deadline: Deadline,
+        hostname: str,
+        wall_clock: Callable[[], float] = time.time,
+        wait_network: Callable[..., None] = net.wait_for_network,
+    ) -> None:
+        self.config, self.console, self.client = config, console, client
+        self.deadline, self.hostname = deadline, hostname
+        self.wall_clock, self.wait_network = wall_clock, wait_network
 
     def run(self, sealed: SealedKeystore, cancel: threading.Event) -> OpenKeystore:
         host_private = hostkey.load(self.config.host_key)

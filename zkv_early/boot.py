@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import config as configmod
 from . import handover, keystore, prompt, recovery
@@ -41,8 +41,7 @@ FRESH_LISTING = 5.0  # seconds: a zfs listing older than this is taken again bef
 AFTER_POLL = 0.1  # seconds between looks for the --after file
 
 
-@dataclass(frozen=True)
-class Options:
+class Options(NamedTuple):
     roots: Sequence[str] = ()
     prompt: str = "auto"
     tty: str = "/dev/console"

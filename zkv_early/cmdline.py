@@ -11,7 +11,7 @@ The ``rd.`` prefix is accepted for every switch, as dracut users expect it.
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import ConfigError
 
@@ -19,8 +19,7 @@ DEFAULT_PATH = "/proc/cmdline"
 _OFF = ("off", "0", "no", "false")
 
 
-@dataclass(frozen=True)
-class Overrides:
+class Overrides(NamedTuple):
     disabled: bool = False
     gateway: str | None = None
     timeout: float | None = None

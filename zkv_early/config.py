@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import configparser
 import socket
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from . import cmdline
 from .errors import ConfigError
@@ -48,8 +48,7 @@ _OPTIONS: dict[str, set[str]] = {
 _LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     gateway_url: str
     ca_file: str = DEFAULT_CA
     request_timeout: float = 15.0
@@ -72,6 +71,9 @@ class Config:
     def gateway_is_loopback(self) -> bool:
         host = self.gateway_host
         return host in _LOOPBACK or host.startswith("127.")
+
+
+_DEFAULTS = Config._field_defaults
 
 
 def parse(text: str, source: str = DEFAULT_PATH) -> Config:
@@ -105,8 +107,8 @@ def parse(text: str, source: str = DEFAULT_PATH) -> Config:
         gateway_url=get("gateway", "url", ""),
         ca_file=get("gateway", "ca_file", DEFAULT_CA),
         request_timeout=number("gateway", "request_timeout", 15.0, 1, 300),
-        keystore=get("host", "keystore", Config.keystore),
-        host_key=get("host", "host_key", Config.host_key),
+        keystore=get("host", "keystore", _DEFAULTS["keystore"]),
+        host_key=get("host", "host_key", _DEFAULTS["host_key"]),
         hostname=get("host", "name", ""),
         network_timeout=number("timeouts", "network", 60.0, 0, 3600),
         total_timeout=number("timeouts", "total", 300.0, 1, 86400),
@@ -118,8 +120,7 @@ def parse(text: str, source: str = DEFAULT_PATH) -> Config:
 
 def apply(config: Config, overrides: cmdline.Overrides) -> Config:
     """The kernel command line wins over the file: it is what the person at the console set."""
-    result = replace(
-        config,
+    result = config._replace(
         disabled=overrides.disabled,
         debug=config.debug or overrides.debug,
         gateway_url=overrides.gateway or config.gateway_url,

@@ -10,8 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from . import evp
 
@@ -129,8 +128,7 @@ def ed25519_verify(public_raw: bytes, signature: bytes, message: bytes) -> None:
 # --- X25519 sealed box: release a secret to one boot's ephemeral key -------------------------
 
 
-@dataclass(frozen=True)
-class Sealed:
+class Sealed(NamedTuple):
     ephemeral_public: bytes
     nonce: bytes
     ciphertext: bytes

@@ -81,7 +81,7 @@ def read(path: str) -> OpenKeystore:
         keys = {e["target"]: [unb64(k) for k in e["keys"]] for e in doc["entries"]}
     except (KeyError, TypeError, ValueError) as exc:
         raise HandoverError(path=path, detail=f"unreadable ({type(exc).__name__})") from None
-    return OpenKeystore(host_id="", data_key=b"", slots=[], _entries=entries, _keys=keys)
+    return OpenKeystore(host_id="", data_key=b"", slots=[], entries=entries, keys=keys)
 
 
 def _document(path: str) -> dict[str, Any]:

@@ -25,8 +25,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -64,8 +63,7 @@ _DATASET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\- ]*(/[A-Za-z0-9_.:\- ]+)*$
 _HEX_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
-@dataclass(frozen=True)
-class KdfParams:
+class KdfParams(NamedTuple):
     n: int = 1 << 16
     r: int = 8
     p: int = 1
@@ -87,15 +85,13 @@ def default_kdf() -> KdfParams:
     return WEAK_KDF if os.environ.get("ZKV_TESTONLY_WEAKEN_KDF") == "1" else KdfParams()
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     target: str
     keyformat: str
     kind: str = "zfs"
 
 
-@dataclass(frozen=True)
-class Slot:
+class Slot(NamedTuple):
     kind: str
     nonce: bytes
     wrapped: bytes
@@ -161,13 +157,21 @@ def format_repository_key(key: bytes) -> str:
 # --- the open (decrypted) keystore -------------------------------------------------------------
 
 
-@dataclass
 class OpenKeystore:
-    host_id: str
-    data_key: bytes = field(repr=False)
-    slots: list[Slot]
-    _entries: dict[str, Entry] = field(default_factory=dict)
-    _keys: dict[str, list[bytes]] = field(default_factory=dict, repr=False)
+    def __init__(
+        self,
+        host_id: str,
+        data_key: bytes,
+        slots: list[Slot],
+        entries: dict[str, Entry] | None = None,
+        keys: dict[str, list[bytes]] | None = None,
+    ) -> None:
+        self.host_id, self.data_key, self.slots = host_id, data_key, slots
+        self._entries: dict[str, Entry] = entries if entries is not None else {}
+        self._keys: dict[str, list[bytes]] = keys if keys is not None else {}
+
+    def __repr__(self) -> str:  # never the keys
+        return f"OpenKeystore(host_id={self.host_id!r}, entries={sorted(self._entries)!r})"
 
     def entries(self) -> list[Entry]:
         return [self._entries[t] for t in sorted(self._entries)]
@@ -308,8 +312,7 @@ def _recovery_slot(host_id: str, data_key: bytes, passphrase: bytes, kdf: KdfPar
 # --- the sealed keystore (parsed, nothing decrypted) -----------------------------------------
 
 
-@dataclass(frozen=True)
-class SealedKeystore:
+class SealedKeystore(NamedTuple):
     host_id: str
     entries: tuple[Entry, ...]
     slots: tuple[Slot, ...]

@@ -11,7 +11,6 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from .errors import NetworkTimeout
 from .race import Cancelled, Clock, Deadline
@@ -21,12 +20,11 @@ REMIND = 10.0
 DNS_ATTEMPT = 5.0
 
 
-@dataclass
 class Probe:
     """Reads the kernel's view of the network; the roots are parameters so tests can fake them."""
 
-    sys_net: str = "/sys/class/net"
-    proc_net: str = "/proc/net"
+    def __init__(self, sys_net: str = "/sys/class/net", proc_net: str = "/proc/net") -> None:
+        self.sys_net, self.proc_net = sys_net, proc_net
 
     def links_up(self, only: Sequence[str] = ()) -> list[str]:
         try:

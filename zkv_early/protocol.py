@@ -24,8 +24,7 @@ import hashlib
 import os
 import re
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import crypto
 from .encoding import b64, canonical, unb64
@@ -130,8 +129,7 @@ def check_fresh(timestamp: int, at: int, window: int = REPLAY_WINDOW) -> bool:
 # --- enrolment --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class EnrollRequest:
+class EnrollRequest(NamedTuple):
     hostname: str
     public_key: bytes
     nonce: str
@@ -155,9 +153,7 @@ class EnrollRequest:
     def create(cls, hostname: str, private_key: bytes, at: int | None = None) -> EnrollRequest:
         unsigned = cls(hostname, crypto.ed25519_public(private_key), new_nonce(), at or now())
         signature = crypto.ed25519_sign(private_key, CONTEXT_ENROLL + canonical(unsigned.body()))
-        return cls(
-            unsigned.hostname, unsigned.public_key, unsigned.nonce, unsigned.timestamp, signature
-        )
+        return unsigned._replace(signature=signature)
 
     def to_json(self) -> dict[str, Any]:
         return {**self.body(), "signature": b64(self.signature)}
@@ -182,8 +178,7 @@ class EnrollRequest:
         )
 
 
-@dataclass(frozen=True)
-class EnrollAccepted:
+class EnrollAccepted(NamedTuple):
     host_id: str
     status: str  # "pending" until the owner approves, then "approved"; or "revoked"
 
@@ -202,8 +197,7 @@ class EnrollAccepted:
 # --- unlock request ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class UnlockRequest:
+class UnlockRequest(NamedTuple):
     host_id: str
     hostname: str
     datasets: tuple[str, ...]
@@ -235,7 +229,7 @@ class UnlockRequest:
         host_id = host_id_of(crypto.ed25519_public(private_key))
         unsigned = cls(host_id, hostname, tuple(datasets), ephemeral_key, new_nonce(), at or now())
         signature = crypto.ed25519_sign(private_key, CONTEXT_UNLOCK + canonical(unsigned.body()))
-        return cls(**{**unsigned.__dict__, "signature": signature})
+        return unsigned._replace(signature=signature)
 
     def to_json(self) -> dict[str, Any]:
         return {**self.body(), "signature": b64(self.signature)}
@@ -277,8 +271,7 @@ class UnlockRequest:
         crypto.ed25519_verify(public_key, self.signature, CONTEXT_UNLOCK + canonical(self.body()))
 
 
-@dataclass(frozen=True)
-class UnlockCreated:
+class UnlockCreated(NamedTuple):
     request_id: str
     pin: str
     expires_at: int
@@ -302,8 +295,7 @@ class UnlockCreated:
 # --- polling and release ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PollResult:
+class PollResult(NamedTuple):
     state: str
     release: crypto.Sealed | None = None
 

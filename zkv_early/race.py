@@ -17,7 +17,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from .errors import UnlockTimeout, ZkvError
@@ -59,20 +58,23 @@ class Deadline:
         return self.remaining() <= 0
 
 
-@dataclass
 class Contender(Generic[T]):
-    name: str
-    run: Callable[[threading.Event], T]
-    stop: Callable[[], None] = lambda: None
-    grace: float | None = None  # when this one fails, the others' time left is capped to this
-    # Called from the main thread when this one fails while others go on: (error, seconds left).
-    on_failure: Callable[[BaseException, float], None] = lambda _error, _left: None
+    def __init__(
+        self,
+        name: str,
+        run: Callable[[threading.Event], T],
+        stop: Callable[[], None] = lambda: None,
+        grace: float | None = None,
+    ) -> None:
+        self.name, self.run, self.stop = name, run, stop
+        self.grace = grace  # when this one fails, the others' time left is capped to this
+        # Called from the main thread when this one fails while others go on: (error, time left).
+        self.on_failure: Callable[[BaseException, float], None] = lambda _error, _left: None
 
 
-@dataclass(frozen=True)
 class Winner(Generic[T]):
-    winner: str
-    value: T
+    def __init__(self, winner: str, value: T) -> None:
+        self.winner, self.value = winner, value
 
 
 def race(contenders: Sequence[Contender[T]], timeout: float) -> Winner[T]:

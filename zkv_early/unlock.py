@@ -10,8 +10,8 @@ decides what is fatal. Key material never appears in a report.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 from .errors import (
     ZfsDatasetNotFound,
@@ -37,8 +37,7 @@ class Outcome(StrEnum):
 _GOOD = (Outcome.LOADED, Outcome.VERIFIED, Outcome.ALREADY_LOADED)
 
 
-@dataclass(frozen=True)
-class EntryResult:
+class EntryResult(NamedTuple):
     target: str
     outcome: Outcome
     detail: str = ""
@@ -49,9 +48,9 @@ class EntryResult:
         return self.outcome in _GOOD
 
 
-@dataclass
 class UnlockReport:
-    results: list[EntryResult] = field(default_factory=list)
+    def __init__(self, results: list[EntryResult] | None = None) -> None:
+        self.results = results if results is not None else []
 
     @property
     def ok(self) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import (
     ZfsDatasetNotFound,
@@ -27,8 +27,7 @@ ENV_BINARY = "ZKV_ZFS"
 _SEARCH = ("/usr/sbin/zfs", "/sbin/zfs", "/usr/local/sbin/zfs")
 
 
-@dataclass(frozen=True)
-class KeyInfo:
+class KeyInfo(NamedTuple):
     dataset: str
     encryption_root: str | None
     keystatus: str  # "available" | "unavailable" | "none" (not encrypted)

@@ -8,10 +8,10 @@ import zipfile
 from pathlib import Path
 
 from tests.early.conftest import (
+    BOOT_FLAGS,
     DATA_KEY,
     PASSPHRASE,
     ROOT_KEY,
-    BOOT_FLAGS,
     TARGET_PYTHON,
     Machine,
     make_machine,

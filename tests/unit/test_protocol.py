@@ -46,7 +46,7 @@ def test_unlock_request_round_trip_and_signature() -> None:
 )
 def test_any_changed_field_breaks_the_signature(field: str, value: Any) -> None:
     original = UnlockRequest.from_json(unlock_json())
-    changed = UnlockRequest(**{**original.__dict__, field: value})
+    changed = original._replace(**{field: value})
     with pytest.raises(crypto.BadSignature):
         changed.verify(HOST_PUBLIC)
 
@@ -56,9 +56,7 @@ def test_signature_by_another_key_is_refused() -> None:
     forged = UnlockRequest.create(other_private, "db01", [], EPH_PUBLIC)
     with pytest.raises(crypto.BadSignature):
         # claims the enrolled host's id, but was signed by another key
-        UnlockRequest(**{**forged.__dict__, "host_id": protocol.host_id_of(HOST_PUBLIC)}).verify(
-            HOST_PUBLIC
-        )
+        forged._replace(host_id=protocol.host_id_of(HOST_PUBLIC)).verify(HOST_PUBLIC)
     with pytest.raises(crypto.BadSignature):
         forged.verify(HOST_PUBLIC)
 
