@@ -10,7 +10,6 @@ The ``rd.`` prefix is accepted for every switch, as dracut users expect it.
 
 from __future__ import annotations
 
-import shlex
 from typing import NamedTuple
 
 from .errors import ConfigError
@@ -27,11 +26,24 @@ class Overrides(NamedTuple):
 
 
 def split(text: str) -> list[str]:
-    """Split like the kernel: whitespace separates, double quotes group."""
-    try:
-        return shlex.split(text)
-    except ValueError:  # an unbalanced quote: the kernel would not care, nor do we
-        return text.split()
+    """Split like the kernel's next_arg(): whitespace separates, double quotes group (and are
+    dropped), an unbalanced quote runs to the end; quotes ' and backslashes are plain text."""
+    words: list[str] = []
+    word: list[str] = []
+    quoted = started = False
+    for char in text:
+        if char == '"':
+            quoted, started = not quoted, True
+        elif char.isspace() and not quoted:
+            if started:
+                words.append("".join(word))
+                word, started = [], False
+        else:
+            word.append(char)
+            started = True
+    if started:
+        words.append("".join(word))
+    return words
 
 
 def parse(text: str) -> Overrides:

@@ -6,7 +6,6 @@ what it is still waiting for.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import socket
 import threading
@@ -67,11 +66,14 @@ class Probe:
 
 
 def is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+    """A literal IPv4 or IPv6 address (socket's parser: ipaddress would be one more import)."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return True
+    return False
 
 
 def resolve(host: str, port: int, timeout: float) -> bool:

@@ -90,7 +90,12 @@ def test_cmdline_parsing() -> None:
     assert cmdline.parse("rd.zkv=0").disabled
     assert not cmdline.parse("zkv=on").disabled
     assert not cmdline.parse("zkv.debug=0").debug
-    assert cmdline.parse('unbalanced="quote zkv.debug').debug  # split like the kernel
+    # Split like the kernel (lib/cmdline.c): double quotes group, an unbalanced one runs to the
+    # end of the line; single quotes and backslashes are ordinary characters.
+    assert not cmdline.parse('unbalanced="quote zkv.debug').debug
+    assert cmdline.parse("it's zkv.debug").debug
+    assert cmdline.split('a="b c" \\x  "d e"\tf\n') == ["a=b c", "\\x", "d e", "f"]
+    assert cmdline.split("") == cmdline.split(" \n") == []
     with pytest.raises(ConfigError):
         cmdline.parse("zkv.timeout=forever")
     with pytest.raises(ConfigError):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from zkv_early.errors import NetworkTimeout
-from zkv_early.net import Probe, wait_for_network
+from zkv_early.net import Probe, is_address, wait_for_network
 from zkv_early.race import Deadline
 
 ROUTE_HEADER = "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n"
@@ -138,3 +138,19 @@ def test_link_comes_up_later(tmp_path: Path) -> None:
 def test_loopback_gateway_needs_no_network(tmp_path: Path) -> None:
     said, _ = run(fake_root(tmp_path, "down"), "127.0.0.1", 1)
     assert said == []
+
+
+@pytest.mark.parametrize(
+    ("host", "literal"),
+    [
+        ("10.0.2.100", True),
+        ("fd00::1", True),
+        ("::1", True),
+        ("gw.example.net", False),
+        ("10.0.2", False),
+        ("999.1.1.1", False),
+        ("", False),
+    ],
+)
+def test_is_address(host: str, literal: bool) -> None:
+    assert is_address(host) is literal
