@@ -24,6 +24,7 @@ import pytest
 from tests.fakes.fakezfs import FakeZfs
 from tests.gateway.server import RunningGateway
 from zkv_early import build_pyz, hostkey, keystore, protocol
+from zkv_early.encoding import b64
 
 TARGET_PYTHON = "/usr/bin/python3"
 BOOT_FLAGS = "-IS"  # as the hooks start the client: isolated, no site
@@ -133,6 +134,17 @@ class Machine:
             stderr=subprocess.PIPE,
             text=True,
         )
+
+    def import_data_pool(self) -> None:
+        """What an import does to the fake zfs: the data pool tank appears, its key unloaded."""
+        state = self.zfs.state()
+        state["datasets"]["tank"] = {
+            "encryptionroot": "tank",
+            "keyformat": "passphrase",
+            "key": b64(DATA_KEY),
+            "keystatus": "unavailable",
+        }
+        self.zfs.write(state)
 
     def enroll(self, gw: RunningGateway) -> str:
         """Enrol the host key with the gateway over the wire, approve it as the owner."""

@@ -16,21 +16,8 @@ from tests.early.conftest import DATA_KEY, ROOT_KEY, Machine
 from tests.early.test_pyz_gateway import assert_no_secret
 from tests.gateway.server import running_gateway
 from zkv_early import handover
-from zkv_early.encoding import b64
 
 ROOT = "rpool/ROOT/debian"
-
-
-def import_pools(machine: Machine) -> None:
-    """What the initramfs's import does to the fake: rpool and the data pool tank appear."""
-    state = machine.zfs.state()
-    state["datasets"]["tank"] = {
-        "encryptionroot": "tank",
-        "keyformat": "passphrase",
-        "key": b64(DATA_KEY),
-        "keystatus": "unavailable",
-    }
-    machine.zfs.write(state)
 
 
 def read_until(proc: subprocess.Popen[str], text: str, timeout: float = 30) -> str:
@@ -66,7 +53,7 @@ def test_started_before_the_import_waits_for_the_go_then_loads_the_root_pool_onl
         assert proc.poll() is None, "the client must wait for the hook's go"
         assert machine.zfs.calls() == [], "no zfs call before the pools are imported"
         machine.zfs.write(pools)
-        import_pools(machine)
+        machine.import_data_pool()
         go.touch()
         out, err = proc.communicate(timeout=30)
         err = seen + err
@@ -83,7 +70,7 @@ def test_started_before_the_import_waits_for_the_go_then_loads_the_root_pool_onl
 def test_without_after_a_data_pool_imported_in_the_initramfs_is_handed_over(
     machine: Machine, tmp_path: Path
 ) -> None:
-    import_pools(machine)
+    machine.import_data_pool()
     with running_gateway(
         tmp_path / "gw", approver="auto", secret=machine.repository_key.hex().encode()
     ) as gw:
@@ -96,7 +83,7 @@ def test_without_after_a_data_pool_imported_in_the_initramfs_is_handed_over(
 
 
 def test_without_root_every_imported_entry_is_loaded(machine: Machine, tmp_path: Path) -> None:
-    import_pools(machine)
+    machine.import_data_pool()
     with running_gateway(
         tmp_path / "gw", approver="auto", secret=machine.repository_key.hex().encode()
     ) as gw:

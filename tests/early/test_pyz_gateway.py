@@ -87,14 +87,7 @@ def test_handover_load_in_the_real_root_loads_then_wipes(machine: Machine, tmp_p
     ) as gw:
         machine.enroll(gw)
         assert machine.run().returncode == 0
-    state = machine.zfs.state()
-    state["datasets"]["tank"] = {
-        "encryptionroot": "tank",
-        "keyformat": "passphrase",
-        "key": b64(DATA_KEY),
-        "keystatus": "unavailable",
-    }
-    machine.zfs.write(state)
+    machine.import_data_pool()
     result = machine.run("handover-load")
     assert result.returncode == 0, result.stderr
     assert machine.zfs.keystatus("tank") == "available"
