@@ -257,6 +257,7 @@ def _initramfs_tools(tmp: Path, body: str, rc: int = 0) -> str:
 . {REPO}/initramfs-tools/scripts/zkv-functions
 ZKV_RUN=$ZKV_RUN_DIR
 zkv_installed() {{ return 0; }}
+zkv_link_up() {{ :; }}  # would set the host's links up
 configure_networking() {{ :; }}
 {body}
 """
