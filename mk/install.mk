@@ -54,8 +54,9 @@ install-files:
 	chmod 0755 $(DESTDIR)$(ZKV_SBINDIR)/zkv
 	# dracut module.
 	install -m 0755 dracut/50zkv/module-setup.sh $(DESTDIR)$(ZKV_DRACUTDIR)/module-setup.sh
+	install -m 0755 dracut/50zkv/zkv-early.sh $(DESTDIR)$(ZKV_DRACUTDIR)/zkv-early.sh
 	install -m 0644 dracut/50zkv/zkv-load-key.sh dracut/50zkv/zkv-cleanup.sh \
-		$(DESTDIR)$(ZKV_DRACUTDIR)/
+		dracut/50zkv/zkv-early.service $(DESTDIR)$(ZKV_DRACUTDIR)/
 	# initramfs-tools hook, boot scripts and the OpenZFS >= 2.2 load-key drop-in.
 	install -m 0755 initramfs-tools/hooks/zkv $(DESTDIR)$(ZKV_ITDIR)/hooks/zkv
 	install -m 0644 initramfs-tools/conf-hooks.d/zkv $(DESTDIR)$(ZKV_ITDIR)/conf-hooks.d/zkv

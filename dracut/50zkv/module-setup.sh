@@ -2,7 +2,7 @@
 # zkv dracut module: load the ZFS keys with a key the zkv gateway releases once the owner
 # approves, before 90zfs's own prompt. Anything missing aborts the image build (the previous
 # image stays in place); nothing here can fail the boot.
-# shellcheck disable=SC2154 # initdir and moddir are set by dracut
+# shellcheck disable=SC2154 # initdir, moddir and systemdsystemunitdir are set by dracut
 
 zkv_lib=/usr/lib/zkv
 zkv_conf=/etc/zkv/early.conf
@@ -50,8 +50,16 @@ install() {
     chmod 0600 "$initdir/etc/zkv/keystore" "$initdir/etc/zkv/host.key"
     [ -f /etc/hostname ] && inst_simple /etc/hostname
 
-    # pre-mount 50 runs before 90zfs's zfs-load-key.sh (pre-mount 90), which then finds the
-    # key loaded and does not prompt.
+    # The client runs from the start of the initrd (zkv-early.service, wanted by sysinit.target,
+    # no ordering: it starts with the first transaction). pre-mount 50, after the pool import
+    # and before 90zfs's zfs-load-key.sh (pre-mount 90), tells it to load the keys and waits;
+    # 90zfs then finds the key loaded and does not prompt.
+    inst_script "$moddir/zkv-early.sh" /usr/lib/zkv/zkv-early.sh \
+        || zkv_fatal "cannot install zkv-early.sh"
+    inst_simple "$moddir/zkv-early.service" "$systemdsystemunitdir/zkv-early.service" \
+        || zkv_fatal "cannot install zkv-early.service"
+    systemctl -q --root "$initdir" add-wants sysinit.target zkv-early.service \
+        || zkv_fatal "cannot enable zkv-early.service"
     inst_hook pre-mount 50 "$moddir/zkv-load-key.sh"
     inst_hook cleanup 50 "$moddir/zkv-cleanup.sh"
 

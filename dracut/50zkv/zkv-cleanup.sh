@@ -1,10 +1,15 @@
 #!/bin/sh
-# zkv, cleanup hook (just before switch_root): take down the network brought up for the
-# gateway and wipe zkv's leftovers. /run/zkv/handover (data-pool keys on tmpfs) stays: the
-# real root's zkv-load-keys.service loads and wipes it. Sourced: no exit, names prefixed.
+# zkv, cleanup hook (just before switch_root): stop the boot client if it still runs, take
+# down the network brought up for the gateway and wipe zkv's leftovers. /run/zkv/handover
+# (data-pool keys on tmpfs) stays: the real root's zkv-load-keys.service loads and wipes it.
+# Sourced: no exit, names prefixed.
 
 zkv_cleanup() {
     [ -f /usr/lib/zkv/zkv-early.pyz ] || return 0
+    # Normally long finished (the pre-mount hook waited for it); stopped by switch-root anyway.
+    if systemctl -q is-active zkv-early.service 2>/dev/null; then
+        systemctl stop zkv-early.service
+    fi
     for zkv_dev in /sys/class/net/*; do
         zkv_dev=${zkv_dev##*/}
         [ "$zkv_dev" = lo ] && continue

@@ -1,43 +1,74 @@
 #!/bin/sh
 # zkv, pre-mount hook 50 (sourced by dracut-pre-mount.service, before 90zfs's prompt at 90).
-# Runs the boot client, which waits for the gateway's approval while systemd-ask-password
-# offers the recovery passphrase. Whatever it returns, 90zfs prompts if the key is still not
-# loaded, so this never stops the boot. Sourced: no exit, names prefixed.
+# The boot client has been running in zkv-early.service since the initrd started (network,
+# the gateway's approval racing the recovery passphrase of systemd-ask-password, the keystore
+# opened). Here, once the pools are imported, it is told to load the keys (/run/zkv/go) and
+# waited for. Whatever it returns, 90zfs prompts if the key is still not loaded, so this never
+# stops the boot. Sourced: no exit, names prefixed.
 
-zkv_root_dataset() {
-    # The root= forms 90zfs accepts; AUTO or none: let the client take every imported entry.
-    zkv_root=$(getarg root=)
-    case "$zkv_root" in
-        zfs:AUTO | ZFS=AUTO | "") zkv_root="" ;;
-        zfs:*) zkv_root=${zkv_root#zfs:} ;;
-        ZFS=*) zkv_root=${zkv_root#ZFS=} ;;
-        *) [ "$(getarg rootfstype=)" = zfs ] || zkv_root="" ;;
+ZKV_UNIT=zkv-early.service
+zkv_run=${ZKV_RUN:-/run/zkv}
+
+# How long the client may still take: its overall limit (zkv.timeout=, else [timeouts] total
+# of early.conf, else 300 s), counted from here although it started earlier, plus 30 s.
+zkv_wait_limit() {
+    zkv_limit=$(getarg rd.zkv.timeout=)
+    [ -n "$zkv_limit" ] || zkv_limit=$(getarg zkv.timeout=)
+    [ -n "$zkv_limit" ] || zkv_limit=$(sed -n '/^\[timeouts\]/,/^\[/s/^[[:space:]]*total[[:space:]]*=[[:space:]]*\([0-9.]*\).*/\1/p' \
+        "${ZKV_CONF:-/etc/zkv/early.conf}" 2>/dev/null)
+    zkv_limit=${zkv_limit%%.*}
+    case "$zkv_limit" in
+        "" | *[!0-9]*) zkv_limit=300 ;;
     esac
-    zkv_root=$(echo "$zkv_root" | sed 's,+, ,g')
+    zkv_limit=$((zkv_limit + 30))
 }
 
 zkv_load_key() {
     # Only the systemd initrd prompts at pre-mount 90; without systemd there is nothing to beat.
     [ -n "$DRACUT_SYSTEMD" ] || return 0
-    [ -f /usr/lib/zkv/zkv-early.pyz ] || return 0
+    [ -f "${ZKV_PYZ:-/usr/lib/zkv/zkv-early.pyz}" ] || return 0
+    # Not running (zkv=off, or it already gave up: denied, timed out, failed): 90zfs asks.
+    zkv_pid=$(systemctl show -p MainPID --value "$ZKV_UNIT" 2>/dev/null)
+    case "$zkv_pid" in
+        "" | 0 | *[!0-9]*)
+            zkv_rc=$(systemctl show -p ExecMainStatus --value "$ZKV_UNIT" 2>/dev/null)
+            [ "${zkv_rc:-0}" = 0 ] || info "zkv: the boot client ended (exit $zkv_rc); OpenZFS will ask"
+            unset zkv_pid zkv_rc
+            return 0
+            ;;
+    esac
 
     # The generator orders pre-mount after zfs-import.target; wait anyway, bounded (60 s).
     zkv_n=0
     while [ "$(systemctl is-active zfs-import.target)" != active ]; do
         zkv_n=$((zkv_n + 1))
-        [ "$zkv_n" -le 600 ] || { warn "zkv: pools not imported, skipping"; return 0; }
+        if [ "$zkv_n" -gt 600 ]; then
+            warn "zkv: pools not imported, stopping the boot client"
+            systemctl --no-block stop "$ZKV_UNIT"
+            unset zkv_n zkv_pid
+            return 0
+        fi
         sleep 0.1
     done
 
-    zkv_root_dataset
-    if [ -n "$zkv_root" ]; then
-        python3 -I /usr/lib/zkv/zkv-early.pyz unlock --root "$zkv_root"
-    else
-        python3 -I /usr/lib/zkv/zkv-early.pyz unlock
-    fi
-    zkv_rc=$?
-    [ "$zkv_rc" -eq 0 ] || info "zkv: not unlocked (exit $zkv_rc); OpenZFS will ask"
-    unset zkv_n zkv_root zkv_rc
+    # Go: the client loads the keys of the root's pool(s) and hands the others over.
+    mkdir -p "$zkv_run" && chmod 0700 "$zkv_run"
+    : >"$zkv_run/go"
+    zkv_wait_limit
+    zkv_n=0
+    while kill -0 "$zkv_pid" 2>/dev/null; do
+        zkv_n=$((zkv_n + 1))
+        if [ "$zkv_n" -gt $((zkv_limit * 10)) ]; then
+            warn "zkv: the boot client did not finish within $zkv_limit s, stopping it"
+            systemctl --no-block stop "$ZKV_UNIT"
+            unset zkv_n zkv_pid zkv_limit
+            return 0
+        fi
+        sleep 0.1
+    done
+    zkv_rc=$(systemctl show -p ExecMainStatus --value "$ZKV_UNIT" 2>/dev/null)
+    [ "${zkv_rc:-1}" = 0 ] || info "zkv: not unlocked (exit ${zkv_rc:-?}); OpenZFS will ask"
+    unset zkv_n zkv_pid zkv_rc zkv_limit
 }
 
 zkv_load_key

@@ -30,6 +30,12 @@ PROMPT = re.compile(
 KEY_REJECTED = re.compile(r"Key load error: Incorrect key provided")
 MARKER = re.compile(testbed.BOOT_MARKER + r" root=(\S+) data_mounted=(\S+)\r*\n")
 KERNEL_START = re.compile(r"Linux version \d")
+# The real root's systemd greets the console when it takes over: the root is mounted and
+# switched to. dracut's initrd systemd greets first with "... (Initramfs)!", which does not
+# count. The OS name is in bold: "Welcome to \x1b[1mDebian GNU/Linux 12 (bookworm)\x1b[0m!".
+SWITCHED_ROOT = re.compile(
+    r"Welcome to (?:\x1b\[[0-9;]*m)?(?![^\r\n!]*Initramfs)[^\r\n\x1b!]+(?:\x1b\[[0-9;]*m)?!"
+)
 BOOT_FAILED = re.compile(
     r"No pool imported|Manually import the root pool|Kernel panic"
     r"|You are in emergency mode|Give root password for maintenance|\(initramfs\) "
@@ -53,14 +59,18 @@ class Timings:
 
     kernel: float | None = None
     prompts: list[float] = field(default_factory=list)
-    root: float | None = None
+    root: float | None = None  # the real root's marker line, after zfs-mount.service
+    switched: float | None = None  # the real root's systemd took over (SWITCHED_ROOT)
 
     def summary(self) -> str:
         def fmt(value: float | None) -> str:
             return "-" if value is None else f"{value:.1f}"
 
         prompts = ",".join(fmt(p) for p in self.prompts) or "-"
-        return f"kernel {fmt(self.kernel)} s, prompt {prompts} s, root {fmt(self.root)} s"
+        return (
+            f"kernel {fmt(self.kernel)} s, prompt {prompts} s, switched {fmt(self.switched)} s, "
+            f"root {fmt(self.root)} s"
+        )
 
 
 @dataclass
@@ -205,7 +215,7 @@ class Guest:
         timings = Timings()
         pending = list(answers)
         armed = True
-        patterns = [KERNEL_START, PROMPT, KEY_REJECTED, MARKER, BOOT_FAILED]
+        patterns = [KERNEL_START, PROMPT, KEY_REJECTED, MARKER, BOOT_FAILED, SWITCHED_ROOT]
         while True:
             index = self._expect(patterns, deadline, "the root key prompt or the boot marker")
             if index == 0:
@@ -226,6 +236,8 @@ class Guest:
                 return BootResult(match.group(1), match.group(2) == "yes", timings)
             elif index == 4:
                 raise self.fail(f"boot failed: {self.child.after!r}")
+            elif index == 5:
+                timings.switched = timings.switched or self.elapsed()
 
     def login(self, timeout: float = 180) -> None:
         """Wait for the autologin root shell on the serial console."""

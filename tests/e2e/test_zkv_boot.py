@@ -45,7 +45,9 @@ def zkv_images(prerequisites: None) -> Callable[..., ZkvImage]:
 
 
 def _record(image: Image, scenario: str, out: Outcome) -> None:
-    timings = Timings(kernel=out.kernel, prompts=out.stock_prompts, root=out.root_at)
+    timings = Timings(
+        kernel=out.kernel, prompts=out.stock_prompts, root=out.root_at, switched=out.switched_at
+    )
     record_boot(image, scenario, BootResult(out.root, out.data_mounted, timings))
 
 

@@ -167,7 +167,8 @@ class Outcome:
     data_mounted: bool = False
     pin: str | None = None
     kernel: float | None = None
-    root_at: float | None = None
+    root_at: float | None = None  # the real root's marker line (after zfs-mount.service)
+    switched_at: float | None = None  # the real root's systemd took over (root mounted)
     stock_prompts: list[float] = field(default_factory=list)
     recovery_prompts_answered: list[float] = field(default_factory=list)
     gateway_gave_up: str | None = None
@@ -178,6 +179,12 @@ class Outcome:
         if self.kernel is None or self.root_at is None:
             return None
         return self.root_at - self.kernel
+
+    @property
+    def kernel_to_switched(self) -> float | None:
+        if self.kernel is None or self.switched_at is None:
+            return None
+        return self.switched_at - self.kernel
 
 
 def run_boot(
@@ -215,6 +222,7 @@ def run_boot(
         GATEWAY_GAVE_UP,
         RECOVERY_WRONG,
         RECOVERY_OK,
+        driver.SWITCHED_ROOT,
     ]
 
     def note(text: str) -> None:
@@ -270,6 +278,9 @@ def run_boot(
             recovery_prompt_open = True
         elif index == 9:
             note("client: recovery passphrase accepted")
+        elif index == 10 and out.switched_at is None:
+            out.switched_at = guest.elapsed()
+            note("switched to the real root")
 
 
 def no_leftovers(guest: Guest, zimg: ZkvImage) -> dict[str, str]:

@@ -13,6 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SH_FILES = [
+    "dracut/50zkv/zkv-early.sh",
     "dracut/50zkv/zkv-load-key.sh",
     "dracut/50zkv/zkv-cleanup.sh",
     "initramfs-tools/hooks/zkv",
@@ -63,6 +64,9 @@ inst_simple() {{
     echo "inst_simple $*" >>"$log"; t="$initdir${{2:-$1}}"; mkdir -p "${{t%/*}}"; touch "$t"
 }}
 inst_hook() {{ echo "inst_hook $*" >>"$log"; }}
+inst_script() {{ echo "inst_script $*" >>"$log"; }}
+systemctl() {{ echo "systemctl $*" >>"$log"; }}
+systemdsystemunitdir=/usr/lib/systemd/system
 initdir={tmp}/initdir
 moddir={REPO}/dracut/50zkv
 . {REPO}/dracut/50zkv/module-setup.sh
@@ -91,6 +95,15 @@ def test_dracut_install(tmp_path: Path) -> None:
     assert "inst /x/__pycache__/os.cpython-311.pyc /x/os.pyc" in calls
     assert f"inst_simple {tmp_path}/boot/keystore /etc/zkv/keystore" in calls
     assert "inst_hook pre-mount 50 " in calls and "inst_hook cleanup 50 " in calls
+    assert f"inst_script {REPO}/dracut/50zkv/zkv-early.sh /usr/lib/zkv/zkv-early.sh" in calls
+    assert (
+        f"inst_simple {REPO}/dracut/50zkv/zkv-early.service "
+        "/usr/lib/systemd/system/zkv-early.service" in calls
+    )
+    assert (
+        f"systemctl -q --root {tmp_path}/initdir add-wants sysinit.target zkv-early.service"
+        in calls
+    )
     assert (tmp_path / "initdir/etc/cmdline.d/50zkv.conf").read_text() == "rd.neednet=1\n"
     assert oct((tmp_path / "initdir/etc/zkv/keystore").stat().st_mode & 0o777) == "0o600"
 
@@ -100,6 +113,186 @@ def test_dracut_install_fails_the_build_when_a_piece_is_missing(tmp_path: Path) 
     assert done.returncode == 1
     assert "not-reached" not in done.stdout
     assert "dfatal zkv:" in (tmp_path / "calls.log").read_text()
+
+
+def test_dracut_unit_starts_early_and_never_reaches_the_real_root() -> None:
+    unit: dict[str, list[str]] = {}
+    for line in (REPO / "dracut/50zkv/zkv-early.service").read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            unit.setdefault(key, []).extend(value.split())
+    assert unit["DefaultDependencies"] == ["no"]
+    assert unit["ExecStart"] == ["/usr/lib/zkv/zkv-early.sh"]
+    assert "After" not in unit, "it must start with the first transaction"
+    assert "initrd-switch-root.target" in unit["Conflicts"]
+    assert {"initrd-switch-root.target", "initrd-cleanup.service"} <= set(unit["Before"])
+    assert "dracut-pre-mount.service" in unit["Before"]
+    assert unit["StandardError"] == ["journal+console"]
+
+
+def _fake_bin(tmp: Path) -> Path:
+    """A python3 that records its arguments, waits for its --after file, exits $FAKE_RC."""
+    fake = tmp / "bin"
+    fake.mkdir(exist_ok=True)
+    (fake / "python3").write_text(
+        "#!/bin/sh\n"
+        'echo "$*" >>"$FAKE_LOG"\n'
+        'after=""; while [ $# -gt 0 ]; do [ "$1" = --after ] && after=$2; shift; done\n'
+        'if [ -n "$after" ]; then while [ ! -e "$after" ]; do sleep 0.05; done; fi\n'
+        "sleep 0.3\n"
+        'exit "${FAKE_RC:-0}"\n'
+    )
+    (fake / "python3").chmod(0o755)
+    return fake
+
+
+def _env(tmp: Path, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PATH": f"{_fake_bin(tmp)}:{os.environ['PATH']}",
+        "FAKE_LOG": str(tmp / "python3.log"),
+        "ZKV_RUN": str(tmp / "run"),
+        **extra,
+    }
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "expected"),
+    [
+        ("root=zfs:rpool/ROOT/debian", "--root rpool/ROOT/debian --after {run}/go"),
+        ("root=ZFS=rpool/ROOT/debian quiet", "--root rpool/ROOT/debian --after {run}/go"),
+        ("root=zfs:AUTO", "unlock --after {run}/go"),
+        ("root=zfs:rpool/ROOT/debian zkv=off", None),
+        ("root=zfs:rpool/ROOT/debian rd.zkv=0", None),
+    ],
+)
+def test_dracut_unit_script(tmp_path: Path, cmdline: str, expected: str | None) -> None:
+    lib = tmp_path / "dracut-lib.sh"
+    lib.write_text(
+        'getarg() { v=""; for w in $FAKE_CMDLINE; do case $w in "$1"*) v=${w#"$1"} ;; esac;'
+        ' done; echo "$v"; }\n'
+    )
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "go").touch()
+    env = _env(tmp_path, ZKV_DRACUT_LIB=str(lib), FAKE_CMDLINE=cmdline)
+    done = subprocess.run(
+        ["sh", str(REPO / "dracut/50zkv/zkv-early.sh")], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    log = tmp_path / "python3.log"
+    if expected is None:
+        assert not log.exists()
+        assert "disabled" in done.stdout
+    else:
+        args = log.read_text()
+        assert args.startswith("-I /usr/lib/zkv/zkv-early.pyz unlock")
+        assert expected.format(run=tmp_path / "run") in args
+        assert ("--root" in args) == ("--root" in expected)
+
+
+_HOOK_STUBS = """
+info() { echo "info $*" >>"$HOOK_LOG"; }
+warn() { echo "warn $*" >>"$HOOK_LOG"; }
+getarg() { echo ""; }
+systemctl() {
+    case "$*" in
+        *MainPID*) echo "$FAKE_PID" ;;
+        *ExecMainStatus*) echo "$FAKE_RC" ;;
+        *is-active*) echo active ;;
+        *) echo "systemctl $*" >>"$HOOK_LOG" ;;
+    esac
+}
+"""
+
+
+def _hook(tmp: Path, client: bool, rc: int = 0) -> str:
+    """Source the pre-mount hook with a running (or no) zkv-early.service; return its output."""
+    (tmp / "zkv-early.pyz").touch()
+    script = f"""
+{_HOOK_STUBS}
+FAKE_PID=0
+if [ {int(client)} = 1 ]; then
+    python3 -I x unlock --after "$ZKV_RUN/go" &
+    FAKE_PID=$!
+fi
+DRACUT_SYSTEMD=1
+. {REPO}/dracut/50zkv/zkv-load-key.sh
+if [ "$FAKE_PID" != 0 ] && kill -0 "$FAKE_PID" 2>/dev/null; then echo client-still-running; fi
+echo hook-done
+"""
+    env = _env(
+        tmp,
+        HOOK_LOG=str(tmp / "hook.log"),
+        ZKV_PYZ=str(tmp / "zkv-early.pyz"),
+        ZKV_CONF=str(tmp / "none.conf"),
+        FAKE_RC=str(rc),
+    )
+    done = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
+    assert "hook-done" in done.stdout, done.stderr
+    log = tmp / "hook.log"
+    return done.stdout + (log.read_text() if log.exists() else "")
+
+
+def test_dracut_hook_says_go_and_waits_for_the_client(tmp_path: Path) -> None:
+    out = _hook(tmp_path, client=True)
+    assert (tmp_path / "run" / "go").exists()
+    assert "client-still-running" not in out
+    assert "info" not in out
+
+
+def test_dracut_hook_reports_a_failed_client(tmp_path: Path) -> None:
+    out = _hook(tmp_path, client=True, rc=44)
+    assert "not unlocked (exit 44)" in out
+
+
+def test_dracut_hook_does_not_wait_without_a_client(tmp_path: Path) -> None:
+    out = _hook(tmp_path, client=False)
+    assert not (tmp_path / "run" / "go").exists()
+    assert "hook-done" in out
+
+
+def _initramfs_tools(tmp: Path, body: str, rc: int = 0) -> str:
+    """zkv-functions sourced with stubs (installed, networking) and the fake python3."""
+    script = f"""
+. {REPO}/initramfs-tools/scripts/zkv-functions
+ZKV_RUN=$ZKV_RUN_DIR
+zkv_installed() {{ return 0; }}
+zkv_link_up() {{ :; }}  # would set the host's links up
+configure_networking() {{ :; }}
+{body}
+"""
+    env = _env(tmp, ZKV_RUN_DIR=str(tmp / "run"), FAKE_RC=str(rc))
+    done = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("rc", [0, 44])
+def test_initramfs_tools_early_client_and_drop_in(tmp_path: Path, rc: int) -> None:
+    out = _initramfs_tools(
+        tmp_path,
+        'zkv_start rpool/ROOT/debian; sleep 0.2; [ -e "$ZKV_RUN/go" ] && echo early-go\n'
+        'zkv_unlock rpool/ROOT/debian; echo "rc=$?"',
+        rc,
+    )
+    assert "early-go" not in out, "the client must wait for the drop-in's go"
+    assert f"rc={rc}" in out
+    args = (tmp_path / "python3.log").read_text()
+    assert (
+        f"unlock --root rpool/ROOT/debian --after {tmp_path}/run/go --prompt console "
+        "--tty /dev/console" in args
+    )
+    assert (tmp_path / "run" / "status").read_text().strip() == str(rc)
+    assert (tmp_path / "run" / "network.pid").exists()
+
+
+def test_initramfs_tools_drop_in_without_an_early_client(tmp_path: Path) -> None:
+    """OpenZFS 2.1's local-top path: nothing started early, the client runs there and then."""
+    out = _initramfs_tools(tmp_path, 'zkv_unlock rpool/ROOT/debian; echo "rc=$?"', 33)
+    assert "rc=33" in out
+    args = (tmp_path / "python3.log").read_text()
+    assert "--after" not in args
+    assert "unlock --root rpool/ROOT/debian --prompt console --tty /dev/console" in args
 
 
 def _pyz(tmp: Path) -> Path:
