@@ -33,6 +33,6 @@ zkv_run=${ZKV_RUN:-/run/zkv}
 mkdir -p "$zkv_run" && chmod 0700 "$zkv_run"
 zkv_root_dataset
 if [ -n "$zkv_root" ]; then
-    exec python3 -I /usr/lib/zkv/zkv-early.pyz unlock --root "$zkv_root" --after "$zkv_run/go"
+    exec python3 -I -S /usr/lib/zkv/zkv-early.pyz unlock --root "$zkv_root" --after "$zkv_run/go"
 fi
-exec python3 -I /usr/lib/zkv/zkv-early.pyz unlock --after "$zkv_run/go"
+exec python3 -I -S /usr/lib/zkv/zkv-early.pyz unlock --after "$zkv_run/go"

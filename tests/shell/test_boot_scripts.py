@@ -185,7 +185,7 @@ def test_dracut_unit_script(tmp_path: Path, cmdline: str, expected: str | None) 
         assert "disabled" in done.stdout
     else:
         args = log.read_text()
-        assert args.startswith("-I /usr/lib/zkv/zkv-early.pyz unlock")
+        assert args.startswith("-I -S /usr/lib/zkv/zkv-early.pyz unlock")
         assert expected.format(run=tmp_path / "run") in args
         assert ("--root" in args) == ("--root" in expected)
 
@@ -212,7 +212,7 @@ def _hook(tmp: Path, client: bool, rc: int = 0) -> str:
 {_HOOK_STUBS}
 FAKE_PID=0
 if [ {int(client)} = 1 ]; then
-    python3 -I x unlock --after "$ZKV_RUN/go" &
+    python3 -I -S x unlock --after "$ZKV_RUN/go" &
     FAKE_PID=$!
 fi
 DRACUT_SYSTEMD=1
