@@ -63,9 +63,12 @@ install() {
     inst_hook pre-mount 50 "$moddir/zkv-load-key.sh"
     inst_hook cleanup 50 "$moddir/zkv-cleanup.sh"
 
-    # The gateway is on the network: ask dracut to bring it up (ip= defaults to DHCP).
-    # zkv_neednet="no" in dracut.conf.d leaves that to the admin's own kernel command line.
-    if [ "${zkv_neednet:-yes}" != no ]; then
+    # The network: zkv-early.sh brings it up itself with network-legacy's ifup, not through
+    # rd.neednet=1, which makes dracut's initqueue (and so the whole boot, pre-mount included)
+    # wait for a DHCP lease the root file system does not need. zkv_neednet="yes" in a
+    # dracut.conf.d file sets rd.neednet=1 anyway (dracut then brings the network up).
+    inst_multiple ifup || zkv_fatal "ifup (dracut's network-legacy module) is missing"
+    if [ "${zkv_neednet:-no}" = yes ]; then
         mkdir -p "$initdir/etc/cmdline.d"
         echo "rd.neednet=1" > "$initdir/etc/cmdline.d/50zkv.conf"
     fi

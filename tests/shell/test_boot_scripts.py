@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -104,7 +105,7 @@ def test_dracut_install(tmp_path: Path) -> None:
         f"systemctl -q --root {tmp_path}/initdir add-wants sysinit.target zkv-early.service"
         in calls
     )
-    assert (tmp_path / "initdir/etc/cmdline.d/50zkv.conf").read_text() == "rd.neednet=1\n"
+    assert not (tmp_path / "initdir/etc/cmdline.d/50zkv.conf").exists()  # zkv-early.sh's own
     assert oct((tmp_path / "initdir/etc/zkv/keystore").stat().st_mode & 0o777) == "0o600"
 
 
@@ -143,6 +144,8 @@ def _fake_bin(tmp: Path) -> Path:
         'exit "${FAKE_RC:-0}"\n'
     )
     (fake / "python3").chmod(0o755)
+    (fake / "ifup").write_text('#!/bin/sh\necho "$*" >>"$FAKE_LOG.ifup"\n')
+    (fake / "ifup").chmod(0o755)
     return fake
 
 
@@ -152,6 +155,7 @@ def _env(tmp: Path, **extra: str) -> dict[str, str]:
         "PATH": f"{_fake_bin(tmp)}:{os.environ['PATH']}",
         "FAKE_LOG": str(tmp / "python3.log"),
         "ZKV_RUN": str(tmp / "run"),
+        "ZKV_SYS_NET": str(tmp / "net"),  # never the host's links
         **extra,
     }
 
@@ -164,6 +168,8 @@ def _env(tmp: Path, **extra: str) -> dict[str, str]:
         ("root=zfs:AUTO", "unlock --after {run}/go"),
         ("root=zfs:rpool/ROOT/debian zkv=off", None),
         ("root=zfs:rpool/ROOT/debian rd.zkv=0", None),
+        ("root=zfs:rpool/ROOT/debian rd.neednet=1", "--root rpool/ROOT/debian --after {run}/go"),
+        ("root=zfs:rpool/ROOT/debian ip=dhcp", "--root rpool/ROOT/debian --after {run}/go"),
     ],
 )
 def test_dracut_unit_script(tmp_path: Path, cmdline: str, expected: str | None) -> None:
@@ -171,7 +177,12 @@ def test_dracut_unit_script(tmp_path: Path, cmdline: str, expected: str | None) 
     lib.write_text(
         'getarg() { v=""; for w in $FAKE_CMDLINE; do case $w in "$1"*) v=${w#"$1"} ;; esac;'
         ' done; echo "$v"; }\n'
+        'getargbool() { case " $FAKE_CMDLINE " in *" $2=1 "*) return 0 ;; esac; return 1; }\n'
     )
+    for name, kind in (("lo", "772"), ("enp0s1", "1"), ("wlan0", "1")):
+        (tmp_path / "net" / name).mkdir(parents=True)
+        (tmp_path / "net" / name / "type").write_text(kind + "\n")
+    (tmp_path / "net" / "wlan0" / "wireless").mkdir()
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "go").touch()
     env = _env(tmp_path, ZKV_DRACUT_LIB=str(lib), FAKE_CMDLINE=cmdline)
@@ -188,6 +199,15 @@ def test_dracut_unit_script(tmp_path: Path, cmdline: str, expected: str | None) 
         assert args.startswith("-I -S /usr/lib/zkv/zkv-early.pyz unlock")
         assert expected.format(run=tmp_path / "run") in args
         assert ("--root" in args) == ("--root" in expected)
+    # zkv brings the network up itself (every Ethernet link, ifup in manual mode) unless dracut
+    # does (rd.neednet=1, ip=); never when disabled.
+    ifup_log = tmp_path / "python3.log.ifup"
+    ours = expected is not None and "neednet" not in cmdline and "ip=" not in cmdline
+    deadline = time.monotonic() + 5
+    while ours and not ifup_log.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert (ifup_log.read_text() if ifup_log.exists() else "") == ("enp0s1 -m\n" if ours else "")
 
 
 _HOOK_STUBS = """
