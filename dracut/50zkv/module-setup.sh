@@ -67,7 +67,8 @@ install() {
     # rd.neednet=1, which makes dracut's initqueue (and so the whole boot, pre-mount included)
     # wait for a DHCP lease the root file system does not need. zkv_neednet="yes" in a
     # dracut.conf.d file sets rd.neednet=1 anyway (dracut then brings the network up).
-    inst_multiple ifup || zkv_fatal "ifup (dracut's network-legacy module) is missing"
+    [ -e "$initdir/sbin/ifup" ] || [ -e "$initdir/usr/sbin/ifup" ] \
+        || zkv_fatal "no ifup in the image (dracut's network-legacy module)"
     if [ "${zkv_neednet:-no}" = yes ]; then
         mkdir -p "$initdir/etc/cmdline.d"
         echo "rd.neednet=1" > "$initdir/etc/cmdline.d/50zkv.conf"

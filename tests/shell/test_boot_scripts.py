@@ -44,6 +44,8 @@ def _dracut(tmp: Path, body: str, *, configured: bool = True) -> subprocess.Comp
     for d in (lib, boot, etc, tmp / "initdir"):
         d.mkdir(exist_ok=True)
     (lib / "zkv-early.pyz").write_bytes(b"PK")
+    (tmp / "initdir" / "sbin").mkdir(exist_ok=True)
+    (tmp / "initdir" / "sbin" / "ifup").touch()  # what network-legacy (35) installed before us
     (lib / "initramfs-files").write_text(
         "#!/bin/sh\ncase $1 in python) printf '%s\\n' '/usr/bin/python3.11 /usr/bin/python3.11'"
         " '/x/__pycache__/os.cpython-311.pyc /x/os.pyc' ;;"
