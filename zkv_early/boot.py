@@ -212,4 +212,4 @@ def _hand_over(path: str, store: OpenKeystore, targets: list[str], console: Cons
     except HandoverError as exc:
         console.say(f"{exc.message}; load those keys later with 'zkv unlock'")
         return
-    console.say(f"keys for pools not imported yet handed over: {', '.join(targets)}")
+    console.say(f"keys handed over to the real root (data pools): {', '.join(targets)}")
