@@ -30,25 +30,29 @@ case "$zkv_off" in
 esac
 
 # The network, unless dracut brings it up itself (rd.neednet=1, ip=, a network root): every
-# Ethernet link, as it appears, gets network-legacy's ifup in manual mode (DHCP, or what ip=
-# says), in the background: the client waits for an address and route (bounded) on its own,
-# and nothing else in the initrd waits for the network. dracut's cleanup hooks stop dhclient;
-# zkv's takes the links down.
+# Ethernet link gets network-legacy's ifup in manual mode (DHCP, or what ip= says), in the
+# background: the client waits for an address and route (bounded) on its own, and nothing else
+# in the initrd waits for the network. A link is taken only once udev is done with it (its
+# database entry exists), so never under the kernel's name about to be renamed. Looks for 60 s
+# (the client's default network limit) or until a link is set up. dracut's cleanup hooks stop
+# dhclient; zkv's takes the links down.
 zkv_network() {
     getargbool 0 rd.neednet && return 0
     [ -n "$(getarg ip=)" ] || [ -n "$(getarg netroot=)" ] && return 0
     zkv_n=0
     while [ "$zkv_n" -lt 300 ]; do
-        zkv_found=""
         for zkv_dev in "${ZKV_SYS_NET:-/sys/class/net}"/*; do
             [ "$(cat "$zkv_dev/type" 2>/dev/null)" = 1 ] || continue
             [ -e "$zkv_dev/wireless" ] && continue
-            zkv_found=1
+            [ -e "${ZKV_UDEV_DATA:-/run/udev/data}/n$(cat "$zkv_dev/ifindex" 2>/dev/null)" ] \
+                || continue
             [ -e "$zkv_run/ifup.${zkv_dev##*/}" ] && continue
             : >"$zkv_run/ifup.${zkv_dev##*/}"
             ifup "${zkv_dev##*/}" -m >/dev/null 2>&1 &
         done
-        [ -n "$zkv_found" ] && return 0
+        for zkv_f in "${ZKV_DRACUT_TMP:-/tmp}"/net.*.did-setup; do
+            [ -e "$zkv_f" ] && return 0
+        done
         zkv_n=$((zkv_n + 1))
         sleep 0.2
     done

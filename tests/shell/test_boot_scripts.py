@@ -158,6 +158,8 @@ def _env(tmp: Path, **extra: str) -> dict[str, str]:
         "FAKE_LOG": str(tmp / "python3.log"),
         "ZKV_RUN": str(tmp / "run"),
         "ZKV_SYS_NET": str(tmp / "net"),  # never the host's links
+        "ZKV_UDEV_DATA": str(tmp / "udev"),
+        "ZKV_DRACUT_TMP": str(tmp),
         **extra,
     }
 
@@ -181,10 +183,18 @@ def test_dracut_unit_script(tmp_path: Path, cmdline: str, expected: str | None) 
         ' done; echo "$v"; }\n'
         'getargbool() { case " $FAKE_CMDLINE " in *" $2=1 "*) return 0 ;; esac; return 1; }\n'
     )
-    for name, kind in (("lo", "772"), ("enp0s1", "1"), ("wlan0", "1")):
+    # eth1: not yet processed by udev (it may still be renamed): left alone.
+    for index, (name, kind) in enumerate((("lo", "772"), ("enp0s1", "1"), ("wlan0", "1"))):
         (tmp_path / "net" / name).mkdir(parents=True)
         (tmp_path / "net" / name / "type").write_text(kind + "\n")
+        (tmp_path / "net" / name / "ifindex").write_text(f"{index + 1}\n")
+        (tmp_path / "udev").mkdir(exist_ok=True)
+        (tmp_path / "udev" / f"n{index + 1}").touch()
     (tmp_path / "net" / "wlan0" / "wireless").mkdir()
+    (tmp_path / "net" / "eth1").mkdir()
+    (tmp_path / "net" / "eth1" / "type").write_text("1\n")
+    (tmp_path / "net" / "eth1" / "ifindex").write_text("9\n")
+    (tmp_path / "net.enp0s1.did-setup").touch()  # what ifup leaves: the loop stops
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "go").touch()
     env = _env(tmp_path, ZKV_DRACUT_LIB=str(lib), FAKE_CMDLINE=cmdline)
