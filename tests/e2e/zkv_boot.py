@@ -24,7 +24,9 @@ from tests.e2e.zkv_image import HOSTNAME, RECOVERY_PASSPHRASE, ZkvImage, test_ca
 from tests.gateway import client
 from tests.gateway.server import RunningGateway, free_port, running_gateway
 
-PIN = re.compile(r"approve PIN (\d{4,12})")
+# The "(" after the PIN: pexpect matches on what has arrived so far, and a console line can
+# arrive in pieces ("approve PIN 3501" of 350178 was once taken for the whole PIN).
+PIN = re.compile(r"approve PIN (\d{4,12}) \(")
 # initramfs-tools: "Recovery passphrase: "; dracut's console agent: "... (press TAB for no echo)".
 RECOVERY_PROMPT = re.compile(r"Recovery passphrase(?: \(press TAB for no echo\)|[^\r\n:]*:)")
 # A status line of the client that ends the gateway's part: denied, expired, wrong key, down.
