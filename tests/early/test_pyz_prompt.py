@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import termios
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pexpect
@@ -118,16 +120,25 @@ def test_gateway_approval_withdraws_the_prompt(machine: Machine, tmp_path: Path)
 # --- the gateway gives up while the prompt is open: say so, keep asking for a bounded while ----
 
 
-def test_denial_is_announced_at_once_and_the_passphrase_still_works(
-    machine: Machine, tmp_path: Path
-) -> None:
-    machine.settings = {"timeouts": {"fallback": "60"}}
+@contextmanager
+def denied_at_the_prompt(
+    machine: Machine, tmp_path: Path, fallback: str
+) -> Iterator[pexpect.spawn]:
+    """The client at its prompt, the owner's denial just sent; the gateway runs until exit."""
+    machine.settings = {"timeouts": {"fallback": fallback}}
     with running_gateway(tmp_path / "gw") as gw:
         machine.enroll(gw)
         child = spawn(machine)
         child.expect("Recovery passphrase: ")
         request_id, _pin = pending_request(gw)
         gw.deny(request_id)
+        yield child
+
+
+def test_denial_is_announced_at_once_and_the_passphrase_still_works(
+    machine: Machine, tmp_path: Path
+) -> None:
+    with denied_at_the_prompt(machine, tmp_path, "60") as child:
         child.expect(
             r"the owner denied the unlock request; type the recovery passphrase "
             r"\(0:[56]\d left, then OpenZFS asks\)",
@@ -143,13 +154,7 @@ def test_denial_is_announced_at_once_and_the_passphrase_still_works(
 def test_after_a_denial_the_prompt_closes_after_the_fallback_time(
     machine: Machine, tmp_path: Path
 ) -> None:
-    machine.settings = {"timeouts": {"fallback": "2"}}
-    with running_gateway(tmp_path / "gw") as gw:
-        machine.enroll(gw)
-        child = spawn(machine)
-        child.expect("Recovery passphrase: ")
-        request_id, _pin = pending_request(gw)
-        gw.deny(request_id)
+    with denied_at_the_prompt(machine, tmp_path, "2") as child:
         started = time.monotonic()
         child.expect("denied the unlock request; type the recovery passphrase", timeout=5)
         status, rest = finish(child)
@@ -160,13 +165,7 @@ def test_after_a_denial_the_prompt_closes_after_the_fallback_time(
 
 
 def test_zero_fallback_exits_at_once_on_denial(machine: Machine, tmp_path: Path) -> None:
-    machine.settings = {"timeouts": {"fallback": "0"}}
-    with running_gateway(tmp_path / "gw") as gw:
-        machine.enroll(gw)
-        child = spawn(machine)
-        child.expect("Recovery passphrase: ")
-        request_id, _pin = pending_request(gw)
-        gw.deny(request_id)
+    with denied_at_the_prompt(machine, tmp_path, "0") as child:
         started = time.monotonic()
         status, rest = finish(child)
         took = time.monotonic() - started
