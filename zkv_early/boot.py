@@ -55,7 +55,7 @@ def unlock(config: Config, options: Options, console: Console, zfs: Zfs | None =
     sealed = keystore.read(config.keystore)
     zfs = zfs or Zfs()
     if options.after is not None:
-        _unlock_ahead(config, options, console, sealed, zfs, options.after)
+        _unlock_ahead(config, options, console, sealed, zfs)
         return
     listing = zfs.root_infos()
     status = {name: info.keystatus for name, info in listing.items()}
@@ -80,9 +80,9 @@ def _unlock_ahead(
     console: Console,
     sealed: SealedKeystore,
     zfs: Zfs,
-    after: str,
 ) -> None:
     """No pool to look at yet: open the keystore first, then wait for the hook's go."""
+    after = options.after or ""
     if not sealed.datasets():
         console.say("the keystore has no entry: nothing to unlock")
         return
