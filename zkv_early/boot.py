@@ -39,6 +39,7 @@ from .zfs import KeyInfo, Zfs
 
 FRESH_LISTING = 5.0  # seconds: a zfs listing older than this is taken again before loading
 AFTER_POLL = 0.1  # seconds between looks for the --after file
+AHEAD_NICE = 10  # the client's priority until the go (see _set_priority)
 
 
 class Options(NamedTuple):
@@ -57,9 +58,9 @@ def unlock(config: Config, options: Options, console: Console, zfs: Zfs | None =
     if options.after is not None:
         _unlock_ahead(config, options, console, sealed, zfs)
         return
-    listing = zfs.root_infos()
-    status = {name: info.keystatus for name, info in listing.items()}
-    required = _required(options.roots, sealed, zfs, status)
+    listing = zfs.key_infos()
+    status = _root_status(listing)
+    required = _required(options.roots, sealed, zfs, listing)
     if not required:
         console.say("no keystore entry belongs to an imported pool: nothing to unlock")
         return
@@ -70,7 +71,7 @@ def unlock(config: Config, options: Options, console: Console, zfs: Zfs | None =
     started = time.monotonic()
     store = _open(config, options, console, sealed)
     if time.monotonic() - started > FRESH_LISTING:
-        listing = zfs.root_infos()  # pools may have been imported, keys loaded meanwhile
+        listing = zfs.key_infos()  # pools may have been imported, keys loaded meanwhile
     _load(store, zfs, listing, required, options, console)
 
 
@@ -88,6 +89,7 @@ def _unlock_ahead(
         return
     _say_plan(config, options, console, set(options.roots))
     deadline = Deadline(SystemClock(), config.total_timeout)
+    _set_priority(AHEAD_NICE)
     store = _open(config, options, console, sealed)
     if not os.path.exists(after):
         console.say("keystore open; waiting for the pools to be imported")
@@ -95,10 +97,21 @@ def _unlock_ahead(
         if deadline.expired():
             raise PoolsNotImported(seconds=f"{config.total_timeout:g}")
         time.sleep(min(AFTER_POLL, deadline.remaining()))
-    listing = zfs.root_infos()
-    status = {name: info.keystatus for name, info in listing.items()}
-    required = _required(options.roots, sealed, zfs, status)
+    _set_priority(0)
+    listing = zfs.key_infos()
+    required = _required(options.roots, sealed, zfs, listing)
     _load(store, zfs, listing, required, options, console)
+
+
+def _set_priority(nice: int) -> None:
+    """Started ahead, the client's network, gateway and prompt yield the CPU (AHEAD_NICE) to
+    udev and the pool import, which the root waits for; after the go the client itself is what
+    the root waits for (0). Set on this thread before it starts the others (they inherit it),
+    and so on the zfs processes it runs."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError:
+        pass  # not allowed (no CAP_SYS_NICE to go back to 0): slower, not wrong
 
 
 def _say_plan(config: Config, options: Options, console: Console, required: set[str]) -> None:
@@ -127,7 +140,9 @@ def _load(
     targets = [e.target for e in store.entries()]
     pools = {_pool(root) for root in required}
     here = [t for t in targets if _pool(t) in pools] if options.roots else targets
-    report = load_entries(store, zfs, only=here, listing=listing)
+    # No read-back after each load: OpenZFS's boot scripts look at the root's keystatus next
+    # and prompt if it is not loaded, and zfs-load-keys.service (real root) checks the rest.
+    report = load_entries(store, zfs, only=here, listing=listing, confirm=False)
     if report.loaded:
         console.say(f"keys loaded: {', '.join(r.target for r in report.loaded)}")
     for failed in report.failed:
@@ -146,15 +161,23 @@ def _pool(dataset: str) -> str:
     return dataset.split("/", 1)[0]
 
 
+def _root_status(listing: dict[str, KeyInfo]) -> dict[str, str]:
+    """keystatus of each encryption root in a Zfs.key_infos() listing."""
+    return {name: info.keystatus for name, info in listing.items() if info.encryption_root == name}
+
+
 def _required(
-    roots: Sequence[str], sealed: SealedKeystore, zfs: Zfs, status: dict[str, str]
+    roots: Sequence[str], sealed: SealedKeystore, zfs: Zfs, listing: dict[str, KeyInfo]
 ) -> set[str]:
     """The encryption roots that must end up loaded for the exit status to be 0."""
     if not roots:
+        status = _root_status(listing)
         return {target for target in sealed.datasets() if target in status}
     required = set()
     for dataset in roots:
-        root = zfs.encryption_root(dataset)
+        # Not listed (no such dataset, a snapshot): zfs get says why.
+        info = listing.get(dataset)
+        root = info.encryption_root if info is not None else zfs.encryption_root(dataset)
         if root is None:
             continue  # not encrypted: nothing to load
         if root not in sealed.datasets():

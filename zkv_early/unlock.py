@@ -76,17 +76,19 @@ def load_entries(
     *,
     verify_only: bool = False,
     listing: Mapping[str, KeyInfo] | None = None,
+    confirm: bool = True,
 ) -> UnlockReport:
     """Load (or with ``verify_only`` dry-run check) every entry, or the ``only`` ones.
 
-    ``listing``: a fresh Zfs.root_infos() (the boot client's), so zfs is not asked again.
+    ``listing``: a fresh Zfs.key_infos() (the boot client's), so zfs is not asked again.
+    ``confirm``: read each key's status back after zfs loaded it (Zfs.load_key).
     Raises only when zfs itself cannot be run or listed (ZfsError); per-entry problems are
     reported in the returned UnlockReport.
     """
     if listing is None:
         roots = dict(zfs.encryption_roots())
     else:
-        roots = {name: info.keystatus for name, info in listing.items()}
+        roots = {n: i.keystatus for n, i in listing.items() if i.encryption_root == n}
     known = {e.target for e in store.entries()}
     wanted = sorted(known) if only is None else list(dict.fromkeys(only))
     report = UnlockReport()
@@ -100,18 +102,23 @@ def load_entries(
             report.results.append(EntryResult(target, Outcome.ALREADY_LOADED))
         else:
             info = listing.get(target) if listing is not None else None
-            report.results.append(_try_candidates(store, zfs, target, verify_only, info))
+            report.results.append(_try_candidates(store, zfs, target, verify_only, info, confirm))
     return report
 
 
 def _try_candidates(
-    store: OpenKeystore, zfs: Zfs, target: str, verify_only: bool, info: KeyInfo | None
+    store: OpenKeystore,
+    zfs: Zfs,
+    target: str,
+    verify_only: bool,
+    info: KeyInfo | None,
+    confirm: bool,
 ) -> EntryResult:
     success = Outcome.VERIFIED if verify_only else Outcome.LOADED
     detail = "zfs rejected every key the keystore holds for it"
     for index, key in enumerate(store.candidates(target)):
         try:
-            zfs.load_key(target, key, verify_only=verify_only, info=info)
+            zfs.load_key(target, key, verify_only=verify_only, info=info, confirm=confirm)
         except ZfsKeyAlreadyLoaded:
             return EntryResult(target, Outcome.ALREADY_LOADED)
         except (ZfsDatasetNotFound, ZfsNotEncryptionRoot, ZfsUnavailable) as exc:

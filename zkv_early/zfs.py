@@ -147,9 +147,10 @@ class Zfs:
                 roots.append((fields[0], fields[2]))
         return roots
 
-    def root_infos(self) -> dict[str, KeyInfo]:
-        """Every encryption root in the imported pools with its key status and format: one
-        ``zfs list`` that spares the boot client a ``zfs get`` per root before loading."""
+    def key_infos(self) -> dict[str, KeyInfo]:
+        """Every filesystem and volume of the imported pools with its encryption root, key
+        status and format: one ``zfs list`` that spares the boot client a ``zfs get`` for the
+        root's encryption root and one per key before loading it."""
         out = self._checked(
             [
                 "list",
@@ -165,25 +166,38 @@ class Zfs:
         infos = {}
         for line in out.splitlines():
             fields = line.split("\t")
-            if len(fields) == 4 and fields[0] == fields[1]:
-                status, keyformat = (f.replace("-", "none") for f in fields[2:])
-                infos[fields[0]] = KeyInfo(fields[0], fields[0], status, keyformat)
+            if len(fields) != 4:
+                continue
+            name, root, status, keyformat = fields
+            infos[name] = KeyInfo(
+                name,
+                None if root in ("-", "") else root,
+                status.replace("-", "none"),
+                keyformat.replace("-", "none"),
+            )
         return infos
 
     # --- keys ---------------------------------------------------------------------------------
 
     def load_key(
-        self, root: str, key: bytes, *, verify_only: bool = False, info: KeyInfo | None = None
+        self,
+        root: str,
+        key: bytes,
+        *,
+        verify_only: bool = False,
+        info: KeyInfo | None = None,
+        confirm: bool = True,
     ) -> None:
         """Load (or with ``verify_only``, dry-run check) the key of encryption root ``root``.
-        ``info``: what root_infos() just said about it, instead of asking zfs again."""
+        ``info``: what key_infos() just said about it, instead of asking zfs again.
+        ``confirm``: read the key status back after a load that exited 0."""
         if info is None or info.encryption_root != root:
             info = self.require_encryption_root(root)
         if not verify_only and info.keystatus == "available":
             raise ZfsKeyAlreadyLoaded(dataset=root)
         args = ["load-key", "-L", "prompt", *(["-n"] if verify_only else []), root]
         self._checked(args, root, stdin=_stdin_form(info.keyformat, key))
-        if not verify_only and self.keystatus(root) != "available":
+        if confirm and not verify_only and self.keystatus(root) != "available":
             raise ZfsError(detail=f"zfs reported success but the key of {root} is not loaded")
 
     def change_key(self, root: str, new_key: bytes, keyformat: str) -> None:

@@ -35,17 +35,20 @@ esac
 # in the initrd waits for the network. A link is taken only once udev is done with it (its
 # database entry exists), so never under the kernel's name about to be renamed. Looks for 60 s
 # (the client's default network limit) or until a link is set up. dracut's cleanup hooks stop
-# dhclient; zkv's takes the links down.
+# dhclient; zkv's takes the links down. The loop runs while udev and the import want the CPU:
+# shell builtins only, no process per look.
 zkv_network() {
     getargbool 0 rd.neednet && return 0
     [ -n "$(getarg ip=)" ] || [ -n "$(getarg netroot=)" ] && return 0
     zkv_n=0
     while [ "$zkv_n" -lt 300 ]; do
         for zkv_dev in "${ZKV_SYS_NET:-/sys/class/net}"/*; do
-            [ "$(cat "$zkv_dev/type" 2>/dev/null)" = 1 ] || continue
+            zkv_type="" zkv_index=""
+            read -r zkv_type 2>/dev/null <"$zkv_dev/type"
+            [ "$zkv_type" = 1 ] || continue
             [ -e "$zkv_dev/wireless" ] && continue
-            [ -e "${ZKV_UDEV_DATA:-/run/udev/data}/n$(cat "$zkv_dev/ifindex" 2>/dev/null)" ] \
-                || continue
+            read -r zkv_index 2>/dev/null <"$zkv_dev/ifindex"
+            [ -e "${ZKV_UDEV_DATA:-/run/udev/data}/n$zkv_index" ] || continue
             [ -e "$zkv_run/ifup.${zkv_dev##*/}" ] && continue
             : >"$zkv_run/ifup.${zkv_dev##*/}"
             ifup "${zkv_dev##*/}" -m >/dev/null 2>&1 &
@@ -58,11 +61,18 @@ zkv_network() {
     done
 }
 
+# The pre-mount hook reads this shell's pid from $zkv_run/started and the client's exit status
+# from $zkv_run/status (as the initramfs-tools hooks do): no systemctl call on the root's path.
 zkv_run=${ZKV_RUN:-/run/zkv}
 mkdir -p "$zkv_run" && chmod 0700 "$zkv_run"
 zkv_network &
 zkv_root_dataset
+echo $$ >"$zkv_run/started"
 if [ -n "$zkv_root" ]; then
-    exec python3 -I -S /usr/lib/zkv/zkv-early.pyz unlock --root "$zkv_root" --after "$zkv_run/go"
+    python3 -I -S /usr/lib/zkv/zkv-early.pyz unlock --root "$zkv_root" --after "$zkv_run/go"
+else
+    python3 -I -S /usr/lib/zkv/zkv-early.pyz unlock --after "$zkv_run/go"
 fi
-exec python3 -I -S /usr/lib/zkv/zkv-early.pyz unlock --after "$zkv_run/go"
+zkv_rc=$?
+echo "$zkv_rc" >"$zkv_run/status.new" && mv "$zkv_run/status.new" "$zkv_run/status"
+exit "$zkv_rc"

@@ -23,20 +23,28 @@ zkv_wait_limit() {
     zkv_limit=$((zkv_limit + 30))
 }
 
+# The client's exit status, once zkv-early.sh has written it: said on the console unless 0.
+zkv_report() {
+    zkv_rc=""
+    read -r zkv_rc 2>/dev/null <"$zkv_run/status"
+    [ "${zkv_rc:-1}" = 0 ] || info "zkv: not unlocked (exit ${zkv_rc:-?}); OpenZFS will ask"
+}
+
 zkv_load_key() {
     # Only the systemd initrd prompts at pre-mount 90; without systemd there is nothing to beat.
     [ -n "$DRACUT_SYSTEMD" ] || return 0
     [ -f "${ZKV_PYZ:-/usr/lib/zkv/zkv-early.pyz}" ] || return 0
-    # Not running (zkv=off, or it already gave up: denied, timed out, failed): 90zfs asks.
-    zkv_pid=$(systemctl show -p MainPID --value "$ZKV_UNIT" 2>/dev/null)
+    # Never started (zkv=off), or gone without a status: 90zfs asks.
+    zkv_pid=""
+    read -r zkv_pid 2>/dev/null <"$zkv_run/started"
     case "$zkv_pid" in
-        "" | 0 | *[!0-9]*)
-            zkv_rc=$(systemctl show -p ExecMainStatus --value "$ZKV_UNIT" 2>/dev/null)
-            [ "${zkv_rc:-0}" = 0 ] || info "zkv: the boot client ended (exit $zkv_rc); OpenZFS will ask"
-            unset zkv_pid zkv_rc
-            return 0
-            ;;
+        "" | *[!0-9]*) return 0 ;;
     esac
+    # It already gave up (denied, timed out, failed): 90zfs asks.
+    if [ -e "$zkv_run/status" ] || ! kill -0 "$zkv_pid" 2>/dev/null; then
+        zkv_report
+        return 0
+    fi
 
     # The generator orders pre-mount after zfs-import.target; wait anyway, bounded (60 s).
     zkv_n=0
@@ -45,30 +53,28 @@ zkv_load_key() {
         if [ "$zkv_n" -gt 600 ]; then
             warn "zkv: pools not imported, stopping the boot client"
             systemctl --no-block stop "$ZKV_UNIT"
-            unset zkv_n zkv_pid
             return 0
         fi
         sleep 0.1
     done
 
     # Go: the client loads the keys of the root's pool(s) and hands the others over.
-    mkdir -p "$zkv_run" && chmod 0700 "$zkv_run"
     : >"$zkv_run/go"
-    zkv_wait_limit
+    zkv_limit=10
     zkv_n=0
-    while kill -0 "$zkv_pid" 2>/dev/null; do
+    while [ ! -e "$zkv_run/status" ] && kill -0 "$zkv_pid" 2>/dev/null; do
         zkv_n=$((zkv_n + 1))
+        # The bound costs processes (getarg, sed): worked out only after 10 s.
+        [ "$zkv_n" -eq 100 ] && zkv_wait_limit
         if [ "$zkv_n" -gt $((zkv_limit * 10)) ]; then
             warn "zkv: the boot client did not finish within $zkv_limit s, stopping it"
             systemctl --no-block stop "$ZKV_UNIT"
-            unset zkv_n zkv_pid zkv_limit
             return 0
         fi
         sleep 0.1
     done
-    zkv_rc=$(systemctl show -p ExecMainStatus --value "$ZKV_UNIT" 2>/dev/null)
-    [ "${zkv_rc:-1}" = 0 ] || info "zkv: not unlocked (exit ${zkv_rc:-?}); OpenZFS will ask"
-    unset zkv_n zkv_pid zkv_rc zkv_limit
+    zkv_report
 }
 
 zkv_load_key
+unset zkv_n zkv_pid zkv_rc zkv_limit

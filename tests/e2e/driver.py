@@ -81,15 +81,27 @@ class BootResult:
 
 
 class _ConsoleLog:
-    """pexpect logfile: keeps the whole console in a file and the last lines in memory."""
+    """pexpect logfile: keeps the whole console in a file and the last lines in memory.
+
+    Each line in the file starts with the host's seconds since QEMU started ("[  12.345] "),
+    so a boot's phases can be timed from the log alone (the guest's own clock runs slow and
+    jumps under TCG).
+    """
 
     def __init__(self, path: Path) -> None:
         self._file: IO[str] = path.open("w", encoding="utf-8", errors="replace")
         self._tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self._partial = ""
+        self._at_line_start = True
+        self.started = time.monotonic()
 
     def write(self, data: str) -> None:
-        self._file.write(data)
+        stamp = f"[{time.monotonic() - self.started:8.3f}] "
+        for piece in data.splitlines(keepends=True):
+            if self._at_line_start:
+                self._file.write(stamp)
+            self._file.write(piece)
+            self._at_line_start = piece.endswith("\n")
         lines = (self._partial + data).replace("\r", "").split("\n")
         self._partial = lines.pop()
         self._tail.extend(lines)
@@ -159,8 +171,8 @@ class Guest:
             serial="stdio",
             host_port=self.host_port,
         )
+        self._started = self._log.started = time.monotonic()
         self._log.write(f"$ {shlex.join(command)}\n")
-        self._started = time.monotonic()
         self._child = pexpect.spawn(
             command[0],
             command[1:],

@@ -16,6 +16,7 @@ from tests.early.conftest import DATA_KEY, ROOT_KEY, Machine
 from tests.early.test_pyz_gateway import assert_no_secret
 from tests.gateway.server import running_gateway
 from zkv_early import handover
+from zkv_early.boot import AHEAD_NICE
 
 ROOT = "rpool/ROOT/debian"
 
@@ -51,6 +52,9 @@ def test_started_before_the_import_waits_for_the_go_then_loads_the_root_pool_onl
         seen = read_until(proc, "waiting for the pools to be imported")
         time.sleep(0.5)
         assert proc.poll() is None, "the client must wait for the hook's go"
+        # Until the go it yields the CPU to the import (the nice value, field 19 of stat).
+        stat = Path(f"/proc/{proc.pid}/stat").read_text()
+        assert stat.rsplit(")", 1)[1].split()[16] == str(AHEAD_NICE)
         assert machine.zfs.calls() == [], "no zfs call before the pools are imported"
         machine.zfs.write(pools)
         machine.import_data_pool()
@@ -64,6 +68,11 @@ def test_started_before_the_import_waits_for_the_go_then_loads_the_root_pool_onl
     assert handover.read(str(machine.handover)).candidates("tank") == [DATA_KEY]
     loads = [stdin for argv, stdin in machine.zfs.calls() if "load-key" in argv]
     assert loads == [ROOT_KEY]
+    # After the go every zfs call is on the root's critical path: one listing (which also
+    # names the root's encryption root), one load; OpenZFS's script checks keystatus itself.
+    assert [argv[0] for argv, _ in machine.zfs.calls()] == ["list", "load-key"]
+    # After the go the load is on the root's critical path: normal priority again.
+    assert machine.zfs.priorities() == [("list", 0), ("load-key", 0)]
     assert_no_secret(out + err, machine.repository_key)
 
 

@@ -55,6 +55,12 @@ class FakeZfs:
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         return [(row["argv"][1:], base64.b64decode(row["stdin"])) for row in rows]
 
+    def priorities(self) -> list[tuple[str, int]]:
+        """(subcommand, nice value) of every call: which ones ran niced."""
+        path = self.state_dir / "calls.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        return [(row["argv"][1], row["nice"]) for row in rows]
+
     def env(self) -> dict[str, str]:
         """Environment for a subprocess that should use this fake."""
         return {

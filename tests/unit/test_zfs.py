@@ -138,6 +138,21 @@ def test_queries(fake: FakeZfs) -> None:
     }
 
 
+def test_key_infos_is_one_listing_of_every_dataset(fake: FakeZfs) -> None:
+    infos = zfs().key_infos()
+    assert [argv[0] for argv, _ in fake.calls()] == ["list"]
+    assert infos["tank/pass/child"].encryption_root == "tank/pass"
+    assert infos["tank/plain"][1:] == (None, "none", "none")
+    assert infos["tank/loaded"][1:] == ("tank/loaded", "available", "raw")
+
+
+def test_load_without_confirm_trusts_the_exit_status(fake: FakeZfs) -> None:
+    info = zfs().key_infos()["tank/hex"]
+    zfs().load_key("tank/hex", HEX, info=info, confirm=False)
+    assert [argv[0] for argv, _ in fake.calls()] == ["list", "load-key"]
+    assert fake.keystatus("tank/hex") == "available"
+
+
 @pytest.mark.parametrize(
     ("stderr", "error"),
     [

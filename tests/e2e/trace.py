@@ -1,0 +1,82 @@
+"""One baseline and one zkv pre-approved boot, their consoles kept with host timestamps.
+
+    python3 -m tests.e2e.trace --flavour dracut [--out DIR] [--only zkv|baseline] [--cmdline ARG]...
+
+The companion of bench.boot_time: that one gives the figures, this one shows where the time
+goes. Each console line in DIR/<flavour>-{baseline,zkv}.log starts with the host's seconds
+since QEMU started; the lines that mark a boot's phases are printed, timed from the kernel's
+first line. Needs root and the e2e prerequisites.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import tempfile
+from pathlib import Path
+
+from tests.e2e import testbed, zkv_image
+from tests.e2e.driver import Guest
+from tests.e2e.zkv_boot import gateway, run_boot
+
+# The phases worth a line: the kernel, udev, the import, the network, zkv, the key, the switch.
+PHASES = re.compile(
+    r"Linux version|zkv|Reached target|Started|Finished|Welcome to|ZKV-E2E-BOOTED|Begin:|done\."
+    r"|Encrypted ZFS password|Enter passphrase|ipconfig|IP-Config|dhcp|DHCP|bound to|link up"
+    r"|Mounted|Switching root|run-init",
+    re.IGNORECASE,
+)
+STAMP = re.compile(r"^\[\s*([0-9.]+)\] (.*)$")
+
+
+def phases(log: Path) -> list[str]:
+    """The phase lines of a console log, re-timed from the kernel's first line."""
+    kernel: float | None = None
+    out: list[str] = []
+    for line in log.read_text(errors="replace").splitlines():
+        match = STAMP.match(line)
+        if match is None:
+            continue
+        at, text = float(match.group(1)), match.group(2).replace("\r", "")
+        if kernel is None and "Linux version" in text:
+            kernel = at
+        if kernel is not None and PHASES.search(text):
+            out.append(f"{at - kernel:7.2f}  {text[:150]}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--flavour", choices=testbed.FLAVOURS, required=True)
+    parser.add_argument("--out", type=Path, default=None, help="where the logs go")
+    parser.add_argument("--only", choices=("zkv", "baseline"))
+    parser.add_argument(
+        "--cmdline", action="append", default=[], help="kernel argument to add (zkv.debug, ...)"
+    )
+    args = parser.parse_args(argv)
+    out: Path = args.out or Path(tempfile.mkdtemp(prefix="zkv-trace-"))
+    out.mkdir(parents=True, exist_ok=True)
+    zimg = zkv_image.build(args.flavour, testbed.default_channel())
+    logs: list[Path] = []
+    if args.only in (None, "baseline"):
+        log = out / f"{args.flavour}-baseline.log"
+        with Guest(zimg.base, extra_cmdline=args.cmdline, console_log=log) as guest:
+            guest.boot()
+        logs.append(log)
+    if args.only in (None, "zkv"):
+        log = out / f"{args.flavour}-zkv.log"
+        with tempfile.TemporaryDirectory(prefix="zkv-bench-") as tmp:
+            with gateway(zimg, Path(tmp), approver="auto") as gw:
+                with Guest(
+                    zimg.image, host_port=gw.guest_port, extra_cmdline=args.cmdline, console_log=log
+                ) as guest:
+                    run_boot(guest)
+        logs.append(log)
+    for log in logs:
+        print(f"--- {log}")
+        print("\n".join(phases(log)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
