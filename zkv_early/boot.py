@@ -35,7 +35,7 @@ from .gateway_client import GatewayClient
 from .keystore import OpenKeystore, SealedKeystore
 from .race import Contender, Deadline, SystemClock, race
 from .unlock import Outcome, load_entries
-from .zfs import KeyInfo, Zfs
+from .zfs import KeyInfo, Zfs, root_status
 
 FRESH_LISTING = 5.0  # seconds: a zfs listing older than this is taken again before loading
 AFTER_POLL = 0.1  # seconds between looks for the --after file
@@ -59,7 +59,7 @@ def unlock(config: Config, options: Options, console: Console, zfs: Zfs | None =
         _unlock_ahead(config, options, console, sealed, zfs)
         return
     listing = zfs.key_infos()
-    status = _root_status(listing)
+    status = root_status(listing)
     required = _required(options.roots, sealed, zfs, listing)
     if not required:
         console.say("no keystore entry belongs to an imported pool: nothing to unlock")
@@ -161,17 +161,12 @@ def _pool(dataset: str) -> str:
     return dataset.split("/", 1)[0]
 
 
-def _root_status(listing: dict[str, KeyInfo]) -> dict[str, str]:
-    """keystatus of each encryption root in a Zfs.key_infos() listing."""
-    return {name: info.keystatus for name, info in listing.items() if info.encryption_root == name}
-
-
 def _required(
     roots: Sequence[str], sealed: SealedKeystore, zfs: Zfs, listing: dict[str, KeyInfo]
 ) -> set[str]:
     """The encryption roots that must end up loaded for the exit status to be 0."""
     if not roots:
-        status = _root_status(listing)
+        status = root_status(listing)
         return {target for target in sealed.datasets() if target in status}
     required = set()
     for dataset in roots:

@@ -22,7 +22,7 @@ from .errors import (
     ZfsUnavailable,
 )
 from .keystore import OpenKeystore
-from .zfs import KeyInfo, Zfs
+from .zfs import KeyInfo, Zfs, root_status
 
 
 class Outcome(StrEnum):
@@ -85,10 +85,7 @@ def load_entries(
     Raises only when zfs itself cannot be run or listed (ZfsError); per-entry problems are
     reported in the returned UnlockReport.
     """
-    if listing is None:
-        roots = dict(zfs.encryption_roots())
-    else:
-        roots = {n: i.keystatus for n, i in listing.items() if i.encryption_root == n}
+    roots = dict(zfs.encryption_roots()) if listing is None else root_status(listing)
     known = {e.target for e in store.entries()}
     wanted = sorted(known) if only is None else list(dict.fromkeys(only))
     report = UnlockReport()

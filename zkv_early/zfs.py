@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Mapping
 from typing import NamedTuple
 
 from .errors import (
@@ -136,16 +137,7 @@ class Zfs:
 
     def encryption_roots(self) -> list[tuple[str, str]]:
         """(name, keystatus) of every encryption root in the imported pools."""
-        out = self._checked(
-            ["list", "-H", "-p", "-o", "name,encryptionroot,keystatus", "-t", "filesystem,volume"],
-            "(all)",
-        )
-        roots = []
-        for line in out.splitlines():
-            fields = line.split("\t")
-            if len(fields) == 3 and fields[0] == fields[1]:
-                roots.append((fields[0], fields[2]))
-        return roots
+        return list(root_status(self.key_infos()).items())
 
     def key_infos(self) -> dict[str, KeyInfo]:
         """Every filesystem and volume of the imported pools with its encryption root, key
@@ -205,6 +197,11 @@ class Zfs:
         self.require_encryption_root(root)
         args = ["change-key", "-o", f"keyformat={keyformat}", "-o", "keylocation=prompt", root]
         self._checked(args, root, stdin=_stdin_form(keyformat, new_key))
+
+
+def root_status(infos: Mapping[str, KeyInfo]) -> dict[str, str]:
+    """keystatus of each encryption root in a Zfs.key_infos() listing."""
+    return {name: info.keystatus for name, info in infos.items() if info.encryption_root == name}
 
 
 def _stdin_form(keyformat: str, key: bytes) -> bytes:

@@ -48,18 +48,18 @@ class FakeZfs:
     def key(self, name: str) -> bytes:
         return base64.b64decode(self.state()["datasets"][name]["key"])
 
-    def calls(self) -> list[tuple[list[str], bytes]]:
+    def _rows(self) -> list[dict[str, Any]]:
         path = self.state_dir / "calls.jsonl"
         if not path.exists():
             return []
-        rows = [json.loads(line) for line in path.read_text().splitlines()]
-        return [(row["argv"][1:], base64.b64decode(row["stdin"])) for row in rows]
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    def calls(self) -> list[tuple[list[str], bytes]]:
+        return [(row["argv"][1:], base64.b64decode(row["stdin"])) for row in self._rows()]
 
     def priorities(self) -> list[tuple[str, int]]:
         """(subcommand, nice value) of every call: which ones ran niced."""
-        path = self.state_dir / "calls.jsonl"
-        rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-        return [(row["argv"][1], row["nice"]) for row in rows]
+        return [(row["argv"][1], row["nice"]) for row in self._rows()]
 
     def env(self) -> dict[str, str]:
         """Environment for a subprocess that should use this fake."""
