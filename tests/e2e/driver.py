@@ -121,6 +121,7 @@ class Guest:
 
     ``host_port``: the guest reaches 127.0.0.1:<host_port> as 10.0.2.100:80.
     ``extra_cmdline``: appended to the kernel command line (e.g. ``rd.zkv=0``).
+    ``icount``: QEMU's -icount (see qemu.command): the guest's clock counts instructions.
     """
 
     def __init__(
@@ -130,9 +131,11 @@ class Guest:
         host_port: int | None = None,
         extra_cmdline: Sequence[str] = (),
         console_log: Path | None = None,
+        icount: str | None = None,
     ) -> None:
         self.image = image
         self.host_port = host_port
+        self.icount = icount
         self.extra_cmdline = tuple(extra_cmdline)
         self._workdir = tempfile.TemporaryDirectory(prefix="zkv-e2e-boot-")
         log_path = console_log or Path(self._workdir.name) / "console.log"
@@ -170,6 +173,7 @@ class Guest:
             drives=[f"file={overlay},format=qcow2,if=virtio,cache=unsafe"],
             serial="stdio",
             host_port=self.host_port,
+            icount=self.icount,
         )
         self._started = self._log.started = time.monotonic()
         self._log.write(f"$ {shlex.join(command)}\n")

@@ -21,6 +21,7 @@ def command(
     drives: Sequence[str],
     serial: str,
     host_port: int | None = None,
+    icount: str | None = None,
 ) -> list[str]:
     """A TCG machine booting ``kernel``/``initrd`` directly.
 
@@ -28,6 +29,11 @@ def command(
     runs a byte at a time (it made OpenZFS 2.1 decryption crawl). The user-mode network is
     restricted: with ``host_port``, the guest reaches 127.0.0.1:<host_port> on the host as
     10.0.2.100:80, and nothing else.
+
+    ``icount`` (e.g. ``shift=0,sleep=on``): the guest's clock counts executed instructions
+    (2**shift ns each) instead of the host's time, so its timestamps do not depend on how fast
+    or how loaded the host is (bench/boot_time.py). icount needs single-threaded TCG, and a
+    second vCPU does not come up under it: one vCPU.
     """
     netdev = "user,id=net0,restrict=on"
     if host_port is not None:
@@ -38,13 +44,13 @@ def command(
     args = [
         QEMU,
         "-accel",
-        "tcg",
+        "tcg" if icount is None else "tcg,thread=single",
         "-machine",
         "q35",
         "-cpu",
         testbed.QEMU_CPU,
         "-smp",
-        str(testbed.QEMU_SMP),
+        str(testbed.QEMU_SMP if icount is None else 1),
         "-m",
         str(testbed.QEMU_MEMORY_MB),
         "-nodefaults",
@@ -66,6 +72,8 @@ def command(
     ]
     for drive in drives:
         args += ["-drive", drive]
+    if icount is not None:
+        args += ["-icount", icount]
     return args
 
 

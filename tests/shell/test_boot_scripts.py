@@ -340,7 +340,7 @@ def test_initramfs_tools_early_client_and_drop_in(tmp_path: Path, rc: int) -> No
 
 
 def test_initramfs_tools_drop_in_without_an_early_client(tmp_path: Path) -> None:
-    """OpenZFS 2.1's local-top path: nothing started early, the client runs there and then."""
+    """No client started early (local-top did not start one): it runs there and then."""
     out = _initramfs_tools(tmp_path, 'zkv_unlock rpool/ROOT/debian; echo "rc=$?"', 33)
     assert "rc=33" in out
     args = (tmp_path / "python3.log").read_text()
