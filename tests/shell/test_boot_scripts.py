@@ -339,6 +339,18 @@ def test_initramfs_tools_early_client_and_drop_in(tmp_path: Path, rc: int) -> No
     assert (tmp_path / "run" / "network.pid").exists()
 
 
+def test_initramfs_tools_stop_right_after_the_start(tmp_path: Path) -> None:
+    """local-top on OpenZFS 2.1 stops the client when the import fails, maybe before the
+    background job has written the client's pid: the client is still killed."""
+    out = _initramfs_tools(
+        tmp_path,
+        "zkv_start rpool/ROOT/debian; zkv_stop; n=0\n"
+        'until zkv_status || [ "$n" -gt 50 ]; do n=$((n + 1)); sleep 0.1; done\n'
+        'echo "status=$zkv_rc"; : >"$ZKV_RUN/go"  # a client left waiting would end now',
+    )
+    assert "status=143" in out, out  # SIGTERM, not a client still waiting for its go
+
+
 def test_initramfs_tools_drop_in_without_an_early_client(tmp_path: Path) -> None:
     """No client started early (local-top did not start one): it runs there and then."""
     out = _initramfs_tools(tmp_path, 'zkv_unlock rpool/ROOT/debian; echo "rc=$?"', 33)
