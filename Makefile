@@ -10,6 +10,8 @@ SHELL_FILES = $(shell grep -rlE '^(\#!.*[/ ](ba|da)?sh( |$$)|\# shellcheck shell
 # The subset that runs under busybox/dash, where bashisms break the boot.
 POSIX_SH_FILES = $(shell grep -lE '^(\#! ?/bin/sh|\# shellcheck shell=sh)' $(SHELL_FILES))
 
+PY_DIRS = zkv zkv_admin zkv_early gateway tests bench
+
 .PHONY: all deps pyz test unit lint e2e images bench clean
 
 all: pyz
@@ -22,8 +24,8 @@ pyz:
 	$(PYTHON) -m zkv_early.build_pyz --output dist/zkv-early.pyz
 
 lint:
-	ruff check zkv_early gateway tests bench
-	ruff format --check zkv_early gateway tests bench
+	ruff check $(PY_DIRS)
+	ruff format --check $(PY_DIRS)
 	mypy
 	shellcheck -x $(SHELL_FILES)
 	checkbashisms -f $(POSIX_SH_FILES)

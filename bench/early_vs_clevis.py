@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.gateway.server import running_gateway
-from zkv_early import build_pyz, hostkey, keystore, protocol
+from zkv import hostkey, keystore, protocol
+from zkv_early import build_pyz
 
 PYTHON = "/usr/bin/python3"
 REPO = Path(__file__).resolve().parents[1]
@@ -238,7 +239,7 @@ CRYPTO_IMPORT = (
 
 def breakdown(pyz: Path, runs: int) -> list[tuple[str, float]]:
     """Median CPU of the interpreter alone, of the big imports, and of all the pyz's imports."""
-    every_import = f"import sys; sys.path.insert(0, {str(pyz)!r}); import zkv_early.boot"
+    every_import = f"import sys; sys.path.insert(0, {str(pyz)!r}); import zkv_early.boot_unlock"
     cases = {
         "python3 -I -S, nothing imported": [PYTHON, "-IS", "-c", "pass"],
         "... + ssl, socket, json, subprocess": [

@@ -34,7 +34,7 @@ from gateway.notify import ConsoleNotifier
 from gateway.service import Gateway
 from gateway.store import Store
 from tests.gateway.server import REPO, running_gateway
-from zkv_early import crypto, protocol
+from zkv import crypto, protocol
 
 DOCS = REPO / "docs" / "gateway.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"

@@ -14,7 +14,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from zkv_early import protocol
+from zkv import protocol
 
 from . import notify, secrets_source
 from .config import Settings, load

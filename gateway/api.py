@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy import text
 
-from zkv_early import protocol
-from zkv_early.protocol import EnrollRequest, ProtocolViolation, UnlockRequest
+from zkv import protocol
+from zkv.protocol import EnrollRequest, ProtocolViolation, UnlockRequest
 
 from .errors import ApiError
 from .service import Gateway

@@ -17,7 +17,7 @@ import hmac
 import re
 from dataclasses import dataclass, replace
 
-from zkv_early.protocol import (
+from zkv.protocol import (
     STATE_APPROVED,
     STATE_DENIED,
     STATE_EXPIRED,

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from zkv_early.errors import ZkvError
+from zkv.errors import ZkvError
 
 from . import audit
 from .config import Settings, is_secret_name, load

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from zkv_early import protocol
+from zkv import protocol
 
 from .errors import ConfigError
 

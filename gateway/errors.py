@@ -3,8 +3,8 @@ ones carry the protocol error code the client sees."""
 
 from __future__ import annotations
 
-from zkv_early.errors import ConfigError, ZkvError
-from zkv_early.protocol import ERROR_STATUS
+from zkv.errors import ConfigError, ZkvError
+from zkv.protocol import ERROR_STATUS
 
 __all__ = ["ApiError", "ConfigError", "GatewayCliError", "NotifyFailed", "SecretUnavailable"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from zkv_early.protocol import MAX_SECRET
+from zkv.protocol import MAX_SECRET
 
 from .config import Settings, is_secret_name
 from .errors import SecretUnavailable

@@ -17,9 +17,9 @@ from contextlib import contextmanager
 
 from sqlalchemy import Connection, select
 
-from zkv_early import crypto, protocol
-from zkv_early.encoding import b64, unb64
-from zkv_early.protocol import (
+from zkv import crypto, protocol
+from zkv.encoding import b64, unb64
+from zkv.protocol import (
     STATE_APPROVED,
     STATE_PENDING,
     EnrollAccepted,

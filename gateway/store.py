@@ -38,7 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine, make_url
 
-from zkv_early.protocol import STATE_PENDING
+from zkv.protocol import STATE_PENDING
 
 from .approvals import Approval
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from zkv_early.errors import ZkvError
+from zkv.errors import ZkvError
 
 from . import create_app
 

@@ -14,7 +14,9 @@ ZKV_UNITDIR := /usr/lib/systemd/system
 ZKV_DRACUTDIR := /usr/lib/dracut/modules.d/50zkv
 ZKV_ITDIR := /usr/share/initramfs-tools
 ZKV_PYZ ?= dist/zkv-early.pyz
-ZKV_PACKAGE ?= zkv_early
+# The folder that holds the Python packages (the e2e images pin an older one for the real root).
+ZKV_PYTHON_SRC ?= .
+ZKV_PYTHON_PACKAGES := zkv zkv_admin zkv_early
 
 define ZKV_REMINDER
 @echo
@@ -22,6 +24,14 @@ define ZKV_REMINDER
 @echo "      update-initramfs -u -k all      # initramfs-tools (Debian, Ubuntu)"
 @echo "      dracut --force --regenerate-all # dracut"
 @echo "    (zkv is left out of the image until 'zkv init' and 'zkv enroll' have run)"
+endef
+
+# $(call ZKV_WRAPPER,MODULE,TARGET): a script that runs MODULE from $(ZKV_LIBDIR)/python.
+define ZKV_WRAPPER
+printf '%s\n' '#!/usr/bin/python3 -I' '# zkv (installed by make install): runs $(1).' \
+	'import runpy, sys' 'sys.path.insert(0, "$(ZKV_LIBDIR)/python")' \
+	'runpy.run_module("$(1)", run_name="__main__", alter_sys=True)' > $(2)
+chmod 0755 $(2)
 endef
 
 .PHONY: install install-files uninstall
@@ -40,18 +50,21 @@ install-files:
 		$(DESTDIR)$(ZKV_ITDIR)/scripts/local-bottom \
 		$(DESTDIR)/etc/zfs/initramfs-tools-load-key.d
 	install -d -m 0700 $(DESTDIR)/etc/zkv
-	# The boot client and the build-time helper both hooks use.
+	# The boot client, the shell helpers both flavours source, and the paths they read
+	# (generated from zkv/paths.py: the one owner of every zkv location).
 	install -m 0644 $(ZKV_PYZ) $(DESTDIR)$(ZKV_LIBDIR)/zkv-early.pyz
-	install -m 0755 boot/initramfs-files $(DESTDIR)$(ZKV_LIBDIR)/initramfs-files
-	# The admin CLI: the package beside the zipapp, run by a wrapper (no pip, no venv).
-	rm -rf $(DESTDIR)$(ZKV_LIBDIR)/python/zkv_early
-	cp -r $(ZKV_PACKAGE) $(DESTDIR)$(ZKV_LIBDIR)/python/zkv_early
+	install -m 0644 zkv_early/zkv-lib.sh $(DESTDIR)$(ZKV_LIBDIR)/zkv-lib.sh
+	cd $(ZKV_PYTHON_SRC) && $(PYTHON) -m zkv.paths > $(abspath $(DESTDIR))$(ZKV_LIBDIR)/zkv-paths.sh
+	chmod 0644 $(DESTDIR)$(ZKV_LIBDIR)/zkv-paths.sh
+	# The Python packages beside the zipapp, run by wrappers (no pip, no venv): the admin CLI
+	# and the build-time helper both hooks use.
+	for pkg in $(ZKV_PYTHON_PACKAGES); do \
+		rm -rf $(DESTDIR)$(ZKV_LIBDIR)/python/$$pkg && \
+		cp -r $(ZKV_PYTHON_SRC)/$$pkg $(DESTDIR)$(ZKV_LIBDIR)/python/$$pkg || exit 1; \
+	done
 	find $(DESTDIR)$(ZKV_LIBDIR)/python -name __pycache__ -prune -exec rm -rf {} +
-	printf '%s\n' '#!/usr/bin/python3 -I' '# zkv admin CLI (installed by make install).' \
-		'import runpy, sys' 'sys.path.insert(0, "$(ZKV_LIBDIR)/python")' \
-		'runpy.run_module("zkv_early.admin", run_name="__main__")' \
-		> $(DESTDIR)$(ZKV_SBINDIR)/zkv
-	chmod 0755 $(DESTDIR)$(ZKV_SBINDIR)/zkv
+	$(call ZKV_WRAPPER,zkv_admin,$(DESTDIR)$(ZKV_SBINDIR)/zkv)
+	$(call ZKV_WRAPPER,zkv_early.initramfs_files,$(DESTDIR)$(ZKV_LIBDIR)/initramfs-files)
 	# dracut module.
 	install -m 0755 dracut/50zkv/module-setup.sh $(DESTDIR)$(ZKV_DRACUTDIR)/module-setup.sh
 	install -m 0755 dracut/50zkv/zkv-early.sh $(DESTDIR)$(ZKV_DRACUTDIR)/zkv-early.sh
@@ -73,7 +86,7 @@ install-files:
 	ln -sf $(ZKV_UNITDIR)/zkv-load-keys.service \
 		$(DESTDIR)/etc/systemd/system/zfs-mount.service.wants/zkv-load-keys.service
 	# Settings: an example the first time, never over the admin's file.
-	test -e $(DESTDIR)/etc/zkv/early.conf || install -m 0644 boot/early.conf.example \
+	test -e $(DESTDIR)/etc/zkv/early.conf || install -m 0644 zkv_early/early.conf.example \
 		$(DESTDIR)/etc/zkv/early.conf
 	$(ZKV_REMINDER)
 

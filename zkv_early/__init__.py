@@ -1,12 +1,5 @@
-"""zkv: human-approved unattended unlocking of ZFS native encryption at boot."""
+"""The boot client (``zkv-early.pyz``) and its build: the zipapp and the initramfs file list.
 
-import sys
-
-__version__ = "0.1.0"
-
-# The hooks start the boot client with python3 -I -S: site's work (3 ms on the host, a good
-# part of a second under an emulated CPU) is skipped, and with it the path it adds for Debian's
-# python3-cryptography, the one package from outside the standard library the client needs.
-DIST_PACKAGES = "/usr/lib/python3/dist-packages"
-if "site" not in sys.modules and DIST_PACKAGES not in sys.path:
-    sys.path.append(DIST_PACKAGES)
+It runs in the initramfs, imports the shared core (``zkv``) and nothing of the admin CLI or the
+gateway. Nothing runs at import time; the zipapp's entry point is ``__main__.py``.
+"""

@@ -9,7 +9,7 @@ word; ``-h``/``--help`` at either level. Errors raise UsageError (exit status 2)
 
 from __future__ import annotations
 
-from .errors import UsageError
+from zkv.errors import UsageError
 
 
 class Option:

@@ -1,9 +1,10 @@
 """Build ``zkv-early.pyz``, the boot client, with the standard ``zipapp``.
 
-What goes in is an explicit allowlist: the boot modules of ``zkv_early`` and nothing else (no
-admin CLI, no gateway, no third-party packages: HTTPS is ``http.client`` + ``ssl``). The crypto
+What goes in is an explicit allowlist: the boot client (``zkv_early``) and the modules of the
+shared core (``zkv``) it imports, nothing else (no admin CLI, no gateway, no third-party
+packages: HTTPS is ``zkv_early/http11.py`` over ``ssl``). The crypto
 backend is *not* in the zip because compiled extensions cannot load from one; the initramfs
-hooks install Debian's python3-cryptography as real files (``zkv_early/__init__.py`` puts
+hooks install Debian's python3-cryptography as real files (the zip's ``__main__.py`` puts
 their folder on sys.path when python3 runs with -S, as the hooks start it).
 
 Modules are shipped as legacy ``.pyc`` only (``compileall -b``), compiled by the *target*
@@ -28,37 +29,48 @@ from pathlib import Path
 
 INTERPRETER = "/usr/bin/python3 -IS"  # one word: a shebang passes one argument
 TARGET_PYTHON = "/usr/bin/python3"
-PACKAGE = "zkv_early"
-MODULES = (
-    "__init__",
-    "__main__",
-    "approval",
-    "args",
-    "boot",
-    "cmdline",
-    "config",
-    "console",
-    "crypto",
-    "evp",
-    "early",
-    "encoding",
-    "errors",
-    "fsutil",
-    "gateway_client",
-    "http11",
-    "handover",
-    "hostkey",
-    "keystore",
-    "net",
-    "prompt",
-    "protocol",
-    "race",
-    "recovery",
-    "unlock",
-    "zfs",
+# What the boot client imports, package by package: the shared core's boot-time modules and
+# the client itself. Never the admin CLI (zkv_admin), the gateway or this build's own modules.
+PACKAGES: dict[str, tuple[str, ...]] = {
+    "zkv": (
+        "__init__",
+        "crypto",
+        "encoding",
+        "errors",
+        "fsutil",
+        "hostkey",
+        "keyload/__init__",
+        "keyload/report",
+        "keyload/zfs_native",
+        "keystore",
+        "openssl_evp",
+        "paths",
+        "protocol",
+        "zfs",
+    ),
+    "zkv_early": (
+        "__init__",
+        "args",
+        "boot_unlock",
+        "cli",
+        "cmdline",
+        "config",
+        "console",
+        "gateway_client",
+        "gateway_contender",
+        "handover",
+        "http11",
+        "net",
+        "passphrase_contender",
+        "passphrase_prompt",
+        "race",
+    ),
+}
+ALLOWED = frozenset(
+    {"__main__.pyc", *(f"{pkg}/{m}.pyc" for pkg, mods in PACKAGES.items() for m in mods)}
 )
-ALLOWED = frozenset({"__main__.pyc", *(f"{PACKAGE}/{m}.pyc" for m in MODULES)})
-ENTRY = "import sys\n\nfrom zkv_early.early import main\n\nsys.exit(main())\n"
+# The zip's own __main__.py is zkv_early/__main__.py (the sys.path line lives there).
+ENTRY = "__main__"
 EPOCH = (1980, 1, 1, 0, 0, 0)
 
 _COMPILE = """
@@ -70,11 +82,13 @@ sys.exit(0 if ok else 1)
 
 
 def stage(source: Path, into: Path) -> None:
-    package = into / PACKAGE
-    package.mkdir(parents=True)
-    for module in MODULES:
-        shutil.copyfile(source / f"{module}.py", package / f"{module}.py")
-    (into / "__main__.py").write_text(ENTRY)
+    """``source``: the repository (or installed) folder that holds the packages."""
+    for package, modules in PACKAGES.items():
+        for module in modules:
+            target = into / package / f"{module}.py"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / package / f"{module}.py", target)
+    shutil.copyfile(source / "zkv_early" / f"{ENTRY}.py", into / "__main__.py")
 
 
 def compile_tree(tree: Path, python: str) -> None:
@@ -109,7 +123,7 @@ def archive(tree: Path, output: Path) -> None:
 
 
 def build(output: Path, python: str) -> Path:
-    source = Path(__file__).resolve().parent
+    source = Path(__file__).resolve().parent.parent
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="zkv-pyz-") as tmp:
         tree = Path(tmp)

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .errors import ConfigError
+from zkv import paths
+from zkv.errors import ConfigError
 
-DEFAULT_PATH = "/proc/cmdline"
+DEFAULT_PATH = paths.CMDLINE
 _OFF = ("off", "0", "no", "false")
 
 

@@ -31,12 +31,13 @@ import configparser
 import socket
 from typing import NamedTuple
 
-from . import cmdline
-from .errors import ConfigError
-from .http11 import Url
+from zkv import paths
+from zkv.errors import ConfigError
+from zkv_early import cmdline
+from zkv_early.http11 import Url
 
-DEFAULT_PATH = "/etc/zkv/early.conf"
-DEFAULT_CA = "/etc/ssl/certs/ca-certificates.crt"
+DEFAULT_PATH = paths.EARLY_CONF
+DEFAULT_CA = paths.SYSTEM_CA_BUNDLE
 
 _OPTIONS: dict[str, set[str]] = {
     "gateway": {"url", "ca_file", "request_timeout"},
@@ -52,8 +53,8 @@ class Config(NamedTuple):
     gateway_url: str
     ca_file: str = DEFAULT_CA
     request_timeout: float = 15.0
-    keystore: str = "/etc/zkv/keystore"
-    host_key: str = "/etc/zkv/host.key"
+    keystore: str = paths.IMAGE_KEYSTORE
+    host_key: str = paths.IMAGE_HOST_KEY
     hostname: str = ""
     network_timeout: float = 60.0
     total_timeout: float = 300.0

@@ -13,8 +13,8 @@ import ssl
 import threading
 from typing import Any
 
-from . import protocol
-from .errors import (
+from zkv import protocol
+from zkv.errors import (
     ConfigError,
     GatewayError,
     GatewayRefused,
@@ -22,8 +22,8 @@ from .errors import (
     ProtocolError,
     RateLimited,
 )
-from .http11 import BadResponse, Connection, Disconnected, Url
-from .race import Cancelled
+from zkv_early.http11 import BadResponse, Connection, Disconnected, Url
+from zkv_early.race import Cancelled
 
 USER_AGENT = "zkv-early/1"
 

@@ -18,14 +18,15 @@ import json
 import os
 from typing import Any
 
-from .encoding import b64, canonical, unb64
-from .errors import HandoverError
-from .fsutil import atomic_write, read_limited, wipe_file
-from .keystore import Entry, OpenKeystore
-from .unlock import UnlockReport, load_entries
-from .zfs import Zfs
+from zkv import paths
+from zkv.encoding import b64, canonical, unb64
+from zkv.errors import HandoverError
+from zkv.fsutil import atomic_write, read_limited, wipe_file
+from zkv.keyload import UnlockReport, load_entries
+from zkv.keystore import Entry, OpenKeystore
+from zkv.zfs import Zfs
 
-DEFAULT_PATH = "/run/zkv/handover"
+DEFAULT_PATH = paths.HANDOVER
 FORMAT = "zkv-handover"
 VERSION = 1
 MAX_SIZE = 1 << 20

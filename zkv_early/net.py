@@ -11,8 +11,8 @@ import socket
 import threading
 from collections.abc import Callable, Sequence
 
-from .errors import NetworkTimeout
-from .race import Cancelled, Clock, Deadline
+from zkv.errors import NetworkTimeout
+from zkv_early.race import Cancelled, Clock, Deadline
 
 POLL = 0.25
 REMIND = 10.0

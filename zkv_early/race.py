@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Generic, Protocol, TypeVar
 
-from .errors import UnlockTimeout, ZkvError
+from zkv.errors import UnlockTimeout, ZkvError
 
 T = TypeVar("T")
 JOIN_TIMEOUT = 3.0

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.fakes.fakezfs import FakeZfs
-from zkv_early import keystore
+from zkv import keystore
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSPHRASE = b"correct horse battery"
@@ -63,7 +63,7 @@ class Zkv:
 
     def popen(self, *args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "zkv_early.admin", *args],
+            [sys.executable, "-m", "zkv_admin", *args],
             env=self.env(),
             cwd=self.tmp,
             start_new_session=True,  # no controlling terminal: prompts must refuse, not hang
@@ -72,7 +72,7 @@ class Zkv:
 
     def __call__(self, *args: str, stdin: bytes = b"") -> Result:
         proc = subprocess.run(
-            [sys.executable, "-m", "zkv_early.admin", *args],
+            [sys.executable, "-m", "zkv_admin", *args],
             input=stdin,
             capture_output=True,
             env=self.env(),

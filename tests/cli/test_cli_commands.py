@@ -10,7 +10,7 @@ import stat
 import pytest
 
 from tests.cli.conftest import HEX_C, PASS_D, PASSPHRASE, RAW_A, RAW_B, Zkv, secrets_in
-from zkv_early import keystore
+from zkv import keystore
 
 
 def mode(path: object) -> int:

@@ -8,7 +8,7 @@ import subprocess
 import time
 
 from tests.cli.conftest import PASSPHRASE, Zkv
-from zkv_early import keystore
+from zkv import keystore
 
 NEW = b"the new passphrase"
 

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from tests.cli.conftest import RAW_A, Zkv
-from zkv_early import hostkey, protocol
-from zkv_early.admin import doctor
-from zkv_early.zfs import Zfs
+from zkv import hostkey, protocol
+from zkv.zfs import Zfs
+from zkv_admin import doctor
 
 
 def installed(zkv: Zkv, tmp: Path) -> doctor.Places:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.cli.conftest import RAW_A, Zkv
-from zkv_early.admin import cli
+from zkv_admin import cli
 
 Setup = Callable[[Zkv], None]
 

@@ -8,12 +8,12 @@ import pexpect
 import pytest
 
 from tests.cli.conftest import Zkv
-from zkv_early import keystore
+from zkv import keystore
 
 
 def spawn(zkv: Zkv, *args: str) -> pexpect.spawn:
     return pexpect.spawn(
-        sys.executable, ["-m", "zkv_early.admin", *args], env=zkv.env(), cwd=str(zkv.tmp),
+        sys.executable, ["-m", "zkv_admin", *args], env=zkv.env(), cwd=str(zkv.tmp),
         timeout=60,
     )  # fmt: skip
 

@@ -30,7 +30,7 @@ from tests.e2e import builder, cache, chroot, testbed
 from tests.e2e.chroots import Payload
 from tests.e2e.disk import only_file
 from tests.e2e.testbed import Channel, Flavour, Image
-from zkv_early import crypto, hostkey, keystore, protocol
+from zkv import crypto, hostkey, keystore, protocol
 
 REPO = Path(__file__).resolve().parents[2]
 RECOVERY_PASSPHRASE = "zkv-e2e-recovery-passphrase"
@@ -110,10 +110,13 @@ def _sources_digest() -> str:
     """What `make install-files` copies, so that a change rebuilds the images."""
     parts = [
         cache.tree_digest(REPO / name)
-        for name in ("dracut", "initramfs-tools", "systemd", "boot", "zkv_early")
+        for name in ("dracut", "initramfs-tools", "systemd", "zkv", "zkv_admin", "zkv_early")
     ]
     parts.append(cache.file_digest(REPO / "mk" / "install.mk"))
     return cache.key_of({"sources": parts})
+
+
+PYTHON_PACKAGES = ("zkv", "zkv_admin", "zkv_early")  # what `make install-files` copies
 
 
 def build_pyz(target: Path) -> Path:
@@ -136,7 +139,7 @@ _INITRD_PARTS = (
 
 
 def install_files(
-    destdir: Path, pyz: Path, package: Path = REPO / "zkv_early", early_conf: str = _EARLY_CONF
+    destdir: Path, pyz: Path, python_src: Path = REPO, early_conf: str = _EARLY_CONF
 ) -> None:
     subprocess.run(
         [
@@ -148,7 +151,7 @@ def install_files(
             f"DESTDIR={destdir}",
             "PREFIX=/usr",
             f"ZKV_PYZ={pyz}",
-            f"ZKV_PACKAGE={package}",
+            f"ZKV_PYTHON_SRC={python_src}",
         ],
         cwd=REPO,
         check=True,
@@ -159,21 +162,23 @@ def install_files(
 
 
 def _realroot_client() -> tuple[Path, Path]:
-    """The zipapp and CLI package for the real root, pinned in the cache at first use.
+    """The zipapp and the Python packages for the real root, pinned in the cache at first use.
 
     They go into the disk, and a new disk costs a helper VM (minutes): pinning them keeps the
     disk while zkv_early evolves. The initrd always gets the current client (zkv-initrd layer);
     the handover file between the two is versioned. ZKV_E2E_REFRESH_ROOT=1 takes a new pin.
     """
     pinned = testbed.cache_dir() / "zkv-realroot"
-    if os.environ.get("ZKV_E2E_REFRESH_ROOT") == "1" or not (pinned / "zkv-early.pyz").is_file():
+    fresh = os.environ.get("ZKV_E2E_REFRESH_ROOT") == "1"
+    if fresh or not (pinned / "zkv" / "paths.py").is_file():  # none yet, or the old layout
         shutil.rmtree(pinned, ignore_errors=True)
         pinned.mkdir(parents=True)
         build_pyz(pinned / "zkv-early.pyz")
-        shutil.copytree(
-            REPO / "zkv_early", pinned / "zkv_early", ignore=shutil.ignore_patterns("__pycache__")
-        )
-    return pinned / "zkv-early.pyz", pinned / "zkv_early"
+        for package in PYTHON_PACKAGES:
+            shutil.copytree(
+                REPO / package, pinned / package, ignore=shutil.ignore_patterns("__pycache__")
+            )
+    return pinned / "zkv-early.pyz", pinned
 
 
 def _stage_payload(work: Path) -> Payload:

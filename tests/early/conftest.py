@@ -23,8 +23,9 @@ import pytest
 
 from tests.fakes.fakezfs import FakeZfs
 from tests.gateway.server import RunningGateway
-from zkv_early import build_pyz, hostkey, keystore, protocol
-from zkv_early.encoding import b64
+from zkv import hostkey, keystore, protocol
+from zkv.encoding import b64
+from zkv_early import build_pyz
 
 TARGET_PYTHON = "/usr/bin/python3"
 BOOT_FLAGS = "-IS"  # as the hooks start the client: isolated, no site

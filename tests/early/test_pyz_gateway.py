@@ -18,8 +18,8 @@ from tests.early.conftest import (
     pending_request,
 )
 from tests.gateway.server import running_gateway
+from zkv.encoding import b64
 from zkv_early import build_pyz, handover
-from zkv_early.encoding import b64
 
 
 def assert_no_secret(text: str, *secrets: bytes) -> None:

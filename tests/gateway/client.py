@@ -7,7 +7,7 @@ from typing import Any
 
 import requests
 
-from zkv_early import crypto, protocol
+from zkv import crypto, protocol
 
 
 @dataclass

@@ -19,7 +19,7 @@ from gateway.errors import NotifyFailed, SecretUnavailable
 from gateway.service import Gateway
 from tests.gateway import postgres as pg
 from tests.gateway.server import TEST_LIMITS
-from zkv_early import crypto, protocol
+from zkv import crypto, protocol
 
 
 class FakeClock:

@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 from gateway import create_app
 from tests.gateway.conftest import Env
 from tests.gateway.postgres import on_both_databases
-from zkv_early import crypto, protocol
+from zkv import crypto, protocol
 
 UNAUTHORIZED = (401, {"error": "unauthorized"})
 

@@ -11,17 +11,17 @@ from typing import Any
 import pytest
 
 from tests.unit.test_early_net import FakeClock
-from zkv_early import hostkey, keystore, protocol
-from zkv_early.approval import GatewayUnlock
-from zkv_early.config import Config
-from zkv_early.console import Console
-from zkv_early.errors import (
+from zkv import hostkey, keystore, protocol
+from zkv.errors import (
     ApprovalDenied,
     ApprovalExpired,
     GatewayUnreachable,
     KeystoreLocked,
     ProtocolError,
 )
+from zkv_early.config import Config
+from zkv_early.console import Console
+from zkv_early.gateway_contender import GatewayUnlock
 from zkv_early.race import Deadline
 
 REPO_KEY = bytes(range(32))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from zkv.errors import ConfigError
 from zkv_early import cmdline, config
-from zkv_early.errors import ConfigError
 
 FULL = """
 [gateway]

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import trustme
 
-from zkv_early import crypto, protocol
-from zkv_early.errors import (
+from zkv import crypto, protocol
+from zkv.errors import (
     ConfigError,
     GatewayRefused,
     GatewayUnreachable,

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.fakezfs import FakeZfs
-from zkv_early import handover, keystore
-from zkv_early.errors import HandoverError
-from zkv_early.zfs import Zfs
+from zkv import keystore
+from zkv.errors import HandoverError
+from zkv.zfs import Zfs
+from zkv_early import handover
 
 KEY = b"tank passphrase 1"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from zkv_early import boot, early
+from zkv_early import boot_unlock, cli
 from zkv_early.console import Console
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,7 +21,7 @@ def run(tmp_path: Path, cmdline: str, conf: str | None, *args: str) -> int:
     if conf is not None:
         config.write_text(conf)
     argv = ["--config", str(config), "--cmdline", str(tmp_path / "cmdline"), *args]
-    return early.main(argv)
+    return cli.main(argv)
 
 
 def test_missing_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -45,7 +45,7 @@ def test_a_bug_is_exit_1_without_traceback_unless_debug(
     def broken(*args: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("zkv_early.boot.unlock", broken)  # imported by main() when needed
+    monkeypatch.setattr("zkv_early.boot_unlock.unlock", broken)  # imported by main() when needed
     conf = "[gateway]\nurl = https://gw\n"
     assert run(tmp_path, "", conf, "unlock", "--prompt", "none") == 1
     err = capsys.readouterr().err
@@ -55,15 +55,16 @@ def test_a_bug_is_exit_1_without_traceback_unless_debug(
 
 
 def test_handover_load_with_nothing_handed_over(tmp_path: Path) -> None:
-    assert early.main(["handover-load", "--handover", str(tmp_path / "none")]) == 0
+    assert cli.main(["handover-load", "--handover", str(tmp_path / "none")]) == 0
 
 
 def test_handover_load_does_not_import_the_gateway_client(tmp_path: Path) -> None:
     # zkv-load-keys.service: every import costs seconds of CPU in a TCG guest.
     code = (
-        "import sys; from zkv_early.early import main; "
+        "import sys; from zkv_early.cli import main; "
         f"rc = main(['handover-load', '--handover', {str(tmp_path / 'none')!r}]); "
-        "print(rc, sorted(m for m in ('zkv_early.boot', 'http.client', 'ssl') if m in sys.modules))"
+        "print(rc, sorted(m for m in ('zkv_early.boot_unlock', 'http.client', 'ssl') "
+        "if m in sys.modules))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
@@ -86,16 +87,16 @@ def test_handover_load_does_not_import_the_gateway_client(tmp_path: Path) -> Non
 def test_usage_errors_exit_2_with_one_line(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert early.main(argv) == 2
+    assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_options_in_both_spellings_and_repeated() -> None:
-    command, values = early.build_parser().parse(
+    command, values = cli.build_parser().parse(
         ["--config=/c", "unlock", "--root", "a/b", "--root=c", "--prompt=none", "--after", "/go"]
     )
-    args = early.Arguments(command, values)
+    args = cli.Arguments(command, values)
     assert (args.command, args.config, args.root, args.prompt, args.after) == (
         "unlock",
         "/c",
@@ -111,9 +112,9 @@ def test_options_in_both_spellings_and_repeated() -> None:
 
 
 def test_help_at_both_levels(capsys: pytest.CaptureFixture[str]) -> None:
-    assert early.main(["-h"]) == 0
+    assert cli.main(["-h"]) == 0
     assert "handover-load" in capsys.readouterr().out
-    assert early.main(["--config", "x", "unlock", "--help"]) == 0
+    assert cli.main(["--config", "x", "unlock", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--after FILE" in out and max(len(line) for line in out.splitlines()) <= 100
 
@@ -130,7 +131,7 @@ def test_status_lines_do_not_swallow_a_pending_prompt() -> None:
 
 
 def test_options_defaults_match_the_documented_contract() -> None:
-    options = boot.Options()
+    options = boot_unlock.Options()
     assert (options.prompt, options.tty, options.handover) == (
         "auto",
         "/dev/console",

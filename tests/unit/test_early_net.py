@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from zkv_early.errors import NetworkTimeout
+from zkv.errors import NetworkTimeout
 from zkv_early.net import Probe, is_address, wait_for_network
 from zkv_early.race import Deadline
 

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from zkv.errors import ApprovalDenied, PassphraseRetriesExceeded, UnlockTimeout
 from zkv_early.console import Console
-from zkv_early.errors import ApprovalDenied, PassphraseRetriesExceeded, UnlockTimeout
-from zkv_early.prompt import AskPasswordPrompt, TtyPrompt
+from zkv_early.passphrase_prompt import AskPasswordPrompt, TtyPrompt
 from zkv_early.race import Cancelled, Contender, race
 
 

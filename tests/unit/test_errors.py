@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from zkv_early import errors, hostkey
+from zkv import errors, hostkey
 
 DOC = Path(__file__).parents[2] / "docs" / "exit-codes.md"
 SECTIONS = {  # block name -> exit code range

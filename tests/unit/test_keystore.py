@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from zkv_early import keystore
-from zkv_early.encoding import canonical
-from zkv_early.errors import (
+from zkv import keystore
+from zkv.encoding import canonical
+from zkv.errors import (
     InputError,
     InvalidKeyMaterial,
     KeystoreCorrupt,

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zkv_early import keystore
-from zkv_early.errors import KeystoreCorrupt, KeystoreLocked
+from zkv import keystore
+from zkv.errors import KeystoreCorrupt, KeystoreLocked
 
 VECTORS = Path(__file__).parents[1] / "vectors"
 REPO = bytes(range(32))

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zkv_early import crypto, protocol
-from zkv_early.protocol import (
+from zkv import crypto, protocol
+from zkv.protocol import (
     EnrollRequest,
     PollResult,
     ProtocolViolation,

@@ -1,4 +1,4 @@
-"""zkv_early.unlock against the recording fake zfs: candidates in order, already-loaded is fine."""
+"""zkv.keyload against the recording fake zfs: candidates in order, already-loaded is fine."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.fakezfs import FakeZfs
-from zkv_early import keystore
-from zkv_early.unlock import Outcome, load_entries
-from zkv_early.zfs import Zfs
+from zkv import keystore
+from zkv.keyload import Outcome, load_entries
+from zkv.zfs import Zfs
 
 OLD, NEW, OTHER = b"o" * 32, b"n" * 32, b"x" * 32
 

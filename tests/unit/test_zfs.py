@@ -1,4 +1,4 @@
-"""zkv_early.zfs against the recording fake: keys only on stdin, typed errors, timeouts."""
+"""zkv.zfs against the recording fake: keys only on stdin, typed errors, timeouts."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from tests.fakes.fakezfs import BINARY, FakeZfs
-from zkv_early import errors
-from zkv_early.zfs import Zfs, _translate
+from zkv import errors
+from zkv.zfs import Zfs, _translate
 
 RAW, HEX, PASS = bytes(range(32)), b"0f" * 32, b"a passphrase"
 DATASETS: dict[str, dict[str, Any]] = {

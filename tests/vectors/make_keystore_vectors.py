@@ -10,7 +10,7 @@ import base64
 import json
 from pathlib import Path
 
-from zkv_early import keystore
+from zkv import keystore
 
 HERE = Path(__file__).parent
 WEAK = keystore.KdfParams(n=1 << 10, r=8, p=1)

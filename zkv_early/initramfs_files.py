@@ -1,5 +1,6 @@
-#!/usr/bin/python3 -I
 """Build time only: print the files the zkv boot client needs inside an initramfs, one a line.
+
+Installed as /usr/lib/zkv/initramfs-files, a wrapper that runs this module.
 
 Shared by the dracut module and the initramfs-tools hook, so both images carry the same
 interpreter subset. Nothing here runs at boot.
@@ -18,7 +19,6 @@ image build (the old image stays), never into a failed boot.
 
 from __future__ import annotations
 
-import configparser
 import dis
 import glob
 import importlib.util
@@ -29,8 +29,11 @@ import sys
 import types
 import zipfile
 
+from zkv import paths
+from zkv.errors import ZkvError
+from zkv_early import config
+
 PYTHON = "/usr/bin/python3"
-DEFAULT_CA = "/etc/ssl/certs/ca-certificates.crt"
 
 # Imported at run time by name (codecs looked up by the socket and http layers, lazy imports
 # in the standard library) and so invisible to the import statements of the zipapp.
@@ -47,16 +50,17 @@ EXTRA_MODULES = (
 
 # Runs in the interpreter that will run at boot, with the same flags (-I -S), and imports
 # nothing of its own but the modules named: everything it loaded is what the boot needs.
-# zkv_early's __init__ puts Debian's dist-packages on sys.path under -S, as at boot. The crypto
+# Debian's dist-packages goes on sys.path as the zipapp's entry point puts it under -S. The crypto
 # module loads the OpenSSL binding it uses at import; pyca/cryptography's public API, named in
 # functions as a fallback, goes in only when that binding is missing (then the boot uses it).
 _PROBE = r"""
 import sys
-pyz = sys.argv[1]
+pyz, dist_packages = sys.argv[1], sys.argv[2]
 sys.path.insert(0, pyz)
-import zkv_early.crypto
-public = zkv_early.crypto.public_api_needed()
-for name in sys.argv[2:]:
+sys.path.append(dist_packages)
+import zkv.crypto
+public = zkv.crypto.public_api_needed()
+for name in sys.argv[3:]:
     if name.startswith("cryptography.") and not public:
         continue
     try:
@@ -87,7 +91,7 @@ def _code_imports(code: types.CodeType) -> set[str]:
 
 def module_names(pyz: str) -> list[str]:
     """Every module the zipapp holds or names in an import (its bytecode, read here)."""
-    names = {"zkv_early", "runpy", *EXTRA_MODULES}  # runpy: how python3 runs a zipapp
+    names = {"zkv", "zkv_early", "runpy", *EXTRA_MODULES}  # runpy: how python3 runs a zipapp
     with zipfile.ZipFile(pyz) as archive:
         for member in archive.namelist():
             stem, _, suffix = member.rpartition(".")
@@ -126,7 +130,7 @@ def python_files(pyz: str, python: str = PYTHON) -> list[tuple[str, str]]:
     except (OSError, zipfile.BadZipFile, ValueError, EOFError) as exc:
         fail(f"cannot read {pyz}: {exc}")
     done = subprocess.run(
-        [python, "-I", "-S", "-c", _PROBE, os.path.abspath(pyz), *names],
+        [python, "-I", "-S", "-c", _PROBE, os.path.abspath(pyz), paths.DIST_PACKAGES, *names],
         capture_output=True,
         text=True,
         check=False,
@@ -177,13 +181,15 @@ def shared_libraries(path: str) -> list[str]:
 
 
 def ca_file(conf: str) -> str:
-    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
+    """The CA bundle early.conf names, read by the boot client's own parser (so a file the
+    client would refuse fails the image build, not the boot)."""
     try:
         with open(conf, encoding="utf-8") as handle:
-            parser.read_file(handle)
-    except (OSError, configparser.Error) as exc:
+            path = config.parse(handle.read(), conf).ca_file
+    except (OSError, UnicodeDecodeError) as exc:
         fail(f"cannot read {conf}: {exc}")
-    path = parser.get("gateway", "ca_file", fallback="").strip() or DEFAULT_CA
+    except ZkvError as exc:
+        fail(exc.message)
     if not os.path.isfile(path):
         fail(f"the CA file {path} named in {conf} is missing")
     return path

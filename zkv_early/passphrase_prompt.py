@@ -18,9 +18,9 @@ import termios
 import threading
 from typing import Any, Protocol
 
-from .console import Console
-from .errors import PromptUnavailable
-from .fsutil import which
+from zkv.errors import PromptUnavailable
+from zkv.fsutil import which
+from zkv_early.console import Console
 
 MAX_PASSPHRASE = 1024
 TICK = 0.2

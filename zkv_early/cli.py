@@ -8,13 +8,14 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from . import __version__, cmdline, handover
-from . import config as configmod
-from .args import Command, Help, Option, Parser
-from .console import Console
-from .errors import Interrupted, KeysNotLoaded, UsageError, ZkvError
-from .unlock import Outcome
-from .zfs import Zfs
+from zkv import __version__
+from zkv.errors import Interrupted, KeysNotLoaded, UsageError, ZkvError
+from zkv.keyload import Outcome
+from zkv.zfs import Zfs
+from zkv_early import cmdline, handover
+from zkv_early import config as configmod
+from zkv_early.args import Command, Help, Option, Parser
+from zkv_early.console import Console
 
 DESCRIPTION = """\
 Unlock ZFS native encryption at boot: ask the zkv gateway for approval (the owner confirms the
@@ -136,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return handover_load(args.handover, console)
         # Imported here: handover-load (zkv-load-keys.service in the real root) needs no gateway
         # client, TLS or prompt, and under TCG each import costs a multiple in CPU time.
-        from .boot import Options, unlock
+        from zkv_early.boot_unlock import Options, unlock
 
         config = configmod.load(args.config, args.cmdline)
         console.debugging = config.debug

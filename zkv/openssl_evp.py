@@ -1,5 +1,5 @@
-"""The boot path's crypto straight through OpenSSL's EVP interface, via the compiled binding
-that python3-cryptography ships (``cryptography.hazmat.bindings._openssl``).
+"""The OpenSSL fast path: the boot path's crypto straight through OpenSSL's EVP interface, via
+the compiled binding that python3-cryptography ships (``cryptography.hazmat.bindings._openssl``).
 
 Why: in cryptography 38 (Debian 12) every public primitive goes through the OpenSSL backend
 module, whose import also loads the whole X.509 layer: about 60 ms of CPU, more than half of
@@ -9,7 +9,11 @@ called, in the same way as cryptography 38's backend calls them; nothing is patc
 Only what an unlock needs: Ed25519 public key and signature, X25519 key and shared secret,
 ChaCha20-Poly1305 decryption. ``load()`` returns None where the binding is absent (newer
 cryptography releases, whose public API is fast anyway); crypto.py then uses the public API.
-tests/early/test_evp.py checks RFC test vectors and agreement with the public API.
+tests/early/test_openssl_evp.py checks RFC test vectors and agreement with the public API.
+
+When to drop it: once no supported target runs cryptography 38 (Debian 12's), i.e. when every
+boot image's python3-cryptography imports its public primitives in a few ms. Then crypto.py
+keeps only the public API; ``python3 -m bench.early_vs_clevis`` shows what each path costs.
 """
 
 from __future__ import annotations

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pathlib import Path
 
-from . import crypto, keystore
-from .encoding import b64, unb64
-from .errors import ZkvError
-from .fsutil import atomic_write, read_limited
+from zkv import crypto, keystore, paths
+from zkv.encoding import b64, unb64
+from zkv.errors import ZkvError
+from zkv.fsutil import atomic_write, read_limited
 
 MAGIC = "zkv-host-key-v1"
-FILENAME = "host.key"
+FILENAME = paths.HOST_KEY_NAME
 
 
 class HostKeyError(ZkvError):

@@ -7,8 +7,8 @@ import os
 import secrets
 from pathlib import Path
 
-from .. import keystore
-from ..errors import (
+from zkv import keystore
+from zkv.errors import (
     EntryExists,
     RotationFailed,
     UnlockFailed,
@@ -20,10 +20,10 @@ from ..errors import (
     ZfsNotEncryptionRoot,
     ZfsUnavailable,
 )
-from ..unlock import Outcome, UnlockReport, load_entries
-from ..zfs import KeyInfo, Zfs
-from . import prompt
-from .common import open_store, path_of, read_and_open, save, say
+from zkv.keyload import Outcome, UnlockReport, load_entries
+from zkv.zfs import KeyInfo, Zfs
+from zkv_admin import secret_input
+from zkv_admin.common import open_store, path_of, read_and_open, save, say
 
 
 def generate_key(keyformat: str) -> bytes:
@@ -47,8 +47,10 @@ def _works(zfs: Zfs, dataset: str, key: bytes) -> bool:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    key_source = args.key_file or prompt.STDIN
-    prompt.check_one_stdin(key_source, args.repository_key_file, args.recovery_passphrase_file)
+    key_source = args.key_file or secret_input.STDIN
+    secret_input.check_one_stdin(
+        key_source, args.repository_key_file, args.recovery_passphrase_file
+    )
     keystore.check_target(args.dataset)
     path = path_of(args)
     sealed = keystore.read(path)  # fail before asking for anything if there is no keystore
@@ -74,7 +76,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def _read_current_key(source: str, dataset: str, keyformat: str) -> bytes:
-    material = prompt.read_key(source, keyformat, f"current key of {dataset}")
+    material = secret_input.read_key(source, keyformat, f"current key of {dataset}")
     return keystore.check_material(keyformat, material)
 
 
@@ -138,7 +140,7 @@ def _print_report(report: UnlockReport) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    prompt.check_one_stdin(args.repository_key_file, args.recovery_passphrase_file)
+    secret_input.check_one_stdin(args.repository_key_file, args.recovery_passphrase_file)
     _, store = read_and_open(args)
     report = load_entries(store, Zfs(), args.datasets or None, verify_only=True)
     _print_report(report)
@@ -151,7 +153,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_unlock(args: argparse.Namespace) -> int:
-    prompt.check_one_stdin(args.repository_key_file, args.recovery_passphrase_file)
+    secret_input.check_one_stdin(args.repository_key_file, args.recovery_passphrase_file)
     _, store = read_and_open(args)
     report = load_entries(store, Zfs(), args.datasets or None)
     _print_report(report)

@@ -14,9 +14,9 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from .. import __version__
-from ..errors import Interrupted, UsageError, ZkvError
-from . import common, doctor, enroll, keycmds, zfscmds
+from zkv import __version__
+from zkv.errors import Interrupted, UsageError, ZkvError
+from zkv_admin import common, doctor, enroll, keycmds, zfscmds
 
 Handler = Callable[[argparse.Namespace], int]
 KEYFORMATS = ("raw", "hex", "passphrase")

@@ -7,12 +7,13 @@ X25519 sealed box for releasing a secret to one boot. Every decryption failure r
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
 from typing import TYPE_CHECKING, NamedTuple
 
-from . import evp
+from zkv import openssl_evp
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -24,9 +25,14 @@ if TYPE_CHECKING:
         X25519PublicKey,
     )
 
+
 # pyca/cryptography's public API is imported inside the functions: with cryptography 38 that
-# import costs the boot client 60 ms of CPU, and the unlock path goes through evp.py instead.
-_EVP = evp.load()
+# import costs the boot client 60 ms of CPU, so the unlock path goes through the OpenSSL fast
+# path (openssl_evp.py) where the binding exists. Looked up on first use, not at import.
+@functools.cache
+def _fast_path() -> openssl_evp.Evp | None:
+    return openssl_evp.load()
+
 
 KEY_SIZE = 32
 NONCE_SIZE = 12
@@ -35,8 +41,9 @@ AEAD_NAME = "chacha20-poly1305"
 
 def public_api_needed() -> bool:
     """Whether the boot path uses pyca/cryptography's public API: only when the OpenSSL binding
-    evp.py calls is missing. initramfs-files leaves the public API out of the image otherwise."""
-    return _EVP is None
+    of the fast path is missing. initramfs-files leaves the public API out of the image
+    otherwise."""
+    return _fast_path() is None
 
 
 class DecryptionFailed(Exception):
@@ -62,10 +69,10 @@ def aead_seal(key: bytes, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
 def aead_open(key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
     if len(key) != KEY_SIZE or len(nonce) != NONCE_SIZE:
         raise DecryptionFailed
-    if _EVP is not None:
+    if (evp := _fast_path()) is not None:
         try:
-            return _EVP.chacha20_poly1305_decrypt(key, nonce, ciphertext, aad)
-        except evp.EvpError:
+            return evp.chacha20_poly1305_decrypt(key, nonce, ciphertext, aad)
+        except openssl_evp.EvpError:
             raise DecryptionFailed from None
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -100,16 +107,16 @@ def ed25519_generate() -> tuple[bytes, bytes]:
 
 
 def ed25519_public(private_raw: bytes) -> bytes:
-    if _EVP is not None and len(private_raw) == KEY_SIZE:
-        return _EVP.ed25519_public(private_raw)
+    if (evp := _fast_path()) is not None and len(private_raw) == KEY_SIZE:
+        return evp.ed25519_public(private_raw)
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     return _raw_public(Ed25519PrivateKey.from_private_bytes(private_raw).public_key())
 
 
 def ed25519_sign(private_raw: bytes, message: bytes) -> bytes:
-    if _EVP is not None and len(private_raw) == KEY_SIZE:
-        return _EVP.ed25519_sign(private_raw, message)
+    if (evp := _fast_path()) is not None and len(private_raw) == KEY_SIZE:
+        return evp.ed25519_sign(private_raw, message)
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     return Ed25519PrivateKey.from_private_bytes(private_raw).sign(message)
@@ -136,9 +143,9 @@ class Sealed(NamedTuple):
 
 def x25519_generate() -> tuple[bytes, bytes]:
     """Return (private_raw, public_raw) of a fresh ephemeral key."""
-    if _EVP is not None:
+    if (evp := _fast_path()) is not None:
         private_raw = os.urandom(KEY_SIZE)  # what OpenSSL's keygen does (clamped when used)
-        return private_raw, _EVP.x25519_public(private_raw)
+        return private_raw, evp.x25519_public(private_raw)
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
     private = X25519PrivateKey.generate()
@@ -165,13 +172,13 @@ def seal_to(recipient_public: bytes, plaintext: bytes, info: bytes) -> Sealed:
 
 
 def open_sealed(recipient_private: bytes, sealed: Sealed, info: bytes) -> bytes:
-    if _EVP is not None:
+    if (evp := _fast_path()) is not None:
         try:
             if len(recipient_private) != KEY_SIZE or len(sealed.ephemeral_public) != KEY_SIZE:
-                raise evp.EvpError
-            shared = _EVP.x25519_exchange(recipient_private, sealed.ephemeral_public)
-            recipient_public = _EVP.x25519_public(recipient_private)
-        except evp.EvpError:
+                raise openssl_evp.EvpError
+            shared = evp.x25519_exchange(recipient_private, sealed.ephemeral_public)
+            recipient_public = evp.x25519_public(recipient_private)
+        except openssl_evp.EvpError:
             raise DecryptionFailed from None
         key = _box_key(shared, sealed.ephemeral_public, recipient_public, info)
         return aead_open(key, sealed.nonce, sealed.ciphertext, aad=info)

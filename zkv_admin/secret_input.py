@@ -10,7 +10,7 @@ import getpass
 import os
 import sys
 
-from ..errors import InputError, NoTerminal, UsageError
+from zkv.errors import InputError, NoTerminal, UsageError
 
 STDIN = "-"
 MAX_SECRET = 4096

@@ -10,15 +10,15 @@ import argparse
 import socket
 from typing import TYPE_CHECKING
 
-from .. import hostkey, protocol
-from ..errors import (
+from zkv import hostkey, protocol
+from zkv.errors import (
     GatewayRefused,
     GatewayUnreachable,
     InputError,
     ProtocolError,
     RateLimited,
 )
-from .common import path_of, say
+from zkv_admin.common import path_of, say
 
 if TYPE_CHECKING:
     import requests

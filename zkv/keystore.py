@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 if TYPE_CHECKING:
     from pathlib import Path
 
-from . import crypto
-from .encoding import b64 as _b64
-from .encoding import canonical
-from .encoding import unb64 as _unb64
-from .errors import (
+from zkv import crypto, paths
+from zkv.encoding import b64 as _b64
+from zkv.encoding import canonical
+from zkv.encoding import unb64 as _unb64
+from zkv.errors import (
     EntryNotFound,
     InputError,
     InvalidKeyMaterial,
@@ -43,11 +43,11 @@ from .errors import (
     KeystoreNotFound,
     KeystoreUnsupportedVersion,
 )
-from .fsutil import atomic_write, read_limited
+from zkv.fsutil import atomic_write, read_limited
 
 FORMAT = "zkv-keystore"
 VERSION = 1
-DEFAULT_PATH = "/boot/zkv/keystore"
+DEFAULT_PATH = paths.KEYSTORE
 ENV_PATH = "ZKV_KEYSTORE"
 MAX_FILE_SIZE = 1 << 20
 MAX_SLOTS = 32

@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from .errors import (
+from zkv.errors import (
     ZfsDatasetNotFound,
     ZfsError,
     ZfsKeyAlreadyLoaded,
@@ -22,7 +22,7 @@ from .errors import (
     ZfsNotEncryptionRoot,
     ZfsUnavailable,
 )
-from .fsutil import which
+from zkv.fsutil import which
 
 ENV_BINARY = "ZKV_ZFS"
 _SEARCH = ("/usr/sbin/zfs", "/sbin/zfs", "/usr/local/sbin/zfs")

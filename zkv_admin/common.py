@@ -9,9 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .. import keystore
-from ..errors import SecretOnCommandLine
-from . import prompt
+from zkv import keystore
+from zkv.errors import SecretOnCommandLine
+from zkv_admin import secret_input
 
 REBUILD_HINT = (
     "the boot image holds a copy of the keystore: rebuild it now "
@@ -42,12 +42,12 @@ def path_of(args: argparse.Namespace) -> Path:
 def open_store(args: argparse.Namespace, sealed: keystore.SealedKeystore) -> keystore.OpenKeystore:
     """Open with the repository key if a file was given, else with the recovery passphrase."""
     if args.repository_key_file is not None:
-        text = prompt.read_secret(args.repository_key_file, "repository key")
+        text = secret_input.read_secret(args.repository_key_file, "repository key")
         return sealed.open_with_repository_key(keystore.parse_repository_key(text))
     if args.recovery_passphrase_file is not None:
-        passphrase = prompt.read_secret(args.recovery_passphrase_file, "recovery passphrase")
+        passphrase = secret_input.read_secret(args.recovery_passphrase_file, "recovery passphrase")
     else:
-        passphrase = prompt.ask(
+        passphrase = secret_input.ask(
             "Recovery passphrase: ", "recovery passphrase", "--recovery-passphrase-file"
         )
     return sealed.open_with_passphrase(passphrase)

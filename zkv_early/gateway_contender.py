@@ -11,10 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from . import crypto, hostkey, keystore, net, protocol
-from .config import Config
-from .console import Console, countdown
-from .errors import (
+from zkv import crypto, hostkey, keystore, protocol
+from zkv.errors import (
     ApprovalDenied,
     ApprovalExpired,
     GatewayError,
@@ -24,9 +22,12 @@ from .errors import (
     ProtocolError,
     ReleaseRejected,
 )
-from .http11 import Url
-from .keystore import OpenKeystore, SealedKeystore
-from .race import Cancelled, Deadline
+from zkv.keystore import OpenKeystore, SealedKeystore
+from zkv_early import net
+from zkv_early.config import Config
+from zkv_early.console import Console, countdown
+from zkv_early.http11 import Url
+from zkv_early.race import Cancelled, Deadline
 
 MAX_WAIT = protocol.MAX_WAIT
 RETRY_MAX = 10.0  # seconds between attempts while the gateway cannot be reached

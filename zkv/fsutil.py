@@ -10,7 +10,7 @@ import contextlib
 import os
 import time
 
-from .errors import FileWriteError
+from zkv.errors import FileWriteError
 
 # os.path, not pathlib, in every module the boot client imports: one import less (3 ms on the
 # host, a multiple of that under an emulated CPU), and paths are plain strings there anyway.

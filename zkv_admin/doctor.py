@@ -16,10 +16,11 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import config, hostkey, keystore
-from ..errors import DoctorFoundProblems, ZkvError
-from ..zfs import Zfs
-from .common import path_of
+from zkv import hostkey, keystore
+from zkv.errors import DoctorFoundProblems, ZkvError
+from zkv.zfs import Zfs
+from zkv_admin.common import path_of
+from zkv_early import config
 
 Finding = tuple[bool, str]  # (ok, one sentence)
 

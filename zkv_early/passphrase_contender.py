@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import threading
 
-from .console import Console
-from .errors import KeystoreLocked, PassphraseRetriesExceeded
-from .keystore import OpenKeystore, SealedKeystore
-from .prompt import Prompt
-from .race import Cancelled
+from zkv.errors import KeystoreLocked, PassphraseRetriesExceeded
+from zkv.keystore import OpenKeystore, SealedKeystore
+from zkv_early.console import Console
+from zkv_early.passphrase_prompt import Prompt
+from zkv_early.race import Cancelled
 
 
 def unlock_with_passphrase(

@@ -17,12 +17,8 @@ import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from . import config as configmod
-from . import handover, keystore, prompt, recovery
-from .approval import GatewayUnlock
-from .config import Config
-from .console import Console, countdown
-from .errors import (
+from zkv import keystore
+from zkv.errors import (
     Disabled,
     EntryNotFound,
     HandoverError,
@@ -31,11 +27,16 @@ from .errors import (
     PromptUnavailable,
     ZkvError,
 )
-from .gateway_client import GatewayClient
-from .keystore import OpenKeystore, SealedKeystore
-from .race import Contender, Deadline, SystemClock, race
-from .unlock import Outcome, load_entries
-from .zfs import KeyInfo, Zfs, root_status
+from zkv.keyload import Outcome, load_entries
+from zkv.keystore import OpenKeystore, SealedKeystore
+from zkv.zfs import KeyInfo, Zfs, root_status
+from zkv_early import config as configmod
+from zkv_early import handover, passphrase_contender, passphrase_prompt
+from zkv_early.config import Config
+from zkv_early.console import Console, countdown
+from zkv_early.gateway_client import GatewayClient
+from zkv_early.gateway_contender import GatewayUnlock
+from zkv_early.race import Contender, Deadline, SystemClock, race
 
 FRESH_LISTING = 5.0  # seconds: a zfs listing older than this is taken again before loading
 AFTER_POLL = 0.1  # seconds between looks for the --after file
@@ -188,12 +189,12 @@ def _open(
     deadline = Deadline(SystemClock(), config.total_timeout)
     client = GatewayClient(config.gateway_url, config.ca_file, config.request_timeout)
     gateway = GatewayUnlock(config, console, client, deadline, configmod.hostname(config))
-    asker: prompt.Prompt | None = None
+    asker: passphrase_prompt.Prompt | None = None
     contenders: list[Contender[OpenKeystore]] = [
         Contender("gateway", lambda cancel: gateway.run(sealed, cancel), gateway.stop)
     ]
     try:
-        asker = prompt.choose(options.prompt, options.tty, console, config.total_timeout)
+        asker = passphrase_prompt.choose(options.prompt, options.tty, console, config.total_timeout)
     except PromptUnavailable as exc:
         console.say(f"{exc.message}; waiting for the gateway only")
     if asker is not None:
@@ -204,7 +205,9 @@ def _open(
         contenders[0].on_failure = lambda error, left: console.say(_fallback_message(error, left))
 
         def passphrase(cancel: threading.Event) -> OpenKeystore:
-            return recovery.unlock_with_passphrase(sealed, ask, console, config.attempts, cancel)
+            return passphrase_contender.unlock_with_passphrase(
+                sealed, ask, console, config.attempts, cancel
+            )
 
         # No stop hook: both prompts notice the cancel event within a tick; closing the
         # terminal under a thread still in select() would be a race.

@@ -26,8 +26,8 @@ import re
 import time
 from typing import Any, NamedTuple
 
-from . import crypto
-from .encoding import b64, canonical, unb64
+from zkv import crypto
+from zkv.encoding import b64, canonical, unb64
 
 VERSION = 1
 PATH_HOSTS = "/v1/hosts"

@@ -5,20 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 
-from .. import keystore
-from ..errors import EntryNotFound, KeystoreExists, UsageError
-from ..fsutil import atomic_write
-from . import prompt
-from .common import open_store, path_of, read_and_open, save, say
+from zkv import keystore
+from zkv.errors import EntryNotFound, KeystoreExists, UsageError
+from zkv.fsutil import atomic_write
+from zkv_admin import secret_input
+from zkv_admin.common import open_store, path_of, read_and_open, save, say
 
 NEW_PASSPHRASE = "New recovery passphrase: "  # noqa: S105 (a prompt)
 
 
 def _new_passphrase(source: str | None, option: str) -> bytes:
     if source is not None:
-        passphrase = prompt.read_secret(source, "recovery passphrase")
+        passphrase = secret_input.read_secret(source, "recovery passphrase")
     else:
-        passphrase = prompt.ask_new(NEW_PASSPHRASE, "recovery passphrase", option)
+        passphrase = secret_input.ask_new(NEW_PASSPHRASE, "recovery passphrase", option)
     keystore.check_recovery_passphrase(passphrase)
     return passphrase
 
@@ -33,12 +33,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     store = keystore.create(repository_key, passphrase)
     text = keystore.format_repository_key(repository_key)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if key_out not in (None, prompt.STDIN):
+    if key_out not in (None, secret_input.STDIN):
         # Before the keystore, so a keystore never exists whose repository key was not kept.
         atomic_write(key_out, f"{text}\n".encode(), mode=0o600)
     save(path, store)
     say(f"created {path} (host id {store.host_id})")
-    if key_out == prompt.STDIN:
+    if key_out == secret_input.STDIN:
         print(text, flush=True)
     elif key_out is None:
         print("Repository key (shown only this once; store it in Azure Key Vault):")
@@ -76,7 +76,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    prompt.check_one_stdin(args.repository_key_file, args.recovery_passphrase_file)
+    secret_input.check_one_stdin(args.repository_key_file, args.recovery_passphrase_file)
     path = path_of(args)
     sealed = keystore.read(path)
     if args.dataset not in sealed.datasets():
@@ -92,7 +92,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_passwd(args: argparse.Namespace) -> int:
-    prompt.check_one_stdin(
+    secret_input.check_one_stdin(
         args.repository_key_file, args.recovery_passphrase_file, args.new_passphrase_file
     )
     path, store = read_and_open(args)

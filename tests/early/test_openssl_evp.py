@@ -1,4 +1,4 @@
-"""zkv_early/evp.py under Debian's /usr/bin/python3 and python3-cryptography 38 (the boot path):
+"""zkv/openssl_evp.py under Debian's /usr/bin/python3 and python3-cryptography 38 (the boot path):
 RFC test vectors, agreement with cryptography's public API, and refusal of forgeries."""
 
 from __future__ import annotations
@@ -9,20 +9,20 @@ from pathlib import Path
 import pytest
 
 from tests.early.conftest import TARGET_PYTHON, _target_ready
-from zkv_early import crypto
+from zkv import crypto
 
 REPO = Path(__file__).resolve().parents[2]
 
 CHECK = r"""
 import os
-from zkv_early import crypto, evp
+from zkv import crypto, openssl_evp
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives import hashes
 
-assert crypto._EVP is not None, "the binding is expected with cryptography 38"
-e = crypto._EVP
+assert crypto._fast_path() is not None, "the binding is expected with cryptography 38"
+e = crypto._fast_path()
 h = bytes.fromhex
 # RFC 8032 7.1 TEST 1 and TEST 2
 sk = h("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
@@ -46,7 +46,7 @@ assert e.x25519_exchange(a, b_pub) == h(
 for bad in (bytes(32), b"\x01" + bytes(31)):  # small-order points: no all-zero secret
     try:
         e.x25519_exchange(a, bad)
-    except evp.EvpError:
+    except openssl_evp.EvpError:
         pass
     else:
         raise AssertionError("small-order peer key accepted")

@@ -1,0 +1,2 @@
+# shellcheck shell=sh
+# zkv boot helpers shared by the dracut and initramfs-tools scripts.
