@@ -6,7 +6,7 @@ DESTDIR ?=
 # Every shell file: scripts with a sh/bash shebang, plus the sourced boot fragments (which carry
 # a `# shellcheck shell=sh` directive instead).
 SHELL_FILES = $(shell grep -rlE '^(\#!.*[/ ](ba|da)?sh( |$$)|\# shellcheck shell=sh)' \
-	dracut initramfs-tools .ci tests/e2e/guest bench systemd mk 2>/dev/null)
+	dracut initramfs-tools .ci tests/vm/guest bench systemd mk 2>/dev/null)
 # The subset that runs under busybox/dash, where bashisms break the boot.
 POSIX_SH_FILES = $(shell grep -lE '^(\#! ?/bin/sh|\# shellcheck shell=sh)' $(SHELL_FILES))
 
@@ -37,7 +37,7 @@ e2e: pyz
 	$(PYTHON) -m pytest -m e2e tests/e2e -v
 
 images:
-	$(PYTHON) -m tests.e2e.build_images
+	$(PYTHON) -m tests.vm.build_images
 
 # The whole suite: lint, unit and integration tests, then the VM boot tests.
 test:

@@ -3,7 +3,7 @@
     python3 -m bench.boot_size [--flavour dracut|initramfs-tools]...
 
 "Without" is the same chroot's initrd with zkv's real-root parts installed but no hooks (the
-payload image of tests/e2e/zkv_image.py); "with" is the initrd the zkv hooks built. Target:
+payload image of tests/vm/zkv_image.py); "with" is the initrd the zkv hooks built. Target:
 growth <= 5 MiB compressed. Needs root and the e2e prerequisites (builds images if missing).
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tests.e2e import testbed, zkv_image
+from tests.vm import testbed, zkv_image
 
 MiB = 1 << 20
 TARGET_MIB = 5.0

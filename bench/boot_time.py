@@ -40,10 +40,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.e2e import testbed, zkv_image
-from tests.e2e.driver import Guest
-from tests.e2e.trace import ZFS_LOADED, guest_times, stamp_of
-from tests.e2e.zkv_boot import gateway, run_boot
+from tests.vm import testbed, zkv_image
+from tests.vm.driver import Guest
+from tests.vm.trace import ZFS_LOADED, guest_times, stamp_of
+from tests.vm.zkv_boot import gateway, run_boot
 
 ICOUNT = "shift=0,sleep=on"
 

@@ -17,7 +17,7 @@ from .config import Settings, is_secret_name, load
 from .errors import GatewayCliError, SecretUnavailable
 from .notify import ConsoleNotifier
 from .service import HOST_APPROVED, HOST_REVOKED, Gateway
-from .store import Store
+from .store import Store, StoreError
 
 EXIT_DATABASE = 6
 
@@ -147,9 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _database_or_raise(exc: Exception) -> int:
-    from sqlalchemy.exc import SQLAlchemyError
-
-    if isinstance(exc, SQLAlchemyError):
+    if isinstance(exc, StoreError):
         print(f"zkv-gateway: database error: {type(exc).__name__}", file=sys.stderr)
         return EXIT_DATABASE
     raise exc

@@ -15,8 +15,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Connection, select
-
 from zkv import crypto, protocol
 from zkv.encoding import b64, unb64
 from zkv.protocol import (
@@ -36,7 +34,7 @@ from .errors import ApiError, GatewayCliError, NotifyFailed, SecretUnavailable
 from .notify import Notifier, enroll_text, unlock_text
 from .ratelimit import HOUR, Limit
 from .secrets_source import SecretSource
-from .store import Host, RequestRow, Store, requests
+from .store import Host, RequestRow, Store, Tx
 
 log = logging.getLogger("zkv.gateway")
 
@@ -215,7 +213,7 @@ class Gateway:
                 self._owner_reply(conn, approvals.parse_reply(body), now)
         self._wake()
 
-    def _owner_reply(self, conn: Connection, reply: Reply | None, now: float) -> None:
+    def _owner_reply(self, conn: Tx, reply: Reply | None, now: float) -> None:
         """A reply naming an open request's PIN decides it. Any other reply from the owner
         counts one strike against every open request (the owner has one phone, so a wrong
         PIN cannot be attributed more precisely); MAX_WRONG_PINS strikes deny a request."""
@@ -331,11 +329,11 @@ class Gateway:
         except crypto.BadSignature:
             raise _Unauthorized("bad signature") from None
 
-    def _use_nonce(self, conn: Connection, host_id: str, nonce: str, now: float) -> None:
+    def _use_nonce(self, conn: Tx, host_id: str, nonce: str, now: float) -> None:
         if not self.store.use_nonce(conn, host_id, nonce, now):
             raise _Unauthorized("replayed nonce")
 
-    def _limit(self, conn: Connection, now: float, ip: str, host_id: str | None) -> None:
+    def _limit(self, conn: Tx, now: float, ip: str, host_id: str | None) -> None:
         s = self.settings
         limits = [
             Limit(f"ip:{ip}", s.RATE_PER_SECOND, 1.0),
@@ -355,7 +353,7 @@ class Gateway:
 
     def _new_request(
         self,
-        conn: Connection,
+        conn: Tx,
         kind: str,
         host_id: str,
         hostname: str,
@@ -364,9 +362,7 @@ class Gateway:
         ephemeral_key: str | None,
     ) -> RequestRow:
         now = self.clock()
-        taken = set(
-            conn.execute(select(requests.c.pin).where(requests.c.state == STATE_PENDING)).scalars()
-        )
+        taken = self.store.open_pins(conn)
         n = self.settings.PIN_LENGTH
         pin = f"{secrets.randbelow(10**n):0{n}d}"
         while pin in taken:  # a PIN names one open request, so it must be unique among them
@@ -400,7 +396,7 @@ class Gateway:
                 self._owner_reply(conn, reply, self.clock())
             self._wake()
 
-    def _update(self, conn: Connection, row: RequestRow, new: Approval, detail: str = "") -> None:
+    def _update(self, conn: Tx, row: RequestRow, new: Approval, detail: str = "") -> None:
         """Persist a transition, audit it, and apply an enrolment decision to its host."""
         old = row.approval
         if new == old:

@@ -1,5 +1,6 @@
 """Persistence with SQLAlchemy Core: sqlite by default (WAL, busy timeout) or PostgreSQL
-(postgresql+psycopg://...); both are tested. The schema is created at start.
+(postgresql+psycopg://...); both are tested. The schema is created at start. SQL lives here and
+in audit.py and ratelimit.py only (tests/gateway/test_sql_ownership.py checks).
 
 The service's write transactions check then write (nonce unused? under the rate limit? PIN free?)
 and rely on one writer at a time. Write transactions on sqlite start with BEGIN IMMEDIATE: taking
@@ -18,7 +19,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from sqlalchemy import (
     Boolean,
@@ -35,12 +36,18 @@ from sqlalchemy import (
     event,
     func,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from zkv.protocol import STATE_PENDING
 
 from .approvals import Approval
+
+# Callers outside the data-access modules name these instead of importing sqlalchemy.
+Tx: TypeAlias = Connection  # one open transaction, passed through to group several calls
+StoreError: TypeAlias = SQLAlchemyError  # any failure of the database or its driver
 
 metadata = MetaData()
 PG_WRITE_LOCK = 0x7A6B76  # advisory lock key ("zkv"); see the module docstring
@@ -156,6 +163,11 @@ class Store:
     def dispose(self) -> None:
         self.engine.dispose()
 
+    def ping(self) -> None:
+        """Raise unless the database answers a trivial query (the health check)."""
+        with self.read() as conn:
+            conn.execute(text("SELECT 1"))
+
     @contextmanager
     def read(self) -> Iterator[Connection]:
         with self.engine.connect() as conn, conn.begin():
@@ -213,6 +225,11 @@ class Store:
         conn.execute(
             requests.update().where(requests.c.request_id == a.request_id).values(**values, **extra)
         )
+
+    def open_pins(self, conn: Connection) -> set[str]:
+        """The PINs of pending requests; a PIN names one of them, so a new one must differ."""
+        query = select(requests.c.pin).where(requests.c.state == STATE_PENDING)
+        return set(conn.execute(query).scalars())
 
     def recent_requests(self, conn: Connection, limit: int) -> list[RequestRow]:
         query = select(requests).order_by(requests.c.created_at.desc()).limit(limit)

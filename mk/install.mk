@@ -50,12 +50,11 @@ install-files:
 		$(DESTDIR)$(ZKV_ITDIR)/scripts/local-bottom \
 		$(DESTDIR)/etc/zfs/initramfs-tools-load-key.d
 	install -d -m 0700 $(DESTDIR)/etc/zkv
-	# The boot client, the shell helpers both flavours source, and the paths they read
-	# (generated from zkv/paths.py: the one owner of every zkv location).
+	# The boot client, and the shell helpers both flavours source with the paths in front
+	# (from zkv/paths.py: the one owner of every zkv location).
 	install -m 0644 $(ZKV_PYZ) $(DESTDIR)$(ZKV_LIBDIR)/zkv-early.pyz
-	install -m 0644 zkv_early/zkv-lib.sh $(DESTDIR)$(ZKV_LIBDIR)/zkv-lib.sh
-	cd $(ZKV_PYTHON_SRC) && $(PYTHON) -m zkv.paths > $(abspath $(DESTDIR))$(ZKV_LIBDIR)/zkv-paths.sh
-	chmod 0644 $(DESTDIR)$(ZKV_LIBDIR)/zkv-paths.sh
+	$(PYTHON) -m zkv.paths zkv_early/zkv-lib.sh > $(DESTDIR)$(ZKV_LIBDIR)/zkv-lib.sh
+	chmod 0644 $(DESTDIR)$(ZKV_LIBDIR)/zkv-lib.sh
 	# The Python packages beside the zipapp, run by wrappers (no pip, no venv): the admin CLI
 	# and the build-time helper both hooks use.
 	for pkg in $(ZKV_PYTHON_PACKAGES); do \

@@ -2,11 +2,14 @@
 
 The class docstring is the message template (borg's style); ``str.format`` fills it with the
 keyword arguments given at raise time. Exit codes are part of the interface: docs/exit-codes.md
-lists them, tests/unit/test_errors.py pins them. Messages never contain key material.
+and the boot client's --help list them (both generated from these classes: catalogue()),
+tests/unit/test_errors.py pins them. Messages never contain key material.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import ClassVar
 
 
@@ -117,6 +120,12 @@ class FileWriteError(ZkvError):
 # --- zfs (20-29) ----------------------------------------------------------------------------
 
 
+class HostKeyError(ZkvError):
+    """host key {path}: {detail}"""
+
+    exit_code = 19
+
+
 class ZfsError(ZkvError):
     """zfs: {detail}"""
 
@@ -213,12 +222,6 @@ class PassphraseRetriesExceeded(ZkvError):
     exit_code = 41
 
 
-class Disabled(ZkvError):
-    """zkv is disabled on the kernel command line (zkv=off)"""
-
-    exit_code = 42
-
-
 class UnlockTimeout(ZkvError):
     """no approval and no recovery passphrase within {seconds} s"""
 
@@ -296,3 +299,30 @@ class DoctorFoundProblems(ZkvError):
 
 class NoTerminal(UsageError):
     """no terminal to ask for the {what}; give it with {option}"""
+
+
+# --- the catalogue --------------------------------------------------------------------------
+
+
+ADMIN_CODES = 50  # 50-59: the admin CLI's own; the boot client never ends with them
+SIGNAL_CODES = 128
+
+
+def catalogue() -> list[type[ZkvError]]:
+    """Every error class, by exit code then name."""
+    found = [v for v in globals().values() if isinstance(v, type) and issubclass(v, ZkvError)]
+    return sorted(found, key=lambda c: (c.exit_code, c.__name__))
+
+
+def summary(cls: type[ZkvError]) -> str:
+    """A few words from the class name: GatewayUnreachable -> "gateway unreachable"."""
+    return re.sub(r"(?<!^)(?=[A-Z])", " ", cls.__name__).lower()
+
+
+def exit_code_help(wanted: Callable[[int], bool]) -> str:
+    """One line per exit code that ``wanted`` accepts, for a program's --help."""
+    by_code: dict[int, list[str]] = {}
+    for cls in catalogue():
+        if wanted(cls.exit_code):
+            by_code.setdefault(cls.exit_code, []).append(summary(cls))
+    return "\n".join(f"  {code:<4} {' / '.join(names)}" for code, names in sorted(by_code.items()))

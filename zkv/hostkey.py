@@ -14,17 +14,11 @@ if TYPE_CHECKING:
 
 from zkv import crypto, keystore, paths
 from zkv.encoding import b64, unb64
-from zkv.errors import ZkvError
+from zkv.errors import HostKeyError
 from zkv.fsutil import atomic_write, read_limited
 
 MAGIC = "zkv-host-key-v1"
 FILENAME = paths.HOST_KEY_NAME
-
-
-class HostKeyError(ZkvError):
-    """host key {path}: {detail}"""
-
-    exit_code = 19
 
 
 def default_path(keystore_path: str | os.PathLike[str] | None = None) -> Path:

@@ -1,9 +1,11 @@
 """Every location zkv uses, in one place: /boot/zkv, /etc/zkv, /run/zkv and /usr/lib/zkv.
 
-The shell hooks do not repeat these: ``make install`` writes ``python3 -m zkv.paths`` into
-/usr/lib/zkv/zkv-paths.sh, which the hooks source at build time and copy into the image for the
-boot scripts. Each variable there keeps a value already in the environment (the shell tests
-point them at temporary folders).
+The shell hooks do not repeat these: ``make install`` puts them in front of the shared shell
+helpers (``python3 -m zkv.paths zkv_early/zkv-lib.sh`` > /usr/lib/zkv/zkv-lib.sh), which the
+hooks source at build time and copy into the image for the boot scripts. Each variable there
+keeps a value already in the environment (the shell tests point them at temporary folders).
+Names inside /run/zkv that only the hooks and the client share are written in
+zkv_early/zkv-lib.sh and boot_unlock.py.
 """
 
 from __future__ import annotations
@@ -25,19 +27,14 @@ IMAGE_HOST_KEY = f"{ETC_DIR}/{HOST_KEY_NAME}"
 LIB_DIR = "/usr/lib/zkv"
 PYZ = f"{LIB_DIR}/zkv-early.pyz"
 INITRAMFS_FILES = f"{LIB_DIR}/initramfs-files"
-SHELL_LIB = f"{LIB_DIR}/zkv-lib.sh"
-SHELL_PATHS = f"{LIB_DIR}/zkv-paths.sh"
+SHELL_LIB = f"{LIB_DIR}/zkv-lib.sh"  # zkv_early/zkv-lib.sh with shell_fragment() in front
+DRACUT_CLIENT_SH = f"{LIB_DIR}/zkv-early.sh"  # dracut: zkv-early.service's ExecStart
 
-# At boot (tmpfs, folder 0700): the handshake between the hooks and the client, and the
-# data-pool keys handed over to the real root.
+# At boot (tmpfs, folder 0700): the handshake between the hooks and the client (go, status,
+# started, ... beside the --after file) and the data-pool keys handed over to the real root.
 RUN_DIR = "/run/zkv"
 HANDOVER = f"{RUN_DIR}/handover"
-GO = f"{RUN_DIR}/go"  # the hook after the import: "load the keys now"
-STATUS = f"{RUN_DIR}/status"  # the client's exit status, written whole in one write
-STARTED = f"{RUN_DIR}/started"  # the client was started early (dracut: its shell's pid)
-CLIENT_PID = f"{RUN_DIR}/client.pid"
-NETWORK_PID = f"{RUN_DIR}/network.pid"
-WAIT_LIMIT = f"{RUN_DIR}/wait-limit"  # seconds the hooks wait after the go (the client's)
+WAIT_LIMIT_NAME = "wait-limit"  # beside the --after file: how long the hooks wait after the go
 
 # Not ours, but facts the client and the build share.
 CMDLINE = "/proc/cmdline"
@@ -47,7 +44,7 @@ ZFS_LOAD_KEY_DROPIN = "/etc/zfs/initramfs-tools-load-key.d/zkv"  # OpenZFS >= 2.
 
 # What the shell hooks need, by variable name.
 SHELL = {
-    "ZKV_LIB": LIB_DIR,
+    "ZKV_LIB_SH": SHELL_LIB,
     "ZKV_PYZ": PYZ,
     "ZKV_INITRAMFS_FILES": INITRAMFS_FILES,
     "ZKV_CONF": EARLY_CONF,
@@ -56,6 +53,7 @@ SHELL = {
     "ZKV_IMAGE_KEYSTORE": IMAGE_KEYSTORE,
     "ZKV_IMAGE_HOSTKEY": IMAGE_HOST_KEY,
     "ZKV_LOADKEY_DROPIN": ZFS_LOAD_KEY_DROPIN,
+    "ZKV_DRACUT_CLIENT_SH": DRACUT_CLIENT_SH,
     "ZKV_RUN": RUN_DIR,
 }
 
@@ -70,5 +68,14 @@ def shell_fragment() -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":
+def main(argv: list[str]) -> int:
+    """``python3 -m zkv.paths [LIB]``: the fragment, then the shell library LIB after it."""
     sys.stdout.write(shell_fragment())
+    for name in argv:
+        with open(name, encoding="utf-8") as handle:
+            sys.stdout.write(handle.read())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

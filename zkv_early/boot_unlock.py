@@ -17,9 +17,8 @@ import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from zkv import keystore
+from zkv import keystore, paths
 from zkv.errors import (
-    Disabled,
     EntryNotFound,
     HandoverError,
     KeysNotLoaded,
@@ -27,6 +26,7 @@ from zkv.errors import (
     PromptUnavailable,
     ZkvError,
 )
+from zkv.fsutil import atomic_write
 from zkv.keyload import Outcome, load_entries
 from zkv.keystore import OpenKeystore, SealedKeystore
 from zkv.zfs import KeyInfo, Zfs, root_status
@@ -41,6 +41,7 @@ from zkv_early.race import Contender, Deadline, SystemClock, race
 FRESH_LISTING = 5.0  # seconds: a zfs listing older than this is taken again before loading
 AFTER_POLL = 0.1  # seconds between looks for the --after file
 AHEAD_NICE = 10  # the client's priority until the go (see _set_priority)
+LOAD_MARGIN = 30  # seconds the hooks allow for loading the keys after the client's own limit
 
 
 class Options(NamedTuple):
@@ -52,8 +53,8 @@ class Options(NamedTuple):
 
 
 def unlock(config: Config, options: Options, console: Console, zfs: Zfs | None = None) -> None:
-    if config.disabled:
-        raise Disabled
+    if options.after is not None:
+        _write_wait_limit(config, options.after, console)
     sealed = keystore.read(config.keystore)
     zfs = zfs or Zfs()
     if options.after is not None:
@@ -74,6 +75,18 @@ def unlock(config: Config, options: Options, console: Console, zfs: Zfs | None =
     if time.monotonic() - started > FRESH_LISTING:
         listing = zfs.key_infos()  # pools may have been imported, keys loaded meanwhile
     _load(store, zfs, listing, required, options, console)
+
+
+def _write_wait_limit(config: Config, after: str, console: Console) -> None:
+    """The hooks' bound on their wait after the go, beside the go file: this client's overall
+    limit (zkv.timeout= included), counted from the go, plus the time to load the keys. The
+    hooks read it instead of working it out from early.conf and the kernel command line."""
+    seconds = int(config.total_timeout) + LOAD_MARGIN
+    path = os.path.join(os.path.dirname(after) or ".", paths.WAIT_LIMIT_NAME)
+    try:
+        atomic_write(path, f"{seconds}\n".encode())
+    except ZkvError as exc:  # the hooks then wait their default: not a reason to give up
+        console.debug(exc.message)
 
 
 def _unlock_ahead(

@@ -8,8 +8,8 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from zkv import __version__
-from zkv.errors import Interrupted, KeysNotLoaded, UsageError, ZkvError
+from zkv import __version__, errors
+from zkv.errors import ADMIN_CODES, SIGNAL_CODES, Interrupted, KeysNotLoaded, UsageError, ZkvError
 from zkv.keyload import Outcome
 from zkv.zfs import Zfs
 from zkv_early import cmdline, handover
@@ -23,21 +23,13 @@ PIN by SMS) while the console asks for the recovery passphrase; the first answer
 material never appears on the command line, in the environment or on the console.
 """
 
-EPILOG = """\
-kernel command line: zkv=off  zkv.gateway=URL  zkv.timeout=SECONDS  zkv.debug
-                     (rd.zkv... is accepted too)
+EPILOG = f"""\
+kernel command line: zkv.gateway=URL  zkv.timeout=SECONDS  zkv.debug  (rd.zkv... too)
+                     zkv=off is the hooks': they then start nothing (docs/boot-client.md)
 
 exit status (docs/exit-codes.md):
-  0   the keys needed are loaded (or there was nothing to do)
-  2   usage error            3  configuration error     13 keystore damaged
-  15  keystore did not open with the released key or passphrase
-  16  --root has no keystore entry                       19 host key missing or bad
-  2x  zfs errors             31 gateway unreachable     32 refused (host not enrolled)
-  33  denied                 34 request expired         36 unexpected gateway answer
-  40  network did not come up                            41 too many wrong passphrases
-  42  disabled by zkv=off    43 overall timeout         44 keys not loaded
-  45  no way to prompt       46 handover file problem   47 pools not imported (--after)
-  130 interrupted
+  0    the keys needed are loaded (or there was nothing to do)
+{errors.exit_code_help(lambda code: code < ADMIN_CODES or code >= SIGNAL_CODES)}
 Any non-zero status: the hooks fall back to OpenZFS's own passphrase prompt.
 """
 

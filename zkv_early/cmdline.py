@@ -1,11 +1,11 @@
 """Kernel command-line switches for the boot client (read from /proc/cmdline).
 
-    zkv=off (or rd.zkv=0)        do nothing: the hooks fall back to OpenZFS's own prompt
     zkv.gateway=URL              use another gateway for this boot
     zkv.timeout=SECONDS          overall time limit of ``unlock``
     zkv.debug                    more console output (never key material)
 
-The ``rd.`` prefix is accepted for every switch, as dracut users expect it.
+The ``rd.`` prefix is accepted for every switch, as dracut users expect it. ``zkv=off`` is not
+the client's: the hooks decide it (zkv_disabled in zkv-lib.sh) and then never start it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ _OFF = ("off", "0", "no", "false")
 
 
 class Overrides(NamedTuple):
-    disabled: bool = False
     gateway: str | None = None
     timeout: float | None = None
     debug: bool = False
@@ -48,19 +47,17 @@ def split(text: str) -> list[str]:
 
 
 def parse(text: str) -> Overrides:
-    disabled, gateway, timeout, debug = False, None, None, False
+    gateway, timeout, debug = None, None, False
     for word in split(text):
         name, has_value, value = word.partition("=")
         name = name.removeprefix("rd.")
-        if name == "zkv":
-            disabled = bool(has_value) and value.lower() in _OFF
-        elif name == "zkv.gateway" and value:
+        if name == "zkv.gateway" and value:
             gateway = value
         elif name == "zkv.timeout":
             timeout = _seconds(value)
         elif name == "zkv.debug":
             debug = not has_value or value.lower() not in _OFF
-    return Overrides(disabled=disabled, gateway=gateway, timeout=timeout, debug=debug)
+    return Overrides(gateway=gateway, timeout=timeout, debug=debug)
 
 
 def read(path: str = DEFAULT_PATH) -> Overrides:

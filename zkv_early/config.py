@@ -61,7 +61,6 @@ class Config(NamedTuple):
     fallback_timeout: float = 120.0
     interfaces: tuple[str, ...] = ()
     attempts: int = 3
-    disabled: bool = False
     debug: bool = False
 
     @property
@@ -122,7 +121,6 @@ def parse(text: str, source: str = DEFAULT_PATH) -> Config:
 def apply(config: Config, overrides: cmdline.Overrides) -> Config:
     """The kernel command line wins over the file: it is what the person at the console set."""
     result = config._replace(
-        disabled=overrides.disabled,
         debug=config.debug or overrides.debug,
         gateway_url=overrides.gateway or config.gateway_url,
         total_timeout=overrides.timeout or config.total_timeout,
@@ -131,8 +129,6 @@ def apply(config: Config, overrides: cmdline.Overrides) -> Config:
 
 
 def validate(config: Config) -> Config:
-    if config.disabled:
-        return config
     url = Url(config.gateway_url)
     if not config.gateway_url:
         raise ConfigError("no gateway url ([gateway] url or zkv.gateway=)")
@@ -150,8 +146,6 @@ def load(path: str = DEFAULT_PATH, cmdline_path: str = cmdline.DEFAULT_PATH) -> 
         with open(path, encoding="utf-8") as handle:
             text = handle.read(256 * 1024)
     except FileNotFoundError:
-        if overrides.disabled:
-            return Config(gateway_url="", disabled=True)
         raise ConfigError(f"{path} is missing") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None

@@ -4,10 +4,10 @@
 # image stays in place); nothing here can fail the boot.
 # shellcheck disable=SC2154 # initdir, moddir and systemdsystemunitdir are set by dracut
 
-zkv_lib=/usr/lib/zkv
-zkv_conf=/etc/zkv/early.conf
-zkv_keystore=/boot/zkv/keystore
-zkv_hostkey=/boot/zkv/host.key
+# The paths (ZKV_CONF, ZKV_KEYSTORE, ZKV_PYZ, ...) and the helpers both flavours share.
+zkv_lib_sh=${ZKV_LIB_SH:-/usr/lib/zkv/zkv-lib.sh}
+# shellcheck source=zkv_early/zkv-lib.sh
+. "$zkv_lib_sh" 2>/dev/null || zkv_lib_sh=""
 
 # dracut ignores install()'s status, so a fatal problem must end dracut itself (as inst_hook
 # does); its EXIT trap removes the half-built image.
@@ -17,9 +17,13 @@ zkv_fatal() {
 }
 
 check() {
+    if [ -z "$zkv_lib_sh" ]; then
+        derror "zkv: ${ZKV_LIB_SH:-/usr/lib/zkv/zkv-lib.sh} is missing (reinstall zkv)"
+        return 1
+    fi
     # Only on hosts set up with `zkv init` and `zkv enroll`; an explicit add_dracutmodules+=zkv
     # on a host without them makes dracut fail, which is what the admin wants to see.
-    [ -f "$zkv_conf" ] && [ -f "$zkv_keystore" ] && [ -f "$zkv_hostkey" ] || return 1
+    [ -f "$ZKV_CONF" ] && [ -f "$ZKV_KEYSTORE" ] && [ -f "$ZKV_HOSTKEY" ] || return 1
     require_binaries python3 zfs || return 1
     return 0
 }
@@ -33,28 +37,29 @@ install() {
 
     inst_multiple python3 systemd-ask-password ip \
         || zkv_fatal "python3, systemd-ask-password or ip is missing"
-    inst_simple "$zkv_lib/zkv-early.pyz" || zkv_fatal "$zkv_lib/zkv-early.pyz is missing"
+    inst_simple "$ZKV_PYZ" || zkv_fatal "$ZKV_PYZ is missing"
+    inst_simple "$zkv_lib_sh" "$ZKV_LIB_SH" || zkv_fatal "cannot install $zkv_lib_sh"
     # The interpreter and exactly the modules the zipapp imports (as bytecode), not the stdlib.
-    files=$("$zkv_lib/initramfs-files" python "$zkv_lib/zkv-early.pyz") \
+    files=$("$ZKV_INITRAMFS_FILES" python "$ZKV_PYZ") \
         || zkv_fatal "cannot list the Python files the boot client needs"
     echo "$files" | while read -r src dst; do
         inst "$src" "$dst" || exit 1
     done || zkv_fatal "cannot install the Python runtime"
 
-    inst_simple "$zkv_conf" /etc/zkv/early.conf || zkv_fatal "cannot install $zkv_conf"
-    ca=$("$zkv_lib/initramfs-files" ca "$zkv_conf") || zkv_fatal "the gateway CA file is missing"
+    inst_simple "$ZKV_CONF" || zkv_fatal "cannot install $ZKV_CONF"
+    ca=$("$ZKV_INITRAMFS_FILES" ca "$ZKV_CONF") || zkv_fatal "the gateway CA file is missing"
     inst_simple "$ca" || zkv_fatal "cannot install $ca"
     # Secrets: the image is written with umask 077 by dracut; keep the files 0600 too.
-    inst_simple "$zkv_keystore" /etc/zkv/keystore || zkv_fatal "cannot install the keystore"
-    inst_simple "$zkv_hostkey" /etc/zkv/host.key || zkv_fatal "cannot install the host key"
-    chmod 0600 "$initdir/etc/zkv/keystore" "$initdir/etc/zkv/host.key"
+    inst_simple "$ZKV_KEYSTORE" "$ZKV_IMAGE_KEYSTORE" || zkv_fatal "cannot install the keystore"
+    inst_simple "$ZKV_HOSTKEY" "$ZKV_IMAGE_HOSTKEY" || zkv_fatal "cannot install the host key"
+    chmod 0600 "$initdir$ZKV_IMAGE_KEYSTORE" "$initdir$ZKV_IMAGE_HOSTKEY"
     [ -f /etc/hostname ] && inst_simple /etc/hostname
 
     # The client runs from the start of the initrd (zkv-early.service, wanted by sysinit.target,
     # no ordering: it starts with the first transaction). pre-mount 50, after the pool import
     # and before 90zfs's zfs-load-key.sh (pre-mount 90), tells it to load the keys and waits;
     # 90zfs then finds the key loaded and does not prompt.
-    inst_script "$moddir/zkv-early.sh" /usr/lib/zkv/zkv-early.sh \
+    inst_script "$moddir/zkv-early.sh" "$ZKV_DRACUT_CLIENT_SH" \
         || zkv_fatal "cannot install zkv-early.sh"
     inst_simple "$moddir/zkv-early.service" "$systemdsystemunitdir/zkv-early.service" \
         || zkv_fatal "cannot install zkv-early.service"

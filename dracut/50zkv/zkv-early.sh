@@ -7,27 +7,26 @@
 
 # shellcheck source=/dev/null
 command -v getarg >/dev/null 2>&1 || . "${ZKV_DRACUT_LIB:-/lib/dracut-lib.sh}"
+# shellcheck source=zkv_early/zkv-lib.sh
+. "${ZKV_LIB_SH:-/usr/lib/zkv/zkv-lib.sh}"
 
-# The root= forms 90zfs accepts; AUTO or none: the client takes every imported entry.
-zkv_root_dataset() {
-    zkv_root=$(getarg root=)
+# The root= forms 90zfs accepts (a plain pool/ds with rootfstype=zfs too; `+` stands for a
+# blank in dracut); AUTO or none: the client takes every imported entry.
+zkv_root_of_cmdline() {
+    zkv_spec=$(getarg root=)
+    if [ -n "$zkv_spec" ] && [ "$(getarg rootfstype=)" = zfs ]; then
+        case "$zkv_spec" in zfs:* | ZFS=*) ;; *) zkv_spec="ZFS=$zkv_spec" ;; esac
+    fi
+    zkv_root_dataset "$zkv_spec"
     case "$zkv_root" in
-        zfs:AUTO | ZFS=AUTO | "") zkv_root="" ;;
-        zfs:*) zkv_root=${zkv_root#zfs:} ;;
-        ZFS=*) zkv_root=${zkv_root#ZFS=} ;;
-        *) [ "$(getarg rootfstype=)" = zfs ] || zkv_root="" ;;
+        *+*) zkv_root=$(echo "$zkv_root" | sed 's,+, ,g') ;;
     esac
-    zkv_root=$(echo "$zkv_root" | sed 's,+, ,g')
 }
 
-zkv_off=$(getarg rd.zkv=)
-[ -n "$zkv_off" ] || zkv_off=$(getarg zkv=)
-case "$zkv_off" in
-    [Oo][Ff][Ff] | 0 | [Nn][Oo] | [Ff][Aa][Ll][Ss][Ee])
-        echo "zkv: disabled on the kernel command line"
-        exit 0
-        ;;
-esac
+if zkv_disabled "$(getcmdline)"; then
+    echo "zkv: disabled on the kernel command line"
+    exit 0
+fi
 
 # The network, unless dracut brings it up itself (rd.neednet=1, ip=, a network root): every
 # Ethernet link gets network-legacy's ifup in manual mode (DHCP, or what ip= says), in the
@@ -49,8 +48,8 @@ zkv_network() {
             [ -e "$zkv_dev/wireless" ] && continue
             read -r zkv_index 2>/dev/null <"$zkv_dev/ifindex"
             [ -e "${ZKV_UDEV_DATA:-/run/udev/data}/n$zkv_index" ] || continue
-            [ -e "$zkv_run/ifup.${zkv_dev##*/}" ] && continue
-            : >"$zkv_run/ifup.${zkv_dev##*/}"
+            [ -e "$ZKV_RUN/ifup.${zkv_dev##*/}" ] && continue
+            : >"$ZKV_RUN/ifup.${zkv_dev##*/}"
             ifup "${zkv_dev##*/}" -m >/dev/null 2>&1 &
         done
         for zkv_f in "${ZKV_DRACUT_TMP:-/tmp}"/net.*.did-setup; do
@@ -61,18 +60,18 @@ zkv_network() {
     done
 }
 
-# The pre-mount hook reads this shell's pid from $zkv_run/started and the client's exit status
-# from $zkv_run/status (as the initramfs-tools hooks do): no systemctl call on the root's path.
-zkv_run=${ZKV_RUN:-/run/zkv}
-mkdir -p "$zkv_run" && chmod 0700 "$zkv_run"
+# The pre-mount hook reads this shell's pid from $ZKV_RUN/started and the client's exit status
+# from $ZKV_RUN/status (as the initramfs-tools hooks do): no systemctl call on the root's path.
+mkdir -p "$ZKV_RUN" && chmod 0700 "$ZKV_RUN"
 zkv_network &
-zkv_root_dataset
-echo $$ >"$zkv_run/started"
+zkv_root_of_cmdline
+echo $$ >"$ZKV_RUN/started"
 if [ -n "$zkv_root" ]; then
-    python3 -I -S /usr/lib/zkv/zkv-early.pyz unlock --root "$zkv_root" --after "$zkv_run/go"
+    python3 -I -S "$ZKV_PYZ" unlock --root "$zkv_root" --after "$ZKV_RUN/go"
 else
-    python3 -I -S /usr/lib/zkv/zkv-early.pyz unlock --after "$zkv_run/go"
+    python3 -I -S "$ZKV_PYZ" unlock --after "$ZKV_RUN/go"
 fi
 zkv_rc=$?
-echo "$zkv_rc" >"$zkv_run/status.new" && mv "$zkv_run/status.new" "$zkv_run/status"
+# One write(2): a reader sees the file empty or whole (zkv_status waits for whole).
+echo "$zkv_rc" >"$ZKV_RUN/status"
 exit "$zkv_rc"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import builder, testbed
-from tests.e2e.driver import BootResult, Guest
-from tests.e2e.testbed import Channel, Flavour, Image
+from tests.vm import builder, testbed
+from tests.vm.driver import BootResult, Guest
+from tests.vm.testbed import Channel, Flavour, Image
 
 REQUIRED_TOOLS = (
     "qemu-system-x86_64",
@@ -46,7 +46,7 @@ def prerequisites() -> None:
         return
     message = (
         f"e2e prerequisites missing: {', '.join(missing)} "
-        "(install tests/e2e/apt-packages.txt, run as root)"
+        "(install tests/vm/apt-packages.txt, run as root)"
     )
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(message)

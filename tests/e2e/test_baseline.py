@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e import testbed
 from tests.e2e.conftest import record_boot
-from tests.e2e.driver import BootResult, Guest
-from tests.e2e.testbed import Channel, Flavour, Image
+from tests.vm import testbed
+from tests.vm.driver import BootResult, Guest
+from tests.vm.testbed import Channel, Flavour, Image
 
 pytestmark = pytest.mark.e2e
 

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import testbed, zkv_image
 from tests.e2e.conftest import record_boot
-from tests.e2e.driver import BootResult, Guest, Timings
-from tests.e2e.testbed import Channel, Flavour, Image
-from tests.e2e.zkv_boot import Outcome, gateway, no_leftovers, run_boot, unreachable_port
-from tests.e2e.zkv_image import RECOVERY_PASSPHRASE, ZkvImage
+from tests.vm import testbed, zkv_image
+from tests.vm.driver import BootResult, Guest, Timings
+from tests.vm.testbed import Channel, Flavour, Image
+from tests.vm.zkv_boot import Outcome, gateway, no_leftovers, run_boot, unreachable_port
+from tests.vm.zkv_image import RECOVERY_PASSPHRASE, ZkvImage
 
 pytestmark = pytest.mark.e2e
 

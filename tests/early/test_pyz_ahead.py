@@ -16,7 +16,7 @@ from tests.early.conftest import DATA_KEY, ROOT_KEY, Machine
 from tests.early.test_pyz_gateway import assert_no_secret
 from tests.gateway.server import running_gateway
 from zkv_early import handover
-from zkv_early.boot_unlock import AHEAD_NICE
+from zkv_early.boot_unlock import AHEAD_NICE, LOAD_MARGIN
 
 ROOT = "rpool/ROOT/debian"
 
@@ -114,6 +114,10 @@ def test_pools_never_imported_gives_up_in_time(machine: Machine, tmp_path: Path)
         took = time.monotonic() - started
     assert result.returncode == 47, result.stderr
     assert "pools were not imported within 4 s" in result.stderr
+    # The hooks' bound on their wait after the go, written beside the go file: the client's own
+    # limit (total = 4) plus the time to load the keys; the hooks do not parse early.conf.
+    assert (tmp_path / "wait-limit").read_text() == f"{4 + LOAD_MARGIN}\n"
+    assert (tmp_path / "wait-limit").stat().st_mode & 0o777 == 0o600
     assert took < 15
     assert machine.zfs.keystatus("rpool") == "unavailable"
     assert not machine.handover.exists()

@@ -1,11 +1,13 @@
 """The initramfs carries every Python file a boot imports: the built pyz runs under -I -S (as the
-hooks start it) with its imports recorded, and each one must be in boot/initramfs-files' list.
+hooks start it) with its imports recorded, and each one must be in initramfs-files' list
+(zkv_early/initramfs_files.py).
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,7 @@ try:
 except SystemExit as exc:
     status = exc.code
 import json
+import sys
 files = sorted({getattr(m, "__file__", None) or "" for m in list(sys.modules.values())} - {""})
 json.dump({"status": status, "files": [f for f in files if not f.startswith(pyz)]}, open(out, "w"))
 """
@@ -35,7 +38,8 @@ json.dump({"status": status, "files": [f for f in files if not f.startswith(pyz)
 
 def image_files(pyz: Path) -> set[str]:
     done = subprocess.run(
-        [str(REPO / "boot" / "initramfs-files"), "python", str(pyz)],
+        [sys.executable, "-m", "zkv_early.initramfs_files", "python", str(pyz)],
+        cwd=REPO,
         capture_output=True,
         text=True,
         check=True,

@@ -4,6 +4,7 @@ build-time file lister both generators use."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,8 @@ SH_FILES = [
     "initramfs-tools/zfs-load-key.d/zkv",
     "initramfs-tools/conf-hooks.d/zkv",
 ]
-FILES_TOOL = REPO / "boot" / "initramfs-files"
+# What /usr/lib/zkv/initramfs-files runs.
+FILES_TOOL = [sys.executable, "-m", "zkv_early.initramfs_files"]
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
@@ -36,6 +38,20 @@ def test_shellcheck() -> None:
 @pytest.mark.skipif(shutil.which("checkbashisms") is None, reason="devscripts not installed")
 def test_checkbashisms() -> None:
     subprocess.run(["checkbashisms", "-f", *SH_FILES], cwd=REPO, check=True)
+
+
+def zkv_lib(tmp: Path) -> Path:
+    """/usr/lib/zkv/zkv-lib.sh as `make install` writes it: the paths, then the helpers."""
+    target = tmp / "zkv-lib.sh"
+    if not target.exists():
+        with target.open("w") as out:
+            subprocess.run(
+                [sys.executable, "-m", "zkv.paths", "zkv_early/zkv-lib.sh"],
+                cwd=REPO,
+                stdout=out,
+                check=True,
+            )
+    return target
 
 
 def _dracut(tmp: Path, body: str, *, configured: bool = True) -> subprocess.CompletedProcess[str]:
@@ -72,8 +88,11 @@ systemctl() {{ echo "systemctl $*" >>"$log"; }}
 systemdsystemunitdir=/usr/lib/systemd/system
 initdir={tmp}/initdir
 moddir={REPO}/dracut/50zkv
+derror() {{ echo "derror $*" >>"$log"; }}
+export ZKV_LIB_SH={zkv_lib(tmp)} ZKV_PYZ={lib}/zkv-early.pyz ZKV_CONF={etc}/early.conf
+export ZKV_INITRAMFS_FILES={lib}/initramfs-files ZKV_KEYSTORE={boot}/keystore
+export ZKV_HOSTKEY={boot}/host.key
 . {REPO}/dracut/50zkv/module-setup.sh
-zkv_lib={lib}; zkv_conf={etc}/early.conf; zkv_keystore={boot}/keystore; zkv_hostkey={boot}/host.key
 {body}
 """
     return subprocess.run(
@@ -141,8 +160,11 @@ def _fake_bin(tmp: Path) -> Path:
         "#!/bin/sh\n"
         'echo "$*" >>"$FAKE_LOG"\n'
         'after=""; while [ $# -gt 0 ]; do [ "$1" = --after ] && after=$2; shift; done\n'
+        # As the client does once it has read its settings: the hooks' bound, beside the go.
+        'if [ -n "$after" ] && [ -n "$FAKE_WAIT_LIMIT" ]; then'
+        ' echo "$FAKE_WAIT_LIMIT" >"${after%/*}/wait-limit"; fi\n'
         'if [ -n "$after" ]; then while [ ! -e "$after" ]; do sleep 0.05; done; fi\n'
-        "sleep 0.3\n"
+        'sleep "${FAKE_SLEEP:-0.3}"\n'
         'exit "${FAKE_RC:-0}"\n'
     )
     (fake / "python3").chmod(0o755)
@@ -157,6 +179,7 @@ def _env(tmp: Path, **extra: str) -> dict[str, str]:
         "PATH": f"{_fake_bin(tmp)}:{os.environ['PATH']}",
         "FAKE_LOG": str(tmp / "python3.log"),
         "ZKV_RUN": str(tmp / "run"),
+        "ZKV_LIB_SH": str(zkv_lib(tmp)),
         "ZKV_SYS_NET": str(tmp / "net"),  # never the host's links
         "ZKV_UDEV_DATA": str(tmp / "udev"),
         "ZKV_DRACUT_TMP": str(tmp),
@@ -171,6 +194,7 @@ def _dracut_lib(tmp: Path) -> Path:
         'getarg() { v=""; for w in $FAKE_CMDLINE; do case $w in "$1"*) v=${w#"$1"} ;; esac;'
         ' done; echo "$v"; }\n'
         'getargbool() { case " $FAKE_CMDLINE " in *" $2=1 "*) return 0 ;; esac; return 1; }\n'
+        'getcmdline() { echo "$FAKE_CMDLINE"; }\n'
     )
     return lib
 
@@ -241,7 +265,7 @@ systemctl() {
 """
 
 
-def _hook(tmp: Path, client: str, rc: int = 0) -> str:
+def _hook(tmp: Path, client: str, rc: int = 0, **extra: str) -> str:
     """zkv-early.sh as zkv-early.service runs it (``client``: "running", "killed" before the
     hook, or "none"), then the pre-mount hook sourced; returns what they said."""
     (tmp / "zkv-early.pyz").touch()
@@ -270,6 +294,7 @@ echo hook-done
         # dracut brings the network up: zkv-early.sh's own look for links is not started.
         FAKE_CMDLINE="root=zfs:rpool/ROOT/debian rd.neednet=1",
         FAKE_RC=str(rc),
+        **extra,
     )
     done = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
     assert "hook-done" in done.stdout, done.stderr
@@ -304,7 +329,81 @@ def test_dracut_hook_does_not_wait_for_a_client_gone_without_a_status(tmp_path: 
     assert time.monotonic() - started < 10
 
 
-def _initramfs_tools(tmp: Path, body: str, rc: int = 0) -> str:
+def test_dracut_hook_waits_as_long_as_the_client_said(tmp_path: Path) -> None:
+    """The bound comes from the client's wait-limit file, not from parsing early.conf."""
+    started = time.monotonic()
+    out = _hook(tmp_path, "running", FAKE_WAIT_LIMIT="1", FAKE_SLEEP="4")
+    assert "did not finish in time, stopping it" in out
+    assert "systemctl --no-block stop zkv-early.service" in out
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "off"),
+    [
+        ("root=zfs:rpool/ROOT/debian quiet", False),
+        ("zkv=off", True),
+        ("rd.zkv=0", True),
+        ("zkv=No", True),
+        ("rd.zkv=false quiet", True),
+        ("zkv=off zkv=on", False),  # the last word wins, as dracut's getarg and the kernel
+        ("zkv=on rd.zkv=off", True),
+        ("zkv.debug zkv.gateway=https://off", False),
+        ("nozkv=off", False),
+    ],
+)
+def test_zkv_off_is_decided_in_one_place(tmp_path: Path, cmdline: str, off: bool) -> None:
+    done = subprocess.run(
+        ["sh", "-c", '. "$ZKV_LIB_SH"; zkv_disabled "$1"', "sh", cmdline],
+        env=_env(tmp_path),
+        check=False,
+    )
+    assert (done.returncode == 0) is off
+
+
+@pytest.mark.parametrize(
+    ("root", "dataset"),
+    [
+        ("zfs:rpool/ROOT/debian", "rpool/ROOT/debian"),
+        ("ZFS=rpool/ROOT/debian", "rpool/ROOT/debian"),
+        ("zfs:ZFS=rpool/ROOT/debian", "rpool/ROOT/debian"),
+        ("zfs:AUTO", ""),
+        ("ZFS=AUTO", ""),
+        ("/dev/sda1", ""),
+        ("", ""),
+    ],
+)
+def test_root_dataset_forms(tmp_path: Path, root: str, dataset: str) -> None:
+    done = subprocess.run(
+        ["sh", "-c", '. "$ZKV_LIB_SH"; zkv_root_dataset "$1"; echo "[$zkv_root]"', "sh", root],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == f"[{dataset}]"
+
+
+def test_wipe_keeps_only_the_handover(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("handover", "status", "go", ".hidden", "wait-limit"):
+        (run / name).write_text("x")
+    extra = tmp_path / "net-eth0.conf"
+    extra.write_text("x")
+    subprocess.run(
+        ["sh", "-c", '. "$ZKV_LIB_SH"; zkv_wipe_run "$1"', "sh", str(extra)],
+        env=_env(tmp_path),
+        check=True,
+    )
+    assert sorted(p.name for p in run.iterdir()) == ["handover"] and not extra.exists()
+    (run / "handover").unlink()
+    (run / "status").write_text("0\n")
+    subprocess.run(["sh", "-c", '. "$ZKV_LIB_SH"; zkv_wipe_run'], env=_env(tmp_path), check=True)
+    assert not run.exists()
+
+
+def _initramfs_tools(tmp: Path, body: str, rc: int = 0, **extra: str) -> str:
     """zkv-functions sourced with stubs (installed, networking) and the fake python3."""
     script = f"""
 . {REPO}/initramfs-tools/scripts/zkv-functions
@@ -314,7 +413,7 @@ zkv_link_up() {{ :; }}  # would set the host's links up
 configure_networking() {{ :; }}
 {body}
 """
-    env = _env(tmp, ZKV_RUN_DIR=str(tmp / "run"), FAKE_RC=str(rc))
+    env = _env(tmp, ZKV_RUN_DIR=str(tmp / "run"), FAKE_RC=str(rc), **extra)
     done = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -374,7 +473,8 @@ def _pyz(tmp: Path) -> Path:
 @pytest.mark.skipif(not os.path.exists("/usr/bin/python3"), reason="no /usr/bin/python3")
 def test_python_files_cover_what_the_client_imports(tmp_path: Path) -> None:
     done = subprocess.run(
-        [str(FILES_TOOL), "python", str(_pyz(tmp_path))],
+        [*FILES_TOOL, "python", str(_pyz(tmp_path))],
+        cwd=REPO,
         capture_output=True,
         text=True,
         check=False,
@@ -390,7 +490,9 @@ def test_python_files_cover_what_the_client_imports(tmp_path: Path) -> None:
     assert any("cryptography" in f for f in files)
     assert "os.pyc" in names and "encodings" in " ".join(files)
     assert not any(f.endswith(".py") and "__pycache__" not in f for f in files), "bytecode only"
-    assert not any("zkv_early" in f for f in files), "the zipapp's own modules stay in the zipapp"
+    assert not any("zkv_early" in f or "/zkv/" in f for f in files), (
+        "zkv's own modules stay in the zipapp"
+    )
     assert not any(f.startswith(str(tmp_path)) for f in files)
 
 
@@ -399,8 +501,23 @@ def test_ca_file_from_config(tmp_path: Path) -> None:
     ca.write_text("x")
     conf = tmp_path / "early.conf"
     conf.write_text(f"[gateway]\nurl = https://gw/\nca_file = {ca}  # the test CA\n")
-    done = subprocess.run([str(FILES_TOOL), "ca", str(conf)], capture_output=True, text=True)
+    done = subprocess.run([*FILES_TOOL, "ca", str(conf)], cwd=REPO, capture_output=True, text=True)
     assert done.stdout.strip() == str(ca)
     conf.write_text("[gateway]\nurl = https://gw/\nca_file = /nonexistent.pem\n")
-    done = subprocess.run([str(FILES_TOOL), "ca", str(conf)], capture_output=True, text=True)
+    done = subprocess.run([*FILES_TOOL, "ca", str(conf)], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 1 and "missing" in done.stderr
+
+
+def test_initramfs_tools_waits_as_long_as_the_client_said(tmp_path: Path) -> None:
+    out = _initramfs_tools(
+        tmp_path,
+        "zkv_start rpool/ROOT/debian; t0=$(date +%s); zkv_unlock rpool/ROOT/debian; rc=$?\n"
+        'echo "rc=$rc took=$(($(date +%s) - t0))"',
+        FAKE_WAIT_LIMIT="1",
+        FAKE_SLEEP="4",
+    )
+    found = re.search(r"rc=(\d+) took=(\d+)", out)
+    assert found, out
+    rc, took = found.groups()
+    assert rc == "1"
+    assert int(took) <= 3, "bounded by the client's 1 s, not the default 330 s"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.e2e import qemu, testbed
-from tests.e2e.trace import ZFS_LOADED, guest_times, stamp_of
+from tests.vm import qemu, testbed
+from tests.vm.trace import ZFS_LOADED, guest_times, stamp_of
 
 # A dracut console as the driver logs it: host stamps, then the guest kernel's where it has one.
 DRACUT_LOG = """\

@@ -85,10 +85,9 @@ def test_cmdline_parsing() -> None:
         'BOOT_IMAGE=/vmlinuz root=ZFS=rpool/ROOT/debian zkv.gateway="https://b" '
         "rd.zkv.timeout=45 zkv.debug quiet"
     )
-    assert o == cmdline.Overrides(disabled=False, gateway="https://b", timeout=45.0, debug=True)
-    assert cmdline.parse("zkv=off").disabled
-    assert cmdline.parse("rd.zkv=0").disabled
-    assert not cmdline.parse("zkv=on").disabled
+    assert o == cmdline.Overrides(gateway="https://b", timeout=45.0, debug=True)
+    # zkv=off is the hooks' (zkv_disabled in zkv-lib.sh, tests/shell): nothing for the client.
+    assert cmdline.parse("zkv=off zkv.debug") == cmdline.Overrides(debug=True)
     assert not cmdline.parse("zkv.debug=0").debug
     # Split like the kernel (lib/cmdline.c): double quotes group, an unbalanced one runs to the
     # end of the line; single quotes and backslashes are ordinary characters.
@@ -108,16 +107,14 @@ def test_cmdline_wins_over_file(tmp_path: Path) -> None:
     line = tmp_path / "cmdline"
     line.write_text("zkv.gateway=https://b zkv.timeout=7 zkv.debug\n")
     c = config.load(str(conf), str(line))
-    assert (c.gateway_url, c.total_timeout, c.debug, c.disabled) == ("https://b", 7.0, True, False)
+    assert (c.gateway_url, c.total_timeout, c.debug) == ("https://b", 7.0, True)
 
 
-def test_missing_file_is_an_error_unless_disabled(tmp_path: Path) -> None:
+def test_missing_file_is_an_error(tmp_path: Path) -> None:
     line = tmp_path / "cmdline"
     line.write_text("quiet\n")
     with pytest.raises(ConfigError):
         config.load(str(tmp_path / "absent.conf"), str(line))
-    line.write_text("zkv=off\n")
-    assert config.load(str(tmp_path / "absent.conf"), str(line)).disabled
 
 
 def test_hostname_fallbacks(tmp_path: Path) -> None:

@@ -29,11 +29,6 @@ def test_missing_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "early.conf is missing" in capsys.readouterr().err
 
 
-def test_disabled(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(tmp_path, "zkv=off", None, "unlock", "--prompt", "none") == 42
-    assert "zkv=off" in capsys.readouterr().err
-
-
 def test_missing_keystore(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     conf = f"[gateway]\nurl = https://gw\n[host]\nkeystore = {tmp_path / 'none'}\n"
     assert run(tmp_path, "", conf, "unlock", "--prompt", "none") == 11

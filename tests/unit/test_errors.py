@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from zkv import errors, hostkey
+from zkv import errors
 
 DOC = Path(__file__).parents[2] / "docs" / "exit-codes.md"
 SECTIONS = {  # block name -> exit code range
@@ -21,11 +21,7 @@ SECTIONS = {  # block name -> exit code range
 
 
 def error_classes() -> list[type[errors.ZkvError]]:
-    found = {errors.ZkvError, hostkey.HostKeyError}
-    for value in vars(errors).values():
-        if isinstance(value, type) and issubclass(value, errors.ZkvError):
-            found.add(value)
-    return sorted(found, key=lambda c: (c.exit_code, c.__name__))
+    return errors.catalogue()
 
 
 def template(cls: type[errors.ZkvError]) -> str:
@@ -76,3 +72,19 @@ def test_messages_format_without_arguments() -> None:
 
 if __name__ == "__main__":
     DOC.write_text(render(DOC.read_text()))
+
+
+def test_the_boot_clients_help_lists_every_code_it_can_end_with() -> None:
+    """Generated from the classes: every non-admin code is there, with its class's words."""
+    from zkv_early import cli
+
+    help_text = cli.EPILOG
+    for cls in errors.catalogue():
+        line = f"  {cls.exit_code:<4} "
+        if cls.exit_code < errors.ADMIN_CODES or cls.exit_code >= errors.SIGNAL_CODES:
+            assert any(
+                row.startswith(line) and errors.summary(cls) in row
+                for row in help_text.splitlines()
+            ), cls.__name__
+        else:
+            assert line not in help_text, f"{cls.__name__} is the admin CLI's"

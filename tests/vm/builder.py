@@ -10,17 +10,17 @@ Layers, each a cache entry keyed by its inputs and its parent's key:
 
 from __future__ import annotations
 
-from tests.e2e import chroots, disk, rootfs
-from tests.e2e.chroots import Payload
-from tests.e2e.testbed import Channel, Flavour, Image
+from tests.vm import chroot_layers, disk, rootfs
+from tests.vm.chroot_layers import Payload
+from tests.vm.testbed import Channel, Flavour, Image
 
 __all__ = ["Payload", "build"]
 
 
 def build(flavour: Flavour, channel: Channel, payload: Payload | None = None) -> Image:
     """Return the cached image for these inputs, building whatever layer is missing."""
-    chroot = chroots.flavour(flavour, channel)
+    chroot = chroot_layers.flavour(flavour, channel)
     if payload is not None:
-        chroot = chroots.with_payload(chroot, payload, f"{flavour}-{channel}-payload")
+        chroot = chroot_layers.with_payload(chroot, payload, f"{flavour}-{channel}-payload")
     helper_initrd = disk.only_file(rootfs.build(channel) / "root" / "boot", "initrd.img-*")
     return disk.build(flavour, channel, chroot, helper_initrd)

@@ -10,8 +10,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.e2e import cache, chroot, rootfs, testbed
-from tests.e2e.testbed import Channel, Flavour
+from tests.vm import cache, chroot_run, rootfs, testbed
+from tests.vm.testbed import Channel, Flavour
 
 _OVERLAY = testbed.GUEST_DIR / "overlay"
 _CONFIGURE = testbed.GUEST_DIR / "configure.sh"
@@ -73,9 +73,9 @@ def flavour(flavour: Flavour, channel: Channel) -> Chroot:
     def build(work: Path) -> None:
         root = _copy(parent, work / "root")
         _overlay(_OVERLAY, root)
-        chroot.run(root, _CONFIGURE, [testbed.HOSTID])
+        chroot_run.run(root, _CONFIGURE, [testbed.HOSTID])
         packages = rootfs.read_packages(f"packages-{flavour}.txt")
-        chroot.run(root, _flavour_script(flavour), packages)
+        chroot_run.run(root, _flavour_script(flavour), packages)
 
     directory = cache.entry(f"chroot-{flavour}-{channel}", inputs, build)
     return Chroot(cache.key_of(inputs), directory)
@@ -91,7 +91,7 @@ def with_payload(base: Chroot, payload: Payload, name: str) -> Chroot:
         if payload.boot_overlay:
             _overlay(payload.boot_overlay, root / "boot")
         if payload.script:
-            chroot.run(root, payload.script)
+            chroot_run.run(root, payload.script)
 
     directory = cache.entry(f"chroot-{name}", inputs, build)
     return Chroot(cache.key_of(inputs), directory)

@@ -18,8 +18,8 @@ from typing import IO, Any
 
 import pexpect
 
-from tests.e2e import qemu, testbed
-from tests.e2e.testbed import Image
+from tests.vm import qemu, testbed
+from tests.vm.testbed import Image
 
 # dracut's console agent, then initramfs-tools' plain `zfs load-key`. The TAB hint keeps the
 # wall broadcast ("Password entry required for 'Encrypted ZFS password for …'") from matching.

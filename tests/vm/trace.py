@@ -1,6 +1,6 @@
 """One baseline and one zkv pre-approved boot, their consoles kept with host timestamps.
 
-    python3 -m tests.e2e.trace --flavour dracut [--out DIR] [--only zkv|baseline] [--cmdline ARG]...
+    python3 -m tests.vm.trace --flavour dracut [--out DIR] [--only zkv|baseline] [--cmdline ARG]...
         [--icount SPEC]
 
 The companion of bench.boot_time: that one gives the figures, this one shows where the time
@@ -19,9 +19,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.e2e import driver, testbed, zkv_image
-from tests.e2e.driver import Guest
-from tests.e2e.zkv_boot import gateway, run_boot
+from tests.vm import driver, testbed, zkv_image
+from tests.vm.driver import Guest
+from tests.vm.zkv_boot import gateway, run_boot
 
 # The phases worth a line: the kernel, udev, the import, the network, zkv, the key, the switch.
 PHASES = re.compile(

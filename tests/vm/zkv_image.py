@@ -1,6 +1,6 @@
 """The zkv guest image: the test bed's image with zkv installed, enrolled and holding a keystore.
 
-Two layers on top of tests/e2e/builder.py:
+Two layers on top of tests/vm/builder.py:
 
 1. the test bed's *payload* (cached chroot + disk): what the real root needs from
    ``make install-files`` (the zipapp, zkv-load-keys.service, the CLI), /etc/zkv/early.conf
@@ -26,10 +26,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.e2e import builder, cache, chroot, testbed
-from tests.e2e.chroots import Payload
-from tests.e2e.disk import only_file
-from tests.e2e.testbed import Channel, Flavour, Image
+from tests.vm import builder, cache, chroot_run, testbed
+from tests.vm.chroot_layers import Payload
+from tests.vm.disk import only_file
+from tests.vm.testbed import Channel, Flavour, Image
 from zkv import crypto, hostkey, keystore, protocol
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,7 +71,7 @@ _REALROOT_EARLY_CONF = _EARLY_CONF_TEMPLATE.format(
 
 @dataclass(frozen=True)
 class ZkvImage:
-    image: Image  # bootable with tests.e2e.driver.Guest
+    image: Image  # bootable with tests.vm.driver.Guest
     base: Image  # the same disk with the payload's initrd (zkv installed, not set up)
     repository_key: str  # 64 hex: what the gateway must release
     host_key: Path
@@ -222,10 +222,10 @@ def build(flavour: Flavour, channel: Channel) -> ZkvImage:
 
 
 def _payload_chroot(flavour: Flavour, channel: Channel, payload: Payload) -> Path:
-    from tests.e2e import chroots
+    from tests.vm import chroot_layers
 
-    base = chroots.flavour(flavour, channel)
-    return chroots.with_payload(base, payload, f"{flavour}-{channel}-payload").root
+    base = chroot_layers.flavour(flavour, channel)
+    return chroot_layers.with_payload(base, payload, f"{flavour}-{channel}-payload").root
 
 
 def _make(base: Image, chroot_root: Path, work: Path) -> None:
@@ -245,7 +245,7 @@ def _make(base: Image, chroot_root: Path, work: Path) -> None:
         (boot_zkv / "host.key").chmod(0o600)
         script = work / "regenerate.sh"
         script.write_text(_REGENERATE)
-        chroot.run(root, script)
+        chroot_run.run(root, script)
         shutil.copyfile(only_file(root / "boot", "initrd.img-*"), work / "initrd.img")
     (work / "initrd.img").chmod(0o600)
     for name in ("vmlinuz", "disk.raw"):

@@ -13,9 +13,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.e2e import cache, qemu, testbed
-from tests.e2e.chroots import Chroot
-from tests.e2e.testbed import Channel, Flavour, Image
+from tests.vm import cache, qemu, testbed
+from tests.vm.chroot_layers import Chroot
+from tests.vm.testbed import Channel, Flavour, Image
 
 _HELPER = testbed.GUEST_DIR / "helper-init.sh"
 _HELPER_TIMEOUT_S = 1200

@@ -6,7 +6,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.e2e import testbed
+from tests.vm import testbed
 
 QEMU = "qemu-system-x86_64"
 GUESTFWD_ADDRESS = "10.0.2.100"

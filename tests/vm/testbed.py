@@ -26,8 +26,8 @@ HOSTID: Final = "5a4b5648"
 # Printed on the serial console by zkv-e2e-marker.service in the real root.
 BOOT_MARKER: Final = "ZKV-E2E-BOOTED"
 
-E2E_DIR: Final = Path(__file__).resolve().parent
-GUEST_DIR: Final = E2E_DIR / "guest"
+VM_DIR: Final = Path(__file__).resolve().parent
+GUEST_DIR: Final = VM_DIR / "guest"
 
 QEMU_CPU: Final = os.environ.get("ZKV_QEMU_CPU", "max,-erms,-fsrm")
 QEMU_MEMORY_MB: Final = 2048

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from tests.e2e import builder, testbed
-from tests.e2e.testbed import Channel, Flavour
+from tests.vm import builder, testbed
+from tests.vm.testbed import Channel, Flavour
 
 
 def suite_images() -> list[tuple[Flavour, Channel]]:

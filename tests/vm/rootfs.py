@@ -10,8 +10,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.e2e import cache, chroot, testbed
-from tests.e2e.testbed import Channel
+from tests.vm import cache, chroot_run, testbed
+from tests.vm.testbed import Channel
 
 MIRROR = "http://deb.debian.org/debian"
 SECURITY_MIRROR = "http://deb.debian.org/debian-security"
@@ -82,4 +82,4 @@ def _build(channel: Channel, work: Path) -> None:
         ],
         check=True,
     )
-    chroot.run(root, _FINISH)
+    chroot_run.run(root, _FINISH)

@@ -1,12 +1,12 @@
 """`make demo`: one unattended-but-approved boot of a zkv guest, live on your terminal.
 
-    python3 -m tests.e2e.demo [--flavour initramfs-tools|dracut] [--auto-approve]
+    python3 -m tests.vm.demo [--flavour initramfs-tools|dracut] [--auto-approve]
 
 Builds (or finds in the cache) the zkv guest image, starts the real gateway on 127.0.0.1
 (sqlite, file secret backend, console approver), boots the guest under QEMU and shows its
 serial console. When the guest shows a PIN, approve it from another terminal with the
 `zkv-gateway approve ID PIN` command printed here (or pass --auto-approve for CI smoke runs).
-Needs root and the e2e prerequisites (tests/e2e/README.md); the first build takes minutes.
+Needs root and the e2e prerequisites (tests/vm/README.md); the first build takes minutes.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.e2e import testbed, zkv_image
-from tests.e2e.driver import Guest
-from tests.e2e.zkv_boot import Gateway, gateway, no_leftovers, run_boot
+from tests.vm import testbed, zkv_image
+from tests.vm.driver import Guest
+from tests.vm.zkv_boot import Gateway, gateway, no_leftovers, run_boot
 
 BOLD, RESET = ("\033[1m", "\033[0m") if sys.stdout.isatty() else ("", "")
 

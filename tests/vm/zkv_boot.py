@@ -1,6 +1,6 @@
 """Booting a zkv image against the real gateway: TLS in front of it, enrolment, the console loop.
 
-Used by test_zkv_boot.py, tests/e2e/demo.py and bench/boot_time.py.
+Used by tests/e2e/test_zkv_boot.py, tests/vm/demo.py, tests/vm/trace.py and bench/boot_time.py.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pexpect
 
-from tests.e2e import driver, testbed
-from tests.e2e.driver import Guest
-from tests.e2e.zkv_image import HOSTNAME, RECOVERY_PASSPHRASE, ZkvImage, test_ca
 from tests.gateway import client
 from tests.gateway.server import RunningGateway, free_port, running_gateway
+from tests.vm import driver, testbed
+from tests.vm.driver import Guest
+from tests.vm.zkv_image import HOSTNAME, RECOVERY_PASSPHRASE, ZkvImage, test_ca
 
 # The "(" after the PIN: pexpect matches on what has arrived so far, and a console line can
 # arrive in pieces ("approve PIN 3501" of 350178 was once taken for the whole PIN).

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.e2e import testbed
+from tests.vm import testbed
 
 Inputs = Mapping[str, object]
 
