@@ -1,12 +1,17 @@
 # zkv — see README.md. `make demo` and `make test` are the two set-up commands.
+# Building and installing need only the standard library: the system's python3.
 PYTHON ?= python3
+# Tests, lint, benchmarks and the demo run in the project's venv, made by `make deps` from
+# Debian's own /usr/bin/python3 (which refuses pip outside a venv: PEP 668).
+VENV ?= .venv
+VPY = $(VENV)/bin/python
 PREFIX ?= /usr/local
 DESTDIR ?=
 
 # Every shell file: scripts with a sh/bash shebang, plus the sourced boot fragments (which carry
 # a `# shellcheck shell=sh` directive instead).
 SHELL_FILES = $(shell grep -rlE '^(\#!.*[/ ](ba|da)?sh( |$$)|\# shellcheck shell=sh)' \
-	dracut initramfs-tools .ci tests/vm/guest bench systemd mk 2>/dev/null)
+	dracut initramfs-tools zkv_early .ci tests/vm/guest bench systemd mk 2>/dev/null)
 # The subset that runs under busybox/dash, where bashisms break the boot.
 POSIX_SH_FILES = $(shell grep -lE '^(\#! ?/bin/sh|\# shellcheck shell=sh)' $(SHELL_FILES))
 
@@ -24,20 +29,20 @@ pyz:
 	$(PYTHON) -m zkv_early.build_pyz --output dist/zkv-early.pyz
 
 lint:
-	ruff check $(PY_DIRS)
-	ruff format --check $(PY_DIRS)
-	mypy
+	$(VENV)/bin/ruff check $(PY_DIRS)
+	$(VENV)/bin/ruff format --check $(PY_DIRS)
+	$(VENV)/bin/mypy
 	shellcheck -x $(SHELL_FILES)
 	checkbashisms -f $(POSIX_SH_FILES)
 
 unit:
-	$(PYTHON) -m pytest -q tests
+	$(VPY) -m pytest -q tests
 
 e2e: pyz
-	$(PYTHON) -m pytest -m e2e tests/e2e -v
+	$(VPY) -m pytest -m e2e tests/e2e -v
 
 images:
-	$(PYTHON) -m tests.vm.build_images
+	$(VPY) -m tests.vm.build_images
 
 # The whole suite: lint, unit and integration tests, then the VM boot tests.
 test:
@@ -45,10 +50,10 @@ test:
 	$(MAKE) lint unit e2e
 
 bench: pyz
-	$(PYTHON) -m bench
+	$(VPY) -m bench
 
 clean:
-	rm -rf dist build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf dist build *.egg-info .pytest_cache .mypy_cache .ruff_cache  # the venv stays: rm -rf $(VENV)
 
 # install/uninstall (mk/install.mk) and demo (mk/demo.mk) live beside their owners' files.
 -include mk/*.mk

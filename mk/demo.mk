@@ -6,4 +6,4 @@ DEMO_ARGS ?=
 .PHONY: demo
 demo:
 	$(MAKE) deps pyz
-	$(PYTHON) -m tests.vm.demo $(DEMO_ARGS)
+	$(VPY) -m tests.vm.demo $(DEMO_ARGS)

@@ -100,6 +100,19 @@ def _exact(body: Any, names: set[str]) -> dict[str, Any]:
     return body
 
 
+def _signed_body(raw: Any, names: set[str]) -> dict[str, Any]:
+    """A signed message's fields: exactly ``names`` plus "v" and "signature", this version."""
+    body = _exact(raw, {"v", "signature", *names})
+    if body["v"] != VERSION:
+        raise ProtocolViolation("unsupported protocol version")
+    return body
+
+
+def _sign(private_key: bytes, context: bytes, body: dict[str, Any]) -> bytes:
+    """Ed25519 over the context string and the canonical JSON of the body (no signature)."""
+    return crypto.ed25519_sign(private_key, context + canonical(body))
+
+
 def _hostname(value: str) -> str:
     if not _HOSTNAME_RE.match(value):
         raise ProtocolViolation("invalid hostname")
@@ -152,17 +165,14 @@ class EnrollRequest(NamedTuple):
     @classmethod
     def create(cls, hostname: str, private_key: bytes, at: int | None = None) -> EnrollRequest:
         unsigned = cls(hostname, crypto.ed25519_public(private_key), new_nonce(), at or now())
-        signature = crypto.ed25519_sign(private_key, CONTEXT_ENROLL + canonical(unsigned.body()))
-        return unsigned._replace(signature=signature)
+        return unsigned._replace(signature=_sign(private_key, CONTEXT_ENROLL, unsigned.body()))
 
     def to_json(self) -> dict[str, Any]:
         return {**self.body(), "signature": b64(self.signature)}
 
     @classmethod
     def from_json(cls, raw: Any) -> EnrollRequest:
-        body = _exact(raw, {"v", "hostname", "public_key", "nonce", "timestamp", "signature"})
-        if body["v"] != VERSION:
-            raise ProtocolViolation("unsupported protocol version")
+        body = _signed_body(raw, {"hostname", "public_key", "nonce", "timestamp"})
         return cls(
             hostname=_hostname(_field(body, "hostname", str)),
             public_key=_key32(_field(body, "public_key", str), "public_key"),
@@ -228,27 +238,15 @@ class UnlockRequest(NamedTuple):
     ) -> UnlockRequest:
         host_id = host_id_of(crypto.ed25519_public(private_key))
         unsigned = cls(host_id, hostname, tuple(datasets), ephemeral_key, new_nonce(), at or now())
-        signature = crypto.ed25519_sign(private_key, CONTEXT_UNLOCK + canonical(unsigned.body()))
-        return unsigned._replace(signature=signature)
+        return unsigned._replace(signature=_sign(private_key, CONTEXT_UNLOCK, unsigned.body()))
 
     def to_json(self) -> dict[str, Any]:
         return {**self.body(), "signature": b64(self.signature)}
 
     @classmethod
     def from_json(cls, raw: Any) -> UnlockRequest:
-        names = {
-            "v",
-            "host_id",
-            "hostname",
-            "datasets",
-            "ephemeral_key",
-            "nonce",
-            "timestamp",
-            "signature",
-        }
-        body = _exact(raw, names)
-        if body["v"] != VERSION:
-            raise ProtocolViolation("unsupported protocol version")
+        names = {"host_id", "hostname", "datasets", "ephemeral_key", "nonce", "timestamp"}
+        body = _signed_body(raw, names)
         datasets = _field(body, "datasets", list)
         if len(datasets) > MAX_DATASETS or not all(
             isinstance(d, str) and len(d) <= 255 and _DATASET_RE.match(d) for d in datasets

@@ -158,13 +158,6 @@ def test_gateway_down_without_prompt_gives_up_in_time(machine: Machine) -> None:
     assert "retrying" in result.stderr
 
 
-def test_disabled_on_the_kernel_command_line(machine: Machine) -> None:
-    machine.cmdline = "root=ZFS=rpool/ROOT/debian zkv=off"
-    result = machine.run()
-    assert result.returncode == 42
-    assert machine.zfs.calls() == []
-
-
 def test_keys_already_loaded_needs_no_gateway(machine: Machine) -> None:
     state = machine.zfs.state()
     state["datasets"]["rpool"]["keystatus"] = "available"

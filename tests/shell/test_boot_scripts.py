@@ -15,6 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SH_FILES = [
+    "zkv_early/zkv-lib.sh",
     "dracut/50zkv/zkv-early.sh",
     "dracut/50zkv/zkv-load-key.sh",
     "dracut/50zkv/zkv-cleanup.sh",
@@ -521,3 +522,17 @@ def test_initramfs_tools_waits_as_long_as_the_client_said(tmp_path: Path) -> Non
     rc, took = found.groups()
     assert rc == "1"
     assert int(took) <= 3, "bounded by the client's 1 s, not the default 330 s"
+
+
+def test_initramfs_tools_zkv_off_starts_nothing(tmp_path: Path) -> None:
+    (tmp_path / "cmdline").write_text("root=ZFS=rpool/ROOT/debian rd.zkv=0\n")
+    out = _initramfs_tools(
+        tmp_path,
+        "zkv_network() { echo network-started; }\n"
+        'zkv_start rpool/ROOT/debian; echo "start=$?"\n'
+        'zkv_unlock rpool/ROOT/debian; echo "unlock=$?"',
+        ZKV_CMDLINE=str(tmp_path / "cmdline"),
+    )
+    assert "start=1" in out and "unlock=1" in out
+    assert "network-started" not in out
+    assert not (tmp_path / "python3.log").exists()

@@ -9,18 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from zkv.errors import (
-    ZfsDatasetNotFound,
-    ZfsError,
-    ZfsKeyAlreadyLoaded,
-    ZfsKeyRejected,
-    ZfsNotEncryptionRoot,
-    ZfsUnavailable,
-)
+from zkv import errors
 from zkv.keyload.report import EntryResult, Outcome
 from zkv.zfs import KeyInfo, Zfs, root_status
 
 KIND = "zfs"
+# Failures that no other candidate key could mend.
+_NO_KEY_WILL_DO = (errors.ZfsDatasetNotFound, errors.ZfsNotEncryptionRoot, errors.ZfsUnavailable)
 
 
 class ZfsNativeLoader:
@@ -60,13 +55,13 @@ class ZfsNativeLoader:
                 self._zfs.load_key(
                     target, key, verify_only=verify_only, info=info, confirm=self._confirm
                 )
-            except ZfsKeyAlreadyLoaded:
+            except errors.ZfsKeyAlreadyLoaded:
                 return EntryResult(target, Outcome.ALREADY_LOADED)
-            except (ZfsDatasetNotFound, ZfsNotEncryptionRoot, ZfsUnavailable) as exc:
+            except _NO_KEY_WILL_DO as exc:
                 return EntryResult(target, Outcome.FAILED, exc.message)
-            except ZfsKeyRejected:
+            except errors.ZfsKeyRejected:
                 continue
-            except ZfsError as exc:
+            except errors.ZfsError as exc:
                 # e.g. "Raw key too short": a staged key in the format a rotation moves to
                 detail = exc.message
                 continue
