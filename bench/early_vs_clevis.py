@@ -249,7 +249,7 @@ def breakdown(pyz: Path, runs: int) -> list[tuple[str, float]]:
             "import ssl, socket, json, subprocess",
         ],
         "... + every module of the unlock, no work": [PYTHON, "-IS", "-c", every_import],
-        "python3 -I + cryptography 38 public API (not imported: evp.py)": [
+        "python3 -I + cryptography 38 public API (not imported: openssl_evp.py)": [
             PYTHON,
             "-I",
             "-c",

@@ -1,4 +1,4 @@
-"""The v1 JSON API spoken with the boot client (zkv_early/protocol.py); see openapi.yaml."""
+"""The v1 JSON API spoken with the boot client (zkv/protocol.py); see openapi.yaml."""
 
 from __future__ import annotations
 
