@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from zkv import protocol
+from zkv.encoding import is_digits
 from zkv.protocol import EnrollRequest, ProtocolViolation, UnlockRequest
 
 from .errors import ApiError
@@ -17,7 +18,7 @@ from .service import Gateway
 
 bp = Blueprint("api", __name__)
 T = TypeVar("T")
-_REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
+_REQUEST_ID = re.compile(r"[0-9a-f]{32}")  # fullmatch: "$" also matches before "\n"
 
 
 def gateway() -> Gateway:
@@ -53,9 +54,9 @@ def create_unlock_request() -> tuple[Response, int]:
 @bp.get(protocol.PATH_UNLOCK + "/<request_id>")
 def poll_unlock_request(request_id: str) -> Response:
     raw_wait = request.args.get("wait", "0")
-    if not raw_wait.isascii() or not raw_wait.isdigit() or int(raw_wait) > protocol.MAX_WAIT:
+    if not is_digits(raw_wait) or int(raw_wait) > protocol.MAX_WAIT:
         raise ApiError("bad_request")
-    if not _REQUEST_ID.match(request_id):
+    if not _REQUEST_ID.fullmatch(request_id):
         raise ApiError("unauthorized")  # as unknown as any other id that is not ours
     return jsonify(gateway().poll(request_id, int(raw_wait), client_ip()).to_json())
 

@@ -28,7 +28,7 @@ from zkv.protocol import (
 KIND_UNLOCK = "unlock"
 KIND_ENROLL = "enroll"
 
-_REPLY = re.compile(r"^(?:(?P<verb>yes|y|ok|no|n|deny)\s*)?(?P<pin>[0-9]{4,12})$")
+_REPLY = re.compile(r"(?:(?P<verb>yes|y|ok|no|n|deny) ?)?(?P<pin>[0-9]{4,12})")  # fullmatch
 DENY_WORDS = ("no", "n", "deny")
 
 
@@ -117,7 +117,7 @@ def release(a: Approval, now: float) -> Approval:
 
 def parse_reply(body: str) -> Reply | None:
     """'123456' or 'yes 123456' approves, 'no 123456' denies; anything else is not a reply."""
-    match = _REPLY.match(" ".join(body.lower().split()))
+    match = _REPLY.fullmatch(" ".join(body.lower().split()))
     if match is None:
         return None
     return Reply(approve=match["verb"] not in DENY_WORDS, pin=match["pin"])

@@ -29,8 +29,9 @@ ENV_PREFIX = "ZKV_"
 SECRET_KEYS = ("TWILIO_TOKEN", "AAD_CLIENT_SECRET")
 # Seed keys that no longer mean anything here but must not break an old config file.
 IGNORED_KEYS = {"DEBUG", "SQLALCHEMY_TRACK_MODIFICATIONS", "AAD_RESOURCE", "ENV_PREFIX"}
-_E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
-_SECRET_NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
+# Matched with fullmatch: "$" would also match before a trailing newline.
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+_SECRET_NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
 
 
 def _default_database() -> str:
@@ -218,7 +219,7 @@ def _validate_secret_source(s: Settings) -> None:
     _require(s, "KEY_VAULT_URI", "KEY_VAULT_SECRET", why="with SECRET_SOURCE=azure")
     if urlsplit(s.KEY_VAULT_URI).scheme != "https" or "YOUR_KV_NAME" in s.KEY_VAULT_URI:
         raise ConfigError("KEY_VAULT_URI must be https://<vault-name>.vault.azure.net")
-    if not _SECRET_NAME.match(s.KEY_VAULT_SECRET):
+    if not _SECRET_NAME.fullmatch(s.KEY_VAULT_SECRET):
         raise ConfigError("KEY_VAULT_SECRET must be a Key Vault secret name (letters, digits, -)")
     if s.credential_kind == "client-secret":
         _require(s, "AAD_TENANT_ID", "AAD_CLIENT_ID", "AAD_CLIENT_SECRET", why="for client-secret")
@@ -234,7 +235,7 @@ def _validate_approver(s: Settings) -> None:
             s, "TWILIO_ACCOUNT_ID", "TWILIO_TOKEN", "SMS_TO", "SMS_FROM", why="with APPROVER=twilio"
         )
         for key in ("SMS_TO", "SMS_FROM"):
-            if not _E164.match(getattr(s, key)):
+            if not _E164.fullmatch(getattr(s, key)):
                 raise ConfigError(f"{key} must be an E.164 number such as +15551234567")
     elif s.APPROVER == "auto":
         if not s.ALLOW_AUTO_APPROVER:
@@ -247,4 +248,4 @@ def _validate_approver(s: Settings) -> None:
 
 
 def is_secret_name(name: str) -> bool:
-    return bool(_SECRET_NAME.match(name))
+    return bool(_SECRET_NAME.fullmatch(name))

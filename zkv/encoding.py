@@ -1,16 +1,25 @@
-"""Canonical JSON and strict base64: the byte-exact encodings the keystore and the wire share."""
+"""Canonical JSON, strict base64 and ASCII digits: the exact spellings the keystore and the wire
+share."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import json
+import re
 from typing import Any
+
+_DIGITS = re.compile(r"[0-9]+")  # fullmatch: "$" would also match before a trailing newline
 
 
 def canonical(obj: Any) -> bytes:
     """Sorted keys, no whitespace, ASCII: one byte string per value, so it can be signed."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def is_digits(text: str) -> bool:
+    """One or more of 0-9. str.isdigit() also takes other scripts' digits and superscripts."""
+    return _DIGITS.fullmatch(text) is not None
 
 
 def b64(data: bytes) -> str:

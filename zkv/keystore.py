@@ -59,7 +59,8 @@ KEYFORMATS = ("raw", "hex", "passphrase")
 SLOT_REPOSITORY = "repository"
 SLOT_RECOVERY = "recovery"
 
-_DATASET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\- ]*(/[A-Za-z0-9_.:\- ]+)*$")
+# Matched with fullmatch: "$" would also match before a trailing newline.
+_DATASET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\- ]*(/[A-Za-z0-9_.:\- ]+)*")
 _HEX_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
@@ -113,8 +114,13 @@ class Slot(NamedTuple):
 # --- validation of what goes in ---------------------------------------------------------------
 
 
+def is_target(name: str) -> bool:
+    """A ZFS dataset name as an entry's target (and the protocol's datasets) may spell it."""
+    return 0 < len(name) <= 255 and _DATASET_RE.fullmatch(name) is not None
+
+
 def check_target(target: str) -> str:
-    if not 0 < len(target) <= 255 or not _DATASET_RE.match(target):
+    if not is_target(target):
         raise InputError(f"not a valid ZFS dataset name: {target!r}")
     return target
 
@@ -441,7 +447,7 @@ def _entry_from_json(raw: Any) -> Entry:
         raise ValueError(f"entry kind {raw['kind']!r} is not supported by this version")
     if raw["keyformat"] not in KEYFORMATS:
         raise ValueError(f"keyformat {raw['keyformat']!r}")
-    if not isinstance(raw["target"], str) or not _DATASET_RE.match(raw["target"]):
+    if not isinstance(raw["target"], str) or not is_target(raw["target"]):
         raise ValueError("entry target")
     return Entry(target=raw["target"], keyformat=raw["keyformat"], kind=raw["kind"])
 

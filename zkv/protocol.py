@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 from zkv import crypto
 from zkv.encoding import b64, canonical, unb64
+from zkv.keystore import is_target
 
 VERSION = 1
 PATH_HOSTS = "/v1/hosts"
@@ -57,9 +58,10 @@ ERROR_STATUS = {
     "secret_unavailable": 503,
 }
 
-_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.\-]{0,251}[A-Za-z0-9])?$")
-_DATASET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\- ]*(/[A-Za-z0-9_.:\- ]+)*$")
-_HEX32_RE = re.compile(r"^[0-9a-f]{32}$")
+# Matched with fullmatch: "$" would also match before a trailing newline.
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.\-]{0,251}[A-Za-z0-9])?")
+_HEX32_RE = re.compile(r"[0-9a-f]{32}")
+_PIN_RE = re.compile(r"[0-9]{4,12}")  # ASCII only: str.isdigit() takes other scripts' digits
 
 
 class ProtocolViolation(ValueError):
@@ -114,13 +116,13 @@ def _sign(private_key: bytes, context: bytes, body: dict[str, Any]) -> bytes:
 
 
 def _hostname(value: str) -> str:
-    if not _HOSTNAME_RE.match(value):
+    if not _HOSTNAME_RE.fullmatch(value):
         raise ProtocolViolation("invalid hostname")
     return value
 
 
 def _hex32(value: str, name: str) -> str:
-    if not _HEX32_RE.match(value):
+    if not _HEX32_RE.fullmatch(value):
         raise ProtocolViolation(f"{name} must be 32 lowercase hex characters")
     return value
 
@@ -249,7 +251,7 @@ class UnlockRequest(NamedTuple):
         body = _signed_body(raw, names)
         datasets = _field(body, "datasets", list)
         if len(datasets) > MAX_DATASETS or not all(
-            isinstance(d, str) and len(d) <= 255 and _DATASET_RE.match(d) for d in datasets
+            isinstance(d, str) and is_target(d) for d in datasets
         ):
             raise ProtocolViolation("invalid datasets")
         return cls(
@@ -281,7 +283,7 @@ class UnlockCreated(NamedTuple):
     def from_json(cls, raw: Any) -> UnlockCreated:
         body = _exact(raw, {"request_id", "pin", "expires_at"})
         pin = _field(body, "pin", str)
-        if not pin.isdigit() or not 4 <= len(pin) <= 12:
+        if not _PIN_RE.fullmatch(pin):
             raise ProtocolViolation("invalid pin")
         return cls(
             _hex32(_field(body, "request_id", str), "request_id"),

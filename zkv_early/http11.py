@@ -11,6 +11,8 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING
 
+from zkv.encoding import is_digits
+
 if TYPE_CHECKING:  # config.py imports this module for Url; ssl loads only with the gateway client
     import ssl
 
@@ -50,7 +52,7 @@ class Url:
         elif ":" in authority:
             host, _, port = authority.rpartition(":")
         self.host = host.lower()
-        good_port = not port or (port.isdigit() and 0 < int(port) < 65536)
+        good_port = not port or (is_digits(port) and 0 < int(port) < 65536)
         self.port = int(port) if port and good_port else 443 if self.scheme == "https" else 80
         self.valid = bool(sep and self.scheme in ("http", "https") and self.host and good_port)
 
@@ -125,7 +127,7 @@ class Connection:
             body = self._chunked(max_body)
         elif "content-length" in headers:
             length = headers["content-length"]
-            if not length.isdigit() or int(length) > max_body:
+            if not is_digits(length) or int(length) > max_body:
                 raise BadResponse("bad or too large Content-Length")
             body = self._exactly(int(length))
         else:

@@ -82,10 +82,10 @@ def azure_settings() -> dict[str, Any]:
     }
 
 
-def post_signed_sms(
+def signed_sms(
     url: str, body: str, sender: str = OWNER, sid: str | None = None, token: str = TWILIO_TOKEN
-) -> requests.Response:
-    """POST an inbound-SMS webhook exactly as Twilio signs it."""
+) -> tuple[dict[str, str], str]:
+    """An inbound-SMS webhook's form and X-Twilio-Signature, exactly as Twilio signs them."""
     form = {
         "MessageSid": sid or "SM" + secrets.token_hex(16),
         "AccountSid": TWILIO_ACCOUNT,
@@ -94,10 +94,19 @@ def post_signed_sms(
         "Body": body,
         "NumMedia": "0",
     }
-    signature = RequestValidator(token).compute_signature(url + PATH_SMS, form)
-    return requests.post(
-        url + PATH_SMS, data=form, headers={"X-Twilio-Signature": signature}, timeout=10
-    )
+    return form, RequestValidator(token).compute_signature(url + PATH_SMS, form)
+
+
+def post_sms_form(url: str, form: dict[str, str], signature: str) -> requests.Response:
+    headers = {"X-Twilio-Signature": signature}
+    return requests.post(url + PATH_SMS, data=form, headers=headers, timeout=10)
+
+
+def post_signed_sms(
+    url: str, body: str, sender: str = OWNER, sid: str | None = None, token: str = TWILIO_TOKEN
+) -> requests.Response:
+    """POST an inbound-SMS webhook exactly as Twilio signs it."""
+    return post_sms_form(url, *signed_sms(url, body, sender, sid, token))
 
 
 class _Handler(BaseHTTPRequestHandler):

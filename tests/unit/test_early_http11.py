@@ -101,6 +101,7 @@ def test_a_closed_kept_alive_connection_is_disconnected(serve: type[Raw]) -> Non
         b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: ²\r\n\r\n".encode("latin-1"),  # isdigit() says yes
         b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9999\r\n",
@@ -126,6 +127,7 @@ def test_malformed_or_oversized_answers(serve: type[Raw], answer: bytes) -> None
         ("ftp://host/", "ftp", "host", 80, "/", False),
         ("https://host:99999/", "https", "host", 443, "/", False),
         ("https://host:port/", "https", "host", 443, "/", False),
+        ("https://host:٤٤٣/", "https", "host", 443, "/", False),  # digits, but not ASCII ones
         ("https:///path", "https", "", 443, "/path", False),
         ("host:443", "host:443", "", 80, "", False),
     ],

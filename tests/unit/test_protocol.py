@@ -78,6 +78,9 @@ BAD_UNLOCK_BODIES: list[dict[str, Any]] = [
     {"v": 2},
     {"hostname": "bad host name"},
     {"hostname": "-leadingdash"},
+    {"hostname": "db01\n"},  # "$" matches before a trailing newline; fullmatch does not
+    {"datasets": ["tank/a\n"]},
+    {"datasets": ["tank/a", "rpool/ROOT\n"]},
     {"datasets": ["/absolute"]},
     {"datasets": ["ok", 3]},
     {"datasets": ["a"] * (protocol.MAX_DATASETS + 1)},
@@ -157,6 +160,20 @@ def test_unlock_created_shape() -> None:
     assert UnlockCreated.from_json(created.to_json()) == created
     with pytest.raises(ProtocolViolation):
         UnlockCreated.from_json({**created.to_json(), "pin": "12a456"})
+
+
+def digits(zero: int) -> str:
+    """012345 in the script whose zero is ``zero`` (str.isdigit() says yes to each)."""
+    return "".join(chr(zero + int(d)) for d in "012345")
+
+
+@pytest.mark.parametrize(
+    "pin", [digits(0x0660), digits(0x0966), digits(0xFF10), "¹²³⁴⁵⁶", "012345\n", "123"]
+)
+def test_a_pin_is_ascii_digits_only(pin: str) -> None:
+    created = UnlockCreated("ab" * 16, "012345", 1_700_000_000).to_json()
+    with pytest.raises(ProtocolViolation):
+        UnlockCreated.from_json({**created, "pin": pin})
 
 
 def test_freshness_window() -> None:

@@ -1,0 +1,58 @@
+"""What a booting host or a captured webhook can carry into the gateway, against the real gateway
+under gunicorn with the real twilio SDK (SMS stand-in): names that hide the source IP, a webhook
+re-split into new MessageSids, PINs in other scripts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.gateway import client
+from tests.gateway.server import RunningGateway, running_gateway
+from tests.gateway.standins import post_signed_sms
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    with running_gateway(tmp_path_factory.mktemp("hygiene"), approver="twilio") as gateway:
+        yield gateway
+
+
+@pytest.fixture(scope="module")
+def host(gw: RunningGateway) -> client.Host:
+    host = client.Host(hostname="db01")
+    assert client.enroll(gw.url, host).status_code == 202
+    gw.approve_host(host.host_id)
+    return host
+
+
+def state(gw: RunningGateway, boot: client.Boot) -> str:
+    return str(client.poll(gw.url, boot.created.request_id).json()["state"])
+
+
+@pytest.mark.parametrize(
+    ("hostname", "datasets"),
+    [("db01\n", ("tank/a",)), ("db01", ("tank/a\n",)), ("db01", ("tank/a", "tank/\nb"))],
+)
+def test_a_newline_in_a_name_is_refused(
+    gw: RunningGateway, host: client.Host, hostname: str, datasets: tuple[str, ...]
+) -> None:
+    sent = len(gw.notifications())
+    liar = client.Host(hostname=hostname, private_key=host.private_key)
+    response = client.unlock(gw.url, liar, datasets=datasets).response
+    assert (response.status_code, response.json()) == (400, {"error": "bad_request"})
+    assert len(gw.notifications()) == sent  # nothing reached the owner
+
+
+def test_a_newline_in_an_enrolling_hostname_is_refused(gw: RunningGateway) -> None:
+    response = client.enroll(gw.url, client.Host(hostname="db01\n"))
+    assert (response.status_code, response.json()) == (400, {"error": "bad_request"})
+
+
+def test_a_pin_in_other_digits_does_not_approve(gw: RunningGateway, host: client.Host) -> None:
+    boot = client.unlock(gw.url, host)
+    arabic = boot.created.pin.translate(str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩"))
+    assert post_signed_sms(gw.url, arabic).status_code == 200
+    assert state(gw, boot) == "pending"
+    gw.deny(boot.created.request_id)
