@@ -213,6 +213,11 @@ class Gateway:
                 self._owner_reply(conn, approvals.parse_reply(body), now)
         self._wake()
 
+    def message_refused(self, problem: str) -> None:
+        """A signed webhook that is not shaped as Twilio sends one: audited, nothing decided."""
+        with self.store.write() as conn:
+            audit.record(conn, "sms_rejected", self.clock(), detail=f"not Twilio's: {problem}")
+
     def _owner_reply(self, conn: Tx, reply: Reply | None, now: float) -> None:
         """A reply naming an open request's PIN decides it. Any other reply from the owner
         counts one strike against every open request (the owner has one phone, so a wrong

@@ -13,6 +13,7 @@ from tests.gateway.server import RunningGateway, running_gateway
 from tests.gateway.standins import AAD_HOST, PATH_SMS, VAULT_HOST, post_signed_sms
 
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+REPLAYED = "SM" + "5e" * 16
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +111,10 @@ def test_forged_or_missing_signature(
 
 def test_replayed_message_sid(gw: RunningGateway, host: client.Host) -> None:
     first = client.unlock(gw.url, host)
-    post_signed_sms(gw.url, f"NO {first.created.pin}", sid="SMreplayed")
+    post_signed_sms(gw.url, f"NO {first.created.pin}", sid=REPLAYED)
     assert state(gw, first) == "denied"
     second = client.unlock(gw.url, host)
-    post_signed_sms(gw.url, second.created.pin, sid="SMreplayed")  # same sid, new body
+    post_signed_sms(gw.url, second.created.pin, sid=REPLAYED)  # same sid, new body
     assert state(gw, second) == "pending"
     assert any("sms_duplicate" in line for line in gw.audit())
     gw.deny(second.created.request_id)

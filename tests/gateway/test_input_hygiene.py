@@ -10,7 +10,7 @@ import pytest
 
 from tests.gateway import client
 from tests.gateway.server import RunningGateway, running_gateway
-from tests.gateway.standins import post_signed_sms
+from tests.gateway.standins import post_signed_sms, post_sms_form, signed_sms
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,53 @@ def test_a_newline_in_a_name_is_refused(
 def test_a_newline_in_an_enrolling_hostname_is_refused(gw: RunningGateway) -> None:
     response = client.enroll(gw.url, client.Host(hostname="db01\n"))
     assert (response.status_code, response.json()) == (400, {"error": "bad_request"})
+
+
+def test_a_captured_webhook_cannot_be_resplit_into_new_message_sids(
+    gw: RunningGateway, host: client.Host
+) -> None:
+    """Twilio signs the URL and name+value of each field with no separators, so moving the
+    boundary between a MessageSid and the field after it keeps the signature: each such copy
+    of one captured wrong reply would be a new strike against every open request."""
+    boot = client.unlock(gw.url, host)
+    wrong = "000000" if boot.created.pin != "000000" else "111111"
+    form, signature = signed_sms(gw.url, wrong)
+    assert post_sms_form(gw.url, form, signature).status_code == 200  # the owner's typo
+    sid, to = form.pop("MessageSid"), form.pop("To")
+    media = form.pop("NumMedia")
+    resplit = [
+        {**form, "MessageSid": f"{sid}NumMedia{media}", "To": to},
+        {**form, "MessageSid": f"{sid}NumMedia{media}To{to}"},
+    ]
+    assert [post_sms_form(gw.url, f, signature).status_code for f in resplit] == [403, 403]
+    assert state(gw, boot) == "pending"
+    gw.deny(boot.created.request_id)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"MessageSid": "SMnot-a-sid"},
+        {"MessageSid": "XX" + "0" * 32},
+        {"Unexpected": "field"},
+        {"AccountSid": "AC" + "1" * 32},  # another account's message
+    ],
+)
+def test_a_webhook_that_is_not_twilios_shape_is_refused(
+    gw: RunningGateway, host: client.Host, change: dict[str, str]
+) -> None:
+    """Even correctly signed (only the token's holder could), it is refused."""
+    from twilio.request_validator import RequestValidator
+
+    from tests.gateway.server import TWILIO_TOKEN
+    from tests.gateway.standins import PATH_SMS
+
+    boot = client.unlock(gw.url, host)
+    form = {**signed_sms(gw.url, boot.created.pin)[0], **change}
+    signature = RequestValidator(TWILIO_TOKEN).compute_signature(gw.url + PATH_SMS, form)
+    assert post_sms_form(gw.url, form, signature).status_code == 403
+    assert state(gw, boot) == "pending"
+    gw.deny(boot.created.request_id)
 
 
 def test_a_pin_in_other_digits_does_not_approve(gw: RunningGateway, host: client.Host) -> None:

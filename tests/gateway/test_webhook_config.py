@@ -12,10 +12,10 @@ from twilio.request_validator import RequestValidator
 
 from gateway import config
 from gateway.errors import ConfigError
-from tests.gateway.server import OWNER, REPO, TWILIO_TOKEN
+from tests.gateway.server import OWNER, REPO, TWILIO_ACCOUNT, TWILIO_TOKEN
 from tests.gateway.standins import twilio_settings
 
-FORM = {"MessageSid": "SM1", "From": OWNER, "Body": "hello"}
+FORM = {"MessageSid": "SM" + "0" * 32, "AccountSid": TWILIO_ACCOUNT, "From": OWNER, "Body": "hi"}
 
 
 def signed(url: str) -> dict[str, str]:
