@@ -1,5 +1,10 @@
 """How the owner hears about a request: Twilio SMS, the gateway's console/log, or (tests only)
-an approver that says yes by itself. All three get the same text."""
+an approver that says yes by itself. All three get the same text.
+
+The source IP comes first: it is the one fact in the text the requester does not choose, and
+the names it does choose (host, datasets) are bounded after it, so none can push the IP out
+of sight or make the text ambiguous.
+"""
 
 from __future__ import annotations
 
@@ -22,21 +27,51 @@ class Notifier(Protocol):
         ...
 
 
+HOST_SHOWN = 40  # characters of a host name
+DATASETS_SHOWN = 60  # characters of dataset names, then "and N more"
+
+
 def unlock_text(
-    hostname: str, source_ip: str, datasets: Sequence[str], at: float, pin: str, ttl: int
+    source_ip: str,
+    hostname: str,
+    enrolled_as: str,
+    datasets: Sequence[str],
+    at: float,
+    pin: str,
+    ttl: int,
 ) -> str:
-    shown = ", ".join(datasets[:5]) + (f" (+{len(datasets) - 5} more)" if len(datasets) > 5 else "")
+    host = _bounded(hostname, HOST_SHOWN)
+    if hostname != enrolled_as:
+        host += f" (enrolled as {_bounded(enrolled_as, HOST_SHOWN)})"
     return (
-        f"zkv: {hostname} asks to unlock {shown or 'its datasets'} from {source_ip} at "
-        f"{_utc(at)}. Reply {pin} to approve, NO {pin} to deny. Expires in {ttl // 60} min."
+        f"zkv: from {source_ip}, host {host} asks to unlock {_names(datasets)} at {_utc(at)}. "
+        f"Reply {pin} to approve, NO {pin} to deny. Expires in {ttl // 60} min."
     )
 
 
-def enroll_text(hostname: str, host_id: str, source_ip: str, at: float, pin: str) -> str:
+def enroll_text(source_ip: str, hostname: str, host_id: str, at: float, pin: str) -> str:
     return (
-        f"zkv: new host {hostname} (id {host_id[:8]}) from {source_ip} at {_utc(at)} asks to "
-        f"enrol. Reply {pin} to approve, NO {pin} to deny."
+        f"zkv: from {source_ip}, new host {_bounded(hostname, HOST_SHOWN)} (id {host_id[:8]}) "
+        f"asks to enrol at {_utc(at)}. Reply {pin} to approve, NO {pin} to deny."
     )
+
+
+def _names(datasets: Sequence[str]) -> str:
+    """As many names as fit in DATASETS_SHOWN, then how many more. ZFS allows spaces in names:
+    such a name is quoted, so where it ends is plain (no name holds a comma or a quote)."""
+    shown: list[str] = []
+    for name in datasets:
+        text = _bounded(name, DATASETS_SHOWN - 2)
+        text = f'"{text}"' if " " in text else text
+        if shown and len(", ".join([*shown, text])) > DATASETS_SHOWN:
+            break
+        shown.append(text)
+    more = len(datasets) - len(shown)
+    return (", ".join(shown) or "its datasets") + (f" and {more} more" if more else "")
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."  # "…" is not GSM-7
 
 
 def _utc(at: float) -> str:

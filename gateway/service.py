@@ -88,7 +88,7 @@ class Gateway:
                     ),
                 )
                 row = self._new_request(conn, KIND_ENROLL, req.host_id, req.hostname, ip, (), None)
-        text = enroll_text(req.hostname, req.host_id, ip, now, row.approval.pin)
+        text = enroll_text(ip, req.hostname, req.host_id, now, row.approval.pin)
         self._notify(row, text)
         with self.store.read() as conn:
             host = self.store.host(conn, req.host_id)
@@ -116,13 +116,9 @@ class Gateway:
                     req.datasets,
                     b64(req.ephemeral_key),
                 )
-        shown = (
-            req.hostname
-            if req.hostname == host.hostname
-            else (f"{req.hostname} (enrolled as {host.hostname})")
-        )
         a = row.approval
-        text = unlock_text(shown, ip, req.datasets, now, a.pin, self.settings.REQUEST_TTL)
+        ttl = self.settings.REQUEST_TTL
+        text = unlock_text(ip, req.hostname, host.hostname, req.datasets, now, a.pin, ttl)
         self._notify(row, text)
         return UnlockCreated(a.request_id, a.pin, int(a.expires_at))
 

@@ -50,6 +50,20 @@ def test_a_newline_in_an_enrolling_hostname_is_refused(gw: RunningGateway) -> No
     assert (response.status_code, response.json()) == (400, {"error": "bad_request"})
 
 
+def test_the_sms_shows_the_source_ip_first_and_stays_short(
+    gw: RunningGateway, host: client.Host
+) -> None:
+    # Legal ZFS names (spaces are allowed), as long as the protocol lets them be.
+    datasets = tuple(f"tank/{'x' * 200}{' ' * 40}{i:02d}" for i in range(14))
+    boot = client.unlock(gw.url, host, datasets=datasets)
+    assert boot.response.status_code == 201
+    text = gw.notifications()[-1]
+    assert text.startswith("zkv: from 127.0.0.1, host db01 ")
+    assert "and 13 more" in text and boot.created.pin in text
+    assert len(text) <= 320 and "\n" not in text and " " * 3 not in text
+    gw.deny(boot.created.request_id)
+
+
 def test_a_captured_webhook_cannot_be_resplit_into_new_message_sids(
     gw: RunningGateway, host: client.Host
 ) -> None:
