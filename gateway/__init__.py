@@ -12,7 +12,6 @@ from typing import Any
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from zkv import protocol
 
@@ -20,6 +19,7 @@ from . import notify, secrets_source
 from .config import Settings, load
 from .errors import ApiError
 from .notify import Notifier
+from .proxies import TrustedProxies, parse_networks
 from .secrets_source import SecretSource
 from .service import Gateway
 from .store import Store
@@ -69,9 +69,9 @@ def create_app(
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)
     app.after_request(_no_store)
-    if settings.TRUSTED_PROXIES:
-        n = settings.TRUSTED_PROXIES
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)  # type: ignore[method-assign]
+    # Always: with no proxy configured it still strips X-Forwarded-* from every request.
+    proxies = parse_networks(settings.TRUSTED_PROXY_ADDRESSES)
+    app.wsgi_app = TrustedProxies(app.wsgi_app, proxies)  # type: ignore[method-assign]
     return app
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.exc import ArgumentError
 from zkv import protocol
 
 from .errors import ConfigError
+from .proxies import parse_networks
 
 ENV_PREFIX = "ZKV_"
 SECRET_KEYS = ("TWILIO_TOKEN", "AAD_CLIENT_SECRET")
@@ -63,7 +64,9 @@ class Settings:
     SMS_TO: str = ""
     SMS_FROM: str = ""
     PUBLIC_URL: str = ""  # e.g. https://gw.example.org; used to check Twilio signatures
-    TRUSTED_PROXIES: int = 0  # reverse proxies in front of us whose X-Forwarded-* we believe
+    # Reverse proxies whose X-Forwarded-* we believe: IPs or networks, comma-separated.
+    TRUSTED_PROXY_ADDRESSES: str = ""
+    TRUSTED_PROXIES: int = 0  # the old count of proxies: refused unless 0 (validate says why)
     # the approval policy
     PIN_LENGTH: int = 6
     REQUEST_TTL: int = 600
@@ -183,17 +186,13 @@ def validate(s: Settings) -> None:
         raise ConfigError("SQLALCHEMY_DATABASE_URI is not a database URL") from None
     _validate_secret_source(s)
     _validate_approver(s)
-    if s.PUBLIC_URL and (
-        urlsplit(s.PUBLIC_URL).scheme not in ("http", "https") or not urlsplit(s.PUBLIC_URL).netloc
-    ):
-        raise ConfigError("PUBLIC_URL must look like https://gateway.example.org")
+    _validate_proxies(s)
     for key, low, high in (
         ("PIN_LENGTH", 4, 12),
         ("REQUEST_TTL", 5, 86400),
         ("MAX_WAIT", 0, protocol.MAX_WAIT),
         ("POLL_INTERVAL", 0.05, 5),
         ("MAX_WRONG_PINS", 1, 100),
-        ("TRUSTED_PROXIES", 0, 10),
         ("KEY_VAULT_TIMEOUT", 0.1, 120),
         ("KEY_VAULT_RETRIES", 0, 10),
         ("TWILIO_TIMEOUT", 0.1, 120),
@@ -206,6 +205,27 @@ def validate(s: Settings) -> None:
         _range(s, key, low, high)
     if s.LOG_LEVEL.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+
+
+def _validate_proxies(s: Settings) -> None:
+    try:
+        proxies = parse_networks(s.TRUSTED_PROXY_ADDRESSES)
+    except ValueError as exc:
+        raise ConfigError(f"TRUSTED_PROXY_ADDRESSES: {exc}") from None
+    if s.TRUSTED_PROXIES:
+        raise ConfigError(
+            "TRUSTED_PROXIES (a count) is no longer read: name the proxies in "
+            "TRUSTED_PROXY_ADDRESSES instead, since X-Forwarded-For is believed only from them"
+        )
+    if s.PUBLIC_URL and (
+        urlsplit(s.PUBLIC_URL).scheme != "https" or not urlsplit(s.PUBLIC_URL).netloc
+    ):
+        raise ConfigError("PUBLIC_URL must be https://<the name Twilio calls>")
+    if s.PUBLIC_URL and not proxies:
+        raise ConfigError(
+            "PUBLIC_URL means a TLS proxy is in front, so TRUSTED_PROXY_ADDRESSES must name it: "
+            "else every client has the proxy's address and one client's failures lock out all"
+        )
 
 
 def _validate_secret_source(s: Settings) -> None:

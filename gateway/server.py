@@ -42,6 +42,7 @@ def serve(settings: Settings, bind: str, workers: int, threads: int) -> int:
             "accesslog": "-",
             "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(M)sms',
             "proc_name": "zkv-gateway",
+            "forwarded_allow_ips": "",  # X-Forwarded-*: gateway/proxies.py alone decides
             "loglevel": settings.LOG_LEVEL.lower(),
         },
     ).run()

@@ -1,4 +1,8 @@
-"""WSGI entry for an external server: ``gunicorn -k gthread --threads 32 gateway.wsgi:app``."""
+"""WSGI entry for an external server: ``gunicorn -k gthread --threads 32 gateway.wsgi:app``.
+
+Add ``--forwarded-allow-ips ''`` (as ``zkv-gateway serve`` does): gunicorn would otherwise
+take X-Forwarded-Proto from 127.0.0.1 itself; gateway/proxies.py alone should decide.
+"""
 
 from __future__ import annotations
 

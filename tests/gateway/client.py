@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,18 +39,31 @@ def enroll(url: str, host: Host) -> requests.Response:
     return requests.post(url + protocol.PATH_HOSTS, json=req.to_json(), timeout=10)
 
 
-def unlock(url: str, host: Host, datasets: tuple[str, ...] = ("tank/secure",), **kw: Any) -> Boot:
+Headers = Mapping[str, str] | None  # e.g. X-Forwarded-For, as a proxy in front would add it
+
+
+def unlock(
+    url: str,
+    host: Host,
+    datasets: tuple[str, ...] = ("tank/secure",),
+    headers: Headers = None,
+    **kw: Any,
+) -> Boot:
     private, public = crypto.x25519_generate()
     req = protocol.UnlockRequest.create(host.private_key, host.hostname, datasets, public, **kw)
-    return Boot(req, private, send(url, req))
+    return Boot(req, private, send(url, req, headers))
 
 
-def send(url: str, req: protocol.UnlockRequest) -> requests.Response:
-    return requests.post(url + protocol.PATH_UNLOCK, json=req.to_json(), timeout=10)
+def send(url: str, req: protocol.UnlockRequest, headers: Headers = None) -> requests.Response:
+    return requests.post(
+        url + protocol.PATH_UNLOCK, json=req.to_json(), headers=headers, timeout=10
+    )
 
 
-def poll(url: str, request_id: str, wait: int = 0) -> requests.Response:
-    return requests.get(f"{url}{protocol.PATH_UNLOCK}/{request_id}?wait={wait}", timeout=wait + 30)
+def poll(url: str, request_id: str, wait: int = 0, headers: Headers = None) -> requests.Response:
+    return requests.get(
+        f"{url}{protocol.PATH_UNLOCK}/{request_id}?wait={wait}", headers=headers, timeout=wait + 30
+    )
 
 
 def opened(boot: Boot, response: requests.Response) -> bytes:

@@ -150,6 +150,50 @@ def write_config(path: Path, settings: Mapping[str, Any]) -> None:
     path.chmod(0o600)
 
 
+def base_config(directory: Path, secret: bytes, approver: str) -> dict[str, Any]:
+    """Database, file secret (written here) and approver in ``directory``; test rate limits."""
+    secret_file = directory / "repository-key"
+    secret_file.write_bytes(secret)
+    secret_file.chmod(0o600)
+    config: dict[str, Any] = {
+        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{directory / 'gateway.sqlite'}",
+        "SECRET_SOURCE": "file",
+        "SECRET_FILE": str(secret_file),
+        "APPROVER": approver,
+        "POLL_INTERVAL": 0.1,
+        **TEST_LIMITS,
+    }
+    if approver == "auto":
+        config["ALLOW_AUTO_APPROVER"] = True
+    return config
+
+
+def refused_start(directory: Path, settings: Mapping[str, Any]) -> subprocess.CompletedProcess[str]:
+    """`zkv-gateway serve` with settings that must stop it at start: the finished process. One
+    that serves instead is stopped (its whole process group) and raises TimeoutExpired."""
+    config_file = directory / "gateway.conf.py"
+    write_config(config_file, {**base_config(directory, b"k" * 64, "console"), **settings})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZKV_")}
+    env.update({"PYTHONPATH": str(REPO), "CONFIG_FILE": str(config_file)})
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--bind", f"127.0.0.1:{free_port()}"]
+    with subprocess.Popen(
+        command,
+        env=env,
+        cwd=REPO,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 @contextmanager
 def running_gateway(
     tmp_path: Path,
@@ -164,19 +208,7 @@ def running_gateway(
     directory = Path(tmp_path)
     directory.mkdir(parents=True, exist_ok=True)
     secret = secret if secret is not None else secrets.token_hex(32).encode()
-    secret_file = directory / "repository-key"
-    secret_file.write_bytes(secret)
-    secret_file.chmod(0o600)
-    config: dict[str, Any] = {
-        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{directory / 'gateway.sqlite'}",
-        "SECRET_SOURCE": "file",
-        "SECRET_FILE": str(secret_file),
-        "APPROVER": approver,
-        "POLL_INTERVAL": 0.1,
-        **TEST_LIMITS,
-    }
-    if approver == "auto":
-        config["ALLOW_AUTO_APPROVER"] = True
+    config = base_config(directory, secret, approver)
     with ExitStack() as stack:
         proc_env = {k: v for k, v in os.environ.items() if not k.startswith("ZKV_")}
         proc_env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})

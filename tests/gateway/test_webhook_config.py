@@ -30,11 +30,15 @@ def test_public_url(env_factory: Any) -> None:
     assert env.http.post("/v1/twilio/sms", data=FORM, headers=signed(internal)).status_code == 403
 
 
-def test_trusted_proxy_restores_the_public_url(env_factory: Any) -> None:
-    env = env_factory(**twilio_settings(), TRUSTED_PROXIES=1)
+@pytest.mark.parametrize(("proxies", "status"), [("127.0.0.1", 200), ("192.0.2.10", 403)])
+def test_a_trusted_proxy_restores_the_public_url(
+    env_factory: Any, proxies: str, status: int
+) -> None:
+    """The test client's address is 127.0.0.1: a proxy of ours, or a client like any other."""
+    env = env_factory(**twilio_settings(), TRUSTED_PROXY_ADDRESSES=proxies)
     forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "gw.example.org"}
     headers = {**forwarded, **signed("https://gw.example.org/v1/twilio/sms")}
-    assert env.http.post("/v1/twilio/sms", data=FORM, headers=headers).status_code == 200
+    assert env.http.post("/v1/twilio/sms", data=FORM, headers=headers).status_code == status
 
 
 def test_webhook_is_closed_without_twilio(env: Any) -> None:
