@@ -151,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if console.debugging:
             import traceback  # only here: 3 ms of import on every boot otherwise
 
-            console.say(traceback.format_exc())
+            for line in traceback.format_exc().splitlines():  # say() prints one line each
+                console.say(line)
         return 1
     finally:
         console.close()

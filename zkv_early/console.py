@@ -1,5 +1,8 @@
-"""What the person at the console reads. Only text written in this package passes through here:
-status lines, the PIN, the countdown. Key material has no path to it.
+"""What the person at the console reads: status lines, the PIN, the countdown. Key material has
+no path to it. Some of the text is the gateway's (an error code in a message), so ``say`` drops
+every control character: C0 (ESC starts a terminal escape sequence, CR rewrites the line, LF
+starts a line that looks like ours), DEL and C1 (0x9B is a one-character CSI). A status line
+is one line.
 
 Two threads talk at once (the gateway's progress and the passphrase prompt), so lines are
 written under a lock, and a pending prompt is shown again after each status line.
@@ -13,6 +16,7 @@ import threading
 from typing import TextIO
 
 PREFIX = "zkv: "
+_CONTROLS = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)])  # str.translate: drop them
 
 
 class Console:
@@ -34,6 +38,7 @@ class Console:
         return cls(sys.stderr, debug)
 
     def say(self, message: str) -> None:
+        message = message.translate(_CONTROLS)
         with self._lock:
             lead = "\n" if self._pending_prompt else ""
             self._write(f"{lead}{PREFIX}{message}\n{self._pending_prompt}")

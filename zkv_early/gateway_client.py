@@ -156,6 +156,8 @@ def _decode(parse: Any, answer: Any) -> Any:
 
 def _status_error(status: int, answer: Any) -> GatewayError:
     code = answer.get("error") if isinstance(answer, dict) else None
+    if not isinstance(code, str) or code not in protocol.ERROR_STATUS:
+        code = None  # the gateway's own words reach the console only as codes we know
     if status == 401:
         return GatewayRefused()
     if status == 429:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import ssl
 import threading
@@ -14,14 +15,17 @@ from typing import Any
 import pytest
 import trustme
 
+from tests.unit.test_early_main import CONTROLS
 from zkv import crypto, protocol
 from zkv.errors import (
     ConfigError,
+    GatewayError,
     GatewayRefused,
     GatewayUnreachable,
     ProtocolError,
     RateLimited,
 )
+from zkv_early.console import Console
 from zkv_early.gateway_client import GatewayClient
 from zkv_early.race import Cancelled
 
@@ -122,6 +126,18 @@ def test_answers_become_typed_errors(
     server.answers[protocol.PATH_UNLOCK] = (status, body)
     with pytest.raises(error):
         GatewayClient(url, str(ca_file), 5).create(request())
+
+
+def test_what_the_gateway_says_reaches_the_console_without_control_characters(
+    tls: tuple[Any, str, Path],
+) -> None:
+    server, url, ca_file = tls
+    server.answers[protocol.PATH_UNLOCK] = (503, {"error": "\x1b[2J\x1b[Hzkv: approved\r\n"})
+    with pytest.raises(GatewayError) as refused:
+        GatewayClient(url, str(ca_file), 5).create(request())
+    out = io.StringIO()
+    Console(out).say(refused.value.message)
+    assert out.getvalue().count("\n") == 1 and not set(out.getvalue()[:-1]) & set(CONTROLS)
 
 
 def test_nothing_listening() -> None:

@@ -125,6 +125,20 @@ def test_status_lines_do_not_swallow_a_pending_prompt() -> None:
     )
 
 
+CONTROLS = "".join(map(chr, [*range(0x20), *range(0x7F, 0xA0)]))  # C0, DEL, C1
+
+
+def test_the_console_prints_no_control_character() -> None:
+    """Gateway text reaches the console (an error code); an escape sequence in it must not
+    clear the screen, retitle the terminal or rewrite the line above."""
+    out = io.StringIO()
+    Console(out).say("refused (\x1b]0;owned\x07\x1b[2J\x1b[H\rzkv: approved\n\x9b31mred)")
+    assert out.getvalue() == "zkv: refused (]0;owned[2J[Hzkv: approved31mred)\n"
+    out = io.StringIO()
+    Console(out).say(CONTROLS)
+    assert out.getvalue() == "zkv: \n"
+
+
 def test_options_defaults_match_the_documented_contract() -> None:
     options = boot_unlock.Options()
     assert (options.prompt, options.tty, options.handover) == (
