@@ -196,9 +196,13 @@ class ApprovalExpired(GatewayError):
 
 
 class RateLimited(GatewayError):
-    """the gateway is rate limiting this host; try again later"""
+    """the gateway is rate limiting this host"""
 
     exit_code = 35
+
+
+class GatewayBusy(GatewayError):  # 503, or 502/504 from a proxy in front: worth a retry
+    """the gateway cannot serve unlocks right now ({detail})"""
 
 
 class ProtocolError(GatewayError):

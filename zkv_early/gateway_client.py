@@ -16,6 +16,7 @@ from typing import Any
 from zkv import protocol
 from zkv.errors import (
     ConfigError,
+    GatewayBusy,
     GatewayError,
     GatewayRefused,
     GatewayUnreachable,
@@ -164,8 +165,8 @@ def _status_error(status: int, answer: Any) -> GatewayError:
         return RateLimited()
     if status == 400:
         return ProtocolError(f"the gateway rejected the request as malformed ({code or status})")
-    if status == 503:
-        return GatewayError(f"the gateway cannot serve unlocks right now ({code or status})")
+    if status in (502, 503, 504):  # the gateway's own 503, or a proxy's while it restarts
+        return GatewayBusy(detail=code or str(status))
     return GatewayError(f"HTTP status {status}" + (f" ({code})" if code else ""))
 
 

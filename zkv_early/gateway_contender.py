@@ -15,11 +15,13 @@ from zkv import crypto, hostkey, keystore, protocol
 from zkv.errors import (
     ApprovalDenied,
     ApprovalExpired,
+    GatewayBusy,
     GatewayError,
     GatewayUnreachable,
     InputError,
     KeystoreLocked,
     ProtocolError,
+    RateLimited,
     ReleaseRejected,
 )
 from zkv.keystore import OpenKeystore, SealedKeystore
@@ -30,7 +32,9 @@ from zkv_early.http11 import Url
 from zkv_early.race import Cancelled, Deadline
 
 MAX_WAIT = protocol.MAX_WAIT
-RETRY_MAX = 10.0  # seconds between attempts while the gateway cannot be reached
+RETRY_MAX = 10.0  # seconds between attempts while the gateway cannot be reached or is busy
+# Worth another try while the deadline lasts: unreachable, 429, 503 (and a proxy's 502/504).
+TRANSIENT = (GatewayUnreachable, RateLimited, GatewayBusy)
 EXPIRY_GRACE = 5  # seconds we keep polling past expires_at: the gateway has the last word
 
 
@@ -105,7 +109,7 @@ class GatewayUnlock:
             try:
                 created = self.client.create(request)
                 break
-            except GatewayUnreachable as exc:
+            except TRANSIENT as exc:
                 if self._left() <= delay:
                     raise
                 self.console.say(f"{exc.message}; retrying in {delay:.0f} s")
@@ -134,7 +138,7 @@ class GatewayUnlock:
             try:
                 result = self.client.poll(created.request_id, max(1, int(min(MAX_WAIT, left))))
                 failures = 0
-            except GatewayUnreachable as exc:
+            except TRANSIENT as exc:
                 failures += 1
                 delay = min(RETRY_MAX, float(2**failures))
                 self.console.say(f"{exc.message}; retrying in {delay:.0f} s")

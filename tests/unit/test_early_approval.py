@@ -78,27 +78,40 @@ def state(name: str) -> Callable[..., protocol.PollResult]:
     return lambda _req: protocol.PollResult(name)
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> Callable[..., tuple[GatewayUnlock, ScriptedClient, io.StringIO]]:
+def host_files(tmp_path: Path) -> None:
+    """The host key and a keystore with one entry (rpool) in ``tmp_path``."""
     hostkey.generate(tmp_path / "host.key")
     store = keystore.create(REPO_KEY, b"recovery words", kdf=keystore.WEAK_KDF)
     store.put(keystore.Entry("rpool", "raw"), bytes(32))
     keystore.write(tmp_path / "keystore", store)
 
+
+def gateway_flow(
+    tmp_path: Path, client: Any, clock: FakeClock, total: float = 300
+) -> tuple[GatewayUnlock, io.StringIO]:
+    """The gateway contender for the host in ``tmp_path`` with ``client``, and its console."""
+    out = io.StringIO()
+    config = Config(gateway_url="https://gw.example", host_key=str(tmp_path / "host.key"))
+    flow = GatewayUnlock(
+        config,
+        Console(out),
+        client,
+        Deadline(clock, total),
+        "nas",
+        wall_clock=lambda: clock.now,
+        wait_network=lambda *a, **k: None,
+    )
+    return flow, out
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Callable[..., tuple[GatewayUnlock, ScriptedClient, io.StringIO]]:
+    host_files(tmp_path)
+
     def make(polls: list[Any], total: float = 300, **kw: Any) -> tuple[Any, Any, io.StringIO]:
         clock = FakeClock()
         client = ScriptedClient(clock, polls, **kw)
-        out = io.StringIO()
-        config = Config(gateway_url="https://gw.example", host_key=str(tmp_path / "host.key"))
-        flow = GatewayUnlock(
-            config,
-            Console(out),
-            client,
-            Deadline(clock, total),
-            "nas",
-            wall_clock=lambda: clock.now,
-            wait_network=lambda *a, **k: None,
-        )
+        flow, out = gateway_flow(tmp_path, client, clock, total)
         return flow, client, out
 
     return make

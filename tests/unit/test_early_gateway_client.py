@@ -15,10 +15,14 @@ from typing import Any
 import pytest
 import trustme
 
+from tests.unit.test_early_approval import gateway_flow, host_files, sealed
 from tests.unit.test_early_main import CONTROLS
+from tests.unit.test_early_net import FakeClock
 from zkv import crypto, protocol
 from zkv.errors import (
+    ApprovalDenied,
     ConfigError,
+    GatewayBusy,
     GatewayError,
     GatewayRefused,
     GatewayUnreachable,
@@ -33,13 +37,17 @@ RID = "cd" * 16
 
 
 class Stub(BaseHTTPRequestHandler):
-    """Answers from ``server.answers[path] = (status, body)``; a ``None`` body blocks (a poll
-    that nobody answers) until the server's ``release`` event is set."""
+    """Answers from ``server.answers[path] = (status, body)``, or a list of them given out in
+    turn (the last one stays); a ``None`` body blocks (a poll that nobody answers) until the
+    server's ``release`` event is set."""
 
     server: Any
 
     def _answer(self) -> None:
-        status, body = self.server.answers.get(self.path.split("?")[0], (404, {"error": "x"}))
+        answer = self.server.answers.get(self.path.split("?")[0], (404, {"error": "x"}))
+        if isinstance(answer, list):
+            answer = answer.pop(0) if len(answer) > 1 else answer[0]
+        status, body = answer
         self.server.seen.append((self.command, self.path))
         if body is None:
             self.server.release.wait(30)
@@ -114,6 +122,8 @@ def test_untrusted_certificate(tls: tuple[Any, str, Path]) -> None:
     [
         (401, {"error": "unauthorized"}, GatewayRefused),
         (429, {"error": "rate_limited"}, RateLimited),
+        (503, {"error": "approver_unavailable"}, GatewayBusy),
+        (502, b"<html>Bad Gateway</html>", GatewayBusy),  # a proxy in front, while it restarts
         (400, {"error": "bad_request"}, ProtocolError),
         (201, b"not json", ProtocolError),
         (201, {"request_id": "short", "pin": "1", "expires_at": 1}, ProtocolError),
@@ -138,6 +148,36 @@ def test_what_the_gateway_says_reaches_the_console_without_control_characters(
     out = io.StringIO()
     Console(out).say(refused.value.message)
     assert out.getvalue().count("\n") == 1 and not set(out.getvalue()[:-1]) & set(CONTROLS)
+
+
+def test_429_and_503_are_retried_with_backoff_within_the_deadline(
+    tls: tuple[Any, str, Path], tmp_path: Path
+) -> None:
+    """The gateway contender with this client: busy answers are waited out, not the end."""
+    server, url, ca_file = tls
+    busy = [(429, {"error": "rate_limited"}), (503, {"error": "approver_unavailable"})]
+    created = {"request_id": RID, "pin": "123456", "expires_at": 600}
+    server.answers[protocol.PATH_UNLOCK] = [*busy, (201, created)]
+    server.answers[f"{protocol.PATH_UNLOCK}/{RID}"] = [*busy, (200, {"state": "denied"})]
+    host_files(tmp_path)
+    flow, out = gateway_flow(tmp_path, GatewayClient(url, str(ca_file), 5), FakeClock())
+    with pytest.raises(ApprovalDenied):
+        flow.run(sealed(tmp_path), threading.Event())
+    assert [method for method, _path in server.seen] == ["POST"] * 3 + ["GET"] * 3
+    text = out.getvalue()
+    assert "rate limiting this host; retrying in 1 s" in text
+    assert "(approver_unavailable); retrying in 2 s" in text and "PIN 123456" in text
+
+
+def test_busy_until_the_deadline(tls: tuple[Any, str, Path], tmp_path: Path) -> None:
+    server, url, ca_file = tls
+    server.answers[protocol.PATH_UNLOCK] = (429, {"error": "rate_limited"})
+    host_files(tmp_path)
+    client = GatewayClient(url, str(ca_file), 5)
+    flow, _out = gateway_flow(tmp_path, client, FakeClock(), total=20)
+    with pytest.raises(RateLimited):
+        flow.run(sealed(tmp_path), threading.Event())
+    assert 3 <= len(server.seen) <= 6  # 1 + 2 + 4 + 8 s of backoff fit in 20 s
 
 
 def test_nothing_listening() -> None:
