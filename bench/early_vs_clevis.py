@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.gateway.server import running_gateway
+from tests.harness.gateway import running_gateway
 from zkv import hostkey, keystore, protocol
 from zkv_early import build_pyz
 

@@ -33,7 +33,7 @@ from gateway.errors import SecretUnavailable
 from gateway.notify import ConsoleNotifier
 from gateway.service import Gateway
 from gateway.store import Store
-from tests.gateway.server import REPO, running_gateway
+from tests.harness.gateway import REPO, running_gateway
 from zkv import crypto, protocol
 
 DOCS = REPO / "docs" / "gateway.md"

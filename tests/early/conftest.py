@@ -1,5 +1,5 @@
 """Integration fixtures: the BUILT zkv-early.pyz under Debian's /usr/bin/python3 -I -S, against the
-real gateway (tests/gateway/server.py) on loopback, with the recording fake zfs and a keystore
+real gateway (tests/harness/gateway.py) on loopback, with the recording fake zfs and a keystore
 made with the shared keystore module.
 
 The pyz finds ``cryptography`` where an initramfs has it: Debian's python3-cryptography in
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.fakezfs import FakeZfs
-from tests.gateway.server import RunningGateway
+from tests.harness.gateway import RunningGateway
 from zkv import hostkey, keystore, protocol
 from zkv.encoding import b64
 from zkv_early import build_pyz

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tests.early.conftest import DATA_KEY, ROOT_KEY, Machine
 from tests.early.test_pyz_gateway import assert_no_secret
-from tests.gateway.server import running_gateway
+from tests.harness.gateway import running_gateway
 from zkv_early import handover
 from zkv_early.boot_unlock import AHEAD_NICE, LOAD_MARGIN
 

@@ -17,7 +17,7 @@ from tests.early.conftest import (
     make_machine,
     pending_request,
 )
-from tests.gateway.server import running_gateway
+from tests.harness.gateway import running_gateway
 from zkv.encoding import b64
 from zkv_early import build_pyz, handover
 

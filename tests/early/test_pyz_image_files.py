@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.early.conftest import BOOT_FLAGS, TARGET_PYTHON, Machine
-from tests.gateway.server import running_gateway
+from tests.harness.gateway import running_gateway
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ import pexpect
 import pytest
 
 from tests.early.conftest import PASSPHRASE, Machine, pending_request
-from tests.gateway.server import running_gateway
+from tests.harness.gateway import running_gateway
 
 
 def spawn(machine: Machine) -> pexpect.spawn:

@@ -18,7 +18,7 @@ from gateway.config import Settings
 from gateway.errors import NotifyFailed, SecretUnavailable
 from gateway.service import Gateway
 from tests.gateway import postgres as pg
-from tests.gateway.server import TEST_LIMITS
+from tests.harness.gateway import TEST_LIMITS
 from zkv import crypto, protocol
 
 

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.gateway import client
-from tests.gateway.server import RunningGateway, running_gateway
-from tests.gateway.standins import AAD_HOST, PATH_SMS, VAULT_HOST, post_signed_sms
+from tests.harness import protocol_client as client
+from tests.harness.cloud_standins import AAD_HOST, PATH_SMS, VAULT_HOST, post_signed_sms
+from tests.harness.gateway import RunningGateway, running_gateway
 
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 REPLAYED = "SM" + "5e" * 16
@@ -97,7 +97,7 @@ def test_forged_or_missing_signature(
     if signature == "tampered":  # signed for another body
         from twilio.request_validator import RequestValidator
 
-        from tests.gateway.server import TWILIO_TOKEN
+        from tests.harness.gateway import TWILIO_TOKEN
 
         signed = RequestValidator(TWILIO_TOKEN).compute_signature(
             gw.url + PATH_SMS, {**form, "Body": "000000"}

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.gateway import client
-from tests.gateway.server import RunningGateway, running_gateway
-from tests.gateway.standins import post_signed_sms, post_sms_form, signed_sms
+from tests.harness import protocol_client as client
+from tests.harness.cloud_standins import post_signed_sms, post_sms_form, signed_sms
+from tests.harness.gateway import RunningGateway, running_gateway
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +100,8 @@ def test_a_webhook_that_is_not_twilios_shape_is_refused(
     """Even correctly signed (only the token's holder could), it is refused."""
     from twilio.request_validator import RequestValidator
 
-    from tests.gateway.server import TWILIO_TOKEN
-    from tests.gateway.standins import PATH_SMS
+    from tests.harness.cloud_standins import PATH_SMS
+    from tests.harness.gateway import TWILIO_TOKEN
 
     boot = client.unlock(gw.url, host)
     form = {**signed_sms(gw.url, boot.created.pin)[0], **change}

@@ -9,7 +9,7 @@ from pathlib import Path
 import requests
 import yaml
 
-from tests.gateway.server import REPO, running_gateway
+from tests.harness.gateway import REPO, running_gateway
 
 SPEC = REPO / "gateway" / "openapi.yaml"
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.gateway import client
-from tests.gateway.server import RunningGateway, refused_start, running_gateway
+from tests.harness import protocol_client as client
+from tests.harness.gateway import RunningGateway, refused_start, running_gateway
 
 ATTACKER, BOOTING = "203.0.113.66", "198.51.100.7"
 UNKNOWN_ID = "ab" * 16

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway import client
 from tests.gateway.postgres import DATABASES, url_for
-from tests.gateway.server import RunningGateway, running_gateway
+from tests.harness import protocol_client as client
+from tests.harness.gateway import RunningGateway, running_gateway
 
 
 @pytest.fixture(scope="module", params=DATABASES)

@@ -12,8 +12,8 @@ from twilio.request_validator import RequestValidator
 
 from gateway import config
 from gateway.errors import ConfigError
-from tests.gateway.server import OWNER, REPO, TWILIO_ACCOUNT, TWILIO_TOKEN
-from tests.gateway.standins import twilio_settings
+from tests.harness.cloud_standins import twilio_settings
+from tests.harness.gateway import OWNER, REPO, TWILIO_ACCOUNT, TWILIO_TOKEN
 
 FORM = {"MessageSid": "SM" + "0" * 32, "AccountSid": TWILIO_ACCOUNT, "From": OWNER, "Body": "hi"}
 

@@ -5,7 +5,8 @@
 - the core never imports a program (boot client, admin CLI, gateway);
 - the gateway never imports the boot client or the admin CLI; the boot client never the admin
   CLI or the gateway;
-- the zipapp holds the boot client and core modules only: no admin code, nothing of the gateway.
+- the zipapp holds the boot client and core modules only: no admin code, nothing of the gateway;
+- bench/ and the test-bed libraries (tests/vm, tests/harness) import no test module.
 """
 
 from __future__ import annotations
@@ -69,6 +70,23 @@ def test_programs_import_the_core_not_each_other(package: str, forbidden: set[st
         path.relative_to(REPO).as_posix(): sorted(roots(path) & forbidden)
         for path in modules(package)
         if roots(path) & forbidden
+    }
+    assert offenders == {}
+
+
+@pytest.mark.parametrize("folder", ["bench", "tests/vm", "tests/harness"])
+def test_benchmarks_and_libraries_import_libraries_not_test_modules(folder: str) -> None:
+    libraries = ("tests.vm", "tests.harness")
+    offenders = {
+        path.relative_to(REPO).as_posix(): sorted(bad)
+        for path in modules(folder)
+        if (
+            bad := {
+                name
+                for name in imported(path)
+                if name.split(".")[0] == "tests" and not name.startswith(libraries)
+            }
+        )
     }
     assert offenders == {}
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pexpect
 
-from tests.gateway import client
-from tests.gateway.server import RunningGateway, free_port, running_gateway
+from tests.harness import protocol_client as client
+from tests.harness.gateway import RunningGateway, free_port, running_gateway
 from tests.vm import driver, testbed
 from tests.vm.driver import Guest
 from tests.vm.zkv_image import HOSTNAME, RECOVERY_PASSPHRASE, ZkvImage, test_ca

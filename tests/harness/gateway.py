@@ -2,7 +2,7 @@
 
 Stable interface, also used by the boot-client integration tests::
 
-    from tests.gateway.server import running_gateway
+    from tests.harness.gateway import running_gateway
 
     with running_gateway(tmp_path, approver="console") as gw:   # or approver="auto" / "twilio"
         gw.url                        # "http://127.0.0.1:<port>"
@@ -19,7 +19,7 @@ Arguments of ``running_gateway``:
     tmp_path   a private directory: database, secret file, config file and log go there.
     approver   "console" (default; nobody approves until you call approve()), "auto" (every
                request and enrolment approved at once; tests only), "twilio" (real twilio SDK
-               against the local stand-in of tests/gateway/standins.py; use gw.sms()).
+               against the local stand-in of tests/harness/cloud_standins.py; use gw.sms()).
     secret_source  "file" (default) or "azure" (real Azure SDKs against the local stand-ins).
     secret     the secret to release (default: 64 random hex characters, like a repository key).
     settings   more gateway settings (names as in gateway/config.py, e.g. REQUEST_TTL=30).
@@ -79,7 +79,7 @@ class RunningGateway:
     log_file: Path
     process: subprocess.Popen[bytes]
     env: dict[str, str] = field(repr=False)
-    standins: Any = None  # tests.gateway.standins.Standins when approver="twilio"
+    standins: Any = None  # tests.harness.cloud_standins.Standins when approver="twilio"
 
     # --- the owner ----------------------------------------------------------------------------
 
@@ -110,7 +110,7 @@ class RunningGateway:
 
     def sms(self, body: str, sender: str = OWNER, sid: str | None = None) -> int:
         """Send an inbound SMS as Twilio would (signed); returns the HTTP status."""
-        from tests.gateway.standins import post_signed_sms
+        from tests.harness.cloud_standins import post_signed_sms
 
         return post_signed_sms(self.url, body, sender, sid).status_code
 
@@ -214,7 +214,7 @@ def running_gateway(
         proc_env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
         standins = None
         if approver == "twilio" or secret_source == "azure":
-            from tests.gateway import standins as fakes
+            from tests.harness import cloud_standins as fakes
 
             standins = stack.enter_context(fakes.running_standins(directory))
             proc_env.update(standins.process_env())

@@ -2,7 +2,7 @@
 
 One TLS server on 127.0.0.1 (trustme certificate for the real host names) answers by Host
 header, so the real twilio / azure-identity / azure-keyvault-secrets SDKs in the gunicorn
-process talk to it through the connect redirect in tests/gateway/redirect/sitecustomize.py.
+process talk to it through the connect redirect in tests/harness/redirect/sitecustomize.py.
 Tests steer failures through ``vault_mode`` ("ok", "403", "404", "timeout") and
 ``twilio_mode`` ("ok", "fail"), and read what was sent in ``sms_sent``.
 """
@@ -26,7 +26,7 @@ import requests
 import trustme
 from twilio.request_validator import RequestValidator
 
-from tests.gateway.server import OWNER, REPO, TWILIO_ACCOUNT, TWILIO_NUMBER, TWILIO_TOKEN
+from tests.harness.gateway import OWNER, REPO, TWILIO_ACCOUNT, TWILIO_NUMBER, TWILIO_TOKEN
 
 TWILIO_HOST = "api.twilio.com"
 VAULT_HOST = "myvault.vault.azure.net"
@@ -51,7 +51,7 @@ class Standins:
 
     def process_env(self) -> dict[str, str]:
         return {
-            "PYTHONPATH": f"{REPO / 'tests/gateway/redirect'}:{REPO}",
+            "PYTHONPATH": f"{REPO / 'tests/harness/redirect'}:{REPO}",
             "ZKV_TEST_CONNECT_REDIRECT": f"127.0.0.1:{self.port}",
             "ZKV_TEST_REDIRECT_HOSTS": ",".join((TWILIO_HOST, VAULT_HOST, AAD_HOST)),
             "REQUESTS_CA_BUNDLE": str(self.ca_file),
