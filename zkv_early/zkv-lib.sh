@@ -86,6 +86,7 @@ zkv_links_down() {
 # zkv_wipe_run [FILE...]: remove $ZKV_RUN and the FILEs, in one rm, but keep the handover (the
 # data pools' keys, tmpfs) for zkv-load-keys.service in the real root.
 zkv_wipe_run() {
+    [ -n "$ZKV_RUN" ] || return 1 # never "/*"
     if [ -e "$ZKV_RUN/handover" ]; then
         for zkv_f in "$ZKV_RUN"/* "$ZKV_RUN"/.[!.]*; do
             [ -e "$zkv_f" ] && [ "$zkv_f" != "$ZKV_RUN/handover" ] && set -- "$@" "$zkv_f"
