@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -120,3 +121,24 @@ def test_zipapp_modules_import_nothing_outside_it() -> None:
         for dep in imported(path):
             if dep.split(".")[0] in ("zkv", "zkv_early"):
                 assert dep in packed or dep.rpartition(".")[0] in packed, (name, dep)
+
+
+def test_paths_the_shell_and_the_units_spell_out_are_the_cores() -> None:
+    """Unit files cannot source zkv-lib.sh and each script needs the lib's own path to source
+    it: what they write must be what zkv/paths.py says (the gateway's /etc/zkv is its own)."""
+    from zkv import paths
+
+    known = {v for k, v in vars(paths).items() if k.isupper() and isinstance(v, str)}
+    pattern = re.compile(r"(/(?:usr/lib|run|boot)/zkv(?:/[\w.-]+)?)")
+    files = [
+        *sorted((REPO / "systemd").rglob("*.service")),
+        *sorted((REPO / "systemd").rglob("*.conf")),
+        *sorted((REPO / "dracut").rglob("*")),
+        *sorted((REPO / "initramfs-tools").rglob("*")),
+    ]
+    for path in (p for p in files if p.is_file()):
+        for line in path.read_text().splitlines():
+            if line.lstrip().startswith("#"):
+                continue
+            for found in pattern.findall(line):
+                assert found in known, f"{path.relative_to(REPO)}: {found} is not in zkv/paths.py"
