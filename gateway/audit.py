@@ -1,19 +1,33 @@
 """The audit log: one row per decision, written in the same transaction as the decision.
 
 Rows name requests, hosts, addresses and outcomes; never PINs, secrets or key material.
+
+The rows form a hash chain: each row's hash covers its fields and the previous row's hash, so
+changing, removing, reordering or inserting a row breaks the chain at that row (`verify`).
+record() reads the head and appends inside the caller's write transaction, under the store's
+single-writer lock, so concurrent writers cannot fork the chain. The chain cannot tell a row
+rewritten together with every row after it: keep the head hash elsewhere (docs/threat-model.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, select
 
+from zkv.encoding import canonical
+
+from .errors import AuditBroken
 from .store import audit_log
 
 log = logging.getLogger("zkv.gateway.audit")
+
+GENESIS = "0" * 64  # the prev_hash of the first entry
 
 
 @dataclass(frozen=True)
@@ -33,6 +47,13 @@ class Entry:
 
 
 _KEYS = ("request_id", "host_id", "source_ip")
+_FIELDS = tuple(Entry.__dataclass_fields__)
+
+
+def digest(row: Mapping[str, Any], prev_hash: str) -> str:
+    """SHA-256 over the canonical JSON of the entry's fields and the previous entry's hash."""
+    content = {k: row[k] for k in _FIELDS}
+    return hashlib.sha256(canonical({**content, "prev_hash": prev_hash})).hexdigest()
 
 
 def record(
@@ -45,9 +66,18 @@ def record(
     source_ip: str | None = None,
     detail: str = "",
 ) -> None:
+    """Append an entry; conn must be a write transaction (Store.write), which serializes heads."""
     entry = Entry(at, event, request_id, host_id, source_ip, detail[:500])
-    conn.execute(audit_log.insert().values(**entry.__dict__))
+    prev = _head(conn) or GENESIS
+    chained = {**entry.__dict__, "prev_hash": prev, "hash": digest(entry.__dict__, prev)}
+    conn.execute(audit_log.insert().values(**chained))
     log.info("%s", entry.line())
+
+
+def _head(conn: Connection) -> str | None:
+    query = select(audit_log.c.hash).order_by(audit_log.c.id.desc()).limit(1)
+    head: str | None = conn.execute(query).scalar()
+    return head
 
 
 def entries(conn: Connection, limit: int = 100, request_id: str | None = None) -> list[Entry]:
@@ -55,6 +85,36 @@ def entries(conn: Connection, limit: int = 100, request_id: str | None = None) -
     if request_id:
         query = query.where(audit_log.c.request_id == request_id)
     rows = conn.execute(query).mappings()
-    return [
-        Entry(**{k: row[k] for k in Entry.__dataclass_fields__}) for row in reversed(list(rows))
-    ]
+    return [Entry(**{k: row[k] for k in _FIELDS}) for row in reversed(list(rows))]
+
+
+def chain(conn: Connection) -> Iterator[dict[str, Any]]:
+    """Every row, oldest first, with id, prev_hash and hash (the export and verify's input)."""
+    query = select(audit_log).order_by(audit_log.c.id).execution_options(yield_per=500)
+    for row in conn.execute(query).mappings():
+        yield dict(row)
+
+
+def check(rows: Iterable[Mapping[str, Any]], prev: str = GENESIS) -> tuple[int, str]:
+    """(entries, head hash) of an intact chain; AuditBroken names the first entry that is not."""
+    count, prev_id = 0, None
+    for row in rows:
+        if row["prev_hash"] != prev:
+            after = f"entry {prev_id}" if prev_id is not None else "the start of the log"
+            problem = f"does not follow {after} (an entry was removed, reordered or inserted)"
+            raise AuditBroken(entry_id=row["id"], detail=problem)
+        if digest(row, prev) != row["hash"]:
+            raise AuditBroken(entry_id=row["id"], detail="its contents were changed")
+        count, prev, prev_id = count + 1, row["hash"], row["id"]
+    return count, prev
+
+
+def seal_unchained(conn: Connection) -> None:
+    """Chain rows written before the chain existed (the upgrade in Store.create_schema only:
+    the chain vouches for them from the upgrade on, not before)."""
+    prev = GENESIS
+    for row in list(chain(conn)):
+        new = digest(row, prev)
+        values = {"prev_hash": prev, "hash": new}
+        conn.execute(audit_log.update().where(audit_log.c.id == row["id"]).values(**values))
+        prev = new

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+from zkv.encoding import canonical
 from zkv.errors import ZkvError
 
 from . import audit
@@ -88,10 +89,22 @@ def cmd_requests(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    whole_log = args.verify or args.json
+    if whole_log and (args.limit is not None or args.request):
+        raise GatewayCliError("--verify and --json take the whole log; --limit and --request list")
     service = _service(settings)
     with service.store.read() as conn:
-        for entry in audit.entries(conn, args.limit, args.request):
-            print(entry.line())
+        if args.verify:
+            count, head = audit.check(audit.chain(conn))
+            print(f"audit log intact: {count} entries, head {head}")
+        elif args.json:
+            for row in audit.chain(conn):
+                print(canonical(row).decode())
+        else:
+            for entry in audit.entries(
+                conn, 100 if args.limit is None else args.limit, args.request
+            ):
+                print(entry.line())
     return 0
 
 
@@ -123,9 +136,14 @@ def parser() -> argparse.ArgumentParser:
     reqs = sub.add_parser("requests", help="recent requests")
     reqs.add_argument("--limit", type=int, default=20)
     reqs.set_defaults(func=cmd_requests)
-    aud = sub.add_parser("audit", help="print the audit log")
-    aud.add_argument("--limit", type=int, default=100)
+    aud = sub.add_parser("audit", help="print, verify or export the audit log")
+    aud.add_argument("--limit", type=int, help="the last N entries (default 100)")
     aud.add_argument("--request", help="only entries about this request id")
+    whole = aud.add_mutually_exclusive_group()
+    whole.add_argument(
+        "--verify", action="store_true", help="check the hash chain (exit 7 if broken)"
+    )
+    whole.add_argument("--json", action="store_true", help="export every entry as JSON lines")
     aud.set_defaults(func=cmd_audit)
     check = sub.add_parser("check-config", help="validate the configuration and exit")
     check.set_defaults(func=cmd_check)

@@ -6,13 +6,26 @@ from __future__ import annotations
 from zkv.errors import ConfigError, ZkvError
 from zkv.protocol import ERROR_STATUS
 
-__all__ = ["ApiError", "ConfigError", "GatewayCliError", "NotifyFailed", "SecretUnavailable"]
+__all__ = [
+    "ApiError",
+    "AuditBroken",
+    "ConfigError",
+    "GatewayCliError",
+    "NotifyFailed",
+    "SecretUnavailable",
+]
 
 
 class GatewayCliError(ZkvError):
     """{detail}"""
 
     exit_code = 5
+
+
+class AuditBroken(ZkvError):
+    """audit log broken at entry {entry_id}: {detail}"""
+
+    exit_code = 7
 
 
 class SecretUnavailable(Exception):

@@ -35,6 +35,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
     text,
 )
@@ -120,6 +121,8 @@ audit_log = Table(
     Column("host_id", String(32)),
     Column("source_ip", String(64)),
     Column("detail", String(500), nullable=False),
+    Column("prev_hash", String(64)),  # the hash chain (audit.py); NULL only before an upgrade
+    Column("hash", String(64)),
 )
 
 
@@ -159,6 +162,7 @@ class Store:
     def create_schema(self) -> None:
         with self.write() as conn:  # under the writer lock: instances starting at once may race
             metadata.create_all(conn)
+            _add_audit_chain(conn)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -256,6 +260,18 @@ class Store:
         conn.execute(nonces.delete().where(nonces.c.at < now - nonce_age))
         conn.execute(rate_events.delete().where(rate_events.c.at < now - event_age))
         conn.execute(messages.delete().where(messages.c.at < now - 30 * 86400))
+
+
+def _add_audit_chain(conn: Connection) -> None:
+    """The one upgrade so far: a database from before the audit hash chain gets its columns
+    (create_all adds tables, not columns) and its existing rows chained as they stand."""
+    if "hash" in {column["name"] for column in inspect(conn).get_columns("audit")}:
+        return
+    for column in ("prev_hash", "hash"):
+        conn.execute(text(f"ALTER TABLE audit ADD COLUMN {column} VARCHAR(64)"))  # fixed names
+    from . import audit  # audit.py imports this module's tables
+
+    audit.seal_unchained(conn)
 
 
 def _request_values(row: RequestRow) -> dict[str, Any]:
