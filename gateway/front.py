@@ -9,9 +9,7 @@ the main loop's poller (gthread's own "deferred" path), where it costs a descrip
 A request still incomplete READ_TIMEOUT after its first byte, or a connection silent that long
 (gunicorn's ``keepalive``, which server.py sets to READ_TIMEOUT), is closed.
 
-Plain HTTP only: TLS ends at the reverse proxy (server.py configures no certificate). Request
-bodies must carry Content-Length, as the protocol's and Twilio's do; a chunked upload is closed,
-since only parsing its chunks could tell when it is complete.
+Plain HTTP only: TLS ends at the reverse proxy (server.py configures no certificate).
 """
 
 from __future__ import annotations
@@ -30,17 +28,33 @@ _HEAD_LIMIT = 65536  # a head longer than this is handed on for gunicorn's parse
 _LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]{1,12})[ \t]*\r\n")
 
 
-def complete(data: bytes) -> bool | None:
-    """Whether ``data`` holds a whole request (True), not yet (False), or never can (None)."""
+def complete(data: bytes) -> bool:
+    """Whether ``data`` holds a whole request (or more than we wait for)."""
     head, end, body = data.partition(b"\r\n\r\n")
     if not end:
         return len(data) > _HEAD_LIMIT
     head = head.lower() + b"\r\n"
     if b"\r\ntransfer-encoding:" in head:
-        return None
+        return _chunks_complete(body)
     length = _LENGTH.search(head)
     # Too long a body: the app refuses it without reading it.
     return not length or len(body) >= int(length[1]) or int(length[1]) > protocol.MAX_BODY
+
+
+def _chunks_complete(body: bytes) -> bool:
+    """Whether a chunked body has arrived up to its last chunk and trailers."""
+    at = 0
+    while (end := body.find(b"\r\n", at)) >= 0:
+        try:
+            size = int(body[at:end].partition(b";")[0].strip(), 16)
+        except ValueError:
+            return True  # malformed: gunicorn's parser refuses it
+        if size == 0:
+            return b"\r\n\r\n" in body[end:]
+        if size > protocol.MAX_BODY:
+            return True  # the app refuses it
+        at = end + 2 + size + 2
+    return False
 
 
 class Worker(gthread.ThreadWorker):  # type: ignore[misc]
@@ -76,7 +90,7 @@ class Worker(gthread.ThreadWorker):  # type: ignore[misc]
             return None if closed else False
         now = time.monotonic()
         started = getattr(conn, "zkv_started", None) or now
-        ready = True if closed else complete(data)  # the parser reports a cut-off request
+        ready: bool | None = True if closed else complete(data)  # the parser reports a cut-off
         if ready is False and now - started > self.cfg.keepalive:
             ready = None
         conn.zkv_started = started if ready is False else None
