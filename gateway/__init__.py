@@ -19,6 +19,7 @@ from . import notify, secrets_source
 from .config import Settings, load
 from .errors import ApiError
 from .notify import Notifier
+from .polls import PollSlots
 from .proxies import TrustedProxies, parse_networks
 from .secrets_source import SecretSource
 from .service import Gateway
@@ -34,10 +35,12 @@ def create_app(
     source: SecretSource | None = None,
     notifier: Notifier | None = None,
     clock: Callable[[], float] | None = None,
+    max_polls: int | None = None,
 ) -> Flask:
     """Build the app. ``config`` is ready Settings, or overrides on top of file and environment.
 
     ``source``/``notifier``/``clock`` replace the configured backends (unit tests).
+    ``max_polls`` caps the long-polls waiting at once in this process (server.py: below threads).
     """
     settings = config if isinstance(config, Settings) else load(config)
     if not logging.getLogger().handlers:
@@ -56,6 +59,9 @@ def create_app(
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = protocol.MAX_BODY
     app.extensions["zkv"] = service
+    app.extensions["zkv.polls"] = PollSlots(
+        settings.MAX_POLLS_PER_REQUEST, settings.MAX_POLLS_PER_SOURCE, max_polls
+    )
     if settings.APPROVER == "twilio":
         from twilio.request_validator import RequestValidator
 

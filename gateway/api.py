@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any, TypeVar
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -14,6 +15,7 @@ from zkv.encoding import is_digits
 from zkv.protocol import EnrollRequest, ProtocolViolation, UnlockRequest
 
 from .errors import ApiError
+from .polls import PollSlots
 from .service import Gateway
 
 bp = Blueprint("api", __name__)
@@ -58,7 +60,10 @@ def poll_unlock_request(request_id: str) -> Response:
         raise ApiError("bad_request")
     if not _REQUEST_ID.fullmatch(request_id):
         raise ApiError("unauthorized")  # as unknown as any other id that is not ours
-    return jsonify(gateway().poll(request_id, int(raw_wait), client_ip()).to_json())
+    wait = min(int(raw_wait), gateway().settings.MAX_WAIT)
+    slots: PollSlots = current_app.extensions["zkv.polls"]
+    with slots.taken(request_id, client_ip()) if wait else nullcontext():
+        return jsonify(gateway().poll(request_id, wait, client_ip()).to_json())
 
 
 @bp.get(protocol.PATH_HEALTH)

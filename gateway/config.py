@@ -79,6 +79,10 @@ class Settings:
     RATE_IP_PER_HOUR: int = 60
     SMS_PER_HOUR: int = 30
     AUTH_FAILURES_PER_HOUR: int = 20
+    # what slow clients and long-poll floods may hold (per gunicorn worker: front.py, polls.py)
+    READ_TIMEOUT: int = 10  # seconds to send a whole request; also the idle keep-alive
+    MAX_POLLS_PER_REQUEST: int = 3  # one poll, plus retries while a dropped one still waits
+    MAX_POLLS_PER_SOURCE: int = 8  # an address, or an IPv6 /64: hosts behind one NAT
     LOG_LEVEL: str = "INFO"
 
     @property
@@ -201,6 +205,9 @@ def validate(s: Settings) -> None:
         ("RATE_IP_PER_HOUR", 1, 10**7),
         ("SMS_PER_HOUR", 1, 10**7),
         ("AUTH_FAILURES_PER_HOUR", 1, 10**7),
+        ("READ_TIMEOUT", 1, 300),
+        ("MAX_POLLS_PER_REQUEST", 1, 100),
+        ("MAX_POLLS_PER_SOURCE", 1, 10**5),
     ):
         _range(s, key, low, high)
     if s.LOG_LEVEL.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -8,12 +8,17 @@ from gunicorn.app.base import BaseApplication
 
 from . import create_app
 from .config import Settings
+from .errors import GatewayCliError
 from .store import Store
+
+# Threads per worker that long-polls never take (polls.py), so /healthz and short requests answer.
+SPARE_THREADS = 2
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
     def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
         self.settings, self.options = settings, options
+        self.max_polls = options["threads"] - SPARE_THREADS
         super().__init__()
 
     def load_config(self) -> None:
@@ -21,10 +26,14 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        return create_app(self.settings)
+        return create_app(self.settings, max_polls=self.max_polls)
 
 
 def serve(settings: Settings, bind: str, workers: int, threads: int) -> int:
+    if threads <= SPARE_THREADS:
+        raise GatewayCliError(
+            f"--threads must be more than {SPARE_THREADS}: that many are kept from long-polls"
+        )
     # Create the schema once, in the master, before workers race to do it.
     store = Store(settings.SQLALCHEMY_DATABASE_URI)
     store.create_schema()
@@ -34,11 +43,11 @@ def serve(settings: Settings, bind: str, workers: int, threads: int) -> int:
         {
             "bind": bind,
             "workers": workers,
-            "worker_class": "gthread",
+            "worker_class": "gateway.front.Worker",  # gthread; a thread per complete request
             "threads": threads,
             "timeout": int(settings.MAX_WAIT + 3 * settings.KEY_VAULT_TIMEOUT + 30),
             "graceful_timeout": settings.MAX_WAIT + 5,
-            "keepalive": 30,
+            "keepalive": settings.READ_TIMEOUT,  # front.py: also the limit on reading a request
             "accesslog": "-",
             "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(M)sms',
             "proc_name": "zkv-gateway",
