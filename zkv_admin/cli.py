@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from zkv import __version__
+from zkv import __version__, keystore, paths
 from zkv.errors import Interrupted, UsageError, ZkvError
 from zkv_admin import common, doctor, enroll, keycmds, zfscmds
 
@@ -35,7 +35,7 @@ def _parents() -> dict[str, Parser]:
     store.add_argument(
         "--keystore",
         metavar="PATH",
-        help="keystore file (default: $ZKV_KEYSTORE or /boot/zkv/keystore)",
+        help=f"keystore file (default: ${keystore.ENV_PATH} or {paths.KEYSTORE})",
     )
     store.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="")
     # Seed-tool spellings that carried a key in argv: parsed only so they can be refused.
