@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.harness.gateway import running_gateway
+from tests.harness.protocol_client import challenge
 from zkv import hostkey, keystore, protocol
 from zkv_early import build_pyz
 
@@ -141,7 +142,8 @@ class Zkv:
 
     def enroll(self, url: str, approve: object) -> None:
         private = hostkey.load(self.root / "host.key")
-        body = json.dumps(protocol.EnrollRequest.create("bench", private).to_json()).encode()
+        fresh = challenge(url).challenge
+        body = json.dumps(protocol.EnrollRequest.create("bench", private, fresh).to_json()).encode()
         request = urllib.request.Request(
             url + protocol.PATH_HOSTS, data=body, headers={"Content-Type": "application/json"}
         )

@@ -34,6 +34,7 @@ from gateway.notify import ConsoleNotifier
 from gateway.service import Gateway
 from gateway.store import Store
 from tests.harness.gateway import REPO, running_gateway
+from tests.harness.protocol_client import challenge
 from zkv import crypto, protocol
 
 DOCS = REPO / "docs" / "gateway.md"
@@ -69,8 +70,12 @@ class Timings:
 def one_host(url: str, owner: Gateway, private: bytes, t: Timings) -> None:
     session = requests.Session()
     eph_private, eph_public = crypto.x25519_generate()
-    req = protocol.UnlockRequest.create(private, "bench", ["tank/data"], eph_public)
     started = time.perf_counter()
+    fresh = t.time(
+        "challenge (POST)", lambda: session.post(url + protocol.PATH_CHALLENGES, timeout=30)
+    )
+    issued = protocol.Challenge.from_json(fresh.json()).challenge
+    req = protocol.UnlockRequest.create(private, "bench", ["tank/data"], eph_public, issued)
     response = t.time(
         "create (POST)",
         lambda: session.post(url + protocol.PATH_UNLOCK, json=req.to_json(), timeout=30),
@@ -110,7 +115,8 @@ def run(hosts: int, concurrency: int, workers: int, threads: int) -> str:
         keys = [crypto.ed25519_generate()[0] for _ in range(hosts)]
         session = requests.Session()
         for i, private in enumerate(keys):
-            enrol = protocol.EnrollRequest.create(f"host{i}", private)
+            fresh = challenge(gw.url).challenge
+            enrol = protocol.EnrollRequest.create(f"host{i}", private, fresh)
             assert session.post(gw.url + protocol.PATH_HOSTS, json=enrol.to_json()).ok
             owner.set_host_status(enrol.host_id, "approved")
         t = Timings()

@@ -20,6 +20,7 @@ from zkv.encoding import b64, unb64
 from zkv.protocol import (
     STATE_APPROVED,
     STATE_PENDING,
+    Challenge,
     EnrollAccepted,
     EnrollRequest,
     PollResult,
@@ -27,7 +28,7 @@ from zkv.protocol import (
     UnlockRequest,
 )
 
-from . import approvals, audit, ratelimit
+from . import approvals, audit, challenges, ratelimit
 from .approvals import KIND_ENROLL, KIND_UNLOCK, Approval, NotAllowed, Reply
 from .config import Settings
 from .errors import ApiError, GatewayCliError, NotifyFailed, SecretUnavailable
@@ -61,15 +62,28 @@ class Gateway:
         self.settings, self.store, self.source, self.notifier = settings, store, source, notifier
         self.clock = clock
         self._changed = threading.Condition()  # wakes this process's long-polls early
+        self._challenge_key: bytes | None = None  # read on first use: the CLI never needs it
+
+    # --- challenges ---------------------------------------------------------------------------
+
+    def challenge(self) -> Challenge:
+        """Stateless (challenges.py): no lockout check, no row written, nothing to spend."""
+        now = self.clock()
+        return Challenge(challenges.issue(self._key(), now), int(now))
+
+    def _key(self) -> bytes:
+        if self._challenge_key is None:
+            self._challenge_key = self.store.challenge_key()
+        return self._challenge_key
 
     # --- enrolment ----------------------------------------------------------------------------
 
     def enroll(self, req: EnrollRequest, ip: str) -> EnrollAccepted:
         now = self.clock()
         with self._refusals(ip, req.host_id):
-            self._check_signed(req.timestamp, now, req.verify)
+            nonce = self._check_signed(req.challenge, now, req.verify)
             with self.store.write() as conn:
-                self._use_nonce(conn, req.host_id, req.nonce, now)
+                self._use_nonce(conn, req.host_id, nonce, now)
                 host = self.store.host(conn, req.host_id)
                 if host is not None:
                     return EnrollAccepted(req.host_id, host.status)
@@ -103,9 +117,10 @@ class Gateway:
                 host = self.store.host(conn, req.host_id)
             if host is None or host.status != HOST_APPROVED:
                 raise _Unauthorized(f"host is {host.status if host else 'unknown'}")
-            self._check_signed(req.timestamp, now, lambda: req.verify(unb64(host.public_key)))
+            public_key = unb64(host.public_key)
+            nonce = self._check_signed(req.challenge, now, lambda: req.verify(public_key))
             with self.store.write() as conn:
-                self._use_nonce(conn, req.host_id, req.nonce, now)
+                self._use_nonce(conn, req.host_id, nonce, now)
                 self._limit(conn, now, ip, req.host_id)
                 row = self._new_request(
                     conn,
@@ -322,13 +337,17 @@ class Gateway:
                 ratelimit.record(conn, self.clock(), f"authfail:{ip}")
             audit.record(conn, event, self.clock(), host_id=host_id, source_ip=ip, detail=detail)
 
-    def _check_signed(self, timestamp: int, now: float, verify: Callable[[], None]) -> None:
-        if not protocol.check_fresh(timestamp, int(now)):
-            raise _Unauthorized("timestamp outside the replay window")
+    def _check_signed(self, challenge: str, now: float, verify: Callable[[], None]) -> str:
+        """The challenge's nonce, once both the challenge and the signature check out."""
+        try:
+            nonce = challenges.check(self._key(), challenge, now)
+        except challenges.BadChallenge as exc:
+            raise _Unauthorized(f"challenge: {exc}") from None
         try:
             verify()
         except crypto.BadSignature:
             raise _Unauthorized("bad signature") from None
+        return nonce
 
     def _use_nonce(self, conn: Tx, host_id: str, nonce: str, now: float) -> None:
         if not self.store.use_nonce(conn, host_id, nonce, now):

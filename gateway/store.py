@@ -15,6 +15,7 @@ SERIALIZABLE would need every transaction to be retryable instead. Reads never w
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -95,6 +96,13 @@ nonces = Table(
     Column("at", Float, nullable=False, index=True),
 )
 
+gateway_keys = Table(  # the gateway's own keys, made once per database (a new table)
+    "gateway_keys",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("value", String(64), nullable=False),  # hex
+)
+
 messages = Table(  # inbound SMS already handled, by Twilio MessageSid
     "messages",
     metadata,
@@ -124,6 +132,9 @@ audit_log = Table(
     Column("prev_hash", String(64)),  # the hash chain (audit.py); NULL only before an upgrade
     Column("hash", String(64)),
 )
+
+
+_CHALLENGE_KEY = select(gateway_keys.c.value).where(gateway_keys.c.name == "challenge")
 
 
 @dataclass(frozen=True)
@@ -163,6 +174,9 @@ class Store:
         with self.write() as conn:  # under the writer lock: instances starting at once may race
             metadata.create_all(conn)
             _add_audit_chain(conn)
+            if conn.execute(_CHALLENGE_KEY).first() is None:  # the first process on this database
+                key = os.urandom(32).hex()
+                conn.execute(gateway_keys.insert().values(name="challenge", value=key))
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -240,6 +254,12 @@ class Store:
         return [_request_row(row) for row in conn.execute(query).mappings()]
 
     # --- replay protection --------------------------------------------------------------------
+
+    def challenge_key(self) -> bytes:
+        """The key challenges are signed with (challenges.py): made with the schema, so every
+        worker and instance on this database shares it."""
+        with self.read() as conn:
+            return bytes.fromhex(conn.execute(_CHALLENGE_KEY).scalar_one())
 
     def use_nonce(self, conn: Connection, host_id: str, nonce: str, now: float) -> bool:
         """False if this host already used the nonce (inside the replay window)."""

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 import socket
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any
 
 from zkv import hostkey, protocol
 from zkv.errors import (
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     import requests
 
 TIMEOUT = 30.0
+CLOCK_SLACK = 30  # seconds off the gateway's clock worth saying (nothing depends on it)
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
@@ -33,11 +35,19 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         hostkey.generate(key_path)
         say(f"created host key {key_path} (mode 0600); rebuild the boot image afterwards")
     private = hostkey.load(key_path)
+    hostname = args.hostname or socket.gethostname()
     try:
-        request = protocol.EnrollRequest.create(args.hostname or socket.gethostname(), private)
+        protocol.check_hostname(hostname)
     except protocol.ProtocolViolation as exc:
         raise InputError(f"cannot enroll with this host name: {exc}") from None
-    accepted = _post(args.gateway.rstrip("/") + protocol.PATH_HOSTS, request, args.ca)
+    base = args.gateway.rstrip("/")
+    challenge = _post(base + protocol.PATH_CHALLENGES, None, args.ca, protocol.Challenge)
+    skew = challenge.now - time.time()
+    if abs(skew) > CLOCK_SLACK:
+        say(f"this host's clock is off by {abs(skew):.0f} s from the gateway's; fix NTP")
+    request = protocol.EnrollRequest.create(hostname, private, challenge.challenge)
+    answer = _post(base + protocol.PATH_HOSTS, request.to_json(), args.ca, protocol.EnrollAccepted)
+    accepted: protocol.EnrollAccepted = answer
     print(f"host id: {accepted.host_id}")
     print(f"status:  {accepted.status}")
     if accepted.status == "pending":
@@ -47,13 +57,12 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     return 0
 
 
-def _post(url: str, request: protocol.EnrollRequest, ca: str | None) -> protocol.EnrollAccepted:
+def _post(url: str, body: dict[str, Any] | None, ca: str | None, answer: Any) -> Any:
+    """POST ``body`` and parse the answer with ``answer.from_json``."""
     import requests  # only here: importing it doubles the start-up time of every command
 
     try:
-        response = requests.post(
-            url, json=request.to_json(), timeout=TIMEOUT, verify=ca if ca else True
-        )
+        response = requests.post(url, json=body, timeout=TIMEOUT, verify=ca if ca else True)
     except requests.RequestException as exc:
         raise GatewayUnreachable(url=url, detail=_reason(exc)) from None
     if response.status_code == 429:
@@ -63,9 +72,9 @@ def _post(url: str, request: protocol.EnrollRequest, ca: str | None) -> protocol
     if response.status_code not in (200, 201, 202):
         raise ProtocolError(detail=f"HTTP {response.status_code} from {url}")
     try:
-        return protocol.EnrollAccepted.from_json(response.json())
+        return answer.from_json(response.json())
     except (ValueError, protocol.ProtocolViolation) as exc:
-        raise ProtocolError(detail=f"not an enrolment answer ({exc})") from None
+        raise ProtocolError(detail=f"not the gateway's answer ({exc})") from None
 
 
 def _reason(exc: requests.RequestException) -> str:

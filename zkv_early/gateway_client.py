@@ -44,7 +44,14 @@ class GatewayClient:
         self._conn: Connection | None = None
         self._aborted = False
 
-    # --- the two calls of the unlock flow -------------------------------------------------------
+    # --- the three calls of the unlock flow -----------------------------------------------------
+
+    def challenge(self) -> protocol.Challenge:
+        status, answer = self._exchange("POST", protocol.PATH_CHALLENGES, b"", self.timeout)
+        if status != 201:
+            raise _status_error(status, answer)
+        challenge: protocol.Challenge = _decode(protocol.Challenge.from_json, answer)
+        return challenge
 
     def create(self, request: protocol.UnlockRequest) -> protocol.UnlockCreated:
         body = json.dumps(request.to_json()).encode()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -76,18 +78,32 @@ def test_doctor_cli_exit_code(zkv: Zkv) -> None:
 # --- enroll against a stand-in gateway ------------------------------------------------------
 
 
+GATEWAY_CLOCK = {"offset": 0.0}  # how far the stand-in's clock is ahead of ours
+
+
 @pytest.fixture
 def gateway() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     received: list[dict[str, Any]] = []
+    issued: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            raw = self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.loads(raw) if raw else None
             received.append({"path": self.path, "body": body})
+            if self.path == protocol.PATH_CHALLENGES:
+                issued.append(os.urandom(40).hex())
+                now = int(time.time() + GATEWAY_CLOCK["offset"])
+                self._answer(201, protocol.Challenge(issued[-1], now).to_json())
+                return
             request = protocol.EnrollRequest.from_json(body)
             request.verify()
-            answer = json.dumps(protocol.EnrollAccepted(request.host_id, "pending").to_json())
-            self.send_response(202)
+            assert request.challenge == issued[-1]
+            self._answer(202, protocol.EnrollAccepted(request.host_id, "pending").to_json())
+
+        def _answer(self, status: int, body: dict[str, Any]) -> None:
+            answer = json.dumps(body)
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
             self.wfile.write(answer.encode())
@@ -114,10 +130,26 @@ def test_enroll_creates_host_key_and_registers(
     host_id = protocol.host_id_of(protocol.crypto.ed25519_public(public))
     assert out.stdout.decode().splitlines() == [f"host id: {host_id}", "status:  pending"]
     assert "approve" in out.stderr
-    assert received[0]["path"] == protocol.PATH_HOSTS
-    assert received[0]["body"]["hostname"] == "box1"
+    assert [r["path"] for r in received] == [protocol.PATH_CHALLENGES, protocol.PATH_HOSTS]
+    assert received[1]["body"]["hostname"] == "box1"
+    assert "clock" not in out.stderr
     zkv.ok("enroll", "--gateway", url, "--hostname", "box1")  # the same key again
     assert hostkey.load(key_path) == public
+
+
+@pytest.mark.parametrize("offset", [3600.0, -3600.0])
+def test_enroll_with_a_clock_an_hour_off(
+    zkv: Zkv, gateway: tuple[str, list[dict[str, Any]]], offset: float
+) -> None:
+    url, _received = gateway
+    zkv.make_store()
+    GATEWAY_CLOCK["offset"] = offset
+    try:
+        out = zkv.ok("enroll", "--gateway", url, "--hostname", "box1")
+    finally:
+        GATEWAY_CLOCK["offset"] = 0.0
+    # the gateway's time is in whole seconds, and some time passes on the way
+    assert re.search(r"clock is off by 3(599|600) s from the gateway's; fix NTP\n", out.stderr)
 
 
 def test_enroll_unreachable(zkv: Zkv) -> None:

@@ -23,6 +23,7 @@ import pytest
 
 from tests.fakes.fakezfs import FakeZfs
 from tests.harness.gateway import RunningGateway
+from tests.harness.protocol_client import challenge
 from zkv import hostkey, keystore, protocol
 from zkv.encoding import b64
 from zkv_early import build_pyz
@@ -150,7 +151,7 @@ class Machine:
     def enroll(self, gw: RunningGateway) -> str:
         """Enrol the host key with the gateway over the wire, approve it as the owner."""
         private = hostkey.load(self.host_key)
-        req = protocol.EnrollRequest.create("testhost", private)
+        req = protocol.EnrollRequest.create("testhost", private, challenge(gw.url).challenge)
         data = json.dumps(req.to_json()).encode()
         post = urllib.request.Request(
             gw.url + protocol.PATH_HOSTS, data=data, headers={"Content-Type": "application/json"}

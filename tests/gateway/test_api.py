@@ -8,8 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 from flask.testing import FlaskClient
+from sqlalchemy import func, select
 
-from gateway import create_app
+from gateway import create_app, store
 from tests.gateway.conftest import Env
 from tests.gateway.postgres import on_both_databases
 from zkv import crypto, protocol
@@ -41,9 +42,9 @@ def test_pending_and_revoked_hosts(env: Env) -> None:
 def test_signature_by_another_key(env: Env) -> None:
     private = env.enrolled()
     _, eph = crypto.x25519_generate()
-    good = protocol.UnlockRequest.create(private, "db01", ["tank"], eph, at=int(env.clock()))
+    good = protocol.UnlockRequest.create(private, "db01", ["tank"], eph, env.challenge())
     forged = protocol.UnlockRequest.create(
-        crypto.ed25519_generate()[0], "db01", ["tank"], eph, at=int(env.clock())
+        crypto.ed25519_generate()[0], "db01", ["tank"], eph, env.challenge()
     )
     body = {**good.to_json(), "signature": forged.to_json()["signature"]}
     assert answer(env.http.post(protocol.PATH_UNLOCK, json=body)) == UNAUTHORIZED
@@ -52,17 +53,29 @@ def test_signature_by_another_key(env: Env) -> None:
 
 
 @on_both_databases
-def test_replayed_nonce_and_stale_timestamp(env: Env) -> None:
+def test_replayed_and_expired_challenges(env: Env) -> None:
     private = env.enrolled()
     response, _, req = env.unlock(private)
     assert response.status_code == 201
     env.clock.advance(2)
     assert answer(env.http.post(protocol.PATH_UNLOCK, json=req.to_json())) == UNAUTHORIZED
     _, eph = crypto.x25519_generate()
-    old = protocol.UnlockRequest.create(
-        private, "db01", ["tank"], eph, at=int(env.clock()) - protocol.REPLAY_WINDOW - 1
-    )
+    challenge = env.challenge()
+    env.clock.advance(protocol.REPLAY_WINDOW + 1)
+    old = protocol.UnlockRequest.create(private, "db01", ["tank"], eph, challenge)
     assert answer(env.http.post(protocol.PATH_UNLOCK, json=old.to_json())) == UNAUTHORIZED
+    reasons = [e.detail for e in env_audit(env) if e.event == "auth_failed"]
+    assert reasons == ["replayed nonce", "challenge: issued 121 s ago"]
+
+
+def test_challenges_write_nothing(env: Env) -> None:
+    env.enrolled()
+    before = len(env_audit(env))
+    for _ in range(50):
+        assert env.http.post(protocol.PATH_CHALLENGES).status_code == 201
+    assert len(env_audit(env)) == before
+    with env.gateway.store.read() as conn:
+        assert conn.execute(select(func.count()).select_from(store.nonces)).scalar() == 1
 
 
 @on_both_databases
@@ -89,7 +102,7 @@ def test_release_happens_exactly_once_under_concurrent_polls(env: Env) -> None:
 @on_both_databases
 def test_a_nonce_is_used_once_under_concurrent_posts(env: Env) -> None:
     _, eph = crypto.x25519_generate()
-    req = protocol.UnlockRequest.create(env.enrolled(), "db01", ["tank"], eph, at=int(env.clock()))
+    req = protocol.UnlockRequest.create(env.enrolled(), "db01", ["tank"], eph, env.challenge())
     results = at_once(env, [lambda http: http.post(protocol.PATH_UNLOCK, json=req.to_json())] * 6)
     assert results == [201] + [401] * 5
 
@@ -101,9 +114,7 @@ def test_sms_budget_holds_under_concurrent_requests(env_factory: Any) -> None:
     for name in "abcdef":
         _, eph = crypto.x25519_generate()
         private = env.enrolled(name)
-        bodies.append(
-            protocol.UnlockRequest.create(private, name, ["tank"], eph, at=int(env.clock()))
-        )
+        bodies.append(protocol.UnlockRequest.create(private, name, ["tank"], eph, env.challenge()))
     calls = [lambda http, r=r: http.post(protocol.PATH_UNLOCK, json=r.to_json()) for r in bodies]
     assert at_once(env, calls) == [201] * 2 + [429] * 4
 
@@ -152,7 +163,7 @@ def test_sms_budget_holds_across_instances(env_factory: Any) -> None:
     assert env.unlock(a)[0].status_code == 201
     env.clock.advance(2)
     _, eph = crypto.x25519_generate()
-    req = protocol.UnlockRequest.create(b, "b", ["tank"], eph, at=int(env.clock()))
+    req = protocol.UnlockRequest.create(b, "b", ["tank"], eph, env.challenge())
     assert other.post(protocol.PATH_UNLOCK, json=req.to_json()).status_code == 429
     env.clock.advance(3600)
     assert env.unlock(b)[0].status_code == 201
@@ -192,7 +203,7 @@ def test_bad_input_is_a_clear_4xx(env: Env) -> None:
 @on_both_databases
 def test_enrolment_is_idempotent_and_needs_the_key(env: Env) -> None:
     private, _ = crypto.ed25519_generate()
-    req = protocol.EnrollRequest.create("db02", private, at=int(env.clock()))
+    req = protocol.EnrollRequest.create("db02", private, env.challenge())
     assert answer(env.http.post(protocol.PATH_HOSTS, json=req.to_json())) == (
         202,
         {"host_id": req.host_id, "status": "pending"},
