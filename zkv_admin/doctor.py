@@ -16,7 +16,7 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from zkv import hostkey, keystore
+from zkv import hostkey, keystore, paths
 from zkv.errors import DoctorFoundProblems, ZkvError
 from zkv.zfs import Zfs
 from zkv_admin.common import path_of
@@ -62,6 +62,24 @@ def _config(places: Places) -> Iterator[Finding]:
         yield False, f"the boot client's settings are not usable: {exc.message}."
         return
     yield True, f"{places.config} is valid (gateway {settings.gateway_url or 'disabled'})."
+    yield from _trust(settings)
+
+
+def _trust(settings: config.Config) -> Iterator[Finding]:
+    """What the boot trusts for the gateway; config.validate already refused "nothing"."""
+    if not settings.gateway_url.startswith("https"):
+        return
+    if settings.ca_file and not os.path.isfile(settings.ca_file):
+        yield False, f"the gateway CA file {settings.ca_file} is missing: no image can be built."
+        return
+    trust = []
+    if settings.ca_file == paths.SYSTEM_CA_BUNDLE:  # ca_file = system: allowed, but say so
+        trust.append("any CA of the system bundle (ca_file = system; its own CA is narrower)")
+    elif settings.ca_file:
+        trust.append(f"its own CA {settings.ca_file}")
+    if settings.pins:
+        trust.append(f"its pinned key ({len(settings.pins)} pin_sha256)")
+    yield True, f"the boot trusts the gateway on the word of {' and '.join(trust)}."
 
 
 def _keystore(path: Path) -> Generator[Finding, None, keystore.SealedKeystore | None]:

@@ -47,8 +47,11 @@ install() {
     done || zkv_fatal "cannot install the Python runtime"
 
     inst_simple "$ZKV_CONF" || zkv_fatal "cannot install $ZKV_CONF"
-    ca=$("$ZKV_INITRAMFS_FILES" ca "$ZKV_CONF") || zkv_fatal "the gateway CA file is missing"
-    inst_simple "$ca" || zkv_fatal "cannot install $ca"
+    # The CA early.conf pins; nothing when it pins the gateway's key only (pin_sha256).
+    ca=$("$ZKV_INITRAMFS_FILES" ca "$ZKV_CONF") || zkv_fatal "no usable gateway CA or pin in $ZKV_CONF"
+    if [ -n "$ca" ]; then
+        inst_simple "$ca" || zkv_fatal "cannot install $ca"
+    fi
     # Secrets: the image is written with umask 077 by dracut; keep the files 0600 too.
     inst_simple "$ZKV_KEYSTORE" "$ZKV_IMAGE_KEYSTORE" || zkv_fatal "cannot install the keystore"
     inst_simple "$ZKV_HOSTKEY" "$ZKV_IMAGE_HOSTKEY" || zkv_fatal "cannot install the host key"

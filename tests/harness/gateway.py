@@ -260,6 +260,36 @@ def running_gateway(
         yield gw
 
 
+@contextmanager
+def tls_front(upstream_port: int, pem: Path) -> Iterator[int]:
+    """HTTPS on a free 127.0.0.1 port (socat) with the key and certificate chain in ``pem``,
+    forwarding to the gateway's plain HTTP port: the TLS a reverse proxy adds in production."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            "socat",
+            f"OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={pem},verify=0",
+            f"TCP:127.0.0.1:{upstream_port}",
+        ],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        _wait_port(port)
+        yield port
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+
+
+def _wait_port(port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
 def _wait_healthy(gw: RunningGateway, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -66,7 +66,7 @@ def _dracut(tmp: Path, body: str, *, configured: bool = True) -> subprocess.Comp
     (lib / "initramfs-files").write_text(
         "#!/bin/sh\ncase $1 in python) printf '%s\\n' '/usr/bin/python3.11 /usr/bin/python3.11'"
         " '/x/__pycache__/os.cpython-311.pyc /x/os.pyc' ;;"
-        " ca) echo /etc/ssl/ca.pem ;; esac\n"
+        " ca) echo \"${FAKE_CA-/etc/ssl/ca.pem}\" ;; esac\n"
     )
     (lib / "initramfs-files").chmod(0o755)
     if configured:
@@ -129,6 +129,17 @@ def test_dracut_install(tmp_path: Path) -> None:
     )
     assert not (tmp_path / "initdir/etc/cmdline.d/50zkv.conf").exists()  # zkv-early.sh's own
     assert oct((tmp_path / "initdir/etc/zkv/keystore").stat().st_mode & 0o777) == "0o600"
+
+
+def test_dracut_install_copies_the_ca_early_conf_names_if_any(tmp_path: Path) -> None:
+    assert "rc=0" in _dracut(tmp_path, "install; echo rc=$?").stdout
+    assert "inst_simple /etc/ssl/ca.pem\n" in (tmp_path / "calls.log").read_text()
+    (tmp_path / "calls.log").unlink()
+    done = _dracut(tmp_path, "export FAKE_CA=; install; echo rc=$?")  # pin_sha256 only
+    assert "rc=0" in done.stdout, done.stderr
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert f"inst_simple {tmp_path}/etc/early.conf" in calls
+    assert not [c for c in calls if c.strip() == "inst_simple" or "ca.pem" in c]
 
 
 def test_dracut_install_fails_the_build_when_a_piece_is_missing(tmp_path: Path) -> None:
@@ -507,6 +518,13 @@ def test_ca_file_from_config(tmp_path: Path) -> None:
     conf.write_text("[gateway]\nurl = https://gw/\nca_file = /nonexistent.pem\n")
     done = subprocess.run([*FILES_TOOL, "ca", str(conf)], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 1 and "missing" in done.stderr
+    pin = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
+    conf.write_text(f"[gateway]\nurl = https://gw/\npin_sha256 = {pin}\n")  # no CA file to copy
+    done = subprocess.run([*FILES_TOOL, "ca", str(conf)], cwd=REPO, capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (0, "")
+    conf.write_text("[gateway]\nurl = https://gw/\n")  # neither: the build fails, saying why
+    done = subprocess.run([*FILES_TOOL, "ca", str(conf)], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 1 and "must name the gateway's CA" in done.stderr
 
 
 def test_initramfs_tools_waits_as_long_as_the_client_said(tmp_path: Path) -> None:
