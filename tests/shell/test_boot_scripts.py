@@ -66,7 +66,7 @@ def _dracut(tmp: Path, body: str, *, configured: bool = True) -> subprocess.Comp
     (lib / "initramfs-files").write_text(
         "#!/bin/sh\ncase $1 in python) printf '%s\\n' '/usr/bin/python3.11 /usr/bin/python3.11'"
         " '/x/__pycache__/os.cpython-311.pyc /x/os.pyc' ;;"
-        " ca) echo \"${FAKE_CA-/etc/ssl/ca.pem}\" ;; esac\n"
+        ' ca) echo "${FAKE_CA-/etc/ssl/ca.pem}" ;; esac\n'
     )
     (lib / "initramfs-files").chmod(0o755)
     if configured:
