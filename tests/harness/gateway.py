@@ -15,6 +15,9 @@ Stable interface, also used by the boot-client integration tests::
         gw.audit()                    # `zkv-gateway audit` lines
         gw.cli("hosts", "list")       # any zkv-gateway command -> CompletedProcess
 
+    with tls_front(port, pem) as tls_port:  # HTTPS (key + chain in pem) -> the gateway's port
+        ...
+
 Arguments of ``running_gateway``:
     tmp_path   a private directory: database, secret file, config file and log go there.
     approver   "console" (default; nobody approves until you call approve()), "auto" (every
