@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.cli.conftest import RAW_A, Zkv
+from tests.harness.gateway import running_gateway
 from zkv import hostkey, protocol
 from zkv.zfs import Zfs
 from zkv_admin import doctor
@@ -199,6 +200,17 @@ def test_enroll_with_a_clock_an_hour_off(
         GATEWAY_CLOCK["offset"] = 0.0
     said = re.search(r"clock is off by (\d+) s from the gateway's; fix NTP\n", out.stderr)
     assert said and abs(int(said[1]) - 3600) <= 2  # whole seconds, and time passes on the way
+
+
+def test_enroll_with_the_real_gateway(zkv: Zkv, tmp_path: Path) -> None:
+    zkv.make_store()
+    with running_gateway(tmp_path / "gw") as gw:
+        out = zkv.ok("enroll", "--gateway", gw.url, "--hostname", "box1")
+        host_id = out.stdout.decode().split()[2]
+        listed = [line.split()[:3] for line in gw.cli("hosts", "list").stdout.splitlines()]
+        assert listed == [[host_id, "pending", "box1"]]
+        again = zkv("enroll", "--gateway", gw.url, "--hostname", "box1")  # a new challenge
+        assert again.code == 0 and b"status:  pending" in again.stdout
 
 
 def test_enroll_unreachable(zkv: Zkv) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,9 @@ from pathlib import Path
 import requests
 import yaml
 
+from gateway import challenges
 from tests.harness.gateway import REPO, running_gateway
+from zkv import crypto, protocol
 
 SPEC = REPO / "gateway" / "openapi.yaml"
 
@@ -53,3 +56,21 @@ def test_schemathesis_finds_no_server_error(tmp_path: Path) -> None:
         log = gw.output()
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "Traceback" not in log and "internal error" not in log
+
+
+def test_the_signed_messages_are_described_field_for_field() -> None:
+    schemas = yaml.safe_load(SPEC.read_text())["components"]["schemas"]
+    private = crypto.ed25519_generate()[0]
+    issued = challenges.issue(bytes(32), 1_800_000_000)
+    messages = {
+        "Challenge": protocol.Challenge(issued, 1_800_000_000),
+        "EnrollRequest": protocol.EnrollRequest.create("db01", private, issued),
+        "UnlockRequest": protocol.UnlockRequest.create(
+            private, "db01", ["tank"], crypto.x25519_generate()[1], issued
+        ),
+    }
+    for name, message in messages.items():
+        assert set(schemas[name]["required"]) == set(message.to_json()), name
+        assert set(schemas[name]["properties"]) == set(message.to_json()), name
+    pattern = schemas["ChallengeValue"]["pattern"].removeprefix("^").removesuffix("$")
+    assert re.fullmatch(pattern, issued)
