@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from zkv import hostkey, protocol
 from zkv.errors import (
@@ -24,6 +25,7 @@ from zkv_admin.common import path_of, say
 if TYPE_CHECKING:
     import requests
 
+T = TypeVar("T")
 TIMEOUT = 30.0
 CLOCK_SLACK = 30  # seconds off the gateway's clock worth saying (nothing depends on it)
 
@@ -41,13 +43,13 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     except protocol.ProtocolViolation as exc:
         raise InputError(f"cannot enroll with this host name: {exc}") from None
     base = args.gateway.rstrip("/")
-    challenge = _post(base + protocol.PATH_CHALLENGES, None, args.ca, protocol.Challenge)
+    challenge = _post(base + protocol.PATH_CHALLENGES, None, args.ca, protocol.Challenge.from_json)
     skew = challenge.now - time.time()
     if abs(skew) > CLOCK_SLACK:
         say(f"this host's clock is off by {abs(skew):.0f} s from the gateway's; fix NTP")
     request = protocol.EnrollRequest.create(hostname, private, challenge.challenge)
-    answer = _post(base + protocol.PATH_HOSTS, request.to_json(), args.ca, protocol.EnrollAccepted)
-    accepted: protocol.EnrollAccepted = answer
+    body, parse = request.to_json(), protocol.EnrollAccepted.from_json
+    accepted = _post(base + protocol.PATH_HOSTS, body, args.ca, parse)
     print(f"host id: {accepted.host_id}")
     print(f"status:  {accepted.status}")
     if accepted.status == "pending":
@@ -57,8 +59,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     return 0
 
 
-def _post(url: str, body: dict[str, Any] | None, ca: str | None, answer: Any) -> Any:
-    """POST ``body`` and parse the answer with ``answer.from_json``."""
+def _post(url: str, body: dict[str, Any] | None, ca: str | None, parse: Callable[[Any], T]) -> T:
     import requests  # only here: importing it doubles the start-up time of every command
 
     try:
@@ -72,7 +73,7 @@ def _post(url: str, body: dict[str, Any] | None, ca: str | None, answer: Any) ->
     if response.status_code not in (200, 201, 202):
         raise ProtocolError(detail=f"HTTP {response.status_code} from {url}")
     try:
-        return answer.from_json(response.json())
+        return parse(response.json())
     except (ValueError, protocol.ProtocolViolation) as exc:
         raise ProtocolError(detail=f"not the gateway's answer ({exc})") from None
 
