@@ -126,7 +126,14 @@ def run(hosts: int, concurrency: int, workers: int, threads: int) -> str:
                 future.result()
         elapsed = time.perf_counter() - begin
     rows = "\n".join(
-        t.row(name) for name in ("create (POST)", "poll wait=0", "owner approve", "end to end")
+        t.row(name)
+        for name in (
+            "challenge (POST)",
+            "create (POST)",
+            "poll wait=0",
+            "owner approve",
+            "end to end",
+        )
     )
     return (
         f"{hosts} hosts, {concurrency} at a time, gunicorn {workers} workers x {threads} threads, "
