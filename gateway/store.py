@@ -261,6 +261,14 @@ class Store:
         conn.execute(rate_events.delete().where(rate_events.c.at < now - event_age))
         conn.execute(messages.delete().where(messages.c.at < now - 30 * 86400))
 
+    def row_counts(self) -> dict[str, int]:
+        """Rows per table: how much a flood grew the database (bench/gateway_load.py)."""
+        with self.read() as conn:
+            return {
+                table.name: int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+                for table in metadata.sorted_tables
+            }
+
 
 def _add_audit_chain(conn: Connection) -> None:
     """The one upgrade so far: a database from before the audit hash chain gets its columns
