@@ -27,6 +27,7 @@ import ast
 import os
 import platform
 import secrets
+import statistics
 import tempfile
 import threading
 import time
@@ -41,6 +42,7 @@ from bench.gateway_traffic import (
     ATTACKS,
     BenchHost,
     HealthProbe,
+    Looping,
     Outcome,
     Outsider,
     Owner,
@@ -97,6 +99,7 @@ class Run:
     growth: dict[str, int]
     causes: list[str]
     owner_failures: Counter[str]
+    lock_waiters: list[int]  # PostgreSQL sessions waiting on a lock, sampled twice a second
 
     @property
     def unlocked(self) -> int:
@@ -182,8 +185,12 @@ def run(
         owner = Owner(service, args.approve_after, t)
         probe = HealthProbe(urls, t)
         outsider = Outsider(urls, args.attack_rate) if attacked else None
+        waiters: list[int] = []
+        sampler = Looping()
+        if cluster is not None:
+            sampler.spawn(lambda: waiters.append(cluster.lock_waiters()), 2.0)
         outcomes, elapsed = boot_fleet(urls, hosts, owner, secret, args, t)
-        for looping in (outsider, probe):
+        for looping in (outsider, probe, sampler):
             if looping is not None:
                 looping.stop()
         owner.stop()
@@ -203,6 +210,7 @@ def run(
         growth,
         causes,
         owner.failures,
+        waiters,
     )
 
 
@@ -247,8 +255,8 @@ def refusal_causes(store: Store, outcomes: list[Outcome], auth_limit: int) -> li
     if failures >= auth_limit:
         causes.append(
             f"lockout: {failures} authentication failures from {SOURCE} in the hour "
-            f"(AUTH_FAILURES_PER_HOUR {auth_limit}): every create from {SOURCE} refused "
-            "before it is looked at, unaudited"
+            f"(AUTH_FAILURES_PER_HOUR {auth_limit}): every create, enrolment and poll of an "
+            f"unknown id from {SOURCE} is refused before it is looked at, unaudited"
         )
     why = Counter(o.why for o in outcomes if not o.unlocked)
     return causes + [f"{n} hosts gave up: {reason}" for reason, n in why.most_common()]
@@ -302,6 +310,12 @@ def table(backend: str, base: Run, attacked: Run, args: argparse.Namespace) -> s
     for kind in ATTACKS:
         out.append(f"| outsider: {kind} | — | {_answers(attacked.attack.get(kind, Counter()))} | |")
     out.append(f"| database rows added | {_growth(base)} | {_growth(attacked)} | |")
+    if base.lock_waiters:
+        waits = [
+            f"{statistics.mean(r.lock_waiters):.1f} / {max(r.lock_waiters)}"
+            for r in (base, attacked)
+        ]
+        out.append(f"| sessions waiting on a lock, mean / max | {waits[0]} | {waits[1]} | |")
     out.append("")
     for r in (base, attacked):
         label = "under attack" if r.attacked else "no attack"

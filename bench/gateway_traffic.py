@@ -285,7 +285,7 @@ ATTACKS: dict[str, Callable[[], tuple[str, str, Any]]] = {
 }
 
 
-class _Looping:
+class Looping:
     """Threads calling ``step`` until stopped."""
 
     def __init__(self) -> None:
@@ -306,7 +306,7 @@ class _Looping:
             thread.join()
 
 
-class Outsider(_Looping):
+class Outsider(Looping):
     """ATTACKS at ``rate`` calls/s in all (a third each), spread over the gateways' URLs."""
 
     def __init__(self, urls: list[str], rate: float, threads_per_kind: int = 2) -> None:
@@ -324,7 +324,7 @@ class Outsider(_Looping):
             self.answers[kind][status] += 1
 
 
-class HealthProbe(_Looping):
+class HealthProbe(Looping):
     """GET /healthz ten times a second on each gateway, timed."""
 
     def __init__(self, urls: list[str], timings: Timings, rate: float = 10.0) -> None:

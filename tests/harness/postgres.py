@@ -45,6 +45,15 @@ class Cluster:
             c.execute(f"CREATE DATABASE {name}")  # a name we made, not input
         return f"postgresql+psycopg://postgres@/{name}?host={self.directory}"
 
+    def lock_waiters(self) -> int:
+        """Sessions waiting for a lock now (the gateway's writers queue on one advisory lock)."""
+        import psycopg
+
+        query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        with psycopg.connect(host=str(self.directory), user="postgres", autocommit=True) as c:
+            row = c.execute(query).fetchone()
+        return int(row[0]) if row else 0
+
     def remove(self) -> None:
         self._run("pg_ctl", "stop", "-m", "immediate", "-D", str(self.directory / "data"))
         shutil.rmtree(self.directory)
