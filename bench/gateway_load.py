@@ -226,7 +226,10 @@ def boot_fleet(
     outcomes: list[Outcome | None] = [None] * len(hosts)
 
     def one(i: int, deadline: float) -> None:
-        outcomes[i] = boot(urls[i % len(urls)], hosts[i], owner, secret, deadline, t)
+        try:
+            outcomes[i] = boot(urls[i % len(urls)], hosts[i], owner, secret, deadline, t)
+        except Exception as exc:  # a host that fails otherwise (a bad release) still counts
+            outcomes[i] = Outcome(hosts[i].host_id, why=f"{type(exc).__name__}: {exc}"[:200])
 
     threads = []
     start = time.monotonic()
