@@ -158,6 +158,11 @@ def enrol(store: Store, hosts: list[BenchHost]) -> None:
             )
 
 
+def counts(store: Store) -> dict[str, int]:
+    with store.read() as conn:
+        return store.row_counts(conn)
+
+
 def access_lines(gws: list[RunningGateway]) -> int:
     """HTTP calls answered so far: gunicorn's access log (server.py) has one line per call."""
     return sum(gw.output().count(f'\n{SOURCE} "') for gw in gws)
@@ -179,7 +184,7 @@ def run(
             owner_settings, store, secrets_source.from_settings(owner_settings), ConsoleNotifier()
         )
         enrol(store, hosts)
-        before, calls_before = store.row_counts(), access_lines(gws)
+        before, calls_before = counts(store), access_lines(gws)
         urls = [gw.url for gw in gws]
         t = Timings()
         owner = Owner(service, args.approve_after, t)
@@ -194,7 +199,7 @@ def run(
             if looping is not None:
                 looping.stop()
         owner.stop()
-        growth = {k: v - before.get(k, 0) for k, v in store.row_counts().items()}
+        growth = {k: v - before.get(k, 0) for k, v in counts(store).items()}
         causes = refusal_causes(store, outcomes, owner_settings.AUTH_FAILURES_PER_HOUR)
         http_calls = access_lines(gws) - calls_before
         store.dispose()
