@@ -12,6 +12,7 @@ ZKV_LIBDIR := /usr/lib/zkv
 ZKV_SBINDIR = $(PREFIX)/sbin
 ZKV_UNITDIR := /usr/lib/systemd/system
 ZKV_DRACUTDIR := /usr/lib/dracut/modules.d/50zkv
+ZKV_DRACUTCONF := /usr/lib/dracut/dracut.conf.d/50-zkv.conf
 ZKV_ITDIR := /usr/share/initramfs-tools
 ZKV_PYZ ?= dist/zkv-early.pyz
 # The folder that holds the Python packages (the e2e images pin an older one for the real root).
@@ -45,7 +46,7 @@ install-files:
 		$(DESTDIR)$(ZKV_SBINDIR) $(DESTDIR)$(ZKV_UNITDIR) \
 		$(DESTDIR)$(ZKV_UNITDIR)/zfs-load-key@.service.d \
 		$(DESTDIR)/etc/systemd/system/zfs-mount.service.wants \
-		$(DESTDIR)$(ZKV_DRACUTDIR) $(DESTDIR)$(ZKV_ITDIR)/hooks \
+		$(DESTDIR)$(ZKV_DRACUTDIR) $(DESTDIR)$(dir $(ZKV_DRACUTCONF)) $(DESTDIR)$(ZKV_ITDIR)/hooks \
 		$(DESTDIR)$(ZKV_ITDIR)/conf-hooks.d $(DESTDIR)$(ZKV_ITDIR)/scripts/local-top \
 		$(DESTDIR)$(ZKV_ITDIR)/scripts/local-bottom \
 		$(DESTDIR)/etc/zfs/initramfs-tools-load-key.d
@@ -69,6 +70,7 @@ install-files:
 	install -m 0755 dracut/50zkv/zkv-early.sh $(DESTDIR)$(ZKV_DRACUTDIR)/zkv-early.sh
 	install -m 0644 dracut/50zkv/zkv-load-key.sh dracut/50zkv/zkv-cleanup.sh \
 		dracut/50zkv/zkv-early.service $(DESTDIR)$(ZKV_DRACUTDIR)/
+	install -m 0644 dracut/zkv.conf $(DESTDIR)$(ZKV_DRACUTCONF)
 	# initramfs-tools hook, boot scripts and the OpenZFS >= 2.2 load-key drop-in.
 	install -m 0755 initramfs-tools/hooks/zkv $(DESTDIR)$(ZKV_ITDIR)/hooks/zkv
 	install -m 0644 initramfs-tools/conf-hooks.d/zkv $(DESTDIR)$(ZKV_ITDIR)/conf-hooks.d/zkv
@@ -92,6 +94,7 @@ install-files:
 uninstall:
 	rm -f $(DESTDIR)$(ZKV_SBINDIR)/zkv
 	rm -rf $(DESTDIR)$(ZKV_LIBDIR) $(DESTDIR)$(ZKV_DRACUTDIR)
+	rm -f $(DESTDIR)$(ZKV_DRACUTCONF)
 	rm -f $(DESTDIR)$(ZKV_ITDIR)/hooks/zkv $(DESTDIR)$(ZKV_ITDIR)/conf-hooks.d/zkv \
 		$(DESTDIR)$(ZKV_ITDIR)/scripts/zkv-functions \
 		$(DESTDIR)$(ZKV_ITDIR)/scripts/local-top/zkv \
