@@ -14,6 +14,7 @@ ZKV_UNITDIR := /usr/lib/systemd/system
 ZKV_DRACUTDIR := /usr/lib/dracut/modules.d/50zkv
 ZKV_DRACUTCONF := /usr/lib/dracut/dracut.conf.d/50-zkv.conf
 ZKV_ITDIR := /usr/share/initramfs-tools
+ZKV_MANDIR := /usr/share/man
 ZKV_PYZ ?= dist/zkv-early.pyz
 # The folder that holds the Python packages (the e2e images pin an older one for the real root).
 ZKV_PYTHON_SRC ?= .
@@ -49,7 +50,8 @@ install-files:
 		$(DESTDIR)$(ZKV_DRACUTDIR) $(DESTDIR)$(dir $(ZKV_DRACUTCONF)) $(DESTDIR)$(ZKV_ITDIR)/hooks \
 		$(DESTDIR)$(ZKV_ITDIR)/conf-hooks.d $(DESTDIR)$(ZKV_ITDIR)/scripts/local-top \
 		$(DESTDIR)$(ZKV_ITDIR)/scripts/local-bottom \
-		$(DESTDIR)/etc/zfs/initramfs-tools-load-key.d
+		$(DESTDIR)/etc/zfs/initramfs-tools-load-key.d \
+		$(DESTDIR)$(ZKV_MANDIR)/man5 $(DESTDIR)$(ZKV_MANDIR)/man8
 	install -d -m 0700 $(DESTDIR)/etc/zkv
 	# The boot client, and the shell helpers both flavours source with the paths in front
 	# (from zkv/paths.py: the one owner of every zkv location).
@@ -86,6 +88,9 @@ install-files:
 		$(DESTDIR)$(ZKV_UNITDIR)/zfs-load-key@.service.d/50-zkv.conf
 	ln -sf $(ZKV_UNITDIR)/zkv-load-keys.service \
 		$(DESTDIR)/etc/systemd/system/zfs-mount.service.wants/zkv-load-keys.service
+	# Man pages (generated into man/ by `make man`; committed, so no build step here).
+	install -m 0644 man/zkv.8 man/zkv-early.8 man/zkv-gateway.8 $(DESTDIR)$(ZKV_MANDIR)/man8/
+	install -m 0644 man/zkv-early.conf.5 $(DESTDIR)$(ZKV_MANDIR)/man5/
 	# Settings: an example the first time, never over the admin's file.
 	test -e $(DESTDIR)/etc/zkv/early.conf || install -m 0644 zkv_early/early.conf.example \
 		$(DESTDIR)/etc/zkv/early.conf
@@ -104,5 +109,7 @@ uninstall:
 		$(DESTDIR)$(ZKV_UNITDIR)/zkv-load-keys.service \
 		$(DESTDIR)$(ZKV_UNITDIR)/zfs-load-key@.service.d/50-zkv.conf
 	-rmdir $(DESTDIR)$(ZKV_UNITDIR)/zfs-load-key@.service.d 2>/dev/null
+	rm -f $(DESTDIR)$(ZKV_MANDIR)/man8/zkv.8 $(DESTDIR)$(ZKV_MANDIR)/man8/zkv-early.8 \
+		$(DESTDIR)$(ZKV_MANDIR)/man8/zkv-gateway.8 $(DESTDIR)$(ZKV_MANDIR)/man5/zkv-early.conf.5
 	@echo "zkv: kept /etc/zkv (settings) and /boot/zkv (keystore, host key); remove them by hand"
 	$(ZKV_REMINDER)
