@@ -256,6 +256,12 @@ class PoolsNotImported(ZkvError):
     exit_code = 47
 
 
+class KeysDropped(ZkvError):
+    """pools not imported, their keys were dropped for this boot: {datasets}; once the pool is imported, load them with: zkv unlock {datasets}"""  # noqa: E501
+
+    exit_code = 48
+
+
 class Interrupted(ZkvError):
     """interrupted"""
 
