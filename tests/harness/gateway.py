@@ -199,7 +199,7 @@ def running_gateway(
     tmp_path: Path,
     approver: str = "console",
     secret: bytes | None = None,
-    secret_source: str = "file",
+    secret_source: str = "file",  # or "azure" (service principal), "azure-managed-identity"
     settings: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
     workers: int = 1,
@@ -213,15 +213,18 @@ def running_gateway(
         proc_env = {k: v for k, v in os.environ.items() if not k.startswith("ZKV_")}
         proc_env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
         standins = None
-        if approver == "twilio" or secret_source == "azure":
+        if approver == "twilio" or secret_source.startswith("azure"):
             from tests.harness import cloud_standins as fakes
 
             standins = stack.enter_context(fakes.running_standins(directory))
             proc_env.update(standins.process_env())
             if approver == "twilio":
                 config.update(fakes.twilio_settings())
-            if secret_source == "azure":
-                config.update(fakes.azure_settings())
+            if secret_source.startswith("azure"):
+                managed = secret_source == "azure-managed-identity"
+                config.update(fakes.azure_settings(managed_identity=managed))
+                if managed:
+                    proc_env.update(standins.managed_identity_env())
                 standins.vault_secrets[fakes.SECRET_NAME] = secret.decode()
         config.update(settings or {})
         config_file = directory / "gateway.conf.py"
