@@ -66,10 +66,11 @@ def create_app(
         from twilio.request_validator import RequestValidator
 
         app.extensions["zkv.twilio_validator"] = RequestValidator(settings.TWILIO_TOKEN)
-    from . import api, webhook
+    from . import api, page, webhook
 
     app.register_blueprint(api.bp)
     app.register_blueprint(webhook.bp)
+    app.register_blueprint(page.bp)
     app.add_url_rule("/openapi.yaml", "openapi", _openapi)
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)

@@ -1,6 +1,7 @@
 """The approval state machine: pure, no I/O, the clock is an argument.
 
-    pending --owner replies PIN------------------> approved --released once--> (released)
+    pending --owner replies PIN (sms-pin policy)-> approved --released once--> (released)
+    pending --owner's passkey on the page--------> approved
     pending --owner replies NO PIN---------------> denied
     pending --MAX_WRONG_PINS wrong replies-------> denied
     pending --now >= expires_at------------------> expired
@@ -93,6 +94,12 @@ def strike(a: Approval, now: float, max_wrong: int) -> Approval:
     a = _pending(a, now)
     a = replace(a, wrong_pins=a.wrong_pins + 1)
     return _decide(a, STATE_DENIED, now, "wrong-pins") if a.wrong_pins >= max_wrong else a
+
+
+def owner_decides(a: Approval, approve: bool, now: float, reason: str) -> Approval:
+    """A decision from an owner proven by a factor the host cannot know (a passkey on the
+    approval page): it names the request by its own link, not by the PIN the host shows."""
+    return _decide(_pending(a, now), STATE_APPROVED if approve else STATE_DENIED, now, reason)
 
 
 def deny(a: Approval, now: float, reason: str) -> Approval:

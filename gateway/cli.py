@@ -65,6 +65,25 @@ def cmd_hosts(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_owners(args: argparse.Namespace, settings: Settings) -> int:
+    owners = _service(settings).owners
+    if args.action == "list":
+        for owner, passkeys in owners.listing():
+            print(f"{owner.name}  passkeys={passkeys}  added {_when(owner.created_at)}")
+        return 0
+    if not args.name:
+        raise GatewayCliError(f"owners {args.action} needs a NAME")
+    if args.action == "remove":
+        owners.remove(args.name)
+        print(f"{args.name} removed")
+        return 0
+    link = owners.add(args.name) if args.action == "add" else owners.enrol_link(args.name)
+    # The link is for the owner alone: whoever opens it first adds a passkey.
+    print(f"{args.name}: open this link once, on the device that keeps the passkey (24 h):")
+    print(link)
+    return 0
+
+
 def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
     print(_service(settings).decide(args.request_id, args.pin, approve=True))
     return 0
@@ -126,6 +145,10 @@ def parser() -> argparse.ArgumentParser:
     hosts.add_argument("host_id", nargs="?")
     hosts.add_argument("--secret", help="Key Vault secret name for this host (approve)")
     hosts.set_defaults(func=cmd_hosts)
+    owners = sub.add_parser("owners", help="add, list or remove owners; passkey enrolment links")
+    owners.add_argument("action", choices=("add", "link", "list", "remove"))
+    owners.add_argument("name", nargs="?", metavar="NAME")
+    owners.set_defaults(func=cmd_owners)
     approve = sub.add_parser("approve", help="approve an unlock request (console approver)")
     approve.add_argument("request_id")
     approve.add_argument("pin")

@@ -57,6 +57,11 @@ class Settings:
     AAD_AUTHORITY_HOST_URI: str = "https://login.microsoftonline.com"
     # who approves
     APPROVER: str = "twilio"  # twilio | console | auto
+    # page: approving needs an owner's passkey on the approval page (or this host's CLI); an
+    # SMS reply can only deny. sms-pin: the PIN, which the booting host shows, approves by SMS
+    # reply too (the seed's lower-security way; explicit only).
+    APPROVAL_POLICY: str = "page"
+    APPROVAL_URL: str = ""  # the approval pages' base as owners' browsers reach it: https://...
     ALLOW_AUTO_APPROVER: bool = False
     TWILIO_ACCOUNT_ID: str = ""
     TWILIO_TOKEN: str = field(default="", repr=False)
@@ -257,6 +262,12 @@ def _validate_secret_source(s: Settings) -> None:
 
 
 def _validate_approver(s: Settings) -> None:
+    if s.APPROVAL_POLICY not in ("page", "sms-pin"):
+        raise ConfigError("APPROVAL_POLICY must be page or sms-pin")
+    url = urlsplit(s.APPROVAL_URL)
+    loopback = url.scheme == "http" and url.hostname == "localhost"  # a browser's secure context
+    if s.APPROVAL_URL and (not url.hostname or not (url.scheme == "https" or loopback)):
+        raise ConfigError("APPROVAL_URL must be https://<the name owners' browsers open>")
     if s.APPROVER == "twilio":
         _require(
             s, "TWILIO_ACCOUNT_ID", "TWILIO_TOKEN", "SMS_TO", "SMS_FROM", why="with APPROVER=twilio"

@@ -61,6 +61,9 @@ class Gateway:
         self.settings, self.store, self.source, self.notifier = settings, store, source, notifier
         self.clock = clock
         self._changed = threading.Condition()  # wakes this process's long-polls early
+        from .owners import Owners  # owners.py builds on this class
+
+        self.owners = Owners(self)
 
     # --- enrolment ----------------------------------------------------------------------------
 
@@ -116,9 +119,16 @@ class Gateway:
                     req.datasets,
                     b64(req.ephemeral_key),
                 )
+                # The owners' links go into the notification only, never to the requester.
+                links = self.owners.decision_links(
+                    conn, row.approval.request_id, row.approval.expires_at
+                )
         a = row.approval
         ttl = self.settings.REQUEST_TTL
-        text = unlock_text(ip, req.hostname, host.hostname, req.datasets, now, a.pin, ttl)
+        sms_pin = self.settings.APPROVAL_POLICY == "sms-pin"
+        text = unlock_text(
+            ip, req.hostname, host.hostname, req.datasets, now, a.pin, ttl, links, sms_pin
+        )
         self._notify(row, text)
         return UnlockCreated(a.request_id, a.pin, int(a.expires_at))
 
@@ -206,7 +216,7 @@ class Gateway:
             elif sender != self.settings.SMS_TO:
                 audit.record(conn, "sms_rejected", now, detail="sender is not the owner")
             else:
-                self._owner_reply(conn, approvals.parse_reply(body), now)
+                self._owner_reply(conn, approvals.parse_reply(body), now, by_sms=True)
         self._wake()
 
     def message_refused(self, problem: str) -> None:
@@ -214,10 +224,22 @@ class Gateway:
         with self.store.write() as conn:
             audit.record(conn, "sms_rejected", self.clock(), detail=f"not Twilio's: {problem}")
 
-    def _owner_reply(self, conn: Tx, reply: Reply | None, now: float) -> None:
+    def _owner_reply(self, conn: Tx, reply: Reply | None, now: float, by_sms: bool = False) -> None:
         """A reply naming an open request's PIN decides it. Any other reply from the owner
         counts one strike against every open request (the owner has one phone, so a wrong
-        PIN cannot be attributed more precisely); MAX_WRONG_PINS strikes deny a request."""
+        PIN cannot be attributed more precisely); MAX_WRONG_PINS strikes deny a request.
+        Under the page policy an SMS reply can deny but never approve: the PIN is shown on the
+        booting host's console, so whoever holds the host knows it."""
+        if (
+            by_sms
+            and reply is not None
+            and reply.approve
+            and self.settings.APPROVAL_POLICY != "sms-pin"
+        ):
+            audit.record(
+                conn, "sms_approval_refused", now, detail="policy page: approve on the page"
+            )
+            return
         live = []
         for row in self.store.open_requests(conn):
             a = approvals.observe(row.approval, now)
@@ -258,6 +280,23 @@ class Gateway:
         if problem:
             raise GatewayCliError(problem)
         return a.state
+
+    def decide_as_owner(self, conn: Tx, request_id: str, approve: bool, reason: str) -> str:
+        """An owner's decision on the approval page (owners.py checked who and how), inside
+        the caller's transaction; returns the new state."""
+        row = self.store.request(conn, request_id, lock=True)
+        if row is None:
+            raise NotAllowed("no such request")
+        decided = approvals.owner_decides(row.approval, approve, self.clock(), reason)
+        self._update(conn, row, decided)
+        return decided.state
+
+    def still_open(self, row: RequestRow) -> bool:
+        return approvals.observe(row.approval, self.clock()).is_open
+
+    def wake(self) -> None:
+        """Long-polls of this process look again at once (after a decision made elsewhere)."""
+        self._wake()
 
     # --- hosts --------------------------------------------------------------------------------
 

@@ -160,6 +160,8 @@ class Store:
             _tune_sqlite(self.engine)
 
     def create_schema(self) -> None:
+        from . import owner_store  # noqa: F401  # its tables join `metadata` on import
+
         with self.write() as conn:  # under the writer lock: instances starting at once may race
             metadata.create_all(conn)
             _add_audit_chain(conn)

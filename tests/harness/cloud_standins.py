@@ -71,8 +71,11 @@ class Standins:
 
 
 def twilio_settings() -> dict[str, Any]:
+    """The SMS flow as the seed had it: a PIN reply approves (the lower-security policy, named
+    explicitly; tests of the default page policy override it)."""
     return {
         "APPROVER": "twilio",
+        "APPROVAL_POLICY": "sms-pin",
         "TWILIO_ACCOUNT_ID": TWILIO_ACCOUNT,
         "TWILIO_TOKEN": TWILIO_TOKEN,
         "SMS_TO": OWNER,

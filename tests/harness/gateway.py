@@ -204,11 +204,17 @@ def running_gateway(
     env: Mapping[str, str] | None = None,
     workers: int = 1,
     threads: int = 16,
+    approval_page: bool = False,
 ) -> Iterator[RunningGateway]:
+    """``approval_page``: APPROVAL_URL is http://localhost:PORT, the address a browser on this
+    machine opens (WebAuthn needs a secure context: https, or localhost)."""
     directory = Path(tmp_path)
     directory.mkdir(parents=True, exist_ok=True)
     secret = secret if secret is not None else secrets.token_hex(32).encode()
     config = base_config(directory, secret, approver)
+    port = free_port()
+    if approval_page:
+        config["APPROVAL_URL"] = f"http://localhost:{port}"
     with ExitStack() as stack:
         proc_env = {k: v for k, v in os.environ.items() if not k.startswith("ZKV_")}
         proc_env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
@@ -231,7 +237,6 @@ def running_gateway(
         write_config(config_file, config)
         proc_env["CONFIG_FILE"] = str(config_file)
         proc_env.update(env or {})
-        port = free_port()
         url = f"http://127.0.0.1:{port}"
         config_file.with_suffix(".url").write_text(url)
         log_file = directory / "gateway.log"
