@@ -29,7 +29,10 @@ from zkv.protocol import (
 KIND_UNLOCK = "unlock"
 KIND_ENROLL = "enroll"
 
-_REPLY = re.compile(r"(?:(?P<verb>yes|y|ok|no|n|deny) ?)?(?P<pin>[0-9]{4,12})")  # fullmatch
+# fullmatch; the second number is the owner's TOTP code (policy sms+totp)
+_REPLY = re.compile(
+    r"(?:(?P<verb>yes|y|ok|no|n|deny) ?)?(?P<pin>[0-9]{4,12})(?: (?P<otp>[0-9]{6}))?"
+)
 DENY_WORDS = ("no", "n", "deny")
 
 
@@ -60,6 +63,7 @@ class Approval:
 class Reply:
     approve: bool
     pin: str
+    otp: str | None = None
 
 
 def new(request_id: str, kind: str, pin: str, now: float, ttl: float) -> Approval:
@@ -123,11 +127,12 @@ def release(a: Approval, now: float) -> Approval:
 
 
 def parse_reply(body: str) -> Reply | None:
-    """'123456' or 'yes 123456' approves, 'no 123456' denies; anything else is not a reply."""
+    """'123456' or 'yes 123456' approves, 'no 123456' denies, a TOTP code may follow the PIN
+    ('123456 654321'); anything else is not a reply."""
     match = _REPLY.fullmatch(" ".join(body.lower().split()))
     if match is None:
         return None
-    return Reply(approve=match["verb"] not in DENY_WORDS, pin=match["pin"])
+    return Reply(approve=match["verb"] not in DENY_WORDS, pin=match["pin"], otp=match["otp"])
 
 
 def _pending(a: Approval, now: float) -> Approval:

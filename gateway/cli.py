@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from zkv.encoding import canonical
 from zkv.errors import ZkvError
 
-from . import audit
+from . import audit, totp
 from .config import Settings, is_secret_name, load
 from .errors import GatewayCliError, SecretUnavailable
 from .notify import ConsoleNotifier
@@ -77,10 +77,18 @@ def cmd_owners(args: argparse.Namespace, settings: Settings) -> int:
         owners.remove(args.name)
         print(f"{args.name} removed")
         return 0
-    link = owners.add(args.name) if args.action == "add" else owners.enrol_link(args.name)
-    # The link is for the owner alone: whoever opens it first adds a passkey.
-    print(f"{args.name}: open this link once, on the device that keeps the passkey (24 h):")
-    print(link)
+    uri = None
+    if args.action == "add":
+        link, uri = owners.add(args.name, with_totp=args.totp)
+    else:
+        link = owners.enrol_link(args.name)
+    if uri:  # shown this once: the secret is in it
+        print(f"{args.name}: add this to an authenticator app (TOTP, 6 digits, 30 s):")
+        print(uri)
+        print(totp.qr_text(uri), end="")
+    if link:  # for the owner alone: whoever opens it first adds a passkey
+        print(f"{args.name}: open this link once, on the device that keeps the passkey (24 h):")
+        print(link)
     return 0
 
 
@@ -148,6 +156,9 @@ def parser() -> argparse.ArgumentParser:
     owners = sub.add_parser("owners", help="add, list or remove owners; passkey enrolment links")
     owners.add_argument("action", choices=("add", "link", "list", "remove"))
     owners.add_argument("name", nargs="?", metavar="NAME")
+    owners.add_argument(
+        "--totp", action="store_true", help="add: also a TOTP secret (shown once, with a QR code)"
+    )
     owners.set_defaults(func=cmd_owners)
     approve = sub.add_parser("approve", help="approve an unlock request (console approver)")
     approve.add_argument("request_id")

@@ -57,9 +57,10 @@ class Settings:
     AAD_AUTHORITY_HOST_URI: str = "https://login.microsoftonline.com"
     # who approves
     APPROVER: str = "twilio"  # twilio | console | auto
-    # page: approving needs an owner's passkey on the approval page (or this host's CLI); an
-    # SMS reply can only deny. sms-pin: the PIN, which the booting host shows, approves by SMS
-    # reply too (the seed's lower-security way; explicit only).
+    # page: approving needs an owner's passkey (or TOTP code) on the approval page, or this
+    # host's CLI; an SMS reply can only deny. sms+totp: also an SMS reply with the PIN and an
+    # owner's TOTP code. sms-pin: the PIN, which the booting host shows, approves by SMS reply
+    # alone (the seed's lower-security way; explicit only).
     APPROVAL_POLICY: str = "page"
     APPROVAL_URL: str = ""  # the approval pages' base as owners' browsers reach it: https://...
     ALLOW_AUTO_APPROVER: bool = False
@@ -262,8 +263,8 @@ def _validate_secret_source(s: Settings) -> None:
 
 
 def _validate_approver(s: Settings) -> None:
-    if s.APPROVAL_POLICY not in ("page", "sms-pin"):
-        raise ConfigError("APPROVAL_POLICY must be page or sms-pin")
+    if s.APPROVAL_POLICY not in ("page", "sms+totp", "sms-pin"):
+        raise ConfigError("APPROVAL_POLICY must be page, sms+totp or sms-pin")
     url = urlsplit(s.APPROVAL_URL)
     loopback = url.scheme == "http" and url.hostname == "localhost"  # a browser's secure context
     if s.APPROVAL_URL and (not url.hostname or not (url.scheme == "https" or loopback)):

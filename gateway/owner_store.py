@@ -21,6 +21,8 @@ owners = Table(
     Column("owner_id", String(32), primary_key=True),
     Column("name", String(64), nullable=False, unique=True),
     Column("created_at", Float, nullable=False),
+    Column("totp_secret", String(64)),  # base32; NULL: no TOTP
+    Column("totp_step", Integer),  # the last step used: each code counts once
 )
 
 passkeys = Table(
@@ -54,6 +56,8 @@ class Owner:
     owner_id: str
     name: str
     created_at: float
+    totp_secret: str | None = None
+    totp_step: int | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,10 @@ def remove_owner(conn: Connection, owner_id: str) -> None:
     conn.execute(passkeys.delete().where(passkeys.c.owner_id == owner_id))
     conn.execute(links.delete().where(links.c.owner_id == owner_id))
     conn.execute(owners.delete().where(owners.c.owner_id == owner_id))
+
+
+def set_owner(conn: Connection, owner_id: str, **values: object) -> None:
+    conn.execute(owners.update().where(owners.c.owner_id == owner_id).values(**values))
 
 
 def add_passkey(conn: Connection, key: Passkey) -> None:

@@ -15,7 +15,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from . import audit
+from . import audit, totp
 from . import owner_store as db
 from .errors import GatewayCliError
 from .owner_store import PURPOSE_DECIDE, PURPOSE_ENROL, Link, Owner
@@ -41,6 +41,7 @@ class DecideView:
     enrolled_as: str
     others: tuple[RequestRow, ...]  # other open requests for the same host
     expires_at: float
+    factor: str  # what approving asks for: "passkey", or "totp" for an owner without one
 
 
 class Owners:
@@ -52,19 +53,38 @@ class Owners:
 
     # --- the CLI ------------------------------------------------------------------------------
 
-    def add(self, name: str) -> str:
-        """A new owner; returns the one-time link that registers their passkey."""
+    def add(self, name: str, with_totp: bool = False) -> tuple[str | None, str | None]:
+        """A new owner: (the one-time link that registers their passkey, when APPROVAL_URL is
+        set; the TOTP provisioning URI, with ``with_totp``). Shown once, stored nowhere else."""
         if not name or len(name) > 64 or not set(name) <= _NAME_CHARS:
             raise GatewayCliError("an owner's name is 1-64 of a-z A-Z 0-9 . _ - @")
-        self._need_url()
+        if not with_totp:
+            self._need_url()
         now = self.clock()
         with self.store.write() as conn:
             if db.owner_named(conn, name) is not None:
                 raise GatewayCliError(f"owner {name} exists; `owners link {name}` for a new link")
-            owner = Owner(secrets.token_hex(16), name, now)
+            secret = totp.new_secret() if with_totp else None
+            owner = Owner(secrets.token_hex(16), name, now, secret)
             db.add_owner(conn, owner)
-            audit.record(conn, "owner_added", now, detail=f"owner={name}")
-            return self._enrol_link(conn, owner, now)
+            audit.record(conn, "owner_added", now, detail=f"owner={name} totp={bool(secret)}")
+            link = self._enrol_link(conn, owner, now) if self.base else None
+        return link, totp.provisioning_uri(secret, name) if secret else None
+
+    def totp_owner(self, conn: Tx, code: str, now: float) -> str | None:
+        """The owner whose TOTP code this is, now (the step is spent), or None."""
+        for owner in db.all_owners(conn):
+            if self._spend_totp(conn, owner, code, now):
+                return owner.name
+        return None
+
+    def _spend_totp(self, conn: Tx, owner: Owner, code: str, now: float) -> bool:
+        if owner.totp_secret is None:
+            return False
+        step = totp.matching_step(owner.totp_secret, code, now, owner.totp_step)
+        if step is not None:
+            db.set_owner(conn, owner.owner_id, totp_step=step)
+        return step is not None
 
     def enrol_link(self, name: str) -> str:
         """Another enrolment link (a second passkey, or the first one's link expired)."""
@@ -93,7 +113,7 @@ class Owners:
             return {}
         now, out = self.clock(), {}
         for owner in db.all_owners(conn):
-            if db.passkeys_of(conn, owner.owner_id):
+            if owner.totp_secret or db.passkeys_of(conn, owner.owner_id):
                 token = secrets.token_urlsafe(32)
                 row = Link(
                     db.token_hash(token), PURPOSE_DECIDE, owner.owner_id, request_id, None,
@@ -155,8 +175,9 @@ class Owners:
                 for r in self.store.open_requests(conn, row.host_id)
                 if r.approval.request_id != row.approval.request_id
             )
+            factor = "passkey" if db.passkeys_of(conn, owner.owner_id) else "totp"
         enrolled_as = host.hostname if host else row.hostname
-        return DecideView(owner.name, row, enrolled_as, others, link.expires_at)
+        return DecideView(owner.name, row, enrolled_as, others, link.expires_at, factor)
 
     def decide_options(self, token: str) -> str:
         rp = self._rp()
@@ -168,19 +189,27 @@ class Owners:
             db.update_link(conn, token, challenge=challenge_of(options))
         return options
 
-    def decide(self, token: str, approve: bool, answer: Any = None) -> str:
-        """Approve (with the owner's passkey assertion) or deny; the link is spent by a
-        decision. A refused assertion spends only its challenge, and is audited."""
+    def decide(self, token: str, approve: bool, answer: Any = None, otp: str | None = None) -> str:
+        """Approve (with the owner's passkey assertion; a TOTP code for an owner without a
+        passkey) or deny; the link is spent by a decision. A refused answer spends only its
+        challenge (or TOTP step), and is audited."""
         now = self.clock()
         with self.store.write() as conn:
             link, owner = self._usable(conn, token, PURPOSE_DECIDE, lock=True)
             row = self._open_request(conn, link)
             db.update_link(conn, token, challenge=None)
-            refused = self._refused_assertion(conn, link, owner, answer, now) if approve else ""
+            factor, refused = "link", ""
+            if approve and db.passkeys_of(conn, owner.owner_id):
+                factor, refused = "passkey", self._refused_assertion(conn, link, owner, answer, now)
+            elif approve:
+                factor = "totp"
+                if not self._spend_totp(conn, owner, otp or "", now):
+                    refused = "no valid TOTP code"
+                    audit.record(conn, "totp_refused", now, request_id=link.request_id,
+                                 detail=f"owner={owner.name}")  # fmt: skip
             if not refused:
                 request_id = row.approval.request_id
                 db.update_link(conn, token, used_at=now)
-                factor = "passkey" if approve else "link"
                 state = self.gateway.decide_as_owner(
                     conn, request_id, approve, f"{owner.name} with {factor} via page"
                 )

@@ -155,6 +155,7 @@ def decide_page(token: str) -> tuple[str, int]:
         asked=_utc(row.approval.created_at),
         expires=_utc(view.expires_at),
         others=[_brief(other) for other in view.others],
+        factor=view.factor,
     ), 200
 
 
@@ -173,8 +174,14 @@ def decide(token: str) -> tuple[Response, int]:
     verdict = body.get("verdict") if isinstance(body, dict) else None
     if verdict not in ("approve", "deny"):
         abort(400)
+    otp = body.get("totp")
     try:
-        state = _owners().decide(token, verdict == "approve", body.get("credential"))
+        state = _owners().decide(
+            token,
+            verdict == "approve",
+            body.get("credential"),
+            otp if isinstance(otp, str) else None,
+        )
     except LinkInvalid:
         return _refused()
     return jsonify({"state": state}), 200

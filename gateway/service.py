@@ -228,18 +228,21 @@ class Gateway:
         """A reply naming an open request's PIN decides it. Any other reply from the owner
         counts one strike against every open request (the owner has one phone, so a wrong
         PIN cannot be attributed more precisely); MAX_WRONG_PINS strikes deny a request.
-        Under the page policy an SMS reply can deny but never approve: the PIN is shown on the
-        booting host's console, so whoever holds the host knows it."""
-        if (
-            by_sms
-            and reply is not None
-            and reply.approve
-            and self.settings.APPROVAL_POLICY != "sms-pin"
-        ):
-            audit.record(
-                conn, "sms_approval_refused", now, detail="policy page: approve on the page"
-            )
-            return
+        The PIN is shown on the booting host's console, so whoever holds the host knows it:
+        under the page policy an SMS reply can deny but never approve, and under sms+totp an
+        approving reply must also carry an owner's TOTP code (one that fails is a strike)."""
+        detail, policy = "via sms", self.settings.APPROVAL_POLICY
+        if by_sms and reply is not None and reply.approve and policy != "sms-pin":
+            owner = None
+            if policy == "sms+totp" and reply.otp is not None:
+                owner = self.owners.totp_owner(conn, reply.otp, now)
+            if owner is None and policy == "page":
+                audit.record(conn, "sms_approval_refused", now, detail="policy page")
+                return
+            if owner is None:
+                audit.record(conn, "sms_approval_refused", now, detail="no valid TOTP code")
+                reply = None  # counts as a wrong reply
+            detail = f"{owner} with sms+totp"
         live = []
         for row in self.store.open_requests(conn):
             a = approvals.observe(row.approval, now)
@@ -249,7 +252,7 @@ class Gateway:
                 live.append(row)
         for row in live:
             if reply is not None and approvals.pin_matches(row.approval, reply.pin):
-                self._update(conn, row, approvals.answer(row.approval, reply, now), "via sms")
+                self._update(conn, row, approvals.answer(row.approval, reply, now), detail)
                 return
         audit.record(conn, "wrong_pin", now, detail=f"strikes {len(live)} open requests")
         for row in live:

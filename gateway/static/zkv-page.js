@@ -60,6 +60,11 @@
     });
     return "Approved (" + r.state + "). The server unlocks now.";
   }
+  async function approveTotp() {
+    const code = document.getElementById("totp").value.trim();
+    const r = await post("/decide", { verdict: "approve", totp: code });
+    return "Approved (" + r.state + "). The server unlocks now.";
+  }
   async function deny() {
     const r = await post("/decide", { verdict: "deny" });
     return "Denied (" + r.state + "). The server will not get the key.";
@@ -80,5 +85,6 @@
   }
   wire("enrol", enrol);
   wire("approve", approve);
+  wire("approve-totp", approveTotp);
   wire("deny", deny);
 })();

@@ -342,3 +342,27 @@ document.getElementById("f").submit();
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def test_an_owner_without_a_passkey_approves_with_a_totp_code(
+    gw: RunningGateway, browser: Browser, alice: str
+) -> None:
+    """Last in this module: erin joins the owners (and every later notification)."""
+    import pyotp
+
+    out = gw.cli("owners", "add", "erin", "--totp").stdout
+    uri = next(line for line in out.splitlines() if line.startswith("otpauth://"))
+    secret = uri.split("secret=", 1)[1].split("&", 1)[0]
+    boot, links = unlock_request(gw, hostname="erin01")
+    browser.open(links["erin"])
+    assert not browser.exists("approve") and browser.exists("totp")
+    browser.driver.find_element("id", "totp").send_keys("000000")
+    browser.click("approve-totp")
+    assert "Not done" in browser.status(lambda s: "Approved" in s or "Not done" in s)
+    assert state(gw, boot) == protocol.STATE_PENDING
+    totp_field = browser.driver.find_element("id", "totp")
+    totp_field.clear()
+    totp_field.send_keys(pyotp.TOTP(secret).now())
+    browser.click("approve-totp")
+    assert browser.status(lambda s: "Approved" in s or "Not done" in s).startswith("Approved")
+    assert client.opened(boot, client.poll(gw.url, boot.created.request_id, wait=5)) == gw.secret
