@@ -1,7 +1,7 @@
 """The approval state machine: pure, no I/O, the clock is an argument.
 
     pending --owner replies PIN (sms-pin policy)-> approved --released once--> (released)
-    pending --owner's passkey on the page--------> approved
+    pending --owners' passkeys (quorum M of N)---> approved   (any owner's deny: denied)
     pending --owner replies NO PIN---------------> denied
     pending --MAX_WRONG_PINS wrong replies-------> denied
     pending --now >= expires_at------------------> expired
@@ -100,10 +100,17 @@ def strike(a: Approval, now: float, max_wrong: int) -> Approval:
     return _decide(a, STATE_DENIED, now, "wrong-pins") if a.wrong_pins >= max_wrong else a
 
 
-def owner_decides(a: Approval, approve: bool, now: float, reason: str) -> Approval:
+def owner_decides(
+    a: Approval, approve: bool, now: float, reason: str, approvals: int = 1, quorum: int = 1
+) -> Approval:
     """A decision from an owner proven by a factor the host cannot know (a passkey on the
-    approval page): it names the request by its own link, not by the PIN the host shows."""
-    return _decide(_pending(a, now), STATE_APPROVED if approve else STATE_DENIED, now, reason)
+    approval page, a TOTP code): it names the request by its own link or the owner's code,
+    not by the PIN the host shows. Any owner's denial denies; an approval counts towards the
+    quorum: ``approvals`` distinct owners have approved so far, this one included."""
+    a = _pending(a, now)
+    if not approve:
+        return _decide(a, STATE_DENIED, now, reason)
+    return _decide(a, STATE_APPROVED, now, reason) if approvals >= quorum else a
 
 
 def deny(a: Approval, now: float, reason: str) -> Approval:

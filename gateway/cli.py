@@ -92,6 +92,12 @@ def cmd_owners(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_quorum(args: argparse.Namespace, settings: Settings) -> int:
+    _service(settings).set_quorum(args.host_id, args.owners)
+    print(f"{args.host_id}: {args.owners} owner(s) must approve each unlock")
+    return 0
+
+
 def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
     print(_service(settings).decide(args.request_id, args.pin, approve=True))
     return 0
@@ -160,6 +166,10 @@ def parser() -> argparse.ArgumentParser:
         "--totp", action="store_true", help="add: also a TOTP secret (shown once, with a QR code)"
     )
     owners.set_defaults(func=cmd_owners)
+    quorum = sub.add_parser("quorum", help="how many distinct owners must approve a host's unlocks")
+    quorum.add_argument("host_id", metavar="HOST_ID")
+    quorum.add_argument("owners", metavar="M", type=int)
+    quorum.set_defaults(func=cmd_quorum)
     approve = sub.add_parser("approve", help="approve an unlock request (console approver)")
     approve.add_argument("request_id")
     approve.add_argument("pin")

@@ -62,6 +62,7 @@ class Settings:
     # owner's TOTP code. sms-pin: the PIN, which the booting host shows, approves by SMS reply
     # alone (the seed's lower-security way; explicit only).
     APPROVAL_POLICY: str = "page"
+    APPROVAL_QUORUM: int = 1  # distinct owners who must approve (per host: `quorum HOST M`)
     APPROVAL_URL: str = ""  # the approval pages' base as owners' browsers reach it: https://...
     ALLOW_AUTO_APPROVER: bool = False
     TWILIO_ACCOUNT_ID: str = ""
@@ -203,6 +204,7 @@ def validate(s: Settings) -> None:
         ("MAX_WAIT", 0, protocol.MAX_WAIT),
         ("POLL_INTERVAL", 0.05, 5),
         ("MAX_WRONG_PINS", 1, 100),
+        ("APPROVAL_QUORUM", 1, 20),
         ("KEY_VAULT_TIMEOUT", 0.1, 120),
         ("KEY_VAULT_RETRIES", 0, 10),
         ("TWILIO_TIMEOUT", 0.1, 120),

@@ -48,6 +48,23 @@ links = Table(
     Column("used_at", Float),
 )
 
+votes = Table(  # each owner's decision on a request, towards its quorum
+    "owner_votes",
+    metadata,
+    Column("request_id", String(32), primary_key=True),
+    Column("owner_id", String(32), primary_key=True),
+    Column("approve", Integer, nullable=False),
+    Column("factor", String(16), nullable=False),
+    Column("at", Float, nullable=False),
+)
+
+quorums = Table(  # hosts whose requests need more than one owner (APPROVAL_QUORUM otherwise)
+    "host_quorums",
+    metadata,
+    Column("host_id", String(32), primary_key=True),
+    Column("quorum", Integer, nullable=False),
+)
+
 PURPOSE_ENROL, PURPOSE_DECIDE = "enrol", "decide"
 
 
@@ -153,3 +170,33 @@ def close_links(conn: Connection, request_id: str, now: float) -> None:
 
 def purge_links(conn: Connection, now: float, keep: float) -> None:
     conn.execute(links.delete().where(links.c.expires_at < now - keep))
+
+
+def add_vote(
+    conn: Connection, request_id: str, owner_id: str, approve: bool, factor: str, now: float
+) -> int:
+    """Record an owner's vote (once per owner and request); the approvals so far."""
+    seen = select(votes.c.at).where(votes.c.request_id == request_id, votes.c.owner_id == owner_id)
+    if conn.execute(seen).first() is None:
+        conn.execute(
+            votes.insert().values(
+                request_id=request_id, owner_id=owner_id, approve=int(approve), factor=factor,
+                at=now,
+            )
+        )  # fmt: skip
+    return ayes(conn, request_id)
+
+
+def ayes(conn: Connection, request_id: str) -> int:
+    query = select(votes.c.owner_id).where(votes.c.request_id == request_id, votes.c.approve == 1)
+    return len(conn.execute(query).all())
+
+
+def quorum_of(conn: Connection, host_id: str) -> int | None:
+    row = conn.execute(select(quorums.c.quorum).where(quorums.c.host_id == host_id)).first()
+    return int(row[0]) if row else None
+
+
+def set_quorum(conn: Connection, host_id: str, quorum: int) -> None:
+    conn.execute(quorums.delete().where(quorums.c.host_id == host_id))
+    conn.execute(quorums.insert().values(host_id=host_id, quorum=quorum))

@@ -15,6 +15,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from zkv.protocol import STATE_PENDING
+
 from . import audit, totp
 from . import owner_store as db
 from .errors import GatewayCliError
@@ -42,6 +44,8 @@ class DecideView:
     others: tuple[RequestRow, ...]  # other open requests for the same host
     expires_at: float
     factor: str  # what approving asks for: "passkey", or "totp" for an owner without one
+    ayes: int = 0  # owners who approved so far
+    quorum: int = 1  # owners who must
 
 
 class Owners:
@@ -71,11 +75,11 @@ class Owners:
             link = self._enrol_link(conn, owner, now) if self.base else None
         return link, totp.provisioning_uri(secret, name) if secret else None
 
-    def totp_owner(self, conn: Tx, code: str, now: float) -> str | None:
+    def totp_owner(self, conn: Tx, code: str, now: float) -> Owner | None:
         """The owner whose TOTP code this is, now (the step is spent), or None."""
         for owner in db.all_owners(conn):
             if self._spend_totp(conn, owner, code, now):
-                return owner.name
+                return owner
         return None
 
     def _spend_totp(self, conn: Tx, owner: Owner, code: str, now: float) -> bool:
@@ -176,8 +180,12 @@ class Owners:
                 if r.approval.request_id != row.approval.request_id
             )
             factor = "passkey" if db.passkeys_of(conn, owner.owner_id) else "totp"
+            ayes = db.ayes(conn, row.approval.request_id)
+            quorum = db.quorum_of(conn, row.host_id) or self.gateway.settings.APPROVAL_QUORUM
         enrolled_as = host.hostname if host else row.hostname
-        return DecideView(owner.name, row, enrolled_as, others, link.expires_at, factor)
+        return DecideView(
+            owner.name, row, enrolled_as, others, link.expires_at, factor, ayes, quorum
+        )
 
     def decide_options(self, token: str) -> str:
         rp = self._rp()
@@ -211,9 +219,10 @@ class Owners:
                 request_id = row.approval.request_id
                 db.update_link(conn, token, used_at=now)
                 state = self.gateway.decide_as_owner(
-                    conn, request_id, approve, f"{owner.name} with {factor} via page"
+                    conn, request_id, owner, approve, f"{factor} via page"
                 )
-                db.close_links(conn, request_id, now)
+                if state != STATE_PENDING:  # decided: the other owners' links open nothing
+                    db.close_links(conn, request_id, now)
         if refused:
             raise LinkInvalid(refused)
         self.gateway.wake()

@@ -156,6 +156,8 @@ def decide_page(token: str) -> tuple[str, int]:
         expires=_utc(view.expires_at),
         others=[_brief(other) for other in view.others],
         factor=view.factor,
+        ayes=view.ayes,
+        quorum=view.quorum,
     ), 200
 
 

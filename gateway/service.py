@@ -27,11 +27,12 @@ from zkv.protocol import (
     UnlockRequest,
 )
 
-from . import approvals, audit, ratelimit
+from . import approvals, audit, owner_store, ratelimit
 from .approvals import KIND_ENROLL, KIND_UNLOCK, Approval, NotAllowed, Reply
 from .config import Settings
 from .errors import ApiError, GatewayCliError, NotifyFailed, SecretUnavailable
 from .notify import Notifier, enroll_text, unlock_text
+from .owner_store import Owner
 from .ratelimit import HOUR, Limit
 from .secrets_source import SecretSource
 from .store import Host, RequestRow, Store, Tx
@@ -231,9 +232,8 @@ class Gateway:
         The PIN is shown on the booting host's console, so whoever holds the host knows it:
         under the page policy an SMS reply can deny but never approve, and under sms+totp an
         approving reply must also carry an owner's TOTP code (one that fails is a strike)."""
-        detail, policy = "via sms", self.settings.APPROVAL_POLICY
+        policy, owner = self.settings.APPROVAL_POLICY, None
         if by_sms and reply is not None and reply.approve and policy != "sms-pin":
-            owner = None
             if policy == "sms+totp" and reply.otp is not None:
                 owner = self.owners.totp_owner(conn, reply.otp, now)
             if owner is None and policy == "page":
@@ -242,7 +242,6 @@ class Gateway:
             if owner is None:
                 audit.record(conn, "sms_approval_refused", now, detail="no valid TOTP code")
                 reply = None  # counts as a wrong reply
-            detail = f"{owner} with sms+totp"
         live = []
         for row in self.store.open_requests(conn):
             a = approvals.observe(row.approval, now)
@@ -252,7 +251,10 @@ class Gateway:
                 live.append(row)
         for row in live:
             if reply is not None and approvals.pin_matches(row.approval, reply.pin):
-                self._update(conn, row, approvals.answer(row.approval, reply, now), detail)
+                if owner is not None:  # sms+totp: one owner's vote
+                    self.decide_as_owner(conn, row.approval.request_id, owner, True, "sms+totp")
+                else:
+                    self._update(conn, row, approvals.answer(row.approval, reply, now), "via sms")
                 return
         audit.record(conn, "wrong_pin", now, detail=f"strikes {len(live)} open requests")
         for row in live:
@@ -284,15 +286,36 @@ class Gateway:
             raise GatewayCliError(problem)
         return a.state
 
-    def decide_as_owner(self, conn: Tx, request_id: str, approve: bool, reason: str) -> str:
-        """An owner's decision on the approval page (owners.py checked who and how), inside
-        the caller's transaction; returns the new state."""
+    def decide_as_owner(
+        self, conn: Tx, request_id: str, owner: Owner, approve: bool, factor: str
+    ) -> str:
+        """An owner's vote (owners.py checked who and how), inside the caller's transaction:
+        a denial denies, approvals approve once the host's quorum of distinct owners is met
+        (APPROVAL_QUORUM, or `zkv-gateway quorum HOST M`). Returns the request's state."""
         row = self.store.request(conn, request_id, lock=True)
         if row is None:
             raise NotAllowed("no such request")
-        decided = approvals.owner_decides(row.approval, approve, self.clock(), reason)
-        self._update(conn, row, decided)
+        now = self.clock()
+        ayes = owner_store.add_vote(conn, request_id, owner.owner_id, approve, factor, now)
+        quorum = owner_store.quorum_of(conn, row.host_id) or self.settings.APPROVAL_QUORUM
+        reason = f"{owner.name} with {factor}"
+        decided = approvals.owner_decides(row.approval, approve, now, reason, ayes, quorum)
+        if decided == row.approval:
+            audit.record(
+                conn, "approval_vote", now, request_id=request_id, host_id=row.host_id,
+                detail=f"{reason}: {ayes} of {quorum}",
+            )  # fmt: skip
+        self._update(conn, row, decided, f"({ayes} of {quorum})" if quorum > 1 else "")
         return decided.state
+
+    def set_quorum(self, host_id: str, quorum: int) -> None:
+        if not 1 <= quorum <= 20:
+            raise GatewayCliError("a quorum is 1 to 20 owners")
+        with self.store.write() as conn:
+            if self.store.host(conn, host_id) is None:
+                raise GatewayCliError(f"no host {host_id}")
+            owner_store.set_quorum(conn, host_id, quorum)
+            audit.record(conn, "host_quorum", self.clock(), host_id=host_id, detail=f"{quorum}")
 
     def still_open(self, row: RequestRow) -> bool:
         return approvals.observe(row.approval, self.clock()).is_open
