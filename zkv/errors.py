@@ -295,6 +295,12 @@ class EpochPropertyInvalid(ZkvError):
     exit_code = 57
 
 
+class RotationBusy(ZkvError):
+    """another 'zkv rotate' or 'zkv reconcile' is running on {path}"""
+
+    exit_code = 58
+
+
 class VerifyFailed(ZkvError):
     """{count} of {total} entries could not be verified"""
 

@@ -21,10 +21,13 @@ the power at every call.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import os
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -32,6 +35,8 @@ from zkv import keystore
 from zkv.errors import (
     EntryNotFound,
     EpochPropertyInvalid,
+    FileWriteError,
+    RotationBusy,
     RotationFailed,
     ZfsDatasetNotFound,
     ZfsError,
@@ -82,6 +87,25 @@ def accepted(zfs: Zfs, dataset: str, key: bytes) -> bool:
     except ZfsError:
         return False
     return True
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """One rotation at a time per keystore: two would each write a keystore without the
+    other's key. Take it before reading the keystore."""
+    lock = path.with_name(f".{path.name}.rotate-lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise FileWriteError(path=str(lock), detail=exc.strerror or str(exc)) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RotationBusy(path=str(path)) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _stamp(now: float) -> str:
@@ -167,13 +191,13 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     dataset = keystore.check_target(args.dataset)
     prop = names(args.epoch_property)
     path = path_of(args)
-    sealed = keystore.read(path)
-    if dataset not in sealed.datasets():
-        raise EntryNotFound(target=dataset)
-    zfs = Zfs()
-    store = open_store(args, sealed)
     keyformat = "raw" if args.raw else "passphrase"
-    epoch = rotate(zfs, path, store, dataset, keyformat, prop)
+    with exclusive(path):
+        sealed = keystore.read(path)
+        if dataset not in sealed.datasets():
+            raise EntryNotFound(target=dataset)
+        store = open_store(args, sealed)
+        epoch = rotate(Zfs(), path, store, dataset, keyformat, prop)
     say(f"{dataset} has a new {keyformat} key, epoch {epoch} ({prop.epoch}); the keystore and the")
     say("rebuilt boot images hold it")
     return 0
@@ -182,17 +206,27 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 def cmd_reconcile(args: argparse.Namespace) -> int:
     prop = names(args.epoch_property)
     path = path_of(args)
-    sealed = keystore.read(path)
-    targets = [keystore.check_target(t) for t in args.datasets] or sealed.datasets()
-    zfs = Zfs()
-    store = open_store(args, sealed)
+    with exclusive(path):
+        sealed = keystore.read(path)
+        targets = [keystore.check_target(t) for t in args.datasets] or sealed.datasets()
+        _reconcile(Zfs(), path, open_store(args, sealed), targets, prop, bool(args.datasets))
+    return 0
+
+
+def _reconcile(
+    zfs: Zfs,
+    path: Path,
+    store: keystore.OpenKeystore,
+    targets: list[str],
+    prop: Names,
+    named: bool,
+) -> None:
     for target in targets:
         try:
             epoch = finish(zfs, path, store, target, prop)
         except ZfsDatasetNotFound:
-            if args.datasets:
+            if named:
                 raise
             print(f"{target}: absent (pool not imported)", flush=True)
             continue
         print(f"{target}: epoch {'-' if epoch is None else epoch}", flush=True)
-    return 0

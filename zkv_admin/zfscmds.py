@@ -30,7 +30,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     zfs = Zfs()
     info = zfs.require_encryption_root(args.dataset)
     if args.generate:
-        return _add_generated(args, path, sealed, zfs, info, key_source)
+        return _add_generated(args, path, zfs, info, key_source)
     keyformat = args.keyformat or info.keyformat
     if keyformat != info.keyformat:
         raise UsageError(
@@ -56,7 +56,6 @@ def _read_current_key(source: str, dataset: str, keyformat: str) -> bytes:
 def _add_generated(
     args: argparse.Namespace,
     path: Path,
-    sealed: keystore.SealedKeystore,
     zfs: Zfs,
     info: KeyInfo,
     key_source: str,
@@ -67,12 +66,14 @@ def _add_generated(
     prop = rotation.names(args.epoch_property)
     if info.keystatus != "available":
         raise ZfsKeyNotLoaded(dataset=dataset)
-    store = open_store(args, sealed)
-    if dataset not in sealed.datasets():
-        current = _read_current_key(key_source, dataset, info.keyformat)
-        zfs.load_key(dataset, current, verify_only=True)
-        store.put(keystore.Entry(dataset, info.keyformat), current)
-    epoch = rotation.rotate(zfs, path, store, dataset, new_format, prop)
+    with rotation.exclusive(path):
+        sealed = keystore.read(path)  # under the lock: another rotation may have written it
+        store = open_store(args, sealed)
+        if dataset not in sealed.datasets():
+            current = _read_current_key(key_source, dataset, info.keyformat)
+            zfs.load_key(dataset, current, verify_only=True)
+            store.put(keystore.Entry(dataset, info.keyformat), current)
+        epoch = rotation.rotate(zfs, path, store, dataset, new_format, prop)
     say(f"{dataset} now has a new {new_format} key (epoch {epoch}), held only in the keystore")
     return 0
 

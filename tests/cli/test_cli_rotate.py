@@ -8,6 +8,7 @@ ZFS accepts and an epoch property that names that key's epoch.
 
 from __future__ import annotations
 
+import fcntl
 import re
 import shutil
 
@@ -173,3 +174,13 @@ def test_rotate_needs_an_entry(zkv: Zkv) -> None:
     zkv.make_store()
     result = zkv.with_pass("rotate", DS)
     assert result.code == 16 and DS in result.error_line
+
+
+def test_one_rotation_at_a_time(zkv: Zkv) -> None:
+    prepare(zkv)
+    lock = zkv.keystore.with_name(f".{zkv.keystore.name}.rotate-lock")
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = zkv.with_pass("rotate", DS)
+    assert result.code == 58 and "another 'zkv rotate'" in result.error_line
+    assert zkv.fake.steps() == [] and zkv.fake.key(DS) == PASS_D
