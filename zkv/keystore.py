@@ -401,7 +401,9 @@ class SealedKeystore(NamedTuple):
             content = json.loads(plaintext)
             keys, all_epochs = content["keys"], content.get("epochs", {})
             store = OpenKeystore(host_id=self.host_id, data_key=data_key, slots=list(self.slots))
-            if set(keys) != {e.target for e in self.entries} or not set(all_epochs) <= set(keys):
+            if not isinstance(all_epochs, dict) or not set(all_epochs) <= set(keys):
+                raise ValueError("epochs")
+            if set(keys) != {e.target for e in self.entries}:
                 raise ValueError("entries and keys differ")
             for entry in self.entries:
                 candidates = [_unb64(k) for k in keys[entry.target]]
