@@ -289,6 +289,24 @@ class RotationFailed(ZkvError):
     exit_code = 52
 
 
+class BootImageFailed(ZkvError):
+    """rebuilding the boot image failed: {detail}"""
+
+    exit_code = 56
+
+
+class EpochPropertyInvalid(ZkvError):
+    """{dataset}: {name} holds {value!r}, not an epoch (choose another --epoch-property)"""
+
+    exit_code = 57
+
+
+class RotationBusy(ZkvError):
+    """another 'zkv rotate' or 'zkv reconcile' is running on {path}"""
+
+    exit_code = 58
+
+
 class VerifyFailed(ZkvError):
     """{count} of {total} entries could not be verified"""
 

@@ -65,6 +65,20 @@ def test_doctor_explains_each_problem(
     assert all(p.count("\n") == 0 and p.endswith(".") for p in problems)
 
 
+def test_doctor_sees_a_host_key_newer_than_the_image_and_an_interrupted_rotation(
+    zkv: Zkv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    places = installed(zkv, tmp_path)
+    key = zkv.keystore.parent / "host.key"
+    os.utime(key, (key.stat().st_mtime + 20,) * 2)
+    state = zkv.fake.state()
+    state["datasets"]["tank/a"]["props"] = {"zkv:epoch:pending": "2"}
+    zkv.fake.write(state)
+    problems = findings(zkv, places, monkeypatch)
+    assert len(problems) == 2, problems
+    assert "older than the host key" in problems[1] and "zkv reconcile" in problems[0]
+
+
 def test_doctor_cli_exit_code(zkv: Zkv) -> None:
     zkv.make_store()
     result = zkv("doctor")
