@@ -110,9 +110,10 @@ def run(hosts: int, concurrency: int, workers: int, threads: int) -> str:
         keys = [crypto.ed25519_generate()[0] for _ in range(hosts)]
         session = requests.Session()
         for i, private in enumerate(keys):
-            enrol = protocol.EnrollRequest.create(f"host{i}", private)
+            token, invite, _ = owner.invite(f"host{i}", 3600)
+            gw.put_secret(invite.secret_name, gw.secret)
+            enrol = protocol.EnrollRequest.create(f"host{i}", private, token)
             assert session.post(gw.url + protocol.PATH_HOSTS, json=enrol.to_json()).ok
-            owner.set_host_status(enrol.host_id, "approved")
         t = Timings()
         begin = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
