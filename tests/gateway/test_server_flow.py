@@ -27,7 +27,7 @@ def gw(
 @pytest.fixture
 def host(gw: RunningGateway) -> client.Host:
     host = client.Host()
-    gw.admit(host)
+    gw.admit(host, "--replace")  # each test's db01 succeeds the last one's on this server
     return host
 
 
