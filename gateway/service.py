@@ -147,7 +147,8 @@ class Gateway:
                 if old is None:
                     self.store.add_host(conn, host)
                 else:  # re-admitted (revoked before) or re-enrolled: a new secret either way
-                    self.store.set_host(conn, req.host_id, **host.__dict__)
+                    values = {k: v for k, v in host.__dict__.items() if k != "host_id"}
+                    self.store.set_host(conn, req.host_id, **values)
                 self.store.use_invite(conn, invite.invite_id)
                 notes = [f"was {old.status}" if old else ""]
                 notes += [f"replaces {h.host_id}" for h in replaced]

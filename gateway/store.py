@@ -329,6 +329,13 @@ class Store:
         conn.execute(messages.insert().values(sid=sid, at=now))
         return True
 
+    def row_counts(self, conn: Connection) -> dict[str, int]:
+        """Rows per table (what a flood may grow; tests/gateway/test_db_hygiene.py)."""
+        return {
+            name: int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+            for name, table in metadata.tables.items()
+        }
+
     def purge(self, conn: Connection, now: float, nonce_age: float, event_age: float) -> None:
         """Drop replay, rate and de-duplication records too old to matter (housekeeping)."""
         conn.execute(nonces.delete().where(nonces.c.at < now - nonce_age))

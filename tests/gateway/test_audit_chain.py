@@ -66,7 +66,9 @@ def test_the_flow_verifies(flowed: RunningGateway) -> None:
     events = " ".join(flowed.audit())
     assert code == 0, out
     assert out.startswith(f"audit log intact: {len(flowed.audit())} entries, head ")
-    assert all(e in events for e in ("invite_issued", "host_enrolled", "approved", "released", "denied"))
+    assert all(
+        e in events for e in ("invite_issued", "host_enrolled", "approved", "released", "denied")
+    )
 
 
 @pytest.mark.parametrize("change", ["detail = 'nothing to see'", "event = 'denied'", "at = 1.0"])
