@@ -387,12 +387,22 @@ class Gateway:
             self._report_refusals(conn, math.inf)
 
     def _report_refusals(self, conn: Tx, closed_before: float) -> None:
+        """One audit entry per interval, kind and reason, however many sources: a flood from
+        many addresses adds a few entries an interval, naming how many and the busiest."""
         now, interval = self.clock(), self.settings.REFUSAL_INTERVAL
         rows = ratelimit.unreported(conn, closed_before)
+        groups: dict[tuple[float, str, str], list[ratelimit.Refused]] = {}
         for r in rows:
-            since = time.strftime("%H:%M:%S", time.gmtime(r.bucket))
-            detail = f"{r.unreported} refused in the {interval:g} s from {since} UTC: {r.detail}"
-            audit.record(conn, r.event, now, source_ip=r.source, detail=detail)
+            groups.setdefault((r.bucket, r.event, r.detail), []).append(r)
+        for (bucket, event, reason), group in groups.items():
+            busiest = max(group, key=lambda r: r.unreported)
+            since = time.strftime("%H:%M:%S", time.gmtime(bucket))
+            total = sum(r.unreported for r in group)
+            detail = (
+                f"{total} refused in the {interval:g} s from {since} UTC from {len(group)} "
+                f"source(s), {busiest.unreported} from the busiest: {reason}"
+            )
+            audit.record(conn, event, now, source_ip=busiest.source, detail=detail)
         ratelimit.reported(conn, rows)
 
     # --- helpers ------------------------------------------------------------------------------
