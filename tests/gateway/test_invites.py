@@ -117,3 +117,19 @@ def test_ttl_and_secret_names() -> None:
     assert len(name) == 127 and name.endswith("-0123abcd")
     assert protocol.is_invite_token(protocol.new_invite_token())
     assert not protocol.is_invite_token(protocol.new_invite_token() + "\n")
+
+
+def test_hosts_list_flags_a_shared_name_and_shows_open_invites(env: Env) -> None:
+    from gateway.cli import _host_lines
+    from gateway.store import Host
+
+    env.enrolled("db01")
+    with env.gateway.store.write() as conn:  # two hosts of one name, as from before invites
+        env.gateway.store.add_host(
+            conn, Host("ab" * 16, "db01", "x", "approved", None, "192.0.2.1", 0.0, 0.0)
+        )
+    env.gateway.invite("db02", 600)
+    hosts, open_invites = env.gateway.hosts()
+    lines = _host_lines(hosts, open_invites)
+    assert [line.endswith("DUPLICATE NAME") for line in lines[:2]] == [True, True]
+    assert lines[2].startswith("invite ") and "for db02" in lines[2]
