@@ -226,3 +226,17 @@ def env_audit(env: Env) -> list[Any]:
     env.gateway.report_refusals()  # as the CLI's audit does
     with env.gateway.store.read() as conn:
         return audit.entries(conn, 1000)
+
+
+@on_both_databases
+def test_one_hosts_budget_is_its_own(env_factory: Any) -> None:
+    env = env_factory(RATE_HOST_PER_HOUR=2, SMS_PER_HOUR=10)
+    noisy, quiet = env.enrolled("noisy"), env.enrolled("quiet")
+    for _ in range(2):
+        env.clock.advance(1.5)
+        assert env.unlock(noisy, hostname="noisy")[0].status_code == 201
+    env.clock.advance(1.5)
+    assert answer(env.unlock(noisy, hostname="noisy")[0]) == (429, {"error": "rate_limited"})
+    sent = len(env.notifier.texts)
+    assert env.unlock(quiet, hostname="quiet")[0].status_code == 201
+    assert len(env.notifier.texts) == sent + 1 and "quiet" in env.notifier.texts[-1]
