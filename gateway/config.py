@@ -29,7 +29,14 @@ from .proxies import parse_networks
 ENV_PREFIX = "ZKV_"
 SECRET_KEYS = ("TWILIO_TOKEN", "AAD_CLIENT_SECRET")
 # Seed keys that no longer mean anything here but must not break an old config file.
-IGNORED_KEYS = {"DEBUG", "SQLALCHEMY_TRACK_MODIFICATIONS", "AAD_RESOURCE", "ENV_PREFIX"}
+# RATE_IP_PER_HOUR: signed calls are limited per host now, unsigned ones by the lockout.
+IGNORED_KEYS = {
+    "DEBUG",
+    "SQLALCHEMY_TRACK_MODIFICATIONS",
+    "AAD_RESOURCE",
+    "ENV_PREFIX",
+    "RATE_IP_PER_HOUR",
+}
 # Matched with fullmatch: "$" would also match before a trailing newline.
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 _SECRET_NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
@@ -82,10 +89,14 @@ class Settings:
     MAX_WRONG_PINS: int = 3
     # rate limits, counted in the database so they hold across workers and instances
     RATE_PER_SECOND: int = 1
-    RATE_HOST_PER_HOUR: int = 10
-    RATE_IP_PER_HOUR: int = 60
-    SMS_PER_HOUR: int = 30
-    AUTH_FAILURES_PER_HOUR: int = 20
+    RATE_HOST_PER_HOUR: int = 10  # an approved host's requests, and so its notifications
+    SMS_PER_HOUR: int = 30  # the fleet's notifications; only approved hosts spend them
+    AUTH_FAILURES_PER_HOUR: int = 20  # per source; refused calls only
+    # database hygiene (service.housekeep, run every HOUSEKEEPING_INTERVAL by housekeeping.py)
+    REFUSAL_INTERVAL: float = 300.0  # refused calls are counted, and audited, per interval
+    MAX_REFUSAL_SOURCES: int = 1000  # sources counted apart per interval; the rest as one
+    HOUSEKEEPING_INTERVAL: float = 60.0
+    PENDING_HOST_TTL: int = 86400  # hosts left pending from before invites are dropped
     # what slow clients and long-poll floods may hold (per gunicorn worker: front.py, polls.py)
     READ_TIMEOUT: int = 10  # seconds to send a whole request; also the idle keep-alive
     MAX_POLLS_PER_REQUEST: int = 3  # one poll, plus retries while a dropped one still waits
@@ -210,7 +221,10 @@ def validate(s: Settings) -> None:
         ("TWILIO_TIMEOUT", 0.1, 120),
         ("RATE_PER_SECOND", 1, 10**6),
         ("RATE_HOST_PER_HOUR", 1, 10**6),
-        ("RATE_IP_PER_HOUR", 1, 10**7),
+        ("REFUSAL_INTERVAL", 1, 3600),
+        ("MAX_REFUSAL_SOURCES", 1, 10**6),
+        ("HOUSEKEEPING_INTERVAL", 0.1, 3600),
+        ("PENDING_HOST_TTL", 60, 10**7),
         ("SMS_PER_HOUR", 1, 10**7),
         ("AUTH_FAILURES_PER_HOUR", 1, 10**7),
         ("READ_TIMEOUT", 1, 300),

@@ -57,10 +57,15 @@ def unlock_text(
     return f"{head} {how} Expires in {ttl // 60} min."
 
 
-def enroll_text(source_ip: str, hostname: str, host_id: str, at: float, pin: str) -> str:
+def enrolled_text(
+    source_ip: str, hostname: str, host_id: str, at: float, replaced: Sequence[str]
+) -> str:
+    """A notice, not a question: the owner's invite already admitted the host."""
+    succeeds = f", replacing {', '.join(h[:8] for h in replaced)}" if replaced else ""
     return (
-        f"zkv: from {source_ip}, new host {_bounded(hostname, HOST_SHOWN)} (id {host_id[:8]}) "
-        f"asks to enrol at {_utc(at)}. Reply {pin} to approve, NO {pin} to deny."
+        f"zkv: from {source_ip}, host {_bounded(hostname, HOST_SHOWN)} (id {host_id[:8]}) "
+        f"enrolled with your invite at {_utc(at)}{succeeds}. "
+        f"Not expected? zkv-gateway hosts revoke {host_id}"
     )
 
 

@@ -111,6 +111,29 @@ rate_events = Table(
     Index("ix_rate_events_key_at", "key", "at"),
 )
 
+invites = Table(  # one-time enrolment tokens (hosts invite); the token itself is never stored
+    "invites",
+    metadata,
+    Column("invite_id", String(16), primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("hostname", String(253), nullable=False),
+    Column("secret_name", String(127), nullable=False),
+    Column("may_replace", Boolean, nullable=False),  # may succeed an approved host of that name
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False, index=True),
+)
+
+refusals = Table(  # refused calls counted per source, reason and interval (ratelimit.py)
+    "refusals",
+    metadata,
+    Column("source", String(64), primary_key=True),
+    Column("bucket", Float, primary_key=True),
+    Column("event", String(40), primary_key=True),
+    Column("detail", String(REASON_LEN), primary_key=True),
+    Column("count", Integer, nullable=False),  # for the lockout
+    Column("unreported", Integer, nullable=False),  # not yet summed up in the audit log
+)
+
 audit_log = Table(
     "audit",
     metadata,
@@ -136,6 +159,17 @@ class Host:
     source_ip: str
     enrolled_at: float
     decided_at: float | None
+
+
+@dataclass(frozen=True)
+class Invite:
+    invite_id: str
+    token_hash: str
+    hostname: str
+    secret_name: str
+    may_replace: bool
+    created_at: float
+    expires_at: float
 
 
 @dataclass(frozen=True)
@@ -207,6 +241,45 @@ class Store:
 
     def set_host(self, conn: Connection, host_id: str, **values: Any) -> None:
         conn.execute(hosts.update().where(hosts.c.host_id == host_id).values(**values))
+
+    def hosts_named(self, conn: Connection, hostname: str) -> list[Host]:
+        rows = conn.execute(select(hosts).where(hosts.c.hostname == hostname)).mappings()
+        return [Host(**row) for row in rows]
+
+    def hosts_with_secret(self, conn: Connection, secret_name: str) -> list[Host]:
+        rows = conn.execute(select(hosts).where(hosts.c.secret_name == secret_name)).mappings()
+        return [Host(**row) for row in rows]
+
+    def expire_pending_hosts(self, conn: Connection, before: float) -> list[Host]:
+        """Delete hosts left pending (enrolled before invites existed) since ``before``."""
+        query = select(hosts).where(hosts.c.status == "pending", hosts.c.enrolled_at < before)
+        stale = [Host(**row) for row in conn.execute(query).mappings()]
+        for host in stale:
+            conn.execute(hosts.delete().where(hosts.c.host_id == host.host_id))
+        return stale
+
+    # --- invites ------------------------------------------------------------------------------
+
+    def add_invite(self, conn: Connection, invite: Invite) -> None:
+        conn.execute(invites.insert().values(**invite.__dict__))
+
+    def invite_by_hash(self, conn: Connection, token_hash: str) -> Invite | None:
+        query = select(invites).where(invites.c.token_hash == token_hash)
+        row = conn.execute(query).mappings().first()
+        return Invite(**row) if row else None
+
+    def use_invite(self, conn: Connection, invite_id: str) -> None:
+        conn.execute(invites.delete().where(invites.c.invite_id == invite_id))
+
+    def expire_invites(self, conn: Connection, now: float) -> list[Invite]:
+        query = select(invites).where(invites.c.expires_at <= now)
+        expired = [Invite(**row) for row in conn.execute(query).mappings()]
+        conn.execute(invites.delete().where(invites.c.expires_at <= now))
+        return expired
+
+    def open_invites(self, conn: Connection) -> list[Invite]:
+        rows = conn.execute(select(invites).order_by(invites.c.created_at)).mappings()
+        return [Invite(**row) for row in rows]
 
     # --- requests -----------------------------------------------------------------------------
 

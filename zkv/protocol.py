@@ -20,6 +20,7 @@ ephemeral X25519 key, so whoever reads a poll answer without that key learns not
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
@@ -62,6 +63,7 @@ ERROR_STATUS = {
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.\-]{0,251}[A-Za-z0-9])?")
 _HEX32_RE = re.compile(r"[0-9a-f]{32}")
 _PIN_RE = re.compile(r"[0-9]{4,12}")  # ASCII only: str.isdigit() takes other scripts' digits
+_INVITE_TOKEN_RE = re.compile(r"zkv1-[A-Za-z0-9_-]{43}")  # 32 random bytes, base64url
 
 
 class ProtocolViolation(ValueError):
@@ -84,6 +86,19 @@ def new_nonce() -> str:
 
 def now() -> int:
     return int(time.time())
+
+
+def new_invite_token() -> str:
+    """The one-time enrolment credential the owner hands to a host (``hosts invite``)."""
+    return "zkv1-" + base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("=")
+
+
+def is_invite_token(value: str) -> bool:
+    return bool(_INVITE_TOKEN_RE.fullmatch(value))
+
+
+def is_hostname(value: str) -> bool:
+    return bool(_HOSTNAME_RE.fullmatch(value))
 
 
 # --- field checks -----------------------------------------------------------------------------
@@ -116,7 +131,7 @@ def _sign(private_key: bytes, context: bytes, body: dict[str, Any]) -> bytes:
 
 
 def _hostname(value: str) -> str:
-    if not _HOSTNAME_RE.fullmatch(value):
+    if not is_hostname(value):
         raise ProtocolViolation("invalid hostname")
     return value
 
@@ -145,8 +160,12 @@ def check_fresh(timestamp: int, at: int, window: int = REPLAY_WINDOW) -> bool:
 
 
 class EnrollRequest(NamedTuple):
+    """Signed by the new host key (proof of possession) and carrying the owner's one-time
+    invite token: the token, not the key, is what admits the host."""
+
     hostname: str
     public_key: bytes
+    token: str
     nonce: str
     timestamp: int
     signature: bytes = b""
@@ -156,6 +175,7 @@ class EnrollRequest(NamedTuple):
             "v": VERSION,
             "hostname": self.hostname,
             "public_key": b64(self.public_key),
+            "token": self.token,
             "nonce": self.nonce,
             "timestamp": self.timestamp,
         }
@@ -165,8 +185,11 @@ class EnrollRequest(NamedTuple):
         return host_id_of(self.public_key)
 
     @classmethod
-    def create(cls, hostname: str, private_key: bytes, at: int | None = None) -> EnrollRequest:
-        unsigned = cls(hostname, crypto.ed25519_public(private_key), new_nonce(), at or now())
+    def create(
+        cls, hostname: str, private_key: bytes, token: str, at: int | None = None
+    ) -> EnrollRequest:
+        public = crypto.ed25519_public(private_key)
+        unsigned = cls(hostname, public, token, new_nonce(), at or now())
         return unsigned._replace(signature=_sign(private_key, CONTEXT_ENROLL, unsigned.body()))
 
     def to_json(self) -> dict[str, Any]:
@@ -174,10 +197,13 @@ class EnrollRequest(NamedTuple):
 
     @classmethod
     def from_json(cls, raw: Any) -> EnrollRequest:
-        body = _signed_body(raw, {"hostname", "public_key", "nonce", "timestamp"})
+        body = _signed_body(raw, {"hostname", "public_key", "token", "nonce", "timestamp"})
+        if not is_invite_token(_field(body, "token", str)):
+            raise ProtocolViolation("token is not an invite token")
         return cls(
             hostname=_hostname(_field(body, "hostname", str)),
             public_key=_key32(_field(body, "public_key", str), "public_key"),
+            token=body["token"],
             nonce=_hex32(_field(body, "nonce", str), "nonce"),
             timestamp=_field(body, "timestamp", int),
             signature=_signature(_field(body, "signature", str)),
@@ -192,7 +218,7 @@ class EnrollRequest(NamedTuple):
 
 class EnrollAccepted(NamedTuple):
     host_id: str
-    status: str  # "pending" until the owner approves, then "approved"; or "revoked"
+    status: str  # "approved" (the invite is the owner's approval); "pending", "revoked" of old
 
     def to_json(self) -> dict[str, Any]:
         return {"host_id": self.host_id, "status": self.status}

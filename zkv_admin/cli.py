@@ -123,7 +123,15 @@ def _add_commands(sub: argparse._SubParsersAction[Parser], seed: bool) -> None:
     enrol = command("enroll", enroll.cmd_enroll, "register this host with the gateway", both)
     enrol.add_argument("--gateway", metavar="URL", required=True, help="https://gateway.example")
     enrol.add_argument("--ca", metavar="FILE", help="CA bundle that signed the gateway's cert")
-    enrol.add_argument("--hostname", help="name shown to the owner (default: this host's)")
+    enrol.add_argument(
+        "--hostname", help="the name the invite was issued for (default: this host's)"
+    )
+    enrol.add_argument(
+        "--token-file", metavar="PATH|-", help="read the invite token here (default: stdin/ask)"
+    )
+    enrol.add_argument(
+        "--token", action="store_true", help="ask for the invite token (the default)"
+    )
 
     rotate = command(
         "rotate",

@@ -100,7 +100,7 @@ def gateway() -> Iterator[tuple[str, list[dict[str, Any]]]]:
             received.append({"path": self.path, "body": body})
             request = protocol.EnrollRequest.from_json(body)
             request.verify()
-            answer = json.dumps(protocol.EnrollAccepted(request.host_id, "pending").to_json())
+            answer = json.dumps(protocol.EnrollAccepted(request.host_id, "approved").to_json())
             self.send_response(202)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
@@ -121,21 +121,43 @@ def test_enroll_creates_host_key_and_registers(
 ) -> None:
     url, received = gateway
     zkv.make_store()
-    out = zkv.ok("enroll", "--gateway", url + "/", "--hostname", "box1")
+    token = protocol.new_invite_token()
+    out = zkv.ok(
+        "enroll", "--gateway", url + "/", "--hostname", "box1", stdin=token.encode() + b"\n"
+    )
     key_path = zkv.keystore.parent / "host.key"
     assert key_path.stat().st_mode & 0o777 == 0o600
     public = hostkey.load(key_path)
     host_id = protocol.host_id_of(protocol.crypto.ed25519_public(public))
-    assert out.stdout.decode().splitlines() == [f"host id: {host_id}", "status:  pending"]
-    assert "approve" in out.stderr
+    assert out.stdout.decode().splitlines() == [f"host id: {host_id}", "status:  approved"]
     assert received[0]["path"] == protocol.PATH_HOSTS
     assert received[0]["body"]["hostname"] == "box1"
-    zkv.ok("enroll", "--gateway", url, "--hostname", "box1")  # the same key again
-    assert hostkey.load(key_path) == public
+    assert received[0]["body"]["token"] == token  # in the signed body (verified above)
+    token_file = zkv.keystore.parent / "token"
+    token_file.write_text(protocol.new_invite_token())
+    zkv.ok("enroll", "--gateway", url, "--hostname", "box1", "--token-file", str(token_file))
+    assert received[1]["body"]["token"] == token_file.read_text()
+    assert hostkey.load(key_path) == public  # the same key again
+
+
+def test_enroll_never_takes_the_token_from_argv_nor_repeats_it(
+    zkv: Zkv, gateway: tuple[str, list[dict[str, Any]]]
+) -> None:
+    url, received = gateway
+    zkv.make_store()
+    token = protocol.new_invite_token()
+    result = zkv("enroll", "--gateway", url, "--token", token)
+    assert result.code == 2 and token not in result.error_line and not received
+    result = zkv(
+        "enroll", "--gateway", url, "--hostname", "box1", stdin=b"not-a-token-" + token[5:].encode()
+    )
+    assert result.code != 0 and "not an invite token" in result.error_line
+    assert token[5:] not in result.error_line and not received
 
 
 def test_enroll_unreachable(zkv: Zkv) -> None:
     zkv.make_store()
     hostkey.generate(zkv.keystore.parent / "host.key")
-    result = zkv("enroll", "--gateway", "http://127.0.0.1:9")
+    token = protocol.new_invite_token().encode()
+    result = zkv("enroll", "--gateway", "http://127.0.0.1:9", stdin=token)
     assert result.code == 31 and "cannot reach the gateway" in result.error_line

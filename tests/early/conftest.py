@@ -148,17 +148,16 @@ class Machine:
         self.zfs.write(state)
 
     def enroll(self, gw: RunningGateway) -> str:
-        """Enrol the host key with the gateway over the wire, approve it as the owner."""
+        """The owner invites the host; its key enrols with the token over the wire."""
         private = hostkey.load(self.host_key)
-        req = protocol.EnrollRequest.create("testhost", private)
+        req = protocol.EnrollRequest.create("testhost", private, gw.invite("testhost"))
         data = json.dumps(req.to_json()).encode()
         post = urllib.request.Request(
             gw.url + protocol.PATH_HOSTS, data=data, headers={"Content-Type": "application/json"}
         )
         with urllib.request.urlopen(post, timeout=10) as response:
             accepted = protocol.EnrollAccepted.from_json(json.load(response))
-        if accepted.status != "approved":
-            gw.approve_host(accepted.host_id)
+        assert accepted.status == "approved"
         self.gateway_url = gw.url
         return accepted.host_id
 

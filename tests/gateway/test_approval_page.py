@@ -68,8 +68,7 @@ def unlock_request(
 ) -> tuple[client.Boot, dict[str, str]]:
     """A host asks; returns its boot and the owners' links from the notification."""
     host = client.Host(hostname=hostname)
-    client.enroll(gw.url, host)
-    gw.approve_host(host.host_id)
+    gw.admit(host)
     return request_for(gw, host, datasets)
 
 
@@ -256,8 +255,7 @@ def test_other_open_requests_for_the_host_are_shown(
     gw: RunningGateway, browser: Browser, alice: str
 ) -> None:
     host = client.Host(hostname="twice01")
-    client.enroll(gw.url, host)
-    gw.approve_host(host.host_id)
+    gw.admit(host)
     first, _ = request_for(gw, host)
     _second, links = request_for(gw, host)
     browser.open(alices(links))
@@ -274,8 +272,7 @@ def test_an_sms_reply_with_the_pin_does_not_approve_under_the_page_policy(
         tmp_path_factory.mktemp("policy"), approver="twilio", settings={"APPROVAL_POLICY": "page"}
     ) as gateway:
         host = client.Host(hostname="nas09")
-        client.enroll(gateway.url, host)
-        gateway.approve_host(host.host_id)
+        gateway.admit(host)
         boot = client.unlock(gateway.url, host)
         assert boot.response.status_code == 201
         assert gateway.sms(boot.created.pin) == 200

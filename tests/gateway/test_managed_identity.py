@@ -21,10 +21,9 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
         yield gateway
 
 
-def _approved_boot(gw: RunningGateway) -> client.Boot:
-    host = client.Host(hostname="mi01")
-    client.enroll(gw.url, host)
-    gw.approve_host(host.host_id)
+def _approved_boot(gw: RunningGateway, hostname: str) -> client.Boot:
+    host = client.Host(hostname=hostname)
+    gw.admit(host)
     boot = client.unlock(gw.url, host)
     gw.approve(boot.created.request_id, boot.created.pin)
     return boot
@@ -34,7 +33,7 @@ def test_the_secret_comes_through_the_managed_identity(gw: RunningGateway) -> No
     assert gw.standins is not None
     config = gw.config_file.read_text()
     assert "AAD_CLIENT_SECRET" not in config and "AAD_TENANT_ID" not in config
-    boot = _approved_boot(gw)
+    boot = _approved_boot(gw, "mi01")
     released = client.opened(boot, client.poll(gw.url, boot.created.request_id, wait=5))
     assert released == gw.secret
     # The token came from the identity endpoint, and Key Vault saw it; Azure AD never did.
@@ -51,7 +50,7 @@ def test_a_wrong_identity_header_is_a_secret_source_failure(gw: RunningGateway) 
     right, gw.standins.identity_header = gw.standins.identity_header, "not-the-platforms"
     try:
         gw.standins.tokens.clear()  # so the SDK cannot reuse a token it already holds
-        boot = _approved_boot(gw)
+        boot = _approved_boot(gw, "mi02")
         response = client.poll(gw.url, boot.created.request_id, wait=5)
         assert (response.status_code, response.json()) == (503, {"error": "secret_unavailable"})
     finally:

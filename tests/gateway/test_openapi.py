@@ -53,3 +53,13 @@ def test_schemathesis_finds_no_server_error(tmp_path: Path) -> None:
         log = gw.output()
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "Traceback" not in log and "internal error" not in log
+
+
+def test_the_enrolment_schema_has_the_protocols_fields() -> None:
+    from zkv import crypto, protocol
+
+    spec = yaml.safe_load(SPEC.read_text())["components"]["schemas"]["EnrollRequest"]
+    sent = protocol.EnrollRequest.create(
+        "db01", crypto.ed25519_generate()[0], protocol.new_invite_token()
+    ).to_json()
+    assert set(spec["required"]) == set(spec["properties"]) == set(sent)

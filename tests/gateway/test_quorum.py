@@ -46,8 +46,7 @@ def owners(gw: RunningGateway) -> dict[str, pyotp.TOTP]:
 @pytest.fixture(scope="module")
 def host(gw: RunningGateway) -> client.Host:
     host = client.Host(hostname="vault01")
-    client.enroll(gw.url, host)
-    gw.approve_host(host.host_id)
+    gw.admit(host)
     gw.cli("quorum", host.host_id, "2")
     return host
 

@@ -58,8 +58,7 @@ def test_sms_totp_policy_needs_a_valid_unused_code(tmp_path: Path) -> None:
         secret = parse_qs(urlsplit(uri).query)["secret"][0]
         assert "█" in out or "▀" in out or "▄" in out  # the QR code, drawn in the terminal
         host = client.Host(hostname="totp01")
-        client.enroll(gw.url, host)
-        gw.approve_host(host.host_id)
+        gw.admit(host)
 
         def state(boot: client.Boot) -> str:
             return str(client.poll(gw.url, boot.created.request_id).json()["state"])

@@ -7,7 +7,9 @@ Stable interface, also used by the boot-client integration tests::
     with running_gateway(tmp_path, approver="console") as gw:   # or approver="auto" / "twilio"
         gw.url                        # "http://127.0.0.1:<port>"
         gw.secret                     # the bytes released on approval (file secret backend)
-        gw.approve_host(host_id)      # `zkv-gateway hosts approve HOST_ID` (enrolment)
+        gw.invite("db01")             # `zkv-gateway hosts invite db01`: the one-time token;
+                                      # its secret (zkv-db01-...) is made to hold gw.secret
+        gw.admit(host)                # invite + enrol over the wire (a protocol_client.Host)
         gw.approve(request_id, pin)   # as the owner, through the CLI (console approver) ...
         gw.deny(request_id)
         gw.sms("123456")              # ... or a signed Twilio webhook (approver="twilio" only)
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import signal
 import socket
@@ -58,7 +61,6 @@ STOP_GRACE = 2.0  # seconds for gunicorn's quick shutdown before the process gro
 TEST_LIMITS = {
     "RATE_PER_SECOND": 1000,
     "RATE_HOST_PER_HOUR": 100000,
-    "RATE_IP_PER_HOUR": 1000000,
     "SMS_PER_HOUR": 1000000,
     "AUTH_FAILURES_PER_HOUR": 1000000,
 }
@@ -96,8 +98,31 @@ class RunningGateway:
             raise AssertionError(f"zkv-gateway {' '.join(args)}: {result.stderr.strip()}")
         return result
 
-    def approve_host(self, host_id: str, secret_name: str | None = None) -> None:
-        self.cli("hosts", "approve", host_id, *(["--secret", secret_name] if secret_name else []))
+    def invite(self, hostname: str, *options: str, secret: bytes | None = None) -> str:
+        """`zkv-gateway hosts invite HOSTNAME [options]` -> the token. The invite's secret
+        (named on stderr) is created holding ``secret`` (default gw.secret), as the operator
+        would in Key Vault (or, with the file source, as a file beside SECRET_FILE)."""
+        result = self.cli("hosts", "invite", hostname, *options)
+        name = re.search(r"released from secret (\S+);", result.stderr)
+        assert name is not None, result.stderr
+        self.put_secret(name[1], secret if secret is not None else self.secret)
+        return result.stdout.strip()
+
+    def put_secret(self, name: str, value: bytes) -> None:
+        if self.standins is not None:  # the Key Vault stand-in (harmless when unused)
+            self.standins.vault_secrets[name] = value.decode()
+        path = self.directory / name
+        path.write_bytes(value)
+        path.chmod(0o600)
+
+    def admit(self, host: Any, *options: str) -> str:
+        """Invite ``host`` (a tests.harness.protocol_client.Host) and enrol it: its host id."""
+        from tests.harness import protocol_client as client
+
+        response = client.enroll(self.url, host, self.invite(host.hostname, *options))
+        assert response.status_code == 202, response.text
+        assert response.json() == {"host_id": host.host_id, "status": "approved"}
+        return str(host.host_id)
 
     def revoke_host(self, host_id: str) -> None:
         self.cli("hosts", "revoke", host_id)

@@ -34,8 +34,8 @@ class Boot:
         return protocol.UnlockCreated.from_json(self.response.json())
 
 
-def enroll(url: str, host: Host) -> requests.Response:
-    req = protocol.EnrollRequest.create(host.hostname, host.private_key)
+def enroll(url: str, host: Host, token: str) -> requests.Response:
+    req = protocol.EnrollRequest.create(host.hostname, host.private_key, token)
     return requests.post(url + protocol.PATH_HOSTS, json=req.to_json(), timeout=10)
 
 
