@@ -26,7 +26,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        return create_app(self.settings, max_polls=self.max_polls)
+        return create_app(self.settings, max_polls=self.max_polls, housekeeping=True)
 
 
 def serve(settings: Settings, bind: str, workers: int, threads: int) -> int:

@@ -26,7 +26,9 @@ ephemeral X25519 key, so whoever reads a poll answer without that key learns not
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import os
 import re
 from typing import Any, NamedTuple
 
@@ -68,6 +70,7 @@ _HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.\-]{0,251}[A-Za-z0-9])?")
 _HEX32_RE = re.compile(r"[0-9a-f]{32}")
 _CHALLENGE_RE = re.compile(r"[0-9a-f]{80}")  # opaque to the client; gateway/challenges.py
 _PIN_RE = re.compile(r"[0-9]{4,12}")  # ASCII only: str.isdigit() takes other scripts' digits
+_INVITE_TOKEN_RE = re.compile(r"zkv1-[A-Za-z0-9_-]{43}")  # 32 random bytes, base64url
 
 
 class ProtocolViolation(ValueError):
@@ -82,6 +85,19 @@ def host_id_of(public_key: bytes) -> str:
 def release_info(request_id: str) -> bytes:
     """Binds a sealed release to one request id."""
     return b"zkv-v1 release\n" + request_id.encode("ascii")
+
+
+def new_invite_token() -> str:
+    """The one-time enrolment credential the owner hands to a host (``hosts invite``)."""
+    return "zkv1-" + base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("=")
+
+
+def is_invite_token(value: str) -> bool:
+    return bool(_INVITE_TOKEN_RE.fullmatch(value))
+
+
+def is_hostname(value: str) -> bool:
+    return bool(_HOSTNAME_RE.fullmatch(value))
 
 
 # --- field checks -----------------------------------------------------------------------------
@@ -114,7 +130,7 @@ def _sign(private_key: bytes, context: bytes, body: dict[str, Any]) -> bytes:
 
 
 def check_hostname(value: str) -> str:
-    if not _HOSTNAME_RE.fullmatch(value):
+    if not is_hostname(value):
         raise ProtocolViolation("invalid hostname")
     return value
 
@@ -163,8 +179,12 @@ class Challenge(NamedTuple):
 
 
 class EnrollRequest(NamedTuple):
+    """Signed by the new host key (proof of possession) and carrying the owner's one-time
+    invite token: the token, not the key, is what admits the host."""
+
     hostname: str
     public_key: bytes
+    token: str
     challenge: str
     signature: bytes = b""
 
@@ -173,6 +193,7 @@ class EnrollRequest(NamedTuple):
             "v": VERSION,
             "hostname": self.hostname,
             "public_key": b64(self.public_key),
+            "token": self.token,
             "challenge": self.challenge,
         }
 
@@ -181,8 +202,9 @@ class EnrollRequest(NamedTuple):
         return host_id_of(self.public_key)
 
     @classmethod
-    def create(cls, hostname: str, private_key: bytes, challenge: str) -> EnrollRequest:
-        unsigned = cls(hostname, crypto.ed25519_public(private_key), _challenge(challenge))
+    def create(cls, hostname: str, private_key: bytes, token: str, challenge: str) -> EnrollRequest:
+        public = crypto.ed25519_public(private_key)
+        unsigned = cls(hostname, public, token, _challenge(challenge))
         return unsigned._replace(signature=_sign(private_key, CONTEXT_ENROLL, unsigned.body()))
 
     def to_json(self) -> dict[str, Any]:
@@ -190,10 +212,13 @@ class EnrollRequest(NamedTuple):
 
     @classmethod
     def from_json(cls, raw: Any) -> EnrollRequest:
-        body = _signed_body(raw, {"hostname", "public_key", "challenge"})
+        body = _signed_body(raw, {"hostname", "public_key", "token", "challenge"})
+        if not is_invite_token(_field(body, "token", str)):
+            raise ProtocolViolation("token is not an invite token")
         return cls(
             hostname=check_hostname(_field(body, "hostname", str)),
             public_key=_key32(_field(body, "public_key", str), "public_key"),
+            token=body["token"],
             challenge=_challenge(_field(body, "challenge", str)),
             signature=_signature(_field(body, "signature", str)),
         )
@@ -207,7 +232,7 @@ class EnrollRequest(NamedTuple):
 
 class EnrollAccepted(NamedTuple):
     host_id: str
-    status: str  # "pending" until the owner approves, then "approved"; or "revoked"
+    status: str  # "approved" (the invite is the owner's approval); "pending", "revoked" of old
 
     def to_json(self) -> dict[str, Any]:
         return {"host_id": self.host_id, "status": self.status}

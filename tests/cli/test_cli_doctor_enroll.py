@@ -117,6 +117,20 @@ def test_doctor_names_the_gateways_own_ca(
     ]
 
 
+def test_doctor_sees_a_host_key_newer_than_the_image_and_an_interrupted_rotation(
+    zkv: Zkv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    places = installed(zkv, tmp_path)
+    key = zkv.keystore.parent / "host.key"
+    os.utime(key, (key.stat().st_mtime + 20,) * 2)
+    state = zkv.fake.state()
+    state["datasets"]["tank/a"]["props"] = {"zkv:epoch:pending": "2"}
+    zkv.fake.write(state)
+    problems = findings(zkv, places, monkeypatch)
+    assert len(problems) == 2, problems
+    assert "older than the host key" in problems[1] and "zkv reconcile" in problems[0]
+
+
 def test_doctor_cli_exit_code(zkv: Zkv) -> None:
     zkv.make_store()
     result = zkv("doctor")
@@ -149,7 +163,7 @@ def gateway() -> Iterator[tuple[str, list[dict[str, Any]]]]:
             request = protocol.EnrollRequest.from_json(body)
             request.verify()
             assert request.challenge == issued[-1]
-            self._answer(202, protocol.EnrollAccepted(request.host_id, "pending").to_json())
+            self._answer(202, protocol.EnrollAccepted(request.host_id, "approved").to_json())
 
         def _answer(self, status: int, body: dict[str, Any]) -> None:
             answer = json.dumps(body)
@@ -173,18 +187,39 @@ def test_enroll_creates_host_key_and_registers(
 ) -> None:
     url, received = gateway
     zkv.make_store()
-    out = zkv.ok("enroll", "--gateway", url + "/", "--hostname", "box1")
+    token = protocol.new_invite_token()
+    out = zkv.ok(
+        "enroll", "--gateway", url + "/", "--hostname", "box1", stdin=token.encode() + b"\n"
+    )
     key_path = zkv.keystore.parent / "host.key"
     assert key_path.stat().st_mode & 0o777 == 0o600
     public = hostkey.load(key_path)
     host_id = protocol.host_id_of(protocol.crypto.ed25519_public(public))
-    assert out.stdout.decode().splitlines() == [f"host id: {host_id}", "status:  pending"]
-    assert "approve" in out.stderr
+    assert out.stdout.decode().splitlines() == [f"host id: {host_id}", "status:  approved"]
     assert [r["path"] for r in received] == [protocol.PATH_CHALLENGES, protocol.PATH_HOSTS]
     assert received[1]["body"]["hostname"] == "box1"
+    assert received[1]["body"]["token"] == token  # in the signed body (verified above)
     assert "clock" not in out.stderr
-    zkv.ok("enroll", "--gateway", url, "--hostname", "box1")  # the same key again
-    assert hostkey.load(key_path) == public
+    token_file = zkv.keystore.parent / "token"
+    token_file.write_text(protocol.new_invite_token())
+    zkv.ok("enroll", "--gateway", url, "--hostname", "box1", "--token-file", str(token_file))
+    assert received[3]["body"]["token"] == token_file.read_text()
+    assert hostkey.load(key_path) == public  # the same key again
+
+
+def test_enroll_never_takes_the_token_from_argv_nor_repeats_it(
+    zkv: Zkv, gateway: tuple[str, list[dict[str, Any]]]
+) -> None:
+    url, received = gateway
+    zkv.make_store()
+    token = protocol.new_invite_token()
+    result = zkv("enroll", "--gateway", url, "--token", token)
+    assert result.code == 2 and token not in result.error_line and not received
+    result = zkv(
+        "enroll", "--gateway", url, "--hostname", "box1", stdin=b"not-a-token-" + token[5:].encode()
+    )
+    assert result.code != 0 and "not an invite token" in result.error_line
+    assert token[5:] not in result.error_line and not received
 
 
 @pytest.mark.parametrize("offset", [3600.0, -3600.0])
@@ -195,7 +230,8 @@ def test_enroll_with_a_clock_an_hour_off(
     zkv.make_store()
     GATEWAY_CLOCK["offset"] = offset
     try:
-        out = zkv.ok("enroll", "--gateway", url, "--hostname", "box1")
+        token = protocol.new_invite_token().encode()
+        out = zkv.ok("enroll", "--gateway", url, "--hostname", "box1", stdin=token)
     finally:
         GATEWAY_CLOCK["offset"] = 0.0
     said = re.search(r"clock is off by (\d+) s from the gateway's; fix NTP\n", out.stderr)
@@ -205,16 +241,21 @@ def test_enroll_with_a_clock_an_hour_off(
 def test_enroll_with_the_real_gateway(zkv: Zkv, tmp_path: Path) -> None:
     zkv.make_store()
     with running_gateway(tmp_path / "gw") as gw:
-        out = zkv.ok("enroll", "--gateway", gw.url, "--hostname", "box1")
+        token = gw.invite("box1").encode()
+        out = zkv.ok("enroll", "--gateway", gw.url, "--hostname", "box1", stdin=token)
         host_id = out.stdout.decode().split()[2]
         listed = [line.split()[:3] for line in gw.cli("hosts", "list").stdout.splitlines()]
-        assert listed == [[host_id, "pending", "box1"]]
-        again = zkv("enroll", "--gateway", gw.url, "--hostname", "box1")  # a new challenge
-        assert again.code == 0 and b"status:  pending" in again.stdout
+        assert [host_id, "approved", "box1"] in listed
+        used = zkv("enroll", "--gateway", gw.url, "--hostname", "box1", stdin=token)
+        assert used.code == 32  # a new challenge, but the invite is used up
+        token = gw.invite("box1", "--replace").encode()
+        again = zkv("enroll", "--gateway", gw.url, "--hostname", "box1", stdin=token)
+        assert again.code == 0 and b"status:  approved" in again.stdout
 
 
 def test_enroll_unreachable(zkv: Zkv) -> None:
     zkv.make_store()
     hostkey.generate(zkv.keystore.parent / "host.key")
-    result = zkv("enroll", "--gateway", "http://127.0.0.1:9")
+    token = protocol.new_invite_token().encode()
+    result = zkv("enroll", "--gateway", "http://127.0.0.1:9", stdin=token)
     assert result.code == 31 and "cannot reach the gateway" in result.error_line

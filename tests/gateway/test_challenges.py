@@ -68,7 +68,7 @@ def test_a_boot_client_an_hour_off_is_unlocked(tmp_path: Path, offset: int) -> N
     ) as gw:
         host_files(tmp_path)
         host = client.Host("nas", hostkey.load(tmp_path / "host.key"))
-        assert client.enroll(gw.url, host).json()["status"] == "approved"
+        gw.admit(host)
         http = GatewayClient(gw.url, None, 10)
         flow, out = gateway_flow(tmp_path, http, FakeClock())  # FakeClock: the deadline's
         flow.wall_clock = lambda: time.time() + offset  # the host's wall clock, an hour off
@@ -130,8 +130,7 @@ def database_size(directory: Path) -> int:
 
 def enrolled(gw: RunningGateway) -> client.Host:
     host = client.Host()
-    assert client.enroll(gw.url, host).status_code == 202
-    gw.approve_host(host.host_id)
+    gw.admit(host)
     return host
 
 

@@ -64,7 +64,9 @@ def test_the_signed_messages_are_described_field_for_field() -> None:
     issued = challenges.issue(bytes(32), 1_800_000_000)
     messages = {
         "Challenge": protocol.Challenge(issued, 1_800_000_000),
-        "EnrollRequest": protocol.EnrollRequest.create("db01", private, issued),
+        "EnrollRequest": protocol.EnrollRequest.create(
+            "db01", private, protocol.new_invite_token(), issued
+        ),
         "UnlockRequest": protocol.UnlockRequest.create(
             private, "db01", ["tank"], crypto.x25519_generate()[1], issued
         ),

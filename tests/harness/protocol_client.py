@@ -41,8 +41,9 @@ def challenge(url: str, headers: Headers = None) -> protocol.Challenge:
     return protocol.Challenge.from_json(response.json())
 
 
-def enroll(url: str, host: Host) -> requests.Response:
-    req = protocol.EnrollRequest.create(host.hostname, host.private_key, challenge(url).challenge)
+def enroll(url: str, host: Host, token: str) -> requests.Response:
+    fresh = challenge(url).challenge
+    req = protocol.EnrollRequest.create(host.hostname, host.private_key, token, fresh)
     return requests.post(url + protocol.PATH_HOSTS, json=req.to_json(), timeout=10)
 
 

@@ -63,7 +63,7 @@ def test_signature_by_another_key_is_refused() -> None:
 
 
 def test_enroll_signature_cannot_be_replayed_as_unlock() -> None:
-    enroll = EnrollRequest.create("db01", HOST_PRIVATE, CHALLENGE)
+    enroll = EnrollRequest.create("db01", HOST_PRIVATE, protocol.new_invite_token(), CHALLENGE)
     enroll.verify()
     # the same signature bytes under the unlock context never verify
     with pytest.raises(crypto.BadSignature):

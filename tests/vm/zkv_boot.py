@@ -115,18 +115,15 @@ def gateway(
     zimg: ZkvImage, tmp: Path, approver: str = "twilio", secret: str | None = None
 ) -> Iterator[Gateway]:
     """The real gateway releasing ``secret`` (default: the image's repository key), the
-    image's host enrolled and approved by the owner, and the TLS front the guest talks to.
+    image's host invited by the owner and enrolled (its own secret, zkv-HOSTNAME-...), and the TLS
+    front the guest talks to.
 
     ``approver="twilio"`` (default): the real twilio SDK texts the owner through the local
     Twilio API stand-in, and approve_pin/deny_pin answer through the signed SMS webhook.
     ``"console"``: the owner's CLI (`zkv-gateway approve ID PIN`), as in `make demo`."""
     released = (secret or zimg.repository_key).encode()
     with running_gateway(tmp, approver=approver, secret=released) as gw:
-        host = client.Host(hostname=HOSTNAME, private_key=zimg.host_private_key)
-        response = client.enroll(gw.url, host)
-        assert response.status_code in (200, 201, 202), response.text
-        if response.json().get("status") != "approved":
-            gw.approve_host(host.host_id)
+        gw.admit(client.Host(hostname=HOSTNAME, private_key=zimg.host_private_key))
         port = int(gw.url.rsplit(":", 1)[1])
         with tls_front(port) as front:
             yield Gateway(gw, front, approver)
