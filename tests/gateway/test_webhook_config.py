@@ -68,6 +68,26 @@ def test_layering(tmp_path: Path) -> None:
     assert "from-credential" not in repr(s)
 
 
+def test_empty_credential_counts_as_unset(tmp_path: Path) -> None:
+    """The package makes both credential files empty (LoadCredential= needs them to exist)."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "twilio-token").write_text("")
+    (creds / "aad-client-secret").write_text("\n")
+    secret = tmp_path / "secret"
+    secret.write_text("k" * 64)
+    env = {
+        "CREDENTIALS_DIRECTORY": str(creds),
+        "ZKV_TWILIO_TOKEN": "from-env",
+        "ZKV_SECRET_SOURCE": "file",
+        "ZKV_SECRET_FILE": str(secret),
+        "ZKV_APPROVER": "console",
+    }
+    s = config.load(environ=env)
+    assert (s.TWILIO_TOKEN, s.AAD_CLIENT_SECRET) == ("from-env", "")
+    assert s.credential_kind == "managed-identity"
+
+
 @pytest.mark.parametrize(
     ("environ", "message"),
     [
