@@ -68,11 +68,11 @@ def test_files_user_and_modes(installed: Path) -> None:
     assert _owner(installed, "etc/zkv-gateway") == (0, gid, 0o750)
     assert _owner(installed, CONFIG) == (0, gid, 0o640)
     assert _owner(installed, STATE) == (uid, gid, 0o700)
-    assert _owner(installed, "etc/zkv-gateway/credentials") == (0, 0, 0o700)
+    assert _owner(installed, "etc/zkv-gateway/credentials") == (0, gid, 0o750)
     for name in ("twilio-token", "aad-client-secret"):
-        credential = installed / "etc/zkv-gateway/credentials" / name
-        assert _owner(installed, str(credential.relative_to(installed))) == (0, 0, 0o600)
-        assert credential.read_bytes() == b"", "empty: unset until the admin writes it"
+        credential = f"etc/zkv-gateway/credentials/{name}"
+        assert _owner(installed, credential) == (0, gid, 0o640)
+        assert (installed / credential).read_bytes() == b"", "empty: unset until written"
     for path in (
         UNIT,
         "usr/sbin/zkv-gateway",
@@ -134,7 +134,13 @@ def test_unit_command_serves_healthz(installed: Path) -> None:
     assert body.startswith(b"{"), output
     database = installed / STATE / "zkv-gateway.sqlite"
     assert database.is_file(), output
-    assert database.stat().st_uid == _owner(installed, STATE)[0]
+    # The admin's commands, run by root through /usr/sbin/zkv-gateway: same settings and
+    # database, and never a root-owned file in the state directory.
+    for command in (["check-config"], ["hosts", "list"]):
+        done = packages.run(installed, "zkv-gateway", *command)
+        assert done.returncode == 0, done.stdout + done.stderr
+    uid = _owner(installed, STATE)[0]
+    assert {path.stat().st_uid for path in (installed / STATE).iterdir()} == {uid}
 
 
 def _healthz(url: str, process: subprocess.Popen[bytes]) -> bytes:
