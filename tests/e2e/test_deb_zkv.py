@@ -17,6 +17,7 @@ import pytest
 from tests.vm import chroot_layers, packages, testbed, zkv_image
 from tests.vm.packages import Debs
 from tests.vm.testbed import Flavour
+from zkv import paths
 
 pytestmark = pytest.mark.e2e
 
@@ -36,6 +37,9 @@ FILES = (
 EARLY_CONF = "etc/zkv/early.conf"
 # Not set up (no host key): the image stays without zkv, whatever the keystore holds.
 KEYSTORE = "boot/zkv/keystore"
+# What makes an image boot through zkv (zkv_installed in the boot scripts): the client and the
+# keystore. initramfs-tools copies every boot script into every image; without these they exit.
+IN_IMAGE = tuple(p.lstrip("/") for p in (paths.PYZ, paths.IMAGE_KEYSTORE, paths.IMAGE_HOST_KEY))
 
 
 @pytest.fixture(params=testbed.FLAVOURS)
@@ -69,7 +73,7 @@ class Rebuilds:
         assert not self.zkv_lines(), "the test bed's chroot has zkv already"
 
     def zkv_lines(self) -> list[str]:
-        return [line for line in _listing(self.root) if "zkv" in line]
+        return [line for line in _listing(self.root) if any(p in line for p in IN_IMAGE)]
 
     def check(self, step: str, output: str) -> None:
         mtime = _initrd(self.root).stat().st_mtime_ns
