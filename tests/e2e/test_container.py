@@ -31,10 +31,11 @@ def gateway(image: str, tmp_path: Path) -> Iterator[tuple[str, str, bytes]]:
     secret = secrets.token_hex(32).encode()
     (tmp_path / "key").write_bytes(secret)  # a test secret; the image's user must read it
     (tmp_path / "key").chmod(0o644)
+    tmp_path.chmod(0o755)  # pytest makes it 0700: the image's user could not reach the key
     port = free_port()
     name = f"zkv-gateway-e2e-{port}"
     started = container.podman(
-        "run", "-d", "--rm", "--name", name, "--network=host", *container.RUN_OPTIONS,
+        "run", "-d", "--name", name, "--network=host", *container.RUN_OPTIONS,
         "-v", f"{tmp_path}:/run/zkv-test:ro",
         "-e", "ZKV_SECRET_SOURCE=file", "-e", "ZKV_SECRET_FILE=/run/zkv-test/key",
         "-e", "ZKV_APPROVER=console",
