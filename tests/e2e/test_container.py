@@ -1,5 +1,5 @@
 """The gateway's container image: built from a local base, started, /healthz answered, and one
-enrol + unlock flow driven through it (approved with `zkv-gateway` inside the container)."""
+invite + enrol + unlock flow driven through it (`zkv-gateway` inside the container)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from tests.harness.gateway import free_port
 from tests.vm import container
 
 pytestmark = pytest.mark.e2e
+HOST_SECRET = "zkv-e2e-host"  # the invite's secret: a file beside SECRET_FILE
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +30,9 @@ def image(prerequisites: None) -> str:
 @pytest.fixture
 def gateway(image: str, tmp_path: Path) -> Iterator[tuple[str, str, bytes]]:
     secret = secrets.token_hex(32).encode()
-    (tmp_path / "key").write_bytes(secret)  # a test secret; the image's user must read it
-    (tmp_path / "key").chmod(0o644)
+    for file in ("key", HOST_SECRET):  # test secrets; the image's user must read them
+        (tmp_path / file).write_bytes(secret)
+        (tmp_path / file).chmod(0o644)
     tmp_path.chmod(0o755)  # pytest makes it 0700: the image's user could not reach the key
     port = free_port()
     name = f"zkv-gateway-e2e-{port}"
@@ -69,8 +71,8 @@ def test_image_serves_and_releases_once(gateway: tuple[str, str, bytes]) -> None
     name, url, secret = gateway
     assert _healthz(name, url).status_code == 200
     host = client.Host()
-    assert client.enroll(url, host).status_code == 202
-    _cli(name, "hosts", "approve", host.host_id)
+    token = _cli(name, "hosts", "invite", host.hostname, "--secret", HOST_SECRET).strip()
+    assert client.enroll(url, host, token).status_code == 202
     boot = client.unlock(url, host)
     assert boot.response.status_code == 201, boot.response.text
     created = boot.created
