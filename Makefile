@@ -11,7 +11,7 @@ DESTDIR ?=
 # Every shell file: scripts with a sh/bash shebang, plus the sourced boot fragments (which carry
 # a `# shellcheck shell=sh` directive instead).
 SHELL_FILES = $(shell grep -rlE '^(\#!.*[/ ](ba|da)?sh( |$$)|\# shellcheck shell=(ba)?sh)' \
-	dracut initramfs-tools zkv_early .ci tests/vm/guest bench systemd mk 2>/dev/null)
+	dracut initramfs-tools zkv_early .ci tests/vm/guest bench systemd mk debian 2>/dev/null)
 # The subset that runs under busybox/dash, where bashisms break the boot.
 POSIX_SH_FILES = $(shell grep -lE '^(\#! ?/bin/sh|\# shellcheck shell=sh)' $(SHELL_FILES))
 

@@ -155,8 +155,9 @@ def _from_credentials(directory: str) -> dict[str, str]:
     out = {}
     for key in SECRET_KEYS if directory else ():
         path = Path(directory) / key.lower().replace("_", "-")
-        if path.is_file():
-            out[key] = path.read_text().strip()
+        # Empty counts as unset: the package makes both files empty (LoadCredential= needs them).
+        if path.is_file() and (value := path.read_text().strip()):
+            out[key] = value
     return out
 
 
