@@ -13,10 +13,11 @@ from collections.abc import Callable, Sequence
 from zkv.encoding import canonical
 from zkv.errors import ZkvError
 
-from . import audit
+from . import audit, liveness, secrets_source
 from .config import Settings, is_secret_name, load
 from .errors import GatewayCliError, SecretUnavailable
 from .notify import ConsoleNotifier
+from .secrets_source import SecretSource
 from .service import HOST_APPROVED, HOST_REVOKED, Gateway
 from .store import Store, StoreError
 
@@ -29,11 +30,14 @@ class _NoSource:
     def get(self, name: str | None) -> bytes:
         raise SecretUnavailable("not available in the CLI")
 
+    def disable(self, name: str | None) -> str:
+        raise SecretUnavailable("not available in the CLI")
 
-def _service(settings: Settings) -> Gateway:
+
+def _service(settings: Settings, source: SecretSource | None = None) -> Gateway:
     store = Store(settings.SQLALCHEMY_DATABASE_URI)
     store.create_schema()
-    return Gateway(settings, store, _NoSource(), ConsoleNotifier())
+    return Gateway(settings, store, source or _NoSource(), ConsoleNotifier())
 
 
 def _when(at: float | None) -> str:
@@ -47,21 +51,58 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_hosts(args: argparse.Namespace, settings: Settings) -> int:
-    service = _service(settings)
+    # Only a wipe touches the secret source (to disable the host's secret).
+    service = _service(
+        settings, secrets_source.from_settings(settings) if args.action == "wipe" else None
+    )
     if args.action == "list":
+        alive = service.all_liveness()
         for h in service.hosts():
+            x = alive.get(h.host_id)
+            status = (
+                x.state
+                if x and x.state != liveness.ACTIVE and h.status == HOST_APPROVED
+                else h.status
+            )
+            window = liveness.describe(
+                x.window_or(settings.DEADMAN_WINDOW) if x else settings.DEADMAN_WINDOW
+            )
             print(
-                f"{h.host_id}  {h.status:8}  {h.hostname}  from {h.source_ip}  "
-                f"enrolled {_when(h.enrolled_at)}  secret={h.secret_name or '(default)'}"
+                f"{h.host_id}  {status:9}  {h.hostname}  from {h.source_ip}  "
+                f"enrolled {_when(h.enrolled_at)}  secret={h.secret_name or '(default)'}  "
+                f"dead-man {window}, alive {_when(x.since if x else None)}"
             )
         return 0
     if not args.host_id:
         raise GatewayCliError(f"hosts {args.action} needs a HOST_ID")
+    if args.action in ("deadman", "resume", "wipe"):
+        return _liveness_action(args, service)
     if args.secret is not None and not is_secret_name(args.secret):
         raise GatewayCliError("--secret must be a Key Vault secret name (letters, digits, -)")
     status = HOST_APPROVED if args.action == "approve" else HOST_REVOKED
     host = service.set_host_status(args.host_id, status, args.secret)
     print(f"{host.host_id} {host.status}")
+    return 0
+
+
+def _liveness_action(args: argparse.Namespace, service: Gateway) -> int:
+    if args.action == "wipe":
+        print(f"{args.host_id} wiped; {service.wipe(args.host_id, args.shared)}")
+        return 0
+    if args.action == "resume":
+        x = service.change_liveness(args.host_id, lambda x: liveness.resume(x, service.clock()))
+    else:
+        if args.window is None:
+            raise GatewayCliError("hosts deadman needs --window (7d, 12h, 0 for none, default)")
+        try:
+            window = liveness.parse_window(args.window)
+        except ValueError as exc:
+            raise GatewayCliError(f"--window: {exc}") from None
+        x = service.change_liveness(
+            args.host_id, lambda x: liveness.set_window(x, window, service.clock())
+        )
+    shown = liveness.describe(x.window_or(service.settings.DEADMAN_WINDOW))
+    print(f"{args.host_id} {x.state}, dead-man window {shown}")
     return 0
 
 
@@ -121,10 +162,16 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=2)
     serve.add_argument("--threads", type=int, default=32, help="threads per worker (long-polls)")
     serve.set_defaults(func=cmd_serve)
-    hosts = sub.add_parser("hosts", help="list, approve or revoke enrolled hosts")
-    hosts.add_argument("action", choices=("list", "approve", "revoke"))
+    hosts = sub.add_parser(
+        "hosts", help="list, approve, revoke, resume or wipe hosts; set their dead-man window"
+    )
+    hosts.add_argument("action", choices=("list", "approve", "revoke", "deadman", "resume", "wipe"))
     hosts.add_argument("host_id", nargs="?")
     hosts.add_argument("--secret", help="Key Vault secret name for this host (approve)")
+    hosts.add_argument("--window", help="deadman: silence allowed (7d, 12h, 0 = none, default)")
+    hosts.add_argument(
+        "--shared", action="store_true", help="wipe: disable the secret even if others use it"
+    )
     hosts.set_defaults(func=cmd_hosts)
     approve = sub.add_parser("approve", help="approve an unlock request (console approver)")
     approve.add_argument("request_id")

@@ -83,6 +83,9 @@ class Settings:
     READ_TIMEOUT: int = 10  # seconds to send a whole request; also the idle keep-alive
     MAX_POLLS_PER_REQUEST: int = 3  # one poll, plus retries while a dropped one still waits
     MAX_POLLS_PER_SOURCE: int = 8  # an address, or an IPv6 /64: hosts behind one NAT
+    # the dead-man switch (liveness.py): seconds a host may be silent; 0 = only per host
+    DEADMAN_WINDOW: float = 0.0
+    DEADMAN_CHECK_INTERVAL: float = 60.0  # how often each worker looks for silent hosts
     LOG_LEVEL: str = "INFO"
 
     @property
@@ -208,6 +211,8 @@ def validate(s: Settings) -> None:
         ("READ_TIMEOUT", 1, 300),
         ("MAX_POLLS_PER_REQUEST", 1, 100),
         ("MAX_POLLS_PER_SOURCE", 1, 10**5),
+        ("DEADMAN_WINDOW", 0, 366 * 86400),
+        ("DEADMAN_CHECK_INTERVAL", 1, 3600),
     ):
         _range(s, key, low, high)
     if s.LOG_LEVEL.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
