@@ -169,7 +169,7 @@ class Gateway:
                 a = approvals.release(row.approval, now)
             except NotAllowed:
                 return None
-            barred = self._liveness(conn, host)
+            barred = liveness.observe(self._liveness(conn, host), now, self.settings.DEADMAN_WINDOW)
             if host.status != HOST_APPROVED or barred.refuses_unlock:
                 why = "revoked" if host.status != HOST_APPROVED else barred.state
                 self._update(conn, row, approvals.fail(a, now, f"host {why}"))
