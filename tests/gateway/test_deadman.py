@@ -3,12 +3,14 @@ suspension (lazily at unlock and on the schedule), the owners' notice, resume, w
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway import audit, liveness
-from gateway.errors import GatewayCliError
+from gateway.errors import GatewayCliError, SecretUnavailable
+from gateway.secrets_source import FileSecretSource
 from tests.gateway.conftest import Env
 from tests.gateway.postgres import on_both_databases
 from zkv import crypto, protocol
@@ -197,3 +199,17 @@ def test_wipe_with_the_vault_down_still_refuses_the_host(env: Env) -> None:
         env.gateway.wipe(host_id(private), shared_ok=True)
     assert answer(env.unlock(private)[0]) == UNAUTHORIZED
     assert "wipe_secret_failed" in events(env)
+
+
+def test_the_file_source_disables_by_renaming(tmp_path: Path) -> None:
+    (tmp_path / "default").write_text("d" * 64)
+    (tmp_path / "db01-key").write_text("k" * 64)
+    source = FileSecretSource(str(tmp_path / "default"))
+    assert "db01-key.disabled" in source.disable("db01-key")
+    with pytest.raises(SecretUnavailable):
+        source.get("db01-key")
+    assert "already disabled" in source.disable("db01-key")
+    assert (tmp_path / "db01-key.disabled").read_text() == "k" * 64  # kept for the owner
+    assert source.get(None) == b"d" * 64
+    with pytest.raises(SecretUnavailable, match="no secret file"):
+        source.disable("nobody")
