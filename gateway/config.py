@@ -33,6 +33,7 @@ IGNORED_KEYS = {"DEBUG", "SQLALCHEMY_TRACK_MODIFICATIONS", "AAD_RESOURCE", "ENV_
 # Matched with fullmatch: "$" would also match before a trailing newline.
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 _SECRET_NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
+DISABLED_SUFFIX = ".disabled"  # a file secret disabled by a remote wipe (secrets_source.py)
 
 
 def _default_database() -> str:
@@ -243,7 +244,8 @@ def _validate_proxies(s: Settings) -> None:
 def _validate_secret_source(s: Settings) -> None:
     if s.SECRET_SOURCE == "file":  # noqa: S105
         _require(s, "SECRET_FILE", why="with SECRET_SOURCE=file")
-        if not Path(s.SECRET_FILE).is_file():
+        wiped = Path(s.SECRET_FILE + DISABLED_SUFFIX).is_file()  # `hosts wipe` renamed it
+        if not Path(s.SECRET_FILE).is_file() and not wiped:
             raise ConfigError(f"SECRET_FILE {s.SECRET_FILE} is not a readable file")
         return
     if s.SECRET_SOURCE != "azure":  # noqa: S105

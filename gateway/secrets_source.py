@@ -14,10 +14,8 @@ from typing import Any, Protocol
 from zkv.fsutil import fsync_dir
 from zkv.protocol import MAX_SECRET
 
-from .config import Settings, is_secret_name
+from .config import DISABLED_SUFFIX, Settings, is_secret_name
 from .errors import SecretUnavailable
-
-DISABLED_SUFFIX = ".disabled"
 
 
 class SecretSource(Protocol):

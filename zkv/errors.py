@@ -301,6 +301,12 @@ class DoctorFoundProblems(ZkvError):
     exit_code = 55
 
 
+class WipeFailed(ZkvError):
+    """the gateway asked for a wipe, but the repository slot of {path} is not destroyed: {detail}"""
+
+    exit_code = 56
+
+
 class NoTerminal(UsageError):
     """no terminal to ask for the {what}; give it with {option}"""
 

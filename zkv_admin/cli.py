@@ -16,7 +16,7 @@ from typing import NoReturn
 
 from zkv import __version__, keystore, paths
 from zkv.errors import Interrupted, UsageError, ZkvError
-from zkv_admin import common, doctor, enroll, keycmds, zfscmds
+from zkv_admin import common, doctor, enroll, heartbeat, keycmds, zfscmds
 
 Handler = Callable[[argparse.Namespace], int]
 KEYFORMATS = ("raw", "hex", "passphrase")
@@ -121,6 +121,16 @@ def _add_commands(sub: argparse._SubParsersAction[Parser], seed: bool) -> None:
     enrol.add_argument("--hostname", help="name shown to the owner (default: this host's)")
 
     command("doctor", doctor.cmd_doctor, "check the installation", [p["store"]])
+
+    beat = command(
+        "heartbeat",
+        heartbeat.cmd_heartbeat,
+        "tell the gateway this host runs (dead-man switch); carry out a remote wipe",
+        [p["store"]],
+    )
+    beat.add_argument(
+        "--config", metavar="PATH", default=paths.EARLY_CONF, help="gateway settings (%(default)s)"
+    )
 
 
 def build_parser() -> Parser:

@@ -8,22 +8,11 @@ from __future__ import annotations
 
 import argparse
 import socket
-from typing import TYPE_CHECKING
 
 from zkv import hostkey, protocol
-from zkv.errors import (
-    GatewayRefused,
-    GatewayUnreachable,
-    InputError,
-    ProtocolError,
-    RateLimited,
-)
+from zkv.errors import InputError
+from zkv_admin import gateway_http
 from zkv_admin.common import path_of, say
-
-if TYPE_CHECKING:
-    import requests
-
-TIMEOUT = 30.0
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
@@ -48,33 +37,4 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def _post(url: str, request: protocol.EnrollRequest, ca: str | None) -> protocol.EnrollAccepted:
-    import requests  # only here: importing it doubles the start-up time of every command
-
-    try:
-        response = requests.post(
-            url, json=request.to_json(), timeout=TIMEOUT, verify=ca if ca else True
-        )
-    except requests.RequestException as exc:
-        raise GatewayUnreachable(url=url, detail=_reason(exc)) from None
-    if response.status_code == 429:
-        raise RateLimited
-    if response.status_code in (401, 403):
-        raise GatewayRefused
-    if response.status_code not in (200, 201, 202):
-        raise ProtocolError(detail=f"HTTP {response.status_code} from {url}")
-    try:
-        return protocol.EnrollAccepted.from_json(response.json())
-    except (ValueError, protocol.ProtocolViolation) as exc:
-        raise ProtocolError(detail=f"not an enrolment answer ({exc})") from None
-
-
-def _reason(exc: requests.RequestException) -> str:
-    import requests
-
-    if isinstance(exc, requests.exceptions.SSLError):
-        return "TLS verification failed (wrong --ca?)"
-    if isinstance(exc, requests.exceptions.Timeout):
-        return f"no answer within {TIMEOUT:g} s"
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        return "connection failed"
-    return exc.__class__.__name__
+    return gateway_http.post(url, request.to_json(), ca, protocol.EnrollAccepted.from_json)

@@ -245,7 +245,6 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             )
 
-
     def _vault_update(self, state: Standins, name: str) -> None:
         length = int(self.headers.get("Content-Length", "0"))
         attributes = json.loads(self.rfile.read(length) or b"{}").get("attributes", {})
