@@ -6,10 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 import yaml
 
 from tests.harness.gateway import REPO, running_gateway
+from zkv import crypto, protocol
 
 SPEC = REPO / "gateway" / "openapi.yaml"
 
@@ -53,3 +55,24 @@ def test_schemathesis_finds_no_server_error(tmp_path: Path) -> None:
         log = gw.output()
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "Traceback" not in log and "internal error" not in log
+
+
+def test_the_heartbeat_is_described_as_zkv_protocol_builds_it() -> None:
+    import jsonschema_rs  # schemathesis's validator
+
+    spec = yaml.safe_load(SPEC.read_text())
+    assert "post" in spec["paths"][protocol.PATH_HEARTBEAT]
+
+    def check(name: str, document: object) -> None:
+        schema = {**spec["components"]["schemas"][name], "components": spec["components"]}
+        jsonschema_rs.Draft7Validator(schema).validate(document)
+
+    beat = protocol.Heartbeat.create(crypto.ed25519_generate()[0]).to_json()
+    check("Heartbeat", beat)
+    assert protocol.Heartbeat.from_json(beat).to_json() == beat
+    for action in (protocol.ACTION_NONE, protocol.ACTION_WIPE):
+        check("HeartbeatAnswer", protocol.HeartbeatAnswer(action).to_json())
+    with pytest.raises(jsonschema_rs.ValidationError):
+        check("HeartbeatAnswer", {"action": "format-disks"})
+    with pytest.raises(protocol.ProtocolViolation):
+        protocol.HeartbeatAnswer.from_json({"action": "format-disks"})
