@@ -329,26 +329,44 @@ class Gateway:
 
     def sweep_liveness(self, host_id: str | None = None) -> None:
         """Suspend the approved hosts (or the one) silent past their window; tell the owners.
-        Runs on a schedule in each worker (server.py) and before an unlock is granted."""
-        now = self.clock()
-        with self.store.write() as conn:
-            if host_id is None:
-                hosts, known = self.store.all_hosts(conn), self.store.all_liveness(conn)
-            else:
-                one, row = self.store.host(conn, host_id), self.store.liveness(conn, host_id)
-                hosts, known = [one] if one else [], {host_id: row} if row else {}
-            for host in hosts:
-                if host.status == HOST_APPROVED:
-                    old = known.get(host.host_id) or _alive_since_approval(host)
+        Runs on a schedule in each worker (server.py) and before an unlock is granted; reads
+        first, so a sweep that finds nothing takes no write lock."""
+        if self._silent_hosts(host_id):
+            now = self.clock()
+            with self.store.write() as conn:
+                for host in self._silent_hosts(host_id, conn):
+                    old = self._liveness(conn, host)
                     new = liveness.observe(old, now, self.settings.DEADMAN_WINDOW)
                     self._save_liveness(conn, old, new, "no heartbeat within the window")
         self.tell_suspended()
+
+    def _silent_hosts(self, host_id: str | None, conn: Tx | None = None) -> list[Host]:
+        if conn is None:
+            with self.store.read() as fresh:
+                return self._silent_hosts(host_id, fresh)
+        if host_id is None:
+            hosts, known = self.store.all_hosts(conn), self.store.all_liveness(conn)
+        else:
+            one, row = self.store.host(conn, host_id), self.store.liveness(conn, host_id)
+            hosts, known = [one] if one else [], {host_id: row} if row else {}
+        now, silent = self.clock(), []
+        for host in hosts:
+            x = known.get(host.host_id) or _alive_since_approval(host)
+            if (
+                host.status == HOST_APPROVED
+                and liveness.observe(x, now, self.settings.DEADMAN_WINDOW) != x
+            ):
+                silent.append(host)
+        return silent
 
     def tell_suspended(self) -> None:
         """One notice for every suspension not told yet, in a budget of its own (only hosts'
         silence spends it); a notice that fails is retried at the next sweep."""
         now = self.clock()
         budget = Limit("notifications:liveness", self.settings.SMS_PER_HOUR, HOUR)
+        with self.store.read() as conn:
+            if not self.store.liveness_notices(conn, lock=False):
+                return
         with self.store.write() as conn:
             due = self.store.liveness_notices(conn)
             if not due or ratelimit.exceeded(conn, now, budget):
@@ -397,7 +415,9 @@ class Gateway:
         sharing = [
             h.hostname
             for h in hosts
-            if h.host_id != host_id and h.secret_name == host.secret_name and h.status != "revoked"
+            if h.host_id != host_id
+            and h.secret_name == host.secret_name
+            and h.status != HOST_REVOKED
         ]
         if sharing and not shared_ok:
             raise GatewayCliError(

@@ -230,9 +230,10 @@ class Store:
             row["host_id"]: Liveness(**row) for row in conn.execute(select(liveness)).mappings()
         }
 
-    def liveness_notices(self, conn: Connection) -> list[Liveness]:
-        query = select(liveness).where(liveness.c.notice_due.is_(True)).with_for_update()
-        return [Liveness(**row) for row in conn.execute(query).mappings()]
+    def liveness_notices(self, conn: Connection, lock: bool = True) -> list[Liveness]:
+        query = select(liveness).where(liveness.c.notice_due.is_(True))
+        rows = conn.execute(query.with_for_update() if lock else query).mappings()
+        return [Liveness(**row) for row in rows]
 
     def save_liveness(self, conn: Connection, x: Liveness) -> None:
         values = dict(x.__dict__)

@@ -178,7 +178,7 @@ class GatewayUnreachable(GatewayError):
 
 
 class GatewayRefused(GatewayError):
-    """the gateway refused the request (host not enrolled, revoked, or request not valid)"""
+    """the gateway refused the request (host not enrolled, revoked, suspended, or request not valid)"""
 
     exit_code = 32
 
