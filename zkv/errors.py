@@ -178,7 +178,7 @@ class GatewayUnreachable(GatewayError):
 
 
 class GatewayRefused(GatewayError):
-    """the gateway refused the request (host not enrolled, revoked, suspended, or request not valid)"""
+    """the gateway refused the request (host not enrolled, revoked, suspended, or bad request)"""
 
     exit_code = 32
 

@@ -528,9 +528,21 @@ def destroy_repository_slots(path: str | os.PathLike[str]) -> bool:
     """The host's half of a remote wipe: the keystore loses its repository slots (the
     gateway's key opens nothing any more), keeps its recovery slots. False if it had none.
     Raises WipeFailed rather than put anything but a matching recovery-only twin in place."""
-    current, twin_path = read(path), recovery_only_path(path)
+    current = read(path)
     if all(slot.kind != SLOT_REPOSITORY for slot in current.slots):
         return False
+    twin_path = check_recovery_only(path, current)
+    try:
+        os.replace(twin_path, path)
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
+    except OSError as exc:
+        raise WipeFailed(path=os.fspath(path), detail=exc.strerror or str(exc)) from None
+    return True
+
+
+def check_recovery_only(path: str | os.PathLike[str], current: SealedKeystore) -> str:
+    """The twin's path if it is this keystore without its repository slots; else WipeFailed."""
+    twin_path = recovery_only_path(path)
 
     def refuse(detail: str) -> WipeFailed:
         return WipeFailed(path=os.fspath(path), detail=detail)
@@ -547,9 +559,4 @@ def destroy_repository_slots(path: str | os.PathLike[str]) -> bool:
         or {slot.kind for slot in twin.slots} != {SLOT_RECOVERY}
     ):
         raise refuse(f"{twin_path} does not match the keystore")
-    try:
-        os.replace(twin_path, path)
-        fsync_dir(os.path.dirname(os.path.abspath(path)))
-    except OSError as exc:
-        raise refuse(exc.strerror or str(exc)) from None
-    return True
+    return twin_path
