@@ -83,6 +83,11 @@ def told(x: Liveness) -> Liveness:
     return replace(x, notice_due=False)
 
 
+def tell_again(x: Liveness) -> Liveness:
+    """The notice failed: due again, unless the host is no longer suspended."""
+    return replace(x, notice_due=True) if x.state == SUSPENDED else x
+
+
 def parse_window(text: str) -> float | None:
     """``7d``, ``12h``, ``30m``, ``90s``, ``2w``, ``0`` (no switch) or ``default``."""
     text = text.strip().lower()

@@ -382,8 +382,10 @@ class Gateway:
             self.notifier.notify(suspended_text(names, now), "")
         except NotifyFailed as exc:
             with self.store.write() as conn:
-                for x in due:
-                    self.store.save_liveness(conn, x)
+                for x in due:  # as it is now: the owner may have resumed it meanwhile
+                    current = self.store.liveness(conn, x.host_id)
+                    if current is not None:
+                        self.store.save_liveness(conn, liveness.tell_again(current))
                 audit.record(conn, "suspended_notice_failed", self.clock(), detail=str(exc))
 
     def change_liveness(self, host_id: str, change: Callable[[Liveness], Liveness]) -> Liveness:

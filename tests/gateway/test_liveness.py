@@ -55,6 +55,14 @@ def test_resume_starts_a_new_window() -> None:
     assert liveness.observe(resumed, T0 + 4 * HOUR + 1, 0).state == SUSPENDED
 
 
+def test_a_failed_notice_is_due_again_only_while_suspended() -> None:
+    x = liveness.set_window(liveness.start("h", T0), HOUR, T0)
+    told = liveness.told(liveness.observe(x, T0 + 2 * HOUR, 0))
+    assert not told.notice_due and liveness.tell_again(told).notice_due
+    resumed = liveness.resume(told, T0 + 3 * HOUR)
+    assert liveness.tell_again(resumed) == resumed
+
+
 def test_wipe_is_final() -> None:
     wiped = liveness.wipe(liveness.start("h", T0), T0 + 1)
     assert wiped.state == WIPED and wiped.refuses_unlock
