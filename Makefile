@@ -10,14 +10,14 @@ DESTDIR ?=
 
 # Every shell file: scripts with a sh/bash shebang, plus the sourced boot fragments (which carry
 # a `# shellcheck shell=sh` directive instead).
-SHELL_FILES = $(shell grep -rlE '^(\#!.*[/ ](ba|da)?sh( |$$)|\# shellcheck shell=sh)' \
-	dracut initramfs-tools zkv_early .ci tests/vm/guest bench systemd mk 2>/dev/null)
+SHELL_FILES = $(shell grep -rlE '^(\#!.*[/ ](ba|da)?sh( |$$)|\# shellcheck shell=(ba)?sh)' \
+	dracut initramfs-tools zkv_early .ci tests/vm/guest bench systemd mk debian 2>/dev/null)
 # The subset that runs under busybox/dash, where bashisms break the boot.
 POSIX_SH_FILES = $(shell grep -lE '^(\#! ?/bin/sh|\# shellcheck shell=sh)' $(SHELL_FILES))
 
-PY_DIRS = zkv zkv_admin zkv_early gateway tests bench
+PY_DIRS = zkv zkv_admin zkv_early gateway tests bench man
 
-.PHONY: all deps pyz test unit lint e2e images bench clean
+.PHONY: all deps pyz test unit lint e2e images bench man clean
 
 all: pyz
 
@@ -48,6 +48,10 @@ images:
 test:
 	$(MAKE) deps
 	$(MAKE) lint unit e2e
+
+# The man pages from man/*.in and the programs' parsers (a unit test says when they are stale).
+man:
+	$(VPY) man/mkman.py
 
 bench: pyz
 	$(VPY) -m bench

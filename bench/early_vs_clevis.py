@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.harness.gateway import running_gateway
+from tests.harness.protocol_client import challenge
 from zkv import hostkey, keystore, protocol
 from zkv_early import build_pyz
 
@@ -139,16 +140,17 @@ class Zkv:
             "/dev/shm/zkv-bench-unused/handover",
         ]
 
-    def enroll(self, url: str, approve: object) -> None:
+    def enroll(self, url: str, token: str) -> None:
         private = hostkey.load(self.root / "host.key")
-        body = json.dumps(protocol.EnrollRequest.create("bench", private).to_json()).encode()
+        fresh = challenge(url).challenge
+        request = protocol.EnrollRequest.create("bench", private, token, fresh)
+        body = json.dumps(request.to_json()).encode()
         request = urllib.request.Request(
             url + protocol.PATH_HOSTS, data=body, headers={"Content-Type": "application/json"}
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             accepted = protocol.EnrollAccepted.from_json(json.load(response))
-        if accepted.status != "approved":
-            approve(accepted.host_id)  # type: ignore[operator]
+        assert accepted.status == "approved"
 
     def once(self) -> Sample:
         self.state.write_text("unavailable\n")
@@ -418,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         ):
             (folder / "host").mkdir()
             zkv = Zkv(folder / "host", pyz, gw.url, repository_key)
-            zkv.enroll(gw.url, gw.approve_host)
+            zkv.enroll(gw.url, gw.invite("bench"))
             jwe = clevis_jwe(folder, tang_url)
             zkv.once(), clevis_once(jwe)  # warm caches on both sides
             zkv_times, clevis_times = [], []

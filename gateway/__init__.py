@@ -36,11 +36,14 @@ def create_app(
     notifier: Notifier | None = None,
     clock: Callable[[], float] | None = None,
     max_polls: int | None = None,
+    housekeeping: bool = False,
 ) -> Flask:
     """Build the app. ``config`` is ready Settings, or overrides on top of file and environment.
 
     ``source``/``notifier``/``clock`` replace the configured backends (unit tests).
     ``max_polls`` caps the long-polls waiting at once in this process (server.py: below threads).
+    ``housekeeping`` starts the schedule of housekeeping.py (serving processes; not unit tests,
+    which call ``housekeep`` on their fake clock).
     """
     settings = config if isinstance(config, Settings) else load(config)
     if not logging.getLogger().handlers:
@@ -56,6 +59,10 @@ def create_app(
         notifier or notify.from_settings(settings),
         **({"clock": clock} if clock else {}),
     )
+    if housekeeping:
+        from . import housekeeping as schedule
+
+        schedule.start(service, settings.HOUSEKEEPING_INTERVAL)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = protocol.MAX_BODY
     app.extensions["zkv"] = service
@@ -66,10 +73,11 @@ def create_app(
         from twilio.request_validator import RequestValidator
 
         app.extensions["zkv.twilio_validator"] = RequestValidator(settings.TWILIO_TOKEN)
-    from . import api, webhook
+    from . import api, page, webhook
 
     app.register_blueprint(api.bp)
     app.register_blueprint(webhook.bp)
+    app.register_blueprint(page.bp)
     app.add_url_rule("/openapi.yaml", "openapi", _openapi)
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)

@@ -41,6 +41,11 @@ def _parse(from_json: Callable[[Any], T]) -> T:
         raise ApiError("bad_request") from None
 
 
+@bp.post(protocol.PATH_CHALLENGES)
+def challenge() -> tuple[Response, int]:
+    return jsonify(gateway().challenge().to_json()), 201
+
+
 @bp.post(protocol.PATH_HOSTS)
 def enroll() -> tuple[Response, int]:
     accepted = gateway().enroll(_parse(EnrollRequest.from_json), client_ip())

@@ -1,6 +1,7 @@
 """The approval state machine: pure, no I/O, the clock is an argument.
 
-    pending --owner replies PIN------------------> approved --released once--> (released)
+    pending --owner replies PIN (sms-pin policy)-> approved --released once--> (released)
+    pending --owners' passkeys (quorum M of N)---> approved   (any owner's deny: denied)
     pending --owner replies NO PIN---------------> denied
     pending --MAX_WRONG_PINS wrong replies-------> denied
     pending --now >= expires_at------------------> expired
@@ -28,7 +29,10 @@ from zkv.protocol import (
 KIND_UNLOCK = "unlock"
 KIND_ENROLL = "enroll"
 
-_REPLY = re.compile(r"(?:(?P<verb>yes|y|ok|no|n|deny) ?)?(?P<pin>[0-9]{4,12})")  # fullmatch
+# fullmatch; the second number is the owner's TOTP code (policy sms+totp)
+_REPLY = re.compile(
+    r"(?:(?P<verb>yes|y|ok|no|n|deny) ?)?(?P<pin>[0-9]{4,12})(?: (?P<otp>[0-9]{6}))?"
+)
 DENY_WORDS = ("no", "n", "deny")
 
 
@@ -59,6 +63,7 @@ class Approval:
 class Reply:
     approve: bool
     pin: str
+    otp: str | None = None
 
 
 def new(request_id: str, kind: str, pin: str, now: float, ttl: float) -> Approval:
@@ -95,6 +100,19 @@ def strike(a: Approval, now: float, max_wrong: int) -> Approval:
     return _decide(a, STATE_DENIED, now, "wrong-pins") if a.wrong_pins >= max_wrong else a
 
 
+def owner_decides(
+    a: Approval, approve: bool, now: float, reason: str, approvals: int = 1, quorum: int = 1
+) -> Approval:
+    """A decision from an owner proven by a factor the host cannot know (a passkey on the
+    approval page, a TOTP code): it names the request by its own link or the owner's code,
+    not by the PIN the host shows. Any owner's denial denies; an approval counts towards the
+    quorum: ``approvals`` distinct owners have approved so far, this one included."""
+    a = _pending(a, now)
+    if not approve:
+        return _decide(a, STATE_DENIED, now, reason)
+    return _decide(a, STATE_APPROVED, now, reason) if approvals >= quorum else a
+
+
 def deny(a: Approval, now: float, reason: str) -> Approval:
     """An explicit refusal that names the request (CLI) rather than its PIN."""
     return _decide(_pending(a, now), STATE_DENIED, now, reason)
@@ -116,11 +134,12 @@ def release(a: Approval, now: float) -> Approval:
 
 
 def parse_reply(body: str) -> Reply | None:
-    """'123456' or 'yes 123456' approves, 'no 123456' denies; anything else is not a reply."""
+    """'123456' or 'yes 123456' approves, 'no 123456' denies, a TOTP code may follow the PIN
+    ('123456 654321'); anything else is not a reply."""
     match = _REPLY.fullmatch(" ".join(body.lower().split()))
     if match is None:
         return None
-    return Reply(approve=match["verb"] not in DENY_WORDS, pin=match["pin"])
+    return Reply(approve=match["verb"] not in DENY_WORDS, pin=match["pin"], otp=match["otp"])
 
 
 def _pending(a: Approval, now: float) -> Approval:

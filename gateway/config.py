@@ -29,7 +29,14 @@ from .proxies import parse_networks
 ENV_PREFIX = "ZKV_"
 SECRET_KEYS = ("TWILIO_TOKEN", "AAD_CLIENT_SECRET")
 # Seed keys that no longer mean anything here but must not break an old config file.
-IGNORED_KEYS = {"DEBUG", "SQLALCHEMY_TRACK_MODIFICATIONS", "AAD_RESOURCE", "ENV_PREFIX"}
+# RATE_IP_PER_HOUR: signed calls are limited per host now, unsigned ones by the lockout.
+IGNORED_KEYS = {
+    "DEBUG",
+    "SQLALCHEMY_TRACK_MODIFICATIONS",
+    "AAD_RESOURCE",
+    "ENV_PREFIX",
+    "RATE_IP_PER_HOUR",
+}
 # Matched with fullmatch: "$" would also match before a trailing newline.
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 _SECRET_NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
@@ -58,6 +65,13 @@ class Settings:
     AAD_AUTHORITY_HOST_URI: str = "https://login.microsoftonline.com"
     # who approves
     APPROVER: str = "twilio"  # twilio | console | auto
+    # page: approving needs an owner's passkey (or TOTP code) on the approval page, or this
+    # host's CLI; an SMS reply can only deny. sms+totp: also an SMS reply with the PIN and an
+    # owner's TOTP code. sms-pin: the PIN, which the booting host shows, approves by SMS reply
+    # alone (the seed's lower-security way; explicit only).
+    APPROVAL_POLICY: str = "page"
+    APPROVAL_QUORUM: int = 1  # distinct owners who must approve (per host: `quorum HOST M`)
+    APPROVAL_URL: str = ""  # the approval pages' base as owners' browsers reach it: https://...
     ALLOW_AUTO_APPROVER: bool = False
     TWILIO_ACCOUNT_ID: str = ""
     TWILIO_TOKEN: str = field(default="", repr=False)
@@ -76,17 +90,20 @@ class Settings:
     MAX_WRONG_PINS: int = 3
     # rate limits, counted in the database so they hold across workers and instances
     RATE_PER_SECOND: int = 1
-    RATE_HOST_PER_HOUR: int = 10
-    RATE_IP_PER_HOUR: int = 60
-    SMS_PER_HOUR: int = 30
-    AUTH_FAILURES_PER_HOUR: int = 20
+    RATE_HOST_PER_HOUR: int = 10  # an approved host's requests, and so its notifications
+    SMS_PER_HOUR: int = 30  # the fleet's notifications; only approved hosts spend them
+    AUTH_FAILURES_PER_HOUR: int = 20  # per source; refused calls only
+    # database hygiene (service.housekeep, run every HOUSEKEEPING_INTERVAL by housekeeping.py)
+    REFUSAL_INTERVAL: float = 300.0  # refused calls are counted, and audited, per interval
+    MAX_REFUSAL_SOURCES: int = 1000  # sources counted apart per interval; the rest as one
+    HOUSEKEEPING_INTERVAL: float = 60.0
+    PENDING_HOST_TTL: int = 86400  # hosts left pending from before invites are dropped
     # what slow clients and long-poll floods may hold (per gunicorn worker: front.py, polls.py)
     READ_TIMEOUT: int = 10  # seconds to send a whole request; also the idle keep-alive
     MAX_POLLS_PER_REQUEST: int = 3  # one poll, plus retries while a dropped one still waits
     MAX_POLLS_PER_SOURCE: int = 8  # an address, or an IPv6 /64: hosts behind one NAT
     # the dead-man switch (liveness.py): seconds a host may be silent; 0 = only per host
     DEADMAN_WINDOW: float = 0.0
-    DEADMAN_CHECK_INTERVAL: float = 60.0  # how often each worker looks for silent hosts
     LOG_LEVEL: str = "INFO"
 
     @property
@@ -141,8 +158,9 @@ def _from_credentials(directory: str) -> dict[str, str]:
     out = {}
     for key in SECRET_KEYS if directory else ():
         path = Path(directory) / key.lower().replace("_", "-")
-        if path.is_file():
-            out[key] = path.read_text().strip()
+        # Empty counts as unset: the package makes both files empty (LoadCredential= needs them).
+        if path.is_file() and (value := path.read_text().strip()):
+            out[key] = value
     return out
 
 
@@ -201,19 +219,22 @@ def validate(s: Settings) -> None:
         ("MAX_WAIT", 0, protocol.MAX_WAIT),
         ("POLL_INTERVAL", 0.05, 5),
         ("MAX_WRONG_PINS", 1, 100),
+        ("APPROVAL_QUORUM", 1, 20),
         ("KEY_VAULT_TIMEOUT", 0.1, 120),
         ("KEY_VAULT_RETRIES", 0, 10),
         ("TWILIO_TIMEOUT", 0.1, 120),
         ("RATE_PER_SECOND", 1, 10**6),
         ("RATE_HOST_PER_HOUR", 1, 10**6),
-        ("RATE_IP_PER_HOUR", 1, 10**7),
+        ("REFUSAL_INTERVAL", 1, 3600),
+        ("MAX_REFUSAL_SOURCES", 1, 10**6),
+        ("HOUSEKEEPING_INTERVAL", 0.1, 3600),
+        ("PENDING_HOST_TTL", 60, 10**7),
         ("SMS_PER_HOUR", 1, 10**7),
         ("AUTH_FAILURES_PER_HOUR", 1, 10**7),
         ("READ_TIMEOUT", 1, 300),
         ("MAX_POLLS_PER_REQUEST", 1, 100),
         ("MAX_POLLS_PER_SOURCE", 1, 10**5),
         ("DEADMAN_WINDOW", 0, 366 * 86400),
-        ("DEADMAN_CHECK_INTERVAL", 1, 3600),
     ):
         _range(s, key, low, high)
     if s.LOG_LEVEL.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -264,6 +285,12 @@ def _validate_secret_source(s: Settings) -> None:
 
 
 def _validate_approver(s: Settings) -> None:
+    if s.APPROVAL_POLICY not in ("page", "sms+totp", "sms-pin"):
+        raise ConfigError("APPROVAL_POLICY must be page, sms+totp or sms-pin")
+    url = urlsplit(s.APPROVAL_URL)
+    loopback = url.scheme == "http" and url.hostname == "localhost"  # a browser's secure context
+    if s.APPROVAL_URL and (not url.hostname or not (url.scheme == "https" or loopback)):
+        raise ConfigError("APPROVAL_URL must be https://<the name owners' browsers open>")
     if s.APPROVER == "twilio":
         _require(
             s, "TWILIO_ACCOUNT_ID", "TWILIO_TOKEN", "SMS_TO", "SMS_FROM", why="with APPROVER=twilio"

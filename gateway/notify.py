@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from .approvals import Reply
@@ -39,20 +39,33 @@ def unlock_text(
     at: float,
     pin: str,
     ttl: int,
+    links: Mapping[str, str] | None = None,
+    sms_pin: bool = True,
 ) -> str:
+    """The owner's notification. ``links``: owner name -> their approval page (passkey);
+    ``sms_pin``: a PIN reply approves (policy sms-pin), else a reply can only deny."""
     host = _bounded(hostname, HOST_SHOWN)
     if hostname != enrolled_as:
         host += f" (enrolled as {_bounded(enrolled_as, HOST_SHOWN)})"
-    return (
-        f"zkv: from {source_ip}, host {host} asks to unlock {_names(datasets)} at {_utc(at)}. "
-        f"Reply {pin} to approve, NO {pin} to deny. Expires in {ttl // 60} min."
-    )
+    head = f"zkv: from {source_ip}, host {host} asks to unlock {_names(datasets)} at {_utc(at)}."
+    how = f"Reply {pin} to approve, NO {pin} to deny." if sms_pin else f"Code {pin}."
+    if links:
+        pages = [url if len(links) == 1 else f"{name}: {url}" for name, url in links.items()]
+        how += f" Approve or deny: {' '.join(pages)}"
+    elif not sms_pin:
+        how += f" Approve with zkv-gateway approve; deny: reply NO {pin}."
+    return f"{head} {how} Expires in {ttl // 60} min."
 
 
-def enroll_text(source_ip: str, hostname: str, host_id: str, at: float, pin: str) -> str:
+def enrolled_text(
+    source_ip: str, hostname: str, host_id: str, at: float, replaced: Sequence[str]
+) -> str:
+    """A notice, not a question: the owner's invite already admitted the host."""
+    succeeds = f", replacing {', '.join(h[:8] for h in replaced)}" if replaced else ""
     return (
-        f"zkv: from {source_ip}, new host {_bounded(hostname, HOST_SHOWN)} (id {host_id[:8]}) "
-        f"asks to enrol at {_utc(at)}. Reply {pin} to approve, NO {pin} to deny."
+        f"zkv: from {source_ip}, host {_bounded(hostname, HOST_SHOWN)} (id {host_id[:8]}) "
+        f"enrolled with your invite at {_utc(at)}{succeeds}. "
+        f"Not expected? zkv-gateway hosts revoke {host_id}"
     )
 
 

@@ -1,7 +1,15 @@
-"""Sliding-window rate limits counted in the database, so they hold across workers and instances.
+"""Rate limits and the refusal counters, in the database so they hold across workers and
+instances.
 
-Insert first, then count: two racing callers both see both events and may both be refused,
-which errs on the safe side; the caller rolls back a refused attempt so it does not count.
+Limits are checked before anything is written: every write transaction runs under the store's
+single-writer lock, so count-then-insert is exact, and a refused call leaves no row.
+
+Refused calls are not one row each: they are counted per source, reason and interval in
+``refusals`` (a flood from one source costs one row per reason and interval, and the lockout
+reads the same counters). Housekeeping sums them up into the audit log (``unreported``) and
+drops them once they are older than the lockout window. Past ``max_sources`` sources in one
+interval, further sources share the row of OTHER, so a flood from many addresses is bounded
+too (those sources are counted, not locked out individually).
 """
 
 from __future__ import annotations
@@ -10,9 +18,11 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, func, select
 
-from .store import rate_events
+from .store import rate_events, refusals
 
 HOUR = 3600.0
+OTHER = "*"  # the shared source row past max_sources
+AUTH_FAILED = "auth_failed"
 
 
 @dataclass(frozen=True)
@@ -22,13 +32,26 @@ class Limit:
     window: float
 
 
+@dataclass(frozen=True)
+class Refused:
+    """One counter row: ``count`` refusals of one kind from one source in one interval."""
+
+    source: str
+    bucket: float
+    event: str
+    detail: str
+    count: int
+    unreported: int
+
+
 def hit(conn: Connection, at: float, *limits: Limit) -> Limit | None:
-    """Record one event under every key; return the first limit exceeded, if any."""
+    """The first limit one more event would exceed (nothing recorded), or None after recording
+    the event under every key."""
+    for lim in limits:
+        if count(conn, lim.key, at - lim.window) >= lim.limit:
+            return lim
     for key in {lim.key for lim in limits}:
         conn.execute(rate_events.insert().values(key=key, at=at))
-    for lim in limits:
-        if count(conn, lim.key, at - lim.window) > lim.limit:
-            return lim
     return None
 
 
@@ -37,10 +60,67 @@ def count(conn: Connection, key: str, since: float) -> int:
     return int(conn.execute(query).scalar_one())
 
 
-def exceeded(conn: Connection, at: float, lim: Limit) -> bool:
-    """Check without recording (lockouts: a locked-out caller does not extend its own lockout)."""
-    return count(conn, lim.key, at - lim.window) >= lim.limit
+def failures(conn: Connection, source: str, since: float) -> int:
+    """Authentication failures counted for ``source`` in intervals starting after ``since``."""
+    query = select(func.coalesce(func.sum(refusals.c.count), 0)).where(
+        refusals.c.source == source, refusals.c.event == AUTH_FAILED, refusals.c.bucket > since
+    )
+    return int(conn.execute(query).scalar_one())
 
 
-def record(conn: Connection, at: float, key: str) -> None:
-    conn.execute(rate_events.insert().values(key=key, at=at))
+def refuse(
+    conn: Connection, at: float, interval: float, source: str, event: str, detail: str, cap: int
+) -> None:
+    """Count one refused call (conn: a write transaction)."""
+    bucket = at - at % interval
+    in_bucket = refusals.c.bucket == bucket
+    if source != OTHER:
+        seen = select(refusals.c.source).where(in_bucket, refusals.c.source == source).limit(1)
+        if conn.execute(seen).first() is None:
+            sources = select(func.count(func.distinct(refusals.c.source))).where(in_bucket)
+            if int(conn.execute(sources).scalar_one()) >= cap:
+                source = OTHER
+    key = (
+        in_bucket,
+        refusals.c.source == source,
+        refusals.c.event == event,
+        refusals.c.detail == detail,
+    )
+    bumped = conn.execute(
+        refusals.update()
+        .where(*key)
+        .values(count=refusals.c.count + 1, unreported=refusals.c.unreported + 1)
+    )
+    if bumped.rowcount == 0:
+        row = {"source": source, "bucket": bucket, "event": event, "detail": detail}
+        conn.execute(refusals.insert().values(**row, count=1, unreported=1))
+
+
+def unreported(conn: Connection, closed_before: float) -> list[Refused]:
+    """Counters with refusals not yet in the audit log, of intervals starting before the given
+    time; the caller audits them and then calls reported()."""
+    query = (
+        select(refusals)
+        .where(refusals.c.unreported > 0, refusals.c.bucket < closed_before)
+        .order_by(refusals.c.bucket, refusals.c.source, refusals.c.event, refusals.c.detail)
+    )
+    return [Refused(**row) for row in conn.execute(query).mappings()]
+
+
+def reported(conn: Connection, rows: list[Refused]) -> None:
+    for r in rows:
+        conn.execute(
+            refusals.update()
+            .where(
+                refusals.c.bucket == r.bucket,
+                refusals.c.source == r.source,
+                refusals.c.event == r.event,
+                refusals.c.detail == r.detail,
+            )
+            .values(unreported=refusals.c.unreported - r.unreported)
+        )
+
+
+def forget(conn: Connection, before: float) -> None:
+    """Drop reported counters of intervals that started before ``before`` (past the lockout)."""
+    conn.execute(refusals.delete().where(refusals.c.bucket < before, refusals.c.unreported == 0))

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -12,10 +9,7 @@ from gunicorn.app.base import BaseApplication
 from . import create_app
 from .config import Settings
 from .errors import GatewayCliError
-from .service import Gateway
 from .store import Store
-
-log = logging.getLogger("zkv.gateway")
 
 # Threads per worker that long-polls never take (polls.py), so /healthz and short requests answer.
 SPARE_THREADS = 2
@@ -32,22 +26,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        app = create_app(self.settings, max_polls=self.max_polls)
-        # In each worker (load runs after the fork): the dead-man switch's schedule.
-        service: Gateway = app.extensions["zkv"]
-        interval = self.settings.DEADMAN_CHECK_INTERVAL
-        threading.Thread(target=_sweep_forever, args=(service, interval), daemon=True).start()
-        return app
-
-
-def _sweep_forever(service: Gateway, interval: float) -> None:
-    """Suspend silent hosts even when nobody asks to unlock; one failed sweep is logged."""
-    while True:
-        time.sleep(interval)
-        try:
-            service.sweep_liveness()
-        except Exception as exc:  # the database may be away for a while; try again later
-            log.error("dead-man sweep failed: %s", type(exc).__name__)
+        return create_app(self.settings, max_polls=self.max_polls, housekeeping=True)
 
 
 def serve(settings: Settings, bind: str, workers: int, threads: int) -> int:

@@ -9,6 +9,7 @@ all look the same to the caller.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import threading
 import time
@@ -22,6 +23,7 @@ from zkv.protocol import (
     ACTION_WIPE,
     STATE_APPROVED,
     STATE_PENDING,
+    Challenge,
     EnrollAccepted,
     EnrollRequest,
     Heartbeat,
@@ -31,15 +33,17 @@ from zkv.protocol import (
     UnlockRequest,
 )
 
-from . import approvals, audit, liveness, ratelimit
-from .approvals import KIND_ENROLL, KIND_UNLOCK, Approval, NotAllowed, Reply
+from . import approvals, audit, challenges, invites, liveness, owner_store, ratelimit
+from .approvals import KIND_UNLOCK, Approval, NotAllowed, Reply
 from .config import Settings
 from .errors import ApiError, GatewayCliError, NotifyFailed, SecretUnavailable
 from .liveness import Liveness
-from .notify import Notifier, enroll_text, suspended_text, unlock_text
-from .ratelimit import HOUR, Limit
+from .notify import Notifier, enrolled_text, suspended_text, unlock_text
+from .owner_store import Owner
+from .polls import source_of
+from .ratelimit import AUTH_FAILED, HOUR, Limit
 from .secrets_source import SecretSource
-from .store import Host, RequestRow, Store, Tx
+from .store import Host, Invite, RequestRow, Store, Tx
 
 log = logging.getLogger("zkv.gateway")
 
@@ -66,53 +70,148 @@ class Gateway:
         self.settings, self.store, self.source, self.notifier = settings, store, source, notifier
         self.clock = clock
         self._changed = threading.Condition()  # wakes this process's long-polls early
+        self._challenge_key: bytes | None = None  # read on first use: the CLI never needs it
+        from .owners import Owners  # owners.py builds on this class
 
-    # --- enrolment ----------------------------------------------------------------------------
+        self.owners = Owners(self)
+
+    # --- challenges ---------------------------------------------------------------------------
+
+    def challenge(self) -> Challenge:
+        """Stateless (challenges.py): no lockout check, no row written, nothing to spend."""
+        now = self.clock()
+        return Challenge(challenges.issue(self._key(), now), int(now))
+
+    def _key(self) -> bytes:
+        if self._challenge_key is None:
+            self._challenge_key = self.store.challenge_key()
+        return self._challenge_key
+
+    # --- enrolment ---------------------------------------------------------------------------
+
+    def invite(
+        self, hostname: str, ttl: int, secret_name: str | None = None, replace: bool = False
+    ) -> tuple[str, Invite, list[Host]]:
+        """`hosts invite`: a one-time token admitting one host under ``hostname``; returns the
+        token (shown once, stored only as a hash), the invite and the approved hosts of that
+        name it may replace. The owner issuing it is the approval."""
+        if not protocol.is_hostname(hostname):
+            raise GatewayCliError("not a host name (letters, digits, '.', '-')")
+        now = self.clock()
+        invite_id = invites.new_invite_id()
+        name = secret_name or invites.secret_name_for(hostname, invite_id)
+        token = protocol.new_invite_token()
+        invite = Invite(
+            invite_id, invites.token_hash(token), hostname, name, replace, now, now + ttl
+        )
+        with self.store.write() as conn:
+            approved = [
+                h for h in self.store.hosts_named(conn, hostname) if h.status == HOST_APPROVED
+            ]
+            ids = " ".join(h.host_id for h in approved)
+            if approved and not replace:
+                raise GatewayCliError(
+                    f"an approved host already has the name {hostname} ({ids}); --replace invites "
+                    "its successor, which revokes it when it enrols"
+                )
+            if any(h.status == HOST_REVOKED for h in self.store.hosts_with_secret(conn, name)):
+                raise GatewayCliError(f"secret {name} belonged to a revoked host; choose another")
+            self.store.add_invite(conn, invite)
+            audit.record(
+                conn,
+                "invite_issued",
+                now,
+                detail=f"invite={invite_id} hostname={hostname} secret={name} ttl={ttl}s"
+                + (f" replaces {ids}" if ids else ""),
+            )
+        return token, invite, approved
 
     def enroll(self, req: EnrollRequest, ip: str) -> EnrollAccepted:
+        """Admit a host that holds an invite: in one transaction the token is checked (its hash,
+        expiry and host name) and used up, and the host stored approved with the invite's
+        secret name. Without a valid token nothing is written but the refusal counter, and
+        nobody is notified."""
         now = self.clock()
-        with self._refusals(ip, req.host_id):
-            self._check_signed(req.timestamp, now, req.verify)
+        with self._refusals(ip):
+            nonce = self._check_signed(req.challenge, now, req.verify)
             with self.store.write() as conn:
-                self._use_nonce(conn, req.host_id, req.nonce, now)
-                host = self.store.host(conn, req.host_id)
-                if host is not None:
-                    return EnrollAccepted(req.host_id, host.status)
-                self._limit(conn, now, ip, None)
-                self.store.add_host(
+                invite = self.store.invite_by_hash(conn, invites.token_hash(req.token))
+                if invite is None or invite.expires_at <= now:
+                    raise _Unauthorized("no valid invite token")
+                if invite.hostname != req.hostname:
+                    raise _Unauthorized("invite token is for another host name")
+                if any(
+                    h.status == HOST_REVOKED
+                    for h in self.store.hosts_with_secret(conn, invite.secret_name)
+                ):
+                    raise _Unauthorized("the invite's secret belongs to a revoked host")
+                replaced = [
+                    h
+                    for h in self.store.hosts_named(conn, req.hostname)
+                    if h.status == HOST_APPROVED and h.host_id != req.host_id
+                ]
+                if replaced and not invite.may_replace:
+                    raise _Unauthorized("an approved host took the name since the invite")
+                self._limit(conn, now, None)
+                self._use_nonce(conn, req.host_id, nonce, now)
+                old = self.store.host(conn, req.host_id)
+                for other in replaced:
+                    self._revoke(conn, other.host_id, now, f"replaced by {req.host_id}")
+                host = Host(
+                    req.host_id,
+                    req.hostname,
+                    b64(req.public_key),
+                    HOST_APPROVED,
+                    invite.secret_name,
+                    ip,
+                    now,
+                    now,
+                )
+                if old is None:
+                    self.store.add_host(conn, host)
+                else:  # re-admitted (revoked before) or re-enrolled: a new secret either way
+                    values = {k: v for k, v in host.__dict__.items() if k != "host_id"}
+                    self.store.set_host(conn, req.host_id, **values)
+                self.store.use_invite(conn, invite.invite_id)
+                if self.store.liveness(conn, req.host_id) is not None:
+                    # A new invite is the owner's word: a suspended or wiped host starts afresh.
+                    self.store.save_liveness(conn, liveness.start(req.host_id, now))
+                notes = [f"was {old.status}" if old else ""]
+                notes += [f"replaces {h.host_id}" for h in replaced]
+                audit.record(
                     conn,
-                    Host(
-                        req.host_id,
-                        req.hostname,
-                        b64(req.public_key),
-                        HOST_PENDING,
-                        None,
-                        ip,
-                        now,
-                        None,
+                    "host_enrolled",
+                    now,
+                    host_id=req.host_id,
+                    source_ip=ip,
+                    detail=" ".join(
+                        [
+                            f"hostname={req.hostname} invite={invite.invite_id}",
+                            f"secret={invite.secret_name}",
+                            *filter(None, notes),
+                        ]
                     ),
                 )
-                row = self._new_request(conn, KIND_ENROLL, req.host_id, req.hostname, ip, (), None)
-        text = enroll_text(ip, req.hostname, req.host_id, now, row.approval.pin)
-        self._notify(row, text)
-        with self.store.read() as conn:
-            host = self.store.host(conn, req.host_id)
-        return EnrollAccepted(req.host_id, host.status if host else HOST_PENDING)
+        self._wake()
+        names = [h.host_id for h in replaced]
+        self._inform(enrolled_text(ip, req.hostname, req.host_id, now, names))
+        return EnrollAccepted(req.host_id, HOST_APPROVED)
 
     # --- unlock requests ----------------------------------------------------------------------
 
     def create_unlock(self, req: UnlockRequest, ip: str) -> UnlockCreated:
         now = self.clock()
-        with self._refusals(ip, req.host_id):
+        with self._refusals(ip):
             with self.store.read() as conn:
                 host = self.store.host(conn, req.host_id)
             if host is None or host.status != HOST_APPROVED:
                 raise _Unauthorized(f"host is {host.status if host else 'unknown'}")
-            self._check_signed(req.timestamp, now, lambda: req.verify(unb64(host.public_key)))
+            public_key = unb64(host.public_key)
+            nonce = self._check_signed(req.challenge, now, lambda: req.verify(public_key))
             self._refuse_unless_alive(host)
             with self.store.write() as conn:
-                self._use_nonce(conn, req.host_id, req.nonce, now)
-                self._limit(conn, now, ip, req.host_id)
+                self._limit(conn, now, req.host_id)
+                self._use_nonce(conn, req.host_id, nonce, now)
                 row = self._new_request(
                     conn,
                     KIND_UNLOCK,
@@ -122,9 +221,16 @@ class Gateway:
                     req.datasets,
                     b64(req.ephemeral_key),
                 )
+                # The owners' links go into the notification only, never to the requester.
+                links = self.owners.decision_links(
+                    conn, row.approval.request_id, row.approval.expires_at
+                )
         a = row.approval
         ttl = self.settings.REQUEST_TTL
-        text = unlock_text(ip, req.hostname, host.hostname, req.datasets, now, a.pin, ttl)
+        sms_pin = self.settings.APPROVAL_POLICY == "sms-pin"
+        text = unlock_text(
+            ip, req.hostname, host.hostname, req.datasets, now, a.pin, ttl, links, sms_pin
+        )
         self._notify(row, text)
         return UnlockCreated(a.request_id, a.pin, int(a.expires_at))
 
@@ -148,7 +254,7 @@ class Gateway:
             or (row.approval.released and row.approval.state == STATE_APPROVED)
         ):
             # Unknown, or already released: either way this id opens nothing any more.
-            with self._refusals(ip, None):
+            with self._refusals(ip):
                 raise _Unauthorized("unknown or consumed request id")
         a = approvals.observe(row.approval, now)
         if a != row.approval:
@@ -214,7 +320,7 @@ class Gateway:
             elif sender != self.settings.SMS_TO:
                 audit.record(conn, "sms_rejected", now, detail="sender is not the owner")
             else:
-                self._owner_reply(conn, approvals.parse_reply(body), now)
+                self._owner_reply(conn, approvals.parse_reply(body), now, by_sms=True)
         self._wake()
 
     def message_refused(self, problem: str) -> None:
@@ -222,10 +328,23 @@ class Gateway:
         with self.store.write() as conn:
             audit.record(conn, "sms_rejected", self.clock(), detail=f"not Twilio's: {problem}")
 
-    def _owner_reply(self, conn: Tx, reply: Reply | None, now: float) -> None:
+    def _owner_reply(self, conn: Tx, reply: Reply | None, now: float, by_sms: bool = False) -> None:
         """A reply naming an open request's PIN decides it. Any other reply from the owner
         counts one strike against every open request (the owner has one phone, so a wrong
-        PIN cannot be attributed more precisely); MAX_WRONG_PINS strikes deny a request."""
+        PIN cannot be attributed more precisely); MAX_WRONG_PINS strikes deny a request.
+        The PIN is shown on the booting host's console, so whoever holds the host knows it:
+        under the page policy an SMS reply can deny but never approve, and under sms+totp an
+        approving reply must also carry an owner's TOTP code (one that fails is a strike)."""
+        policy, owner = self.settings.APPROVAL_POLICY, None
+        if by_sms and reply is not None and reply.approve and policy != "sms-pin":
+            if policy == "sms+totp" and reply.otp is not None:
+                owner = self.owners.totp_owner(conn, reply.otp, now)
+            if owner is None and policy == "page":
+                audit.record(conn, "sms_approval_refused", now, detail="policy page")
+                return
+            if owner is None:
+                audit.record(conn, "sms_approval_refused", now, detail="no valid TOTP code")
+                reply = None  # counts as a wrong reply
         live = []
         for row in self.store.open_requests(conn):
             a = approvals.observe(row.approval, now)
@@ -235,7 +354,10 @@ class Gateway:
                 live.append(row)
         for row in live:
             if reply is not None and approvals.pin_matches(row.approval, reply.pin):
-                self._update(conn, row, approvals.answer(row.approval, reply, now), "via sms")
+                if owner is not None:  # sms+totp: one owner's vote
+                    self.decide_as_owner(conn, row.approval.request_id, owner, True, "sms+totp")
+                else:
+                    self._update(conn, row, approvals.answer(row.approval, reply, now), "via sms")
                 return
         audit.record(conn, "wrong_pin", now, detail=f"strikes {len(live)} open requests")
         for row in live:
@@ -267,54 +389,128 @@ class Gateway:
             raise GatewayCliError(problem)
         return a.state
 
+    def decide_as_owner(
+        self, conn: Tx, request_id: str, owner: Owner, approve: bool, factor: str
+    ) -> str:
+        """An owner's vote (owners.py checked who and how), inside the caller's transaction:
+        a denial denies, approvals approve once the host's quorum of distinct owners is met
+        (APPROVAL_QUORUM, or `zkv-gateway quorum HOST M`). Returns the request's state."""
+        row = self.store.request(conn, request_id, lock=True)
+        if row is None:
+            raise NotAllowed("no such request")
+        now = self.clock()
+        ayes = owner_store.add_vote(conn, request_id, owner.owner_id, approve, factor, now)
+        quorum = owner_store.quorum_of(conn, row.host_id) or self.settings.APPROVAL_QUORUM
+        reason = f"{owner.name} with {factor}"
+        decided = approvals.owner_decides(row.approval, approve, now, reason, ayes, quorum)
+        if decided == row.approval:
+            audit.record(
+                conn, "approval_vote", now, request_id=request_id, host_id=row.host_id,
+                detail=f"{reason}: {ayes} of {quorum}",
+            )  # fmt: skip
+        self._update(conn, row, decided, f"({ayes} of {quorum})" if quorum > 1 else "")
+        return decided.state
+
+    def set_quorum(self, host_id: str, quorum: int) -> None:
+        if not 1 <= quorum <= 20:
+            raise GatewayCliError("a quorum is 1 to 20 owners")
+        with self.store.write() as conn:
+            if self.store.host(conn, host_id) is None:
+                raise GatewayCliError(f"no host {host_id}")
+            owner_store.set_quorum(conn, host_id, quorum)
+            audit.record(conn, "host_quorum", self.clock(), host_id=host_id, detail=f"{quorum}")
+
+    def still_open(self, row: RequestRow) -> bool:
+        return approvals.observe(row.approval, self.clock()).is_open
+
+    def wake(self) -> None:
+        """Long-polls of this process look again at once (after a decision made elsewhere)."""
+        self._wake()
+
     # --- hosts --------------------------------------------------------------------------------
 
-    def set_host_status(self, host_id: str, status: str, secret_name: str | None = None) -> Host:
+    def revoke_host(self, host_id: str) -> Host:
+        """`hosts revoke`: final; only a new invite admits the host again, with a new secret."""
         now = self.clock()
         with self.store.write() as conn:
-            host = self.store.host(conn, host_id)
-            if host is None:
+            if self.store.host(conn, host_id) is None:
                 raise GatewayCliError(f"no host {host_id}")
-            values: dict[str, object] = {"status": status, "decided_at": now}
-            if secret_name is not None:
-                values["secret_name"] = secret_name
-            self.store.set_host(conn, host_id, **values)
-            audit.record(
-                conn,
-                f"host_{status}",
-                now,
-                host_id=host_id,
-                detail=f"secret={secret_name}" if secret_name else "",
-            )
-            for row in self.store.open_requests(conn, host_id):
-                a = approvals.observe(row.approval, now)
-                if a.is_open and row.approval.kind == KIND_ENROLL and status == HOST_APPROVED:
-                    a = approvals.answer(a, Reply(True, a.pin), now)
-                elif a.is_open and status == HOST_REVOKED:
-                    a = approvals.deny(a, now, "host revoked")
-                self._update(conn, row, a, "via cli")
+            self._revoke(conn, host_id, now, "by the owner")
             host = self.store.host(conn, host_id)
         self._wake()
         assert host is not None
         return host
 
-    def hosts(self) -> list[Host]:
+    def _revoke(self, conn: Tx, host_id: str, now: float, why: str) -> None:
+        self.store.set_host(conn, host_id, status=HOST_REVOKED, decided_at=now)
+        audit.record(conn, "host_revoked", now, host_id=host_id, detail=why)
+        for row in self.store.open_requests(conn, host_id):
+            a = approvals.observe(row.approval, now)
+            if a.is_open:
+                a = approvals.deny(a, now, "host revoked")
+            self._update(conn, row, a, why)
+
+    def hosts(self) -> tuple[list[Host], list[Invite]]:
         with self.store.read() as conn:
-            return self.store.all_hosts(conn)
+            return self.store.all_hosts(conn), self.store.open_invites(conn)
+
+    # --- housekeeping -------------------------------------------------------------------------
+
+    def housekeep(self) -> None:
+        """What the schedule runs (housekeeping.py): refusal counters of closed intervals summed
+        up into the audit log, expired invites and stale pending hosts removed (audited), old
+        nonces, rate events, MessageSids and refusal counters dropped; then the dead-man sweep."""
+        s, now = self.settings, self.clock()
+        with self.store.write() as conn:
+            self._report_refusals(conn, now - now % s.REFUSAL_INTERVAL)
+            ratelimit.forget(conn, now - HOUR - s.REFUSAL_INTERVAL)
+            for invite in self.store.expire_invites(conn, now):
+                detail = f"invite={invite.invite_id} hostname={invite.hostname} unused"
+                audit.record(conn, "invite_expired", now, detail=detail)
+            for host in self.store.expire_pending_hosts(conn, now - s.PENDING_HOST_TTL):
+                detail = f"hostname={host.hostname} pending since enrolment, never admitted"
+                audit.record(conn, "host_expired", now, host_id=host.host_id, detail=detail)
+            self.store.purge(conn, now, 2 * protocol.REPLAY_WINDOW + 60, HOUR)
+        self.sweep_liveness()  # the dead-man switch's schedule: silent hosts suspended, owners told
+
+    def report_refusals(self) -> None:
+        """Every refusal counted so far into the audit log (the CLI's audit, before it reads)."""
+        with self.store.write() as conn:
+            self._report_refusals(conn, math.inf)
+
+    def _report_refusals(self, conn: Tx, closed_before: float) -> None:
+        """One audit entry per interval, kind and reason, however many sources: a flood from
+        many addresses adds a few entries an interval, naming how many and the busiest."""
+        now, interval = self.clock(), self.settings.REFUSAL_INTERVAL
+        rows = ratelimit.unreported(conn, closed_before)
+        groups: dict[tuple[float, str, str], list[ratelimit.Refused]] = {}
+        for r in rows:
+            groups.setdefault((r.bucket, r.event, r.detail), []).append(r)
+        for (bucket, event, reason), group in groups.items():
+            busiest = max(group, key=lambda r: r.unreported)
+            since = time.strftime("%H:%M:%S", time.gmtime(bucket))
+            total = sum(r.unreported for r in group)
+            detail = (
+                f"{total} refused in the {interval:g} s from {since} UTC from {len(group)} "
+                f"source(s), {busiest.unreported} from the busiest: {reason}"
+            )
+            audit.record(conn, event, now, source_ip=busiest.source, detail=detail)
+        ratelimit.reported(conn, rows)
 
     # --- dead-man switch and remote wipe (liveness.py) ---------------------------------------
 
     def heartbeat(self, req: Heartbeat, ip: str) -> HeartbeatAnswer:
         """A running host is alive; a wiped one is told to destroy its repository slot."""
         now = self.clock()
-        with self._refusals(ip, req.host_id):
+        with self._refusals(ip):
             with self.store.read() as conn:
                 host = self.store.host(conn, req.host_id)
             if host is None or host.status != HOST_APPROVED:
                 raise _Unauthorized(f"heartbeat: host is {host.status if host else 'unknown'}")
-            self._check_signed(req.timestamp, now, lambda: req.verify(unb64(host.public_key)))
+            public_key = unb64(host.public_key)
+            nonce = self._check_signed(req.challenge, now, lambda: req.verify(public_key))
             with self.store.write() as conn:
-                self._use_nonce(conn, req.host_id, req.nonce, now)
+                self._use_nonce(conn, req.host_id, nonce, now)
                 per_host = Limit(f"heartbeat:{req.host_id}", liveness.HEARTBEATS_PER_HOUR, HOUR)
                 if ratelimit.hit(conn, now, per_host) is not None:
                     raise _Limited(f"heartbeats over {liveness.HEARTBEATS_PER_HOUR} per hour")
@@ -329,7 +525,7 @@ class Gateway:
 
     def sweep_liveness(self, host_id: str | None = None) -> None:
         """Suspend the approved hosts (or the one) silent past their window; tell the owners.
-        Runs on a schedule in each worker (server.py) and before an unlock is granted; reads
+        Runs on the housekeeping schedule (housekeep) and before an unlock is granted; reads
         first, so a sweep that finds nothing takes no write lock."""
         if self._silent_hosts(host_id):
             now = self.clock()
@@ -369,9 +565,8 @@ class Gateway:
                 return
         with self.store.write() as conn:
             due = self.store.liveness_notices(conn)
-            if not due or ratelimit.exceeded(conn, now, budget):
+            if not due or ratelimit.hit(conn, now, budget) is not None:
                 return
-            ratelimit.record(conn, now, budget.key)
             names = []
             for x in due:
                 host = self.store.host(conn, x.host_id)
@@ -475,60 +670,62 @@ class Gateway:
     # --- helpers ------------------------------------------------------------------------------
 
     @contextmanager
-    def _refusals(self, ip: str, host_id: str | None) -> Iterator[None]:
-        """Turn internal refusals into the uniform API errors, recording them first."""
-        with self.store.read() as conn:
-            lockout = Limit(f"authfail:{ip}", self.settings.AUTH_FAILURES_PER_HOUR, HOUR)
-            locked = ratelimit.exceeded(conn, self.clock(), lockout)
-        if locked:
-            raise ApiError("rate_limited")
+    def _refusals(self, ip: str) -> Iterator[None]:
+        """Turn internal refusals into the uniform API errors, counting them first. Only a
+        refused call is held against its source: a call that authenticates (a valid signature
+        of an approved host, a live request id, a valid invite) is never refused for what
+        others at its address (a NAT, a proxy) did."""
         try:
             yield
         except _Unauthorized as exc:
-            self._refused("auth_failed", ip, host_id, str(exc), count_failure=True)
+            self._refused(AUTH_FAILED, ip, str(exc))
             raise ApiError("unauthorized") from None
         except _Limited as exc:
-            self._refused("rate_limited", ip, host_id, str(exc), count_failure=False)
+            self._refused("rate_limited", ip, str(exc))
             raise ApiError("rate_limited") from None
 
-    def _refused(
-        self, event: str, ip: str, host_id: str | None, detail: str, count_failure: bool
-    ) -> None:
-        """Audit a refusal; authentication failures also count towards the IP's lockout."""
+    def _refused(self, event: str, ip: str, detail: str) -> None:
+        """Count a refusal against its source (an address, an IPv6 /64). A source past
+        AUTH_FAILURES_PER_HOUR is locked out: 429, and nothing more is written for it."""
+        s, source, now = self.settings, source_of(ip), self.clock()
+        with self.store.read() as conn:
+            locked = ratelimit.failures(conn, source, now - HOUR) >= s.AUTH_FAILURES_PER_HOUR
+        if locked:
+            raise ApiError("rate_limited")
         with self.store.write() as conn:
-            if count_failure:
-                ratelimit.record(conn, self.clock(), f"authfail:{ip}")
-            audit.record(conn, event, self.clock(), host_id=host_id, source_ip=ip, detail=detail)
+            cap = s.MAX_REFUSAL_SOURCES
+            ratelimit.refuse(conn, now, s.REFUSAL_INTERVAL, source, event, detail, cap)
 
-    def _check_signed(self, timestamp: int, now: float, verify: Callable[[], None]) -> None:
-        if not protocol.check_fresh(timestamp, int(now)):
-            raise _Unauthorized("timestamp outside the replay window")
+    def _check_signed(self, challenge: str, now: float, verify: Callable[[], None]) -> str:
+        """The challenge's nonce, once both the challenge and the signature check out."""
+        try:
+            nonce = challenges.check(self._key(), challenge, now)
+        except challenges.BadChallenge as exc:
+            raise _Unauthorized(f"challenge: {exc}") from None
         try:
             verify()
         except crypto.BadSignature:
             raise _Unauthorized("bad signature") from None
+        return nonce
 
     def _use_nonce(self, conn: Tx, host_id: str, nonce: str, now: float) -> None:
         if not self.store.use_nonce(conn, host_id, nonce, now):
             raise _Unauthorized("replayed nonce")
 
-    def _limit(self, conn: Tx, now: float, ip: str, host_id: str | None) -> None:
+    def _limit(self, conn: Tx, now: float, host_id: str | None) -> None:
+        """An authenticated host's own budget (requests, and so notifications: one each), then
+        the fleet's notification cap, which only authenticated callers can spend. An enrolment
+        (host_id None) spends only the cap: its single-use invite is its budget."""
         s = self.settings
-        limits = [
-            Limit(f"ip:{ip}", s.RATE_PER_SECOND, 1.0),
-            Limit(f"ip:{ip}", s.RATE_IP_PER_HOUR, HOUR),
-            Limit("notifications", s.SMS_PER_HOUR, HOUR),
-        ]
+        limits = [Limit("notifications", s.SMS_PER_HOUR, HOUR)]
         if host_id is not None:
-            limits += [
+            limits[:0] = [
                 Limit(f"host:{host_id}", s.RATE_PER_SECOND, 1.0),
                 Limit(f"host:{host_id}", s.RATE_HOST_PER_HOUR, HOUR),
             ]
         hit = ratelimit.hit(conn, now, *limits)
         if hit is not None:
             raise _Limited(f"{hit.key} over {hit.limit} per {hit.window:g}s")
-        if secrets.randbelow(32) == 0:  # keep the replay and rate tables small
-            self.store.purge(conn, now, 2 * protocol.REPLAY_WINDOW + 60, HOUR)
 
     def _new_request(
         self,
@@ -575,8 +772,15 @@ class Gateway:
                 self._owner_reply(conn, reply, self.clock())
             self._wake()
 
+    def _inform(self, text: str) -> None:
+        """A notice that asks nothing: a reply an approver gives decides nothing."""
+        try:
+            self.notifier.notify(text, "")
+        except NotifyFailed as exc:
+            log.warning("owner notice not sent: %s", exc)
+
     def _update(self, conn: Tx, row: RequestRow, new: Approval, detail: str = "") -> None:
-        """Persist a transition, audit it, and apply an enrolment decision to its host."""
+        """Persist a transition and audit it."""
         old = row.approval
         if new == old:
             return
@@ -603,10 +807,6 @@ class Gateway:
                 host_id=row.host_id,
                 detail=detail,
             )
-        if new.kind == KIND_ENROLL and new.state != old.state:
-            status = {STATE_APPROVED: HOST_APPROVED, protocol.STATE_DENIED: HOST_REVOKED}
-            if new.state in status:
-                self.store.set_host(conn, row.host_id, status=status[new.state], decided_at=now)
 
     def _wake(self) -> None:
         with self._changed:

@@ -15,6 +15,7 @@ SERIALIZABLE would need every transaction to be retryable instead. Reads never w
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -96,6 +97,13 @@ nonces = Table(
     Column("at", Float, nullable=False, index=True),
 )
 
+gateway_keys = Table(  # the gateway's own keys, made once per database (a new table)
+    "gateway_keys",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("value", String(64), nullable=False),  # hex
+)
+
 messages = Table(  # inbound SMS already handled, by Twilio MessageSid
     "messages",
     metadata,
@@ -123,6 +131,29 @@ liveness = Table(  # the dead-man switch (liveness.py); a table of its own, so o
     Column("notice_due", Boolean, nullable=False),
 )
 
+invites = Table(  # one-time enrolment tokens (hosts invite); the token itself is never stored
+    "invites",
+    metadata,
+    Column("invite_id", String(16), primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("hostname", String(253), nullable=False),
+    Column("secret_name", String(127), nullable=False),
+    Column("may_replace", Boolean, nullable=False),  # may succeed an approved host of that name
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False, index=True),
+)
+
+refusals = Table(  # refused calls counted per source, reason and interval (ratelimit.py)
+    "refusals",
+    metadata,
+    Column("source", String(64), primary_key=True),
+    Column("bucket", Float, primary_key=True),
+    Column("event", String(40), primary_key=True),
+    Column("detail", String(REASON_LEN), primary_key=True),
+    Column("count", Integer, nullable=False),  # for the lockout
+    Column("unreported", Integer, nullable=False),  # not yet summed up in the audit log
+)
+
 audit_log = Table(
     "audit",
     metadata,
@@ -138,6 +169,9 @@ audit_log = Table(
 )
 
 
+_CHALLENGE_KEY = select(gateway_keys.c.value).where(gateway_keys.c.name == "challenge")
+
+
 @dataclass(frozen=True)
 class Host:
     host_id: str
@@ -148,6 +182,17 @@ class Host:
     source_ip: str
     enrolled_at: float
     decided_at: float | None
+
+
+@dataclass(frozen=True)
+class Invite:
+    invite_id: str
+    token_hash: str
+    hostname: str
+    secret_name: str
+    may_replace: bool
+    created_at: float
+    expires_at: float
 
 
 @dataclass(frozen=True)
@@ -172,9 +217,14 @@ class Store:
             _tune_sqlite(self.engine)
 
     def create_schema(self) -> None:
+        from . import owner_store  # noqa: F401  # its tables join `metadata` on import
+
         with self.write() as conn:  # under the writer lock: instances starting at once may race
             metadata.create_all(conn)
             _add_audit_chain(conn)
+            if conn.execute(_CHALLENGE_KEY).first() is None:  # the first process on this database
+                key = os.urandom(32).hex()
+                conn.execute(gateway_keys.insert().values(name="challenge", value=key))
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -217,6 +267,45 @@ class Store:
 
     def set_host(self, conn: Connection, host_id: str, **values: Any) -> None:
         conn.execute(hosts.update().where(hosts.c.host_id == host_id).values(**values))
+
+    def hosts_named(self, conn: Connection, hostname: str) -> list[Host]:
+        rows = conn.execute(select(hosts).where(hosts.c.hostname == hostname)).mappings()
+        return [Host(**row) for row in rows]
+
+    def hosts_with_secret(self, conn: Connection, secret_name: str) -> list[Host]:
+        rows = conn.execute(select(hosts).where(hosts.c.secret_name == secret_name)).mappings()
+        return [Host(**row) for row in rows]
+
+    def expire_pending_hosts(self, conn: Connection, before: float) -> list[Host]:
+        """Delete hosts left pending (enrolled before invites existed) since ``before``."""
+        query = select(hosts).where(hosts.c.status == "pending", hosts.c.enrolled_at < before)
+        stale = [Host(**row) for row in conn.execute(query).mappings()]
+        for host in stale:
+            conn.execute(hosts.delete().where(hosts.c.host_id == host.host_id))
+        return stale
+
+    # --- invites ------------------------------------------------------------------------------
+
+    def add_invite(self, conn: Connection, invite: Invite) -> None:
+        conn.execute(invites.insert().values(**invite.__dict__))
+
+    def invite_by_hash(self, conn: Connection, token_hash: str) -> Invite | None:
+        query = select(invites).where(invites.c.token_hash == token_hash)
+        row = conn.execute(query).mappings().first()
+        return Invite(**row) if row else None
+
+    def use_invite(self, conn: Connection, invite_id: str) -> None:
+        conn.execute(invites.delete().where(invites.c.invite_id == invite_id))
+
+    def expire_invites(self, conn: Connection, now: float) -> list[Invite]:
+        query = select(invites).where(invites.c.expires_at <= now)
+        expired = [Invite(**row) for row in conn.execute(query).mappings()]
+        conn.execute(invites.delete().where(invites.c.expires_at <= now))
+        return expired
+
+    def open_invites(self, conn: Connection) -> list[Invite]:
+        rows = conn.execute(select(invites).order_by(invites.c.created_at)).mappings()
+        return [Invite(**row) for row in rows]
 
     # --- liveness (dead-man switch, wipe) -----------------------------------------------------
 
@@ -278,6 +367,12 @@ class Store:
 
     # --- replay protection --------------------------------------------------------------------
 
+    def challenge_key(self) -> bytes:
+        """The key challenges are signed with (challenges.py): made with the schema, so every
+        worker and instance on this database shares it."""
+        with self.read() as conn:
+            return bytes.fromhex(conn.execute(_CHALLENGE_KEY).scalar_one())
+
     def use_nonce(self, conn: Connection, host_id: str, nonce: str, now: float) -> bool:
         """False if this host already used the nonce (inside the replay window)."""
         seen = select(nonces.c.at).where(nonces.c.host_id == host_id, nonces.c.nonce == nonce)
@@ -293,7 +388,15 @@ class Store:
         conn.execute(messages.insert().values(sid=sid, at=now))
         return True
 
+    def row_counts(self, conn: Connection) -> dict[str, int]:
+        """Rows per table (what a flood may grow; tests/gateway/test_db_hygiene.py)."""
+        return {
+            name: int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+            for name, table in metadata.tables.items()
+        }
+
     def purge(self, conn: Connection, now: float, nonce_age: float, event_age: float) -> None:
+        """Drop replay, rate and de-duplication records too old to matter (housekeeping)."""
         conn.execute(nonces.delete().where(nonces.c.at < now - nonce_age))
         conn.execute(rate_events.delete().where(rate_events.c.at < now - event_age))
         conn.execute(messages.delete().where(messages.c.at < now - 30 * 86400))

@@ -13,7 +13,7 @@ from zkv.errors import ZkvError
 from . import create_app
 
 try:
-    app = create_app()
+    app = create_app(housekeeping=True)
 except ZkvError as exc:  # one line, not a traceback, even when gunicorn imports us
     print(f"zkv-gateway: {exc.message}", file=sys.stderr)
     raise SystemExit(exc.exit_code) from None

@@ -12,7 +12,9 @@ ZKV_LIBDIR := /usr/lib/zkv
 ZKV_SBINDIR = $(PREFIX)/sbin
 ZKV_UNITDIR := /usr/lib/systemd/system
 ZKV_DRACUTDIR := /usr/lib/dracut/modules.d/50zkv
+ZKV_DRACUTCONF := /usr/lib/dracut/dracut.conf.d/50-zkv.conf
 ZKV_ITDIR := /usr/share/initramfs-tools
+ZKV_MANDIR := /usr/share/man
 ZKV_PYZ ?= dist/zkv-early.pyz
 # The folder that holds the Python packages (the e2e images pin an older one for the real root).
 ZKV_PYTHON_SRC ?= .
@@ -46,10 +48,11 @@ install-files:
 		$(DESTDIR)$(ZKV_UNITDIR)/zfs-load-key@.service.d \
 		$(DESTDIR)/etc/systemd/system/zfs-mount.service.wants \
 		$(DESTDIR)/etc/systemd/system/timers.target.wants \
-		$(DESTDIR)$(ZKV_DRACUTDIR) $(DESTDIR)$(ZKV_ITDIR)/hooks \
+		$(DESTDIR)$(ZKV_DRACUTDIR) $(DESTDIR)$(dir $(ZKV_DRACUTCONF)) $(DESTDIR)$(ZKV_ITDIR)/hooks \
 		$(DESTDIR)$(ZKV_ITDIR)/conf-hooks.d $(DESTDIR)$(ZKV_ITDIR)/scripts/local-top \
 		$(DESTDIR)$(ZKV_ITDIR)/scripts/local-bottom \
-		$(DESTDIR)/etc/zfs/initramfs-tools-load-key.d
+		$(DESTDIR)/etc/zfs/initramfs-tools-load-key.d \
+		$(DESTDIR)$(ZKV_MANDIR)/man5 $(DESTDIR)$(ZKV_MANDIR)/man8
 	install -d -m 0700 $(DESTDIR)/etc/zkv
 	# The boot client, and the shell helpers both flavours source with the paths in front
 	# (from zkv/paths.py: the one owner of every zkv location).
@@ -70,6 +73,7 @@ install-files:
 	install -m 0755 dracut/50zkv/zkv-early.sh $(DESTDIR)$(ZKV_DRACUTDIR)/zkv-early.sh
 	install -m 0644 dracut/50zkv/zkv-load-key.sh dracut/50zkv/zkv-cleanup.sh \
 		dracut/50zkv/zkv-early.service $(DESTDIR)$(ZKV_DRACUTDIR)/
+	install -m 0644 dracut/zkv.conf $(DESTDIR)$(ZKV_DRACUTCONF)
 	# initramfs-tools hook, boot scripts and the OpenZFS >= 2.2 load-key drop-in.
 	install -m 0755 initramfs-tools/hooks/zkv $(DESTDIR)$(ZKV_ITDIR)/hooks/zkv
 	install -m 0644 initramfs-tools/conf-hooks.d/zkv $(DESTDIR)$(ZKV_ITDIR)/conf-hooks.d/zkv
@@ -93,6 +97,9 @@ install-files:
 	install -m 0644 systemd/zkv-heartbeat.timer $(DESTDIR)$(ZKV_UNITDIR)/zkv-heartbeat.timer
 	ln -sf $(ZKV_UNITDIR)/zkv-heartbeat.timer \
 		$(DESTDIR)/etc/systemd/system/timers.target.wants/zkv-heartbeat.timer
+	# Man pages (generated into man/ by `make man`; committed, so no build step here).
+	install -m 0644 man/zkv.8 man/zkv-early.8 man/zkv-gateway.8 $(DESTDIR)$(ZKV_MANDIR)/man8/
+	install -m 0644 man/zkv-early.conf.5 $(DESTDIR)$(ZKV_MANDIR)/man5/
 	# Settings: an example the first time, never over the admin's file.
 	test -e $(DESTDIR)/etc/zkv/early.conf || install -m 0644 zkv_early/early.conf.example \
 		$(DESTDIR)/etc/zkv/early.conf
@@ -101,6 +108,7 @@ install-files:
 uninstall:
 	rm -f $(DESTDIR)$(ZKV_SBINDIR)/zkv
 	rm -rf $(DESTDIR)$(ZKV_LIBDIR) $(DESTDIR)$(ZKV_DRACUTDIR)
+	rm -f $(DESTDIR)$(ZKV_DRACUTCONF)
 	rm -f $(DESTDIR)$(ZKV_ITDIR)/hooks/zkv $(DESTDIR)$(ZKV_ITDIR)/conf-hooks.d/zkv \
 		$(DESTDIR)$(ZKV_ITDIR)/scripts/zkv-functions \
 		$(DESTDIR)$(ZKV_ITDIR)/scripts/local-top/zkv \
@@ -112,5 +120,7 @@ uninstall:
 		$(DESTDIR)$(ZKV_UNITDIR)/zkv-heartbeat.service $(DESTDIR)$(ZKV_UNITDIR)/zkv-heartbeat.timer \
 		$(DESTDIR)$(ZKV_UNITDIR)/zfs-load-key@.service.d/50-zkv.conf
 	-rmdir $(DESTDIR)$(ZKV_UNITDIR)/zfs-load-key@.service.d 2>/dev/null
+	rm -f $(DESTDIR)$(ZKV_MANDIR)/man8/zkv.8 $(DESTDIR)$(ZKV_MANDIR)/man8/zkv-early.8 \
+		$(DESTDIR)$(ZKV_MANDIR)/man8/zkv-gateway.8 $(DESTDIR)$(ZKV_MANDIR)/man5/zkv-early.conf.5
 	@echo "zkv: kept /etc/zkv (settings) and /boot/zkv (keystore, host key); remove them by hand"
 	$(ZKV_REMINDER)

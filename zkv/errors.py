@@ -256,6 +256,12 @@ class PoolsNotImported(ZkvError):
     exit_code = 47
 
 
+class KeysDropped(ZkvError):
+    """pools not imported, their keys were dropped for this boot: {datasets}; once the pool is imported, load them with: zkv unlock {datasets}"""  # noqa: E501
+
+    exit_code = 48
+
+
 class Interrupted(ZkvError):
     """interrupted"""
 
@@ -283,6 +289,24 @@ class RotationFailed(ZkvError):
     exit_code = 52
 
 
+class BootImageFailed(ZkvError):
+    """rebuilding the boot image failed: {detail}"""
+
+    exit_code = 56
+
+
+class EpochPropertyInvalid(ZkvError):
+    """{dataset}: {name} holds {value!r}, not an epoch (choose another --epoch-property)"""
+
+    exit_code = 57
+
+
+class RotationBusy(ZkvError):
+    """another 'zkv rotate' or 'zkv reconcile' is running on {path}"""
+
+    exit_code = 58
+
+
 class VerifyFailed(ZkvError):
     """{count} of {total} entries could not be verified"""
 
@@ -304,7 +328,7 @@ class DoctorFoundProblems(ZkvError):
 class WipeFailed(ZkvError):
     """the gateway asked for a wipe, but the repository slot of {path} is not destroyed: {detail}"""
 
-    exit_code = 56
+    exit_code = 59
 
 
 class NoTerminal(UsageError):
@@ -329,10 +353,15 @@ def summary(cls: type[ZkvError]) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", " ", cls.__name__).lower()
 
 
-def exit_code_help(wanted: Callable[[int], bool]) -> str:
-    """One line per exit code that ``wanted`` accepts, for a program's --help."""
+def exit_codes(wanted: Callable[[int], bool]) -> list[tuple[int, str]]:
+    """(code, what it means) for each exit code that ``wanted`` accepts: --help, man pages."""
     by_code: dict[int, list[str]] = {}
     for cls in catalogue():
         if wanted(cls.exit_code):
             by_code.setdefault(cls.exit_code, []).append(summary(cls))
-    return "\n".join(f"  {code:<4} {' / '.join(names)}" for code, names in sorted(by_code.items()))
+    return [(code, " / ".join(names)) for code, names in sorted(by_code.items())]
+
+
+def exit_code_help(wanted: Callable[[int], bool]) -> str:
+    """One line per exit code that ``wanted`` accepts, for a program's --help."""
+    return "\n".join(f"  {code:<4} {meaning}" for code, meaning in exit_codes(wanted))

@@ -54,6 +54,7 @@ MAX_FILE_SIZE = 1 << 20
 MAX_SLOTS = 32
 MAX_ENTRIES = 1024
 MAX_CANDIDATES = 2  # current key, plus the staged one while a rotation is in flight
+MAX_EPOCH = (1 << 53) - 1  # exact in every JSON reader
 
 KINDS = ("zfs",)  # room for "luks" later
 KEYFORMATS = ("raw", "hex", "passphrase")
@@ -176,6 +177,10 @@ class OpenKeystore:
         self.host_id, self.data_key, self.slots = host_id, data_key, slots
         self._entries: dict[str, Entry] = entries if entries is not None else {}
         self._keys: dict[str, list[bytes]] = keys if keys is not None else {}
+        # Rotation epoch of each candidate (None: written before epochs, or never rotated).
+        self._epochs: dict[str, list[int | None]] = {
+            t: [None] * len(k) for t, k in self._keys.items()
+        }
 
     def __repr__(self) -> str:  # never the keys
         return f"OpenKeystore(host_id={self.host_id!r}, entries={sorted(self._entries)!r})"
@@ -190,39 +195,57 @@ class OpenKeystore:
             raise EntryNotFound(target=target) from None
 
     def candidates(self, target: str) -> list[bytes]:
-        """Keys to try in order: the current one, then a staged one (rotation in flight)."""
+        """The current key, then a staged one (rotation in flight). Loaders try the staged one
+        first (zkv/keyload/zfs_native.py): it is the newer epoch."""
         self.entry(target)
         return list(self._keys[target])
 
-    def put(self, entry: Entry, material: bytes) -> None:
+    def epochs(self, target: str) -> list[int | None]:
+        """The rotation epoch of each candidate, in the order of ``candidates``."""
+        self.entry(target)
+        return list(self._epochs[target])
+
+    def put(self, entry: Entry, material: bytes, epoch: int | None = None) -> None:
         check_target(entry.target)
         check_material(entry.keyformat, material)
+        check_epoch(epoch)
         if len(self._entries) >= MAX_ENTRIES and entry.target not in self._entries:
             raise InputError(f"a keystore holds at most {MAX_ENTRIES} entries")
         self._entries[entry.target] = entry
         self._keys[entry.target] = [material]
+        self._epochs[entry.target] = [epoch]
 
-    def stage(self, target: str, material: bytes, keyformat: str | None = None) -> None:
+    def stage(
+        self, target: str, material: bytes, keyformat: str | None = None, epoch: int | None = None
+    ) -> None:
         """Add a second candidate key (kept until ``commit``), for crash-safe rotation.
 
         ``keyformat`` is the format the dataset will have after ``zfs change-key`` (which may
         change it, e.g. passphrase -> raw); the entry keeps the current one until ``commit``.
+        ``epoch`` must be newer than the current key's (when both are known).
         """
         entry = self.entry(target)
         check_material(keyformat or entry.keyformat, material)
+        current = self._epochs[target][0]
+        check_epoch(epoch, after=current)
         self._keys[target] = [self._keys[target][0], material]
+        self._epochs[target] = [current, epoch]
 
-    def commit(self, target: str, material: bytes, keyformat: str | None = None) -> None:
+    def commit(
+        self, target: str, material: bytes, keyformat: str | None = None, epoch: int | None = None
+    ) -> None:
         """Make ``material`` (in ``keyformat``, default unchanged) the only key of ``target``."""
         entry = self.entry(target)
         fmt = keyformat or entry.keyformat
         check_material(fmt, material)
+        check_epoch(epoch)
         self._entries[target] = Entry(target=target, keyformat=fmt, kind=entry.kind)
         self._keys[target] = [material]
+        self._epochs[target] = [epoch]
 
     def remove(self, target: str) -> None:
         self.entry(target)
-        del self._entries[target], self._keys[target]
+        del self._entries[target], self._keys[target], self._epochs[target]
 
     def set_recovery_passphrase(self, passphrase: bytes, kdf: KdfParams | None = None) -> None:
         """Replace every recovery slot by one for ``passphrase``."""
@@ -257,12 +280,25 @@ class OpenKeystore:
         if len(self.slots) > MAX_SLOTS:
             raise InputError(f"a keystore holds at most {MAX_SLOTS} key slots")
         header = self.header()
-        plaintext = canonical(
-            {"keys": {t: [_b64(k) for k in self._keys[t]] for t in sorted(self._keys)}}
-        )
+        content: dict[str, Any] = {
+            "keys": {t: [_b64(k) for k in self._keys[t]] for t in sorted(self._keys)}
+        }
+        epochs = {t: e for t, e in sorted(self._epochs.items()) if any(x is not None for x in e)}
+        if epochs:  # absent in keystores without rotations: readers before epochs ignore it
+            content["epochs"] = epochs
+        plaintext = canonical(content)
         nonce, ciphertext = crypto.aead_seal(self.data_key, plaintext, aad=canonical(header))
         document = {**header, "payload": {"ciphertext": _b64(ciphertext), "nonce": _b64(nonce)}}
         return canonical(document) + b"\n"
+
+
+def check_epoch(epoch: int | None, after: int | None = None) -> None:
+    if epoch is None:
+        return
+    if type(epoch) is not int or not 0 <= epoch <= MAX_EPOCH:
+        raise InputError(f"an epoch is an integer from 0 to {MAX_EPOCH}")
+    if after is not None and epoch <= after:
+        raise InputError(f"a staged key's epoch must be newer than {after}")
 
 
 def check_recovery_passphrase(passphrase: bytes) -> None:
@@ -368,17 +404,24 @@ class SealedKeystore(NamedTuple):
     def _build(self, data_key: bytes, plaintext: bytes) -> OpenKeystore:
         # Authenticated by now, so a failure here means a bug in the writer: still one message.
         try:
-            keys = json.loads(plaintext)["keys"]
+            content = json.loads(plaintext)
+            keys, all_epochs = content["keys"], content.get("epochs", {})
             store = OpenKeystore(host_id=self.host_id, data_key=data_key, slots=list(self.slots))
+            if not isinstance(all_epochs, dict) or not set(all_epochs) <= set(keys):
+                raise ValueError("epochs")
             if set(keys) != {e.target for e in self.entries}:
                 raise ValueError("entries and keys differ")
             for entry in self.entries:
                 candidates = [_unb64(k) for k in keys[entry.target]]
                 if not 1 <= len(candidates) <= MAX_CANDIDATES:
                     raise ValueError("bad candidate count")
-                store.put(entry, candidates[0])
+                epochs = all_epochs.get(entry.target, [None] * len(candidates))
+                if not isinstance(epochs, list) or len(epochs) != len(candidates):
+                    raise ValueError("bad epoch count")
+                store.put(entry, candidates[0], epochs[0])
                 if len(candidates) == 2:  # a staged key may be in the format it rotates to
-                    store.stage(entry.target, candidates[1], _some_keyformat(candidates[1]))
+                    fmt = _some_keyformat(candidates[1])
+                    store.stage(entry.target, candidates[1], fmt, epochs[1])
         except (ValueError, KeyError, TypeError, InputError) as exc:
             raise KeystoreLocked from exc
         return store

@@ -5,6 +5,12 @@ JSON over HTTPS. Requests that prove a host's identity are signed with its Ed255
 ``CONTEXT + canonical(body without "signature")``; the context strings keep a signature for one
 message type from being replayed as another.
 
+Freshness does not depend on the host's clock (an initramfs has no NTP): every signed request
+carries a challenge the gateway issued moments before, which the gateway can check without
+having stored it (gateway/challenges.py) and accepts once. The answer also carries the gateway's
+time, so the client can tell how far off its own clock is.
+
+    POST /v1/challenges                                 -> 201 Challenge
     POST /v1/hosts                       EnrollRequest  -> 202 EnrollAccepted
     POST /v1/unlock-requests             UnlockRequest  -> 201 UnlockCreated
     GET  /v1/unlock-requests/<id>?wait=N                -> 200 PollResult (long-poll, N <= 25 s)
@@ -12,7 +18,7 @@ message type from being replayed as another.
     GET  /healthz                                       -> 200 {"status": "ok"}
 
 Errors are ``{"error": <code>}`` with the status in ERROR_STATUS. Every authentication failure
-(unknown host, revoked, bad signature, stale timestamp, replayed nonce, unknown request id) is
+(unknown host, revoked, bad signature, forged, expired or reused challenge, unknown request id) is
 the same ``401 {"error": "unauthorized"}``.
 
 The request id is a 128-bit random capability; the released secret is sealed to the boot's
@@ -21,10 +27,10 @@ ephemeral X25519 key, so whoever reads a poll answer without that key learns not
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
-import time
 from typing import Any, NamedTuple
 
 from zkv import crypto
@@ -32,13 +38,14 @@ from zkv.encoding import b64, canonical, unb64
 from zkv.keystore import is_target
 
 VERSION = 1
+PATH_CHALLENGES = "/v1/challenges"
 PATH_HOSTS = "/v1/hosts"
 PATH_UNLOCK = "/v1/unlock-requests"
 PATH_HEARTBEAT = "/v1/heartbeats"
 PATH_HEALTH = "/healthz"
 MAX_BODY = 16 * 1024
 MAX_WAIT = 25  # seconds one long-poll call may be held open
-REPLAY_WINDOW = 120  # seconds a signed request stays acceptable (either side of now)
+REPLAY_WINDOW = 120  # seconds a challenge stays acceptable (either side of its issue time)
 MAX_DATASETS = 64
 MAX_SECRET = 4096
 
@@ -67,7 +74,9 @@ ERROR_STATUS = {
 # Matched with fullmatch: "$" would also match before a trailing newline.
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.\-]{0,251}[A-Za-z0-9])?")
 _HEX32_RE = re.compile(r"[0-9a-f]{32}")
+_CHALLENGE_RE = re.compile(r"[0-9a-f]{80}")  # opaque to the client; gateway/challenges.py
 _PIN_RE = re.compile(r"[0-9]{4,12}")  # ASCII only: str.isdigit() takes other scripts' digits
+_INVITE_TOKEN_RE = re.compile(r"zkv1-[A-Za-z0-9_-]{43}")  # 32 random bytes, base64url
 
 
 class ProtocolViolation(ValueError):
@@ -84,12 +93,17 @@ def release_info(request_id: str) -> bytes:
     return b"zkv-v1 release\n" + request_id.encode("ascii")
 
 
-def new_nonce() -> str:
-    return os.urandom(16).hex()  # what secrets.token_hex does, without importing random
+def new_invite_token() -> str:
+    """The one-time enrolment credential the owner hands to a host (``hosts invite``)."""
+    return "zkv1-" + base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("=")
 
 
-def now() -> int:
-    return int(time.time())
+def is_invite_token(value: str) -> bool:
+    return bool(_INVITE_TOKEN_RE.fullmatch(value))
+
+
+def is_hostname(value: str) -> bool:
+    return bool(_HOSTNAME_RE.fullmatch(value))
 
 
 # --- field checks -----------------------------------------------------------------------------
@@ -121,8 +135,8 @@ def _sign(private_key: bytes, context: bytes, body: dict[str, Any]) -> bytes:
     return crypto.ed25519_sign(private_key, context + canonical(body))
 
 
-def _hostname(value: str) -> str:
-    if not _HOSTNAME_RE.fullmatch(value):
+def check_hostname(value: str) -> str:
+    if not is_hostname(value):
         raise ProtocolViolation("invalid hostname")
     return value
 
@@ -143,18 +157,41 @@ def _key32(value: str, name: str) -> bytes:
     return raw
 
 
-def check_fresh(timestamp: int, at: int, window: int = REPLAY_WINDOW) -> bool:
-    return abs(at - timestamp) <= window
+def _challenge(value: str) -> str:
+    if not _CHALLENGE_RE.fullmatch(value):
+        raise ProtocolViolation("invalid challenge")
+    return value
+
+
+# --- challenge --------------------------------------------------------------------------------
+
+
+class Challenge(NamedTuple):
+    """What the next signed request must carry, and the gateway's clock when it was issued."""
+
+    challenge: str
+    now: int  # the gateway's time: the client compares its own clock, never signs it
+
+    def to_json(self) -> dict[str, Any]:
+        return {"challenge": self.challenge, "now": self.now}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Challenge:
+        body = _exact(raw, {"challenge", "now"})
+        return cls(_challenge(_field(body, "challenge", str)), _field(body, "now", int))
 
 
 # --- enrolment --------------------------------------------------------------------------------
 
 
 class EnrollRequest(NamedTuple):
+    """Signed by the new host key (proof of possession) and carrying the owner's one-time
+    invite token: the token, not the key, is what admits the host."""
+
     hostname: str
     public_key: bytes
-    nonce: str
-    timestamp: int
+    token: str
+    challenge: str
     signature: bytes = b""
 
     def body(self) -> dict[str, Any]:
@@ -162,8 +199,8 @@ class EnrollRequest(NamedTuple):
             "v": VERSION,
             "hostname": self.hostname,
             "public_key": b64(self.public_key),
-            "nonce": self.nonce,
-            "timestamp": self.timestamp,
+            "token": self.token,
+            "challenge": self.challenge,
         }
 
     @property
@@ -171,8 +208,9 @@ class EnrollRequest(NamedTuple):
         return host_id_of(self.public_key)
 
     @classmethod
-    def create(cls, hostname: str, private_key: bytes, at: int | None = None) -> EnrollRequest:
-        unsigned = cls(hostname, crypto.ed25519_public(private_key), new_nonce(), at or now())
+    def create(cls, hostname: str, private_key: bytes, token: str, challenge: str) -> EnrollRequest:
+        public = crypto.ed25519_public(private_key)
+        unsigned = cls(hostname, public, token, _challenge(challenge))
         return unsigned._replace(signature=_sign(private_key, CONTEXT_ENROLL, unsigned.body()))
 
     def to_json(self) -> dict[str, Any]:
@@ -180,12 +218,14 @@ class EnrollRequest(NamedTuple):
 
     @classmethod
     def from_json(cls, raw: Any) -> EnrollRequest:
-        body = _signed_body(raw, {"hostname", "public_key", "nonce", "timestamp"})
+        body = _signed_body(raw, {"hostname", "public_key", "token", "challenge"})
+        if not is_invite_token(_field(body, "token", str)):
+            raise ProtocolViolation("token is not an invite token")
         return cls(
-            hostname=_hostname(_field(body, "hostname", str)),
+            hostname=check_hostname(_field(body, "hostname", str)),
             public_key=_key32(_field(body, "public_key", str), "public_key"),
-            nonce=_hex32(_field(body, "nonce", str), "nonce"),
-            timestamp=_field(body, "timestamp", int),
+            token=body["token"],
+            challenge=_challenge(_field(body, "challenge", str)),
             signature=_signature(_field(body, "signature", str)),
         )
 
@@ -198,7 +238,7 @@ class EnrollRequest(NamedTuple):
 
 class EnrollAccepted(NamedTuple):
     host_id: str
-    status: str  # "pending" until the owner approves, then "approved"; or "revoked"
+    status: str  # "approved" (the invite is the owner's approval); "pending", "revoked" of old
 
     def to_json(self) -> dict[str, Any]:
         return {"host_id": self.host_id, "status": self.status}
@@ -220,8 +260,7 @@ class UnlockRequest(NamedTuple):
     hostname: str
     datasets: tuple[str, ...]
     ephemeral_key: bytes
-    nonce: str
-    timestamp: int
+    challenge: str
     signature: bytes = b""
 
     def body(self) -> dict[str, Any]:
@@ -231,8 +270,7 @@ class UnlockRequest(NamedTuple):
             "hostname": self.hostname,
             "datasets": list(self.datasets),
             "ephemeral_key": b64(self.ephemeral_key),
-            "nonce": self.nonce,
-            "timestamp": self.timestamp,
+            "challenge": self.challenge,
         }
 
     @classmethod
@@ -242,10 +280,10 @@ class UnlockRequest(NamedTuple):
         hostname: str,
         datasets: list[str] | tuple[str, ...],
         ephemeral_key: bytes,
-        at: int | None = None,
+        challenge: str,
     ) -> UnlockRequest:
         host_id = host_id_of(crypto.ed25519_public(private_key))
-        unsigned = cls(host_id, hostname, tuple(datasets), ephemeral_key, new_nonce(), at or now())
+        unsigned = cls(host_id, hostname, tuple(datasets), ephemeral_key, _challenge(challenge))
         return unsigned._replace(signature=_sign(private_key, CONTEXT_UNLOCK, unsigned.body()))
 
     def to_json(self) -> dict[str, Any]:
@@ -253,7 +291,7 @@ class UnlockRequest(NamedTuple):
 
     @classmethod
     def from_json(cls, raw: Any) -> UnlockRequest:
-        names = {"host_id", "hostname", "datasets", "ephemeral_key", "nonce", "timestamp"}
+        names = {"host_id", "hostname", "datasets", "ephemeral_key", "challenge"}
         body = _signed_body(raw, names)
         datasets = _field(body, "datasets", list)
         if len(datasets) > MAX_DATASETS or not all(
@@ -262,11 +300,10 @@ class UnlockRequest(NamedTuple):
             raise ProtocolViolation("invalid datasets")
         return cls(
             host_id=_hex32(_field(body, "host_id", str), "host_id"),
-            hostname=_hostname(_field(body, "hostname", str)),
+            hostname=check_hostname(_field(body, "hostname", str)),
             datasets=tuple(datasets),
             ephemeral_key=_key32(_field(body, "ephemeral_key", str), "ephemeral_key"),
-            nonce=_hex32(_field(body, "nonce", str), "nonce"),
-            timestamp=_field(body, "timestamp", int),
+            challenge=_challenge(_field(body, "challenge", str)),
             signature=_signature(_field(body, "signature", str)),
         )
 
@@ -302,25 +339,20 @@ class UnlockCreated(NamedTuple):
 
 
 class Heartbeat(NamedTuple):
-    """A running host says it is alive; signed and fresh like an unlock request."""
+    """A running host says it is alive; signed, and fresh by a gateway challenge, like an
+    unlock request."""
 
     host_id: str
-    nonce: str
-    timestamp: int
+    challenge: str
     signature: bytes = b""
 
     def body(self) -> dict[str, Any]:
-        return {
-            "v": VERSION,
-            "host_id": self.host_id,
-            "nonce": self.nonce,
-            "timestamp": self.timestamp,
-        }
+        return {"v": VERSION, "host_id": self.host_id, "challenge": self.challenge}
 
     @classmethod
-    def create(cls, private_key: bytes, at: int | None = None) -> Heartbeat:
+    def create(cls, private_key: bytes, challenge: str) -> Heartbeat:
         host_id = host_id_of(crypto.ed25519_public(private_key))
-        unsigned = cls(host_id, new_nonce(), at or now())
+        unsigned = cls(host_id, _challenge(challenge))
         return unsigned._replace(signature=_sign(private_key, CONTEXT_HEARTBEAT, unsigned.body()))
 
     def to_json(self) -> dict[str, Any]:
@@ -328,11 +360,10 @@ class Heartbeat(NamedTuple):
 
     @classmethod
     def from_json(cls, raw: Any) -> Heartbeat:
-        body = _signed_body(raw, {"host_id", "nonce", "timestamp"})
+        body = _signed_body(raw, {"host_id", "challenge"})
         return cls(
             host_id=_hex32(_field(body, "host_id", str), "host_id"),
-            nonce=_hex32(_field(body, "nonce", str), "nonce"),
-            timestamp=_field(body, "timestamp", int),
+            challenge=_challenge(_field(body, "challenge", str)),
             signature=_signature(_field(body, "signature", str)),
         )
 

@@ -10,11 +10,13 @@ line). See docs/zfs-layer.md for the OpenZFS behaviour this relies on.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Mapping
 from typing import NamedTuple
 
 from zkv.errors import (
+    InputError,
     ZfsDatasetNotFound,
     ZfsError,
     ZfsKeyAlreadyLoaded,
@@ -25,6 +27,14 @@ from zkv.errors import (
 from zkv.fsutil import which
 
 ENV_BINARY = "ZKV_ZFS"
+# zfsprops(7): user property names are lowercase letters, digits and ":-._", contain a colon
+# and are at most 256 characters. Checked before they reach argv, so a name can never be read
+# as an option ("-o...") or carry a second "name=value".
+_USER_PROPERTY_RE = re.compile(r"[a-z0-9][a-z0-9:._-]*")
+MAX_PROPERTY_NAME = 256
+# What zkv writes as a value: printable ASCII, no tab (the separator of "zfs get -H").
+_VALUE_RE = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
+MAX_VALUE = 1024
 _SEARCH = ("/usr/sbin/zfs", "/sbin/zfs", "/usr/local/sbin/zfs")
 
 
@@ -33,6 +43,25 @@ class KeyInfo(NamedTuple):
     encryption_root: str | None
     keystatus: str  # "available" | "unavailable" | "none" (not encrypted)
     keyformat: str  # "raw" | "hex" | "passphrase" | "none"
+
+
+def check_user_property(name: str) -> str:
+    if (
+        len(name) > MAX_PROPERTY_NAME
+        or ":" not in name
+        or _USER_PROPERTY_RE.fullmatch(name) is None
+    ):
+        raise InputError(
+            f"not a ZFS user property name: {name[:80]!r} (lowercase letters, digits and "
+            f"':-._', with a colon, at most {MAX_PROPERTY_NAME} characters)"
+        )
+    return name
+
+
+def check_property_value(value: str) -> str:
+    if len(value) > MAX_VALUE or _VALUE_RE.fullmatch(value) is None:
+        raise InputError(f"not a property value zkv writes: {value[:80]!r}")
+    return value
 
 
 def find_binary() -> str:
@@ -118,6 +147,27 @@ class Zfs:
             keystatus=props.get("keystatus", "none").replace("-", "none"),
             keyformat=props.get("keyformat", "none").replace("-", "none"),
         )
+
+    def local_properties(self, dataset: str, names: list[str]) -> dict[str, str]:
+        """The user properties among ``names`` that are set on ``dataset`` itself. An inherited
+        value (a parent encryption root's epoch) is not this dataset's, so it is left out."""
+        for name in names:
+            check_user_property(name)
+        out = self._checked(
+            ["get", "-H", "-p", "-s", "local", "-o", "property,value", ",".join(names), dataset],
+            dataset,
+        )
+        rows = (line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+        return {name: value for name, value in rows if name in names}
+
+    def set_properties(self, dataset: str, values: Mapping[str, str]) -> None:
+        """Set user properties, all in one ``zfs set`` (one transaction)."""
+        pairs = [f"{check_user_property(n)}={check_property_value(v)}" for n, v in values.items()]
+        self._checked(["set", *pairs, dataset], dataset)
+
+    def clear_property(self, dataset: str, name: str) -> None:
+        """Remove a user property set on ``dataset`` (``zfs inherit``)."""
+        self._checked(["inherit", check_user_property(name), dataset], dataset)
 
     def keystatus(self, dataset: str) -> str:
         return self.key_info(dataset).keystatus

@@ -16,7 +16,7 @@ from typing import NoReturn
 
 from zkv import __version__, keystore, paths
 from zkv.errors import Interrupted, UsageError, ZkvError
-from zkv_admin import common, doctor, enroll, heartbeat, keycmds, zfscmds
+from zkv_admin import common, doctor, enroll, heartbeat, keycmds, rotation, zfscmds
 
 Handler = Callable[[argparse.Namespace], int]
 KEYFORMATS = ("raw", "hex", "passphrase")
@@ -87,12 +87,17 @@ def _add_commands(sub: argparse._SubParsersAction[Parser], seed: bool) -> None:
     add.add_argument("secret_positional", nargs="?", help=argparse.SUPPRESS)
     add.add_argument("--key-file", metavar="PATH|-", help="read the key here (default: stdin)")
     add.add_argument(
-        "--keyformat", choices=KEYFORMATS, help="default: the dataset's (raw with --generate)"
+        "--keyformat",
+        choices=KEYFORMATS,
+        help="default: the dataset's (passphrase with --generate)",
     )
     add.add_argument(
-        "--generate", action="store_true", help="give the dataset a new random key (change-key)"
+        "--generate",
+        action="store_true",
+        help="then give the dataset a new random key, as 'zkv rotate' does",
     )
     add.add_argument("-f", "--force", action="store_true", help="replace an existing entry")
+    _rotation_options(add)
 
     listing = command("list", keycmds.cmd_list, "list entries (needs no key)", [p["store"]])
     listing.add_argument("--json", action="store_true", help="machine-readable output")
@@ -118,7 +123,32 @@ def _add_commands(sub: argparse._SubParsersAction[Parser], seed: bool) -> None:
     enrol = command("enroll", enroll.cmd_enroll, "register this host with the gateway", both)
     enrol.add_argument("--gateway", metavar="URL", required=True, help="https://gateway.example")
     enrol.add_argument("--ca", metavar="FILE", help="CA bundle that signed the gateway's cert")
-    enrol.add_argument("--hostname", help="name shown to the owner (default: this host's)")
+    enrol.add_argument(
+        "--hostname", help="the name the invite was issued for (default: this host's)"
+    )
+    enrol.add_argument(
+        "--token-file", metavar="PATH|-", help="read the invite token here (default: stdin/ask)"
+    )
+    enrol.add_argument(
+        "--token", action="store_true", help="ask for the invite token (the default)"
+    )
+
+    rotate = command(
+        "rotate",
+        rotation.cmd_rotate,
+        "give a dataset a new random key and epoch; safe against a power cut at any step",
+        both,
+    )
+    rotate.add_argument("dataset", metavar="DATASET")
+    _rotation_options(rotate)
+    reconcile = command(
+        "reconcile",
+        rotation.cmd_reconcile,
+        "settle rotations a crash interrupted: keystore and epoch property follow zfs's key",
+        both,
+    )
+    reconcile.add_argument("datasets", metavar="DATASET", nargs="*")
+    _epoch_option(reconcile)
 
     command("doctor", doctor.cmd_doctor, "check the installation", [p["store"]])
 
@@ -130,6 +160,25 @@ def _add_commands(sub: argparse._SubParsersAction[Parser], seed: bool) -> None:
     )
     beat.add_argument(
         "--config", metavar="PATH", default=paths.EARLY_CONF, help="gateway settings (%(default)s)"
+    )
+
+
+def _epoch_option(parser: Parser) -> None:
+    parser.add_argument(
+        "--epoch-property",
+        metavar="NAME",
+        default=rotation.DEFAULT_PROPERTY,
+        help="user property for the key's epoch; NAME:time and NAME:pending go with it "
+        f"(default {rotation.DEFAULT_PROPERTY})",
+    )
+
+
+def _rotation_options(parser: Parser) -> None:
+    _epoch_option(parser)
+    parser.add_argument(
+        "--raw",
+        action="store_true",
+        help="a raw key (default: a passphrase, which OpenZFS's own prompt can still take)",
     )
 
 

@@ -16,9 +16,10 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from zkv import hostkey, keystore
+from zkv import hostkey, keystore, paths
 from zkv.errors import DoctorFoundProblems, ZkvError
 from zkv.zfs import Zfs
+from zkv_admin import rotation
 from zkv_admin.common import path_of
 from zkv_early import config
 
@@ -63,6 +64,24 @@ def _config(places: Places) -> Iterator[Finding]:
         yield False, f"the boot client's settings are not usable: {exc.message}."
         return
     yield True, f"{places.config} is valid (gateway {settings.gateway_url or 'disabled'})."
+    yield from _trust(settings)
+
+
+def _trust(settings: config.Config) -> Iterator[Finding]:
+    """What the boot trusts for the gateway; config.validate already refused "nothing"."""
+    if not settings.gateway_url.startswith("https"):
+        return
+    if settings.ca_file and not os.path.isfile(settings.ca_file):
+        yield False, f"the gateway CA file {settings.ca_file} is missing: no image can be built."
+        return
+    trust = []
+    if settings.ca_file == paths.SYSTEM_CA_BUNDLE:  # ca_file = system: allowed, but say so
+        trust.append("any CA of the system bundle (ca_file = system; its own CA is narrower)")
+    elif settings.ca_file:
+        trust.append(f"its own CA {settings.ca_file}")
+    if settings.pins:
+        trust.append(f"its pinned key ({len(settings.pins)} pin_sha256)")
+    yield True, f"the boot trusts the gateway on the word of {' and '.join(trust)}."
 
 
 def _keystore(path: Path) -> Generator[Finding, None, keystore.SealedKeystore | None]:
@@ -119,6 +138,22 @@ def _zfs(zfs: Zfs, sealed: keystore.SealedKeystore | None) -> Iterator[Finding]:
             yield False, f"entry {entry.target}: {exc.message}; remove it or fix the dataset."
         else:
             yield True, f"entry {entry.target} is an encryption root."
+            yield from _rotation(zfs, entry.target)
+
+
+def _rotation(zfs: Zfs, target: str) -> Iterator[Finding]:
+    """A rotation a crash interrupted still unlocks, but the keystore holds two keys."""
+    pending = rotation.names(rotation.DEFAULT_PROPERTY).pending
+    try:
+        found = zfs.local_properties(target, [pending])
+    except ZkvError:
+        return
+    if pending in found:
+        yield (
+            False,
+            f"a rotation of {target} to epoch {found[pending]} was interrupted: "
+            "run 'zkv reconcile'.",
+        )
 
 
 def _hooks(places: Places) -> Iterator[Finding]:
@@ -138,15 +173,18 @@ def _boot_image(path: Path, places: Places) -> Iterator[Finding]:
     if image is None:
         yield True, f"no boot image for kernel {places.release} to compare (skipped)."
         return
-    if path.exists() and path.stat().st_mtime > os.stat(image).st_mtime:
-        yield (
-            False,
-            (
-                f"{image} is older than the keystore, so it boots with a stale copy: "
-                "run 'update-initramfs -u' or 'dracut -f'."
-            ),
-        )
-        return
+    built = os.stat(image).st_mtime
+    # The image carries copies of both files (the hooks copy them in).
+    for what, source in (("keystore", path), ("host key", hostkey.default_path(path))):
+        if source.exists() and source.stat().st_mtime > built:
+            yield (
+                False,
+                (
+                    f"{image} is older than the {what}, so it boots with a stale copy: "
+                    "run 'update-initramfs -u -k all' or 'dracut -f --regenerate-all'."
+                ),
+            )
+            return
     listing = _list_image(image)
     if listing is not None and "etc/zkv/keystore" not in listing:
         yield False, f"{image} holds no keystore: rebuild it after installing the hooks."

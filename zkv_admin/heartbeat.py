@@ -1,9 +1,11 @@
 """``zkv heartbeat``: tell the gateway this host is running (its dead-man switch), and carry
 out a remote wipe when the gateway answers "wipe". Run by systemd/zkv-heartbeat.timer.
 
-The answer is not signed: only TLS to the gateway (early.conf's CA) vouches for it. So a wipe
-does the one thing a forged answer may be allowed to do: the keystore loses its repository
-slot (unattended unlock), never its recovery slot (the data). docs/threat-model.md.
+Each attempt fetches a fresh challenge (POST /v1/challenges) and signs it, as the boot and
+``zkv enroll`` do. The answer is not signed: only TLS to the gateway (early.conf's CA, or its
+pinned key, through the boot client's own HTTPS client) vouches for it. So a wipe does the one
+thing a forged answer may be allowed to do: the keystore loses its repository slot (unattended
+unlock), never its recovery slot (the data). docs/threat-model.md.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import subprocess
 
 from zkv import fsutil, hostkey, keystore, protocol
 from zkv.errors import WipeFailed
-from zkv_admin import gateway_http
 from zkv_admin.common import path_of, say
 from zkv_early import config
+from zkv_early.gateway_client import GatewayClient
 
 # The boot image holds a copy of the keystore; these rebuild it, whichever flavour is here.
 REBUILDERS = (("update-initramfs", "-u", "-k", "all"), ("dracut", "-f", "--regenerate-all"))
@@ -25,15 +27,15 @@ REBUILDERS = (("update-initramfs", "-u", "-k", "all"), ("dracut", "-f", "--regen
 def cmd_heartbeat(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
     private = hostkey.load(hostkey.default_path(path_of(args)))
-    url = settings.gateway_url.rstrip("/") + protocol.PATH_HEARTBEAT
-    beat = protocol.Heartbeat.create(private)
-    answer = gateway_http.post(
-        url,
-        beat.to_json(),
-        settings.ca_file,
-        protocol.HeartbeatAnswer.from_json,
-        settings.request_timeout,
+    # The boot client's own HTTPS client: early.conf's CA (or the system bundle) and/or pins.
+    gateway = GatewayClient(
+        settings.gateway_url, settings.ca_file, settings.request_timeout, settings.pins
     )
+    try:
+        challenge = gateway.challenge()  # one per attempt: each is accepted once
+        answer = gateway.heartbeat(protocol.Heartbeat.create(private, challenge.challenge))
+    finally:
+        gateway.close()
     if answer.action != protocol.ACTION_WIPE:
         print("heartbeat: ok")
         return 0

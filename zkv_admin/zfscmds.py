@@ -1,49 +1,22 @@
-"""Commands that talk to zfs: add (and rotate with --generate), verify, unlock."""
+"""Commands that talk to zfs: add (with --generate: add, then rotate), verify, unlock."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
 from pathlib import Path
 
 from zkv import keystore
 from zkv.errors import (
     EntryExists,
-    RotationFailed,
     UnlockFailed,
     UsageError,
     VerifyFailed,
-    ZfsDatasetNotFound,
-    ZfsError,
     ZfsKeyNotLoaded,
-    ZfsNotEncryptionRoot,
-    ZfsUnavailable,
 )
 from zkv.keyload import Outcome, UnlockReport, load_entries
 from zkv.zfs import KeyInfo, Zfs
-from zkv_admin import secret_input
+from zkv_admin import rotation, secret_input
 from zkv_admin.common import open_store, path_of, read_and_open, save, say
-
-
-def generate_key(keyformat: str) -> bytes:
-    if keyformat == "raw":
-        return os.urandom(32)
-    if keyformat == "hex":
-        return os.urandom(32).hex().encode()
-    return secrets.token_urlsafe(32).encode()  # 43 characters, about 256 bits
-
-
-def _works(zfs: Zfs, dataset: str, key: bytes) -> bool:
-    """Dry-run check. Only a missing dataset or zfs is fatal: a staged key in another format
-    ("Raw key too short") or a timeout means "not this key", which keeps both in the keystore."""
-    try:
-        zfs.load_key(dataset, key, verify_only=True)
-    except (ZfsDatasetNotFound, ZfsNotEncryptionRoot, ZfsUnavailable):
-        raise
-    except ZfsError:
-        return False
-    return True
 
 
 def cmd_add(args: argparse.Namespace) -> int:
@@ -57,7 +30,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     zfs = Zfs()
     info = zfs.require_encryption_root(args.dataset)
     if args.generate:
-        return _add_generated(args, path, sealed, zfs, info, key_source)
+        return _add_generated(args, path, zfs, info, key_source)
     keyformat = args.keyformat or info.keyformat
     if keyformat != info.keyformat:
         raise UsageError(
@@ -83,51 +56,25 @@ def _read_current_key(source: str, dataset: str, keyformat: str) -> bytes:
 def _add_generated(
     args: argparse.Namespace,
     path: Path,
-    sealed: keystore.SealedKeystore,
     zfs: Zfs,
     info: KeyInfo,
     key_source: str,
 ) -> int:
-    """Rotate to a fresh key so that a crash at any step leaves a keystore that still opens.
-
-    1. keystore holds [current, new] and is written; 2. zfs change-key; 3. zfs load-key -n
-    with the new key; 4. keystore holds [new] and is written. The boot client tries the
-    candidates in order, so after a crash between 1 and 4 one of them works.
-    """
-    dataset, new_format = args.dataset, args.keyformat or "raw"
+    """Add the entry with the current key if it is new, then rotate (zkv_admin/rotation.py)."""
+    dataset = args.dataset
+    new_format = "raw" if args.raw else args.keyformat or "passphrase"
+    prop = rotation.names(args.epoch_property)
     if info.keystatus != "available":
         raise ZfsKeyNotLoaded(dataset=dataset)
-    store = open_store(args, sealed)
-    if dataset in sealed.datasets():
-        current = next((k for k in store.candidates(dataset) if _works(zfs, dataset, k)), None)
-        if current is None:
-            raise RotationFailed(dataset=dataset, detail="no key in the keystore opens it now")
-    else:
-        current = _read_current_key(key_source, dataset, info.keyformat)
-        zfs.load_key(dataset, current, verify_only=True)
-    new = generate_key(new_format)
-    store.put(keystore.Entry(dataset, info.keyformat), current)
-    store.stage(dataset, new, new_format)
-    save(path, store, remind=False)
-    try:
-        zfs.change_key(dataset, new, new_format)
-        failure = ""
-    except ZfsError as exc:  # zfs may still have changed it (e.g. a timeout): look, don't guess
-        failure = exc.message
-    if _works(zfs, dataset, new):
-        store.commit(dataset, new, new_format)
-    elif _works(zfs, dataset, current):
-        store.put(keystore.Entry(dataset, info.keyformat), current)
-        save(path, store, remind=False)
-        raise RotationFailed(dataset=dataset, detail=failure or "zfs kept the old key")
-    else:
-        raise RotationFailed(
-            dataset=dataset, detail="neither key verifies; the keystore keeps both"
-        )
-    save(path, store)
-    say(f"{dataset} now has a new {new_format} key, held only in the keystore")
-    if failure:
-        say(f"zfs reported '{failure}' but the new key is in place")
+    with rotation.exclusive(path):
+        sealed = keystore.read(path)  # under the lock: another rotation may have written it
+        store = open_store(args, sealed)
+        if dataset not in sealed.datasets():
+            current = _read_current_key(key_source, dataset, info.keyformat)
+            zfs.load_key(dataset, current, verify_only=True)
+            store.put(keystore.Entry(dataset, info.keyformat), current)
+        epoch = rotation.rotate(zfs, path, store, dataset, new_format, prop)
+    say(f"{dataset} now has a new {new_format} key (epoch {epoch}), held only in the keystore")
     return 0
 
 

@@ -200,7 +200,7 @@ def _open(
 ) -> OpenKeystore:
     t0 = time.monotonic()
     deadline = Deadline(SystemClock(), config.total_timeout)
-    client = GatewayClient(config.gateway_url, config.ca_file, config.request_timeout)
+    client = GatewayClient(config.gateway_url, config.ca_file, config.request_timeout, config.pins)
     gateway = GatewayUnlock(config, console, client, deadline, configmod.hostname(config))
     asker: passphrase_prompt.Prompt | None = None
     contenders: list[Contender[OpenKeystore]] = [

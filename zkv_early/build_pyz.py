@@ -63,6 +63,7 @@ PACKAGES: dict[str, tuple[str, ...]] = {
         "net",
         "passphrase_contender",
         "passphrase_prompt",
+        "pinning",
         "race",
     ),
 }

@@ -9,7 +9,15 @@ from collections.abc import Sequence
 from types import FrameType
 
 from zkv import __version__, errors
-from zkv.errors import ADMIN_CODES, SIGNAL_CODES, Interrupted, KeysNotLoaded, UsageError, ZkvError
+from zkv.errors import (
+    ADMIN_CODES,
+    SIGNAL_CODES,
+    Interrupted,
+    KeysDropped,
+    KeysNotLoaded,
+    UsageError,
+    ZkvError,
+)
 from zkv.keyload import Outcome
 from zkv.zfs import Zfs
 from zkv_early import cmdline, handover
@@ -163,11 +171,13 @@ def handover_load(path: str, console: Console) -> int:
     report = handover.load(path, Zfs())
     if report.loaded:
         console.say(f"keys loaded: {', '.join(r.target for r in report.loaded)}")
-    absent = [r.target for r in report.results if r.outcome is Outcome.ABSENT]
-    if absent:
-        console.say(f"pools not imported, their keys were dropped: {', '.join(absent)}")
     if report.failed:
         raise KeysNotLoaded(datasets=", ".join(r.target for r in report.failed))
+    # The key is gone for this boot (the file is wiped whatever happens): fail the unit, so
+    # that `systemctl --failed` and monitoring see a pool left locked, and say what to run.
+    absent = [r.target for r in report.results if r.outcome is Outcome.ABSENT]
+    if absent:
+        raise KeysDropped(datasets=" ".join(absent))
     return 0
 
 

@@ -4,7 +4,10 @@ found when the image is built and tested, not silently ignored at boot.
 
     [gateway]
     url = https://zkv.example.net:8443     # required
-    ca_file = /etc/zkv/gateway-ca.pem       # default: /etc/ssl/certs/ca-certificates.crt
+    ca_file = /etc/zkv/gateway-ca.pem       # the CA that signs the gateway's certificate, or
+                                            # "system": any CA of the system bundle (weaker)
+    pin_sha256 = base64                     # and/or: the gateway's public key (SPKI SHA-256,
+                                            # several for a rotation); an https url needs one
     request_timeout = 15                    # seconds for one HTTP exchange (plus the long-poll)
 
     [host]
@@ -32,15 +35,16 @@ import socket
 from typing import NamedTuple
 
 from zkv import paths
+from zkv.encoding import unb64
 from zkv.errors import ConfigError
 from zkv_early import cmdline
 from zkv_early.http11 import Url
 
 DEFAULT_PATH = paths.EARLY_CONF
-DEFAULT_CA = paths.SYSTEM_CA_BUNDLE
+SYSTEM_CA = "system"  # ca_file = system: the system bundle, only when asked for
 
 _OPTIONS: dict[str, set[str]] = {
-    "gateway": {"url", "ca_file", "request_timeout"},
+    "gateway": {"url", "ca_file", "pin_sha256", "request_timeout"},
     "host": {"keystore", "host_key", "name"},
     "timeouts": {"network", "total", "fallback"},
     "network": {"interfaces"},
@@ -51,7 +55,8 @@ _LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
 class Config(NamedTuple):
     gateway_url: str
-    ca_file: str = DEFAULT_CA
+    ca_file: str = ""  # none: then the pins are the only trust
+    pins: tuple[str, ...] = ()  # base64 SHA-256 of the gateway's SubjectPublicKeyInfo
     request_timeout: float = 15.0
     keystore: str = paths.IMAGE_KEYSTORE
     host_key: str = paths.IMAGE_HOST_KEY
@@ -103,9 +108,15 @@ def parse(text: str, source: str = DEFAULT_PATH) -> Config:
         return value
 
     interfaces = get("network", "interfaces", "").replace(",", " ").split()
+    ca_file = get("gateway", "ca_file", "")
+    pins = tuple(get("gateway", "pin_sha256", "").replace(",", " ").split())
+    for pin in pins:
+        if not _is_pin(pin):
+            raise ConfigError(f"{source}: [gateway] pin_sha256 {pin!r} is not a base64 SHA-256")
     return Config(
         gateway_url=get("gateway", "url", ""),
-        ca_file=get("gateway", "ca_file", DEFAULT_CA),
+        ca_file=paths.SYSTEM_CA_BUNDLE if ca_file == SYSTEM_CA else ca_file,
+        pins=pins,
         request_timeout=number("gateway", "request_timeout", 15.0, 1, 300),
         keystore=get("host", "keystore", _DEFAULTS["keystore"]),
         host_key=get("host", "host_key", _DEFAULTS["host_key"]),
@@ -137,7 +148,19 @@ def validate(config: Config) -> Config:
     if url.scheme == "http" and not config.gateway_is_loopback:
         # The release is sealed, but the PIN and the request would travel in the clear.
         raise ConfigError("the gateway url must use https (http is accepted for loopback only)")
+    if url.scheme == "https" and not config.ca_file and not config.pins:
+        raise ConfigError(
+            "early.conf must name the gateway's CA ([gateway] ca_file = PATH, or ca_file = system "
+            "for the system bundle) or pin its key ([gateway] pin_sha256)"
+        )
     return config
+
+
+def _is_pin(value: str) -> bool:
+    try:
+        return len(unb64(value)) == 32
+    except ValueError:
+        return False
 
 
 def load(path: str = DEFAULT_PATH, cmdline_path: str = cmdline.DEFAULT_PATH) -> Config:

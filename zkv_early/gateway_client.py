@@ -1,5 +1,6 @@
 """HTTPS to the gateway with ssl and a minimal HTTP/1.1 (http11.py): small and fast to import in
-an initramfs. The TLS context trusts only the configured CA file.
+an initramfs. The TLS context trusts only the configured CA file, or (pin_sha256) only the
+pinned public key, or both when both are set (pinning.py).
 
 One connection is kept and reused. ``abort()`` may be called from another thread: it shuts the
 socket down, so a long-poll in progress returns at once (the race's way to cancel it).
@@ -23,6 +24,7 @@ from zkv.errors import (
     ProtocolError,
     RateLimited,
 )
+from zkv_early import pinning
 from zkv_early.http11 import BadResponse, Connection, Disconnected, Url
 from zkv_early.race import Cancelled
 
@@ -30,7 +32,9 @@ USER_AGENT = "zkv-early/1"
 
 
 class GatewayClient:
-    def __init__(self, url: str, ca_file: str | None, timeout: float) -> None:
+    def __init__(
+        self, url: str, ca_file: str | None, timeout: float, pins: tuple[str, ...] = ()
+    ) -> None:
         parts = Url(url)
         self.url = url.rstrip("/")
         self.scheme = parts.scheme
@@ -38,13 +42,20 @@ class GatewayClient:
         self.port = parts.port
         self.base = parts.path.rstrip("/")
         self.timeout = timeout
-        self.ca_file = ca_file
+        self.ca_file, self.pins = ca_file, pins
         self._context: ssl.SSLContext | None = None  # built on first use, in the gateway thread
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._aborted = False
 
-    # --- the two calls of the unlock flow -------------------------------------------------------
+    # --- the three calls of the unlock flow -----------------------------------------------------
+
+    def challenge(self) -> protocol.Challenge:
+        status, answer = self._exchange("POST", protocol.PATH_CHALLENGES, b"", self.timeout)
+        if status != 201:
+            raise _status_error(status, answer)
+        challenge: protocol.Challenge = _decode(protocol.Challenge.from_json, answer)
+        return challenge
 
     def create(self, request: protocol.UnlockRequest) -> protocol.UnlockCreated:
         body = json.dumps(request.to_json()).encode()
@@ -63,6 +74,15 @@ class GatewayClient:
         result: protocol.PollResult = _decode(protocol.PollResult.from_json, answer)
         return result
 
+    def heartbeat(self, beat: protocol.Heartbeat) -> protocol.HeartbeatAnswer:
+        """`zkv heartbeat` (zkv_admin/heartbeat.py): the same TLS trust as the boot."""
+        body = json.dumps(beat.to_json()).encode()
+        status, answer = self._exchange("POST", protocol.PATH_HEARTBEAT, body, self.timeout)
+        if status != 200:
+            raise _status_error(status, answer)
+        result: protocol.HeartbeatAnswer = _decode(protocol.HeartbeatAnswer.from_json, answer)
+        return result
+
     # --- plumbing ---------------------------------------------------------------------------------
 
     def _connection(self) -> Connection:
@@ -70,11 +90,13 @@ class GatewayClient:
             if self._aborted:
                 raise Cancelled
             if self._conn is None:
-                context = None
+                context, verify = None, None
                 if self.scheme == "https":
                     # A bad CA file fails the gateway side only; the prompt still runs.
-                    context = self._context = self._context or _tls_context(self.ca_file)
-                self._conn = Connection(self.host, self.port, context)
+                    context = self._context = self._context or _tls_context(self.ca_file, self.pins)
+                    if self.pins:
+                        verify = self._check_pin
+                self._conn = Connection(self.host, self.port, context, verify)
             return self._conn
 
     def _exchange(
@@ -111,6 +133,9 @@ class GatewayClient:
             return response.status, _json(response.body)
         raise AssertionError("unreachable")
 
+    def _check_pin(self, sock: ssl.SSLSocket) -> None:
+        pinning.check(sock, self.pins)
+
     def _drop(self) -> None:
         with self._lock:
             conn, self._conn = self._conn, None
@@ -132,11 +157,18 @@ class GatewayClient:
         self._drop()
 
 
-def _tls_context(ca_file: str | None) -> ssl.SSLContext:
-    try:
-        context = ssl.create_default_context(cafile=ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load the gateway CA file {ca_file}: {exc}") from None
+def _tls_context(ca_file: str | None, pins: tuple[str, ...]) -> ssl.SSLContext:
+    if not ca_file and not pins:  # config.validate says so first; never the system's by default
+        raise ConfigError("no CA file and no pinned key for the gateway")
+    if not ca_file:
+        # The pinned key is the trust: no CA vouches for it (a self-signed gateway works).
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    else:
+        try:
+            context = ssl.create_default_context(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load the gateway CA file {ca_file}: {exc}") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
 
@@ -171,6 +203,8 @@ def _status_error(status: int, answer: Any) -> GatewayError:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, pinning.PinMismatch):
+        return str(exc)
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS certificate not trusted ({exc.verify_message})"
     if isinstance(exc, socket.timeout | TimeoutError):

@@ -36,10 +36,13 @@ RETRY_MAX = 10.0  # seconds between attempts while the gateway cannot be reached
 # Worth another try while the deadline lasts: unreachable, 429, 503 (and a proxy's 502/504).
 TRANSIENT = (GatewayUnreachable, RateLimited, GatewayBusy)
 EXPIRY_GRACE = 5  # seconds we keep polling past expires_at: the gateway has the last word
+CLOCK_SLACK = 30  # seconds of difference from the gateway's clock worth a line on the console
 
 
 class Gateway(Protocol):
     """What the flow needs from gateway_client.GatewayClient (tests script it)."""
+
+    def challenge(self) -> protocol.Challenge: ...
 
     def create(self, request: protocol.UnlockRequest) -> protocol.UnlockCreated: ...
 
@@ -62,6 +65,7 @@ class GatewayUnlock:
         self.config, self.console, self.client = config, console, client
         self.deadline, self.hostname = deadline, hostname
         self.wall_clock, self.wait_network = wall_clock, wait_network
+        self.skew = 0.0  # the gateway's clock minus ours, from its last challenge
 
     def run(self, sealed: SealedKeystore, cancel: threading.Event) -> OpenKeystore:
         host_private = hostkey.load(self.config.host_key)
@@ -93,6 +97,20 @@ class GatewayUnlock:
     def _left(self) -> float:
         return self.deadline.remaining()
 
+    def _challenge(self) -> str:
+        """Fetch a challenge; note how far our clock is off (freshness does not depend on it,
+        but expires_at is the gateway's time, and an operator wants to know)."""
+        answer = self.client.challenge()
+        skew = answer.now - self.wall_clock()
+        if abs(skew) > CLOCK_SLACK and abs(skew - self.skew) > CLOCK_SLACK:
+            side = "behind" if skew > 0 else "ahead of"
+            self.console.say(f"clock off by {abs(skew):.0f} s ({side} the gateway); using its time")
+        self.skew = skew
+        return answer.challenge
+
+    def _gateway_time(self) -> float:
+        return self.wall_clock() + self.skew
+
     def _create(
         self,
         host_private: bytes,
@@ -102,11 +120,12 @@ class GatewayUnlock:
     ) -> protocol.UnlockCreated:
         delay = 1.0
         while True:
-            # Signed anew for every attempt: the gateway refuses a replayed nonce.
-            request = protocol.UnlockRequest.create(
-                host_private, self.hostname, sealed.datasets(), ephemeral_public
-            )
             try:
+                # A fresh challenge for every attempt: the gateway accepts each one once.
+                challenge = self._challenge()
+                request = protocol.UnlockRequest.create(
+                    host_private, self.hostname, sealed.datasets(), ephemeral_public, challenge
+                )
                 created = self.client.create(request)
                 break
             except TRANSIENT as exc:
@@ -116,7 +135,7 @@ class GatewayUnlock:
             if self.deadline.clock.wait(cancel, delay):
                 raise Cancelled
             delay = min(delay * 2, RETRY_MAX)
-        left = min(self._left(), created.expires_at - self.wall_clock())
+        left = min(self._left(), created.expires_at - self._gateway_time())
         self.console.say(
             f"unlock request sent to {self.config.gateway_host}: approve PIN {created.pin} "
             f"({countdown(left)} left)"
@@ -126,7 +145,9 @@ class GatewayUnlock:
     def _wait_for_approval(
         self, created: protocol.UnlockCreated, cancel: threading.Event
     ) -> crypto.Sealed:
-        expires = self.deadline.clock.monotonic() + max(0.0, created.expires_at - self.wall_clock())
+        expires = self.deadline.clock.monotonic() + max(
+            0.0, created.expires_at - self._gateway_time()
+        )
         failures = 0
         while True:
             if cancel.is_set():

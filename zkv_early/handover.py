@@ -5,7 +5,8 @@ is a tmpfs that both dracut and initramfs-tools carry over into the real root, s
 touch a disk; a file anywhere else is refused. In the real root, ``zkv-load-keys.service`` runs
 ``zkv-early.pyz handover-load`` after the pools are imported: it loads what it can, then wipes
 the file and removes the folder, whatever happened. Keys for pools still not imported are
-dropped (said on stderr); ``zkv unlock`` can load them later with the recovery passphrase.
+dropped, and handover-load fails (exit 48, KeysDropped: zkv-load-keys.service shows as failed)
+naming them; ``zkv unlock`` loads them later with the recovery passphrase.
 
 File: one line of canonical JSON, ``{"entries": [{"keyformat", "keys": [b64...], "target"}],
 "format": "zkv-handover", "version": 1}``.

@@ -9,6 +9,7 @@ transfer coding or the connection's end; keep-alive. Anything else is a ``BadRes
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from zkv.encoding import is_digits
@@ -58,10 +59,17 @@ class Url:
 
 
 class Connection:
-    """One connection to ``host:port`` (TLS when a context is given), opened on first use."""
+    """One connection to ``host:port`` (TLS when a context is given), opened on first use;
+    ``verify`` sees the TLS socket after the handshake and may refuse it (a pinned key)."""
 
-    def __init__(self, host: str, port: int, context: ssl.SSLContext | None) -> None:
-        self.host, self.port, self.context = host, port, context
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        context: ssl.SSLContext | None,
+        verify: Callable[[ssl.SSLSocket], None] | None = None,
+    ) -> None:
+        self.host, self.port, self.context, self.verify = host, port, context, verify
         self.sock: socket.socket | None = None
         self._buffer = b""
 
@@ -99,6 +107,8 @@ class Connection:
         if self.context is not None:
             try:
                 sock = self.context.wrap_socket(sock, server_hostname=self.host)
+                if self.verify is not None:
+                    self.verify(sock)
             except BaseException:
                 sock.close()
                 raise

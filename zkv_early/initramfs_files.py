@@ -11,7 +11,10 @@ interpreter subset. Nothing here runs at boot.
                                  names, in a child process with the flags used at boot). Pure
                                  Python modules go in as their bytecode only (a sourceless .pyc
                                  where the .py was): the image stays small
-    initramfs-files ca CONF      the CA bundle named by [gateway] ca_file in early.conf
+    initramfs-files ca CONF      the CA bundle named by [gateway] ca_file in early.conf (nothing
+                                 when only pin_sha256 is set); fails when early.conf names
+                                 neither, so an image never boots trusting the system's CAs
+                                 by default
 
 Exit 1 with one sentence on stderr when something is missing: the hooks turn that into a failed
 image build (the old image stays), never into a failed boot.
@@ -181,16 +184,16 @@ def shared_libraries(path: str) -> list[str]:
 
 
 def ca_file(conf: str) -> str:
-    """The CA bundle early.conf names, read by the boot client's own parser (so a file the
-    client would refuse fails the image build, not the boot)."""
+    """The CA bundle early.conf names ("" for a pinned key only), read and checked by the boot
+    client's own parser (so a file the client would refuse fails the image build, not the boot)."""
     try:
         with open(conf, encoding="utf-8") as handle:
-            path = config.parse(handle.read(), conf).ca_file
+            path = config.validate(config.parse(handle.read(), conf)).ca_file
     except (OSError, UnicodeDecodeError) as exc:
         fail(f"cannot read {conf}: {exc}")
     except ZkvError as exc:
         fail(exc.message)
-    if not os.path.isfile(path):
+    if path and not os.path.isfile(path):
         fail(f"the CA file {path} named in {conf} is missing")
     return path
 
@@ -199,7 +202,9 @@ def main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "python":
         print("\n".join(f"{src} {dst}" for src, dst in python_files(argv[1])))
     elif len(argv) == 2 and argv[0] == "ca":
-        print(ca_file(argv[1]))
+        path = ca_file(argv[1])
+        if path:
+            print(path)
     else:
         print("usage: initramfs-files python PYZ | ca CONF", file=sys.stderr)
         return 2

@@ -24,6 +24,13 @@ zkv_disabled() {
     return "$zkv_off"
 }
 
+# zkv_set_up: true on a host where `zkv init` and `zkv enroll` have run (settings, keystore and
+# host key in place). Only such a host gets zkv into its image; before that, installing zkv
+# changes nothing about how it boots.
+zkv_set_up() {
+    [ -f "$ZKV_CONF" ] && [ -f "$ZKV_KEYSTORE" ] && [ -f "$ZKV_HOSTKEY" ]
+}
+
 # zkv_root_dataset ROOT: the dataset of a root= value OpenZFS accepts (zfs:pool/ds, ZFS=pool/ds,
 # zfs:ZFS=pool/ds) in $zkv_root; empty for AUTO and anything else (the client then takes every
 # keystore entry whose pool is imported).

@@ -23,13 +23,24 @@ check() {
     fi
     # Only on hosts set up with `zkv init` and `zkv enroll`; an explicit add_dracutmodules+=zkv
     # on a host without them makes dracut fail, which is what the admin wants to see.
-    [ -f "$ZKV_CONF" ] && [ -f "$ZKV_KEYSTORE" ] && [ -f "$ZKV_HOSTKEY" ] || return 1
-    require_binaries python3 zfs || return 1
+    zkv_set_up || return 1
+    # From here on the host boots through zkv: a module dracut cannot include would leave it
+    # out silently (exit status 0, an image without zkv), so a missing part ends the build.
+    # check() runs in dracut's own shell, so exit stops dracut before it writes the image.
+    require_binaries python3 zfs \
+        || zkv_fatal "python3 or zfs is missing: apt install python3 zfsutils-linux"
+    # network-legacy by name: dracut's "network" alone picks systemd-networkd where dbus is
+    # installed (no ifup then) and cannot be installed at all without dbus.
+    set -- "${dracutbasedir:-/usr/lib/dracut}"/modules.d/[0-9][0-9]network-legacy
+    if ! { [ -d "$1" ] && require_binaries dhclient && require_any_binary arping arping2; }; then
+        zkv_fatal "dracut's network-legacy module cannot be installed: apt install dracut-network"
+    fi
     return 0
 }
 
 depends() {
-    echo zfs network systemd
+    # network-legacy first, so that network's own choice of handler is network-legacy.
+    echo zfs network-legacy network systemd
 }
 
 install() {
@@ -47,8 +58,11 @@ install() {
     done || zkv_fatal "cannot install the Python runtime"
 
     inst_simple "$ZKV_CONF" || zkv_fatal "cannot install $ZKV_CONF"
-    ca=$("$ZKV_INITRAMFS_FILES" ca "$ZKV_CONF") || zkv_fatal "the gateway CA file is missing"
-    inst_simple "$ca" || zkv_fatal "cannot install $ca"
+    # The CA early.conf pins; nothing when it pins the gateway's key only (pin_sha256).
+    ca=$("$ZKV_INITRAMFS_FILES" ca "$ZKV_CONF") || zkv_fatal "no usable gateway CA or pin in $ZKV_CONF"
+    if [ -n "$ca" ]; then
+        inst_simple "$ca" || zkv_fatal "cannot install $ca"
+    fi
     # Secrets: the image is written with umask 077 by dracut; keep the files 0600 too.
     inst_simple "$ZKV_KEYSTORE" "$ZKV_IMAGE_KEYSTORE" || zkv_fatal "cannot install the keystore"
     inst_simple "$ZKV_HOSTKEY" "$ZKV_IMAGE_HOSTKEY" || zkv_fatal "cannot install the host key"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import stat
 
 import pytest
@@ -102,16 +103,34 @@ def test_generate_rotates_in_crash_safe_order(zkv: Zkv) -> None:
     zkv.fake.write(state)
     zkv.ok("add", "--generate", "tank/d", "--recovery-passphrase-file", str(zkv.passphrase_file))
     new = zkv.fake.key("tank/d")
-    assert len(new) == 32 and zkv.fake.state()["datasets"]["tank/d"]["keyformat"] == "raw"
+    # a passphrase by default: OpenZFS's own prompt can still take it
+    assert zkv.fake.state()["datasets"]["tank/d"]["keyformat"] == "passphrase"
+    assert re.fullmatch(rb"([a-km-np-z2-9]{4}-){12}[a-km-np-z2-9]{4}", new), new
     store = zkv.open()
-    assert store.candidates("tank/d") == [new] and store.entry("tank/d").keyformat == "raw"
-    calls = [argv[0] + (" -n" if "-n" in argv else "") for argv, _ in zkv.fake.calls()]
-    tail = [c for c in calls if c != "get"]
-    # verify the stored key, then change-key, then verify the new one
-    assert tail[-3:] == ["load-key -n", "change-key", "load-key -n"]
+    assert store.candidates("tank/d") == [new] and store.entry("tank/d").keyformat == "passphrase"
+    assert store.epochs("tank/d") == [1]
+    assert zkv.fake.state()["datasets"]["tank/d"]["props"]["zkv:epoch"] == "1"
+    tail = [c for c in zkv.fake.steps() if c != "get"]
+    # verify the stored key; keystore [old, new] in the boot images; stage; change-key; verify
+    # the new one; commit the property; keystore [new] in the boot images
+    assert tail[-8:] == [
+        "load-key -n", "update-initramfs", "set", "change-key", "load-key -n", "set", "inherit",
+        "update-initramfs",
+    ]  # fmt: skip
     change = next(data for argv, data in zkv.fake.calls() if argv[0] == "change-key")
-    assert change == new
+    assert change == new + b"\n"
     secrets_in(zkv.fake)(new)
+
+
+def test_generate_raw_on_request(zkv: Zkv) -> None:
+    zkv.make_store(("tank/d", "passphrase", PASS_D))
+    state = zkv.fake.state()
+    state["datasets"]["tank/d"]["keystatus"] = "available"
+    zkv.fake.write(state)
+    zkv.with_pass("add", "--generate", "--raw", "tank/d")
+    assert len(zkv.fake.key("tank/d")) == 32
+    assert zkv.fake.state()["datasets"]["tank/d"]["keyformat"] == "raw"
+    assert zkv.open().entry("tank/d").keyformat == "raw"
 
 
 def test_generate_rolls_back_when_change_key_fails(zkv: Zkv) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from tests.cli.conftest import PASSPHRASE, RAW_A, Zkv
 from tests.harness import protocol_client as client
 from tests.harness.gateway import running_gateway
-from zkv import hostkey, keystore
+from zkv import hostkey, keystore, protocol
 from zkv.errors import KeystoreLocked
 
 
@@ -42,8 +43,7 @@ def test_alive_then_wiped(zkv: Zkv, tmp_path: Path) -> None:
         conf = str(zkv.tmp / "early.conf")
         refused = zkv("heartbeat", "--config", conf)
         assert refused.code == 32 and "refused" in refused.error_line  # not enrolled yet
-        assert client.enroll(gw.url, host).status_code == 202
-        gw.approve_host(host.host_id)
+        gw.admit(host)
         assert zkv.ok("heartbeat", "--config", conf).stdout == b"heartbeat: ok\n"
         keystore.read(zkv.keystore).open_with_repository_key(repository_key)
         assert not rebuilt.exists()
@@ -56,7 +56,7 @@ def test_alive_then_wiped(zkv: Zkv, tmp_path: Path) -> None:
         with pytest.raises(KeystoreLocked):
             sealed.open_with_repository_key(repository_key)
         assert sealed.open_with_passphrase(PASSPHRASE).candidates("tank/a") == [RAW_A]
-        assert (gw.directory / "repository-key.disabled").exists()
+        assert [p.name for p in gw.directory.glob("zkv-box1-*.disabled")]
         assert any("wipe_sent" in line for line in gw.audit())
 
 
@@ -66,9 +66,13 @@ def forger() -> Iterator[str]:
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            body = json.dumps({"action": "wipe"}).encode()
-            self.send_response(200)
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.path == protocol.PATH_CHALLENGES:  # challenges are not vouched for either
+                answer, status = {"challenge": "0" * 80, "now": int(time.time())}, 201
+            else:
+                answer, status = {"action": "wipe"}, 200
+            body = json.dumps(answer).encode()
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

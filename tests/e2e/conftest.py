@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm import builder, testbed
+from tests.vm import builder, packages, testbed
 from tests.vm.driver import BootResult, Guest
 from tests.vm.testbed import Channel, Flavour, Image
 
@@ -133,3 +133,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 def console_logs() -> Path:
     return testbed.cache_dir() / "logs"
+
+
+@pytest.fixture(scope="session")
+def debs(prerequisites: None) -> packages.Debs:
+    """`make deb`, once per session (PyPI for the gateway's venv)."""
+    return packages.build()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -23,6 +24,7 @@ import pytest
 
 from tests.fakes.fakezfs import FakeZfs
 from tests.harness.gateway import RunningGateway
+from tests.harness.protocol_client import challenge
 from zkv import hostkey, keystore, protocol
 from zkv.encoding import b64
 from zkv_early import build_pyz
@@ -148,17 +150,17 @@ class Machine:
         self.zfs.write(state)
 
     def enroll(self, gw: RunningGateway) -> str:
-        """Enrol the host key with the gateway over the wire, approve it as the owner."""
+        """The owner invites the host; its key enrols with the token over the wire."""
         private = hostkey.load(self.host_key)
-        req = protocol.EnrollRequest.create("testhost", private)
+        token = gw.invite("testhost")
+        req = protocol.EnrollRequest.create("testhost", private, token, challenge(gw.url).challenge)
         data = json.dumps(req.to_json()).encode()
         post = urllib.request.Request(
             gw.url + protocol.PATH_HOSTS, data=data, headers={"Content-Type": "application/json"}
         )
         with urllib.request.urlopen(post, timeout=10) as response:
             accepted = protocol.EnrollAccepted.from_json(json.load(response))
-        if accepted.status != "approved":
-            gw.approve_host(accepted.host_id)
+        assert accepted.status == "approved"
         self.gateway_url = gw.url
         return accepted.host_id
 
@@ -197,13 +199,18 @@ def wait_for(predicate: object, timeout: float = 30.0, what: str = "condition") 
     raise AssertionError(f"timed out waiting for {what}")
 
 
+_PIN_IN_TEXT = re.compile(r"\b(?:Code|Reply) ([0-9]{4,12})\b")
+
+
 def pending_request(gw: RunningGateway) -> tuple[str, str]:
     """(request id, PIN) of the unlock request waiting for the owner."""
 
     def find() -> tuple[str, str] | None:
         rows = [line.split() for line in gw.cli("requests").stdout.splitlines()]
         ids = [r[0] for r in rows if len(r) > 2 and r[1] == "unlock" and r[2] == "pending"]
-        pins = [n.split("Reply ", 1)[1].split()[0] for n in gw.notifications() if "unlock" in n]
+        # "Code 482913." (the page policy) or "Reply 482913 to approve" (sms-pin)
+        found = (_PIN_IN_TEXT.search(n) for n in gw.notifications() if "unlock" in n)
+        pins = [m[1] for m in found if m]
         return (ids[-1], pins[-1]) if ids and pins else None
 
     return wait_for(find, what="a pending unlock request")  # type: ignore[return-value]

@@ -96,6 +96,24 @@ def test_handover_load_in_the_real_root_loads_then_wipes(machine: Machine, tmp_p
     assert again.returncode == 0
 
 
+def test_handover_load_fails_visibly_for_a_pool_not_imported(
+    machine: Machine, tmp_path: Path
+) -> None:
+    """tank's import failed (or comes later): its key is dropped with the file, and the unit
+    fails, saying how to load it afterwards, instead of succeeding with tank locked."""
+    with running_gateway(
+        tmp_path / "gw", approver="auto", secret=machine.repository_key.hex().encode()
+    ) as gw:
+        machine.enroll(gw)
+        assert machine.run().returncode == 0
+    result = machine.run("handover-load")
+    assert result.returncode == 48, result.stderr
+    assert "tank" in result.stderr and "zkv unlock tank" in result.stderr
+    assert "tank" not in machine.zfs.state()["datasets"]  # still not imported: nothing loaded
+    assert not machine.handover.exists() and not machine.handover.parent.exists()
+    assert_no_secret(result.stdout + result.stderr, machine.repository_key)
+
+
 def test_denied(machine: Machine, tmp_path: Path) -> None:
     with running_gateway(tmp_path / "gw") as gw:
         machine.enroll(gw)

@@ -57,6 +57,31 @@ class FakeZfs:
     def calls(self) -> list[tuple[list[str], bytes]]:
         return [(row["argv"][1:], base64.b64decode(row["stdin"])) for row in self._rows()]
 
+    def steps(self) -> list[str]:
+        """Each call as "subcommand" ("load-key -n" for a dry run; "update-initramfs")."""
+        out = []
+        for row in self._rows():
+            program, args = Path(row["argv"][0]).name, row["argv"][1:]
+            if program != "zfs":
+                out.append(program)
+            else:
+                out.append(args[0] + (" -n" if args[0] == "load-key" and "-n" in args else ""))
+        return out
+
+    def image_keystore(self) -> Path:
+        """The keystore the fake update-initramfs last copied into "the boot image"."""
+        return self.state_dir / "image" / "keystore"
+
+    def reboot(self) -> None:
+        """Every key unloaded, as after a power cut."""
+        state = self.state()
+        for ds in state["datasets"].values():
+            if ds.get("keystatus") == "available":
+                ds["keystatus"] = "unavailable"
+        state.pop("crash", None)
+        state.pop("calls_seen", None)
+        self.write(state)
+
     def priorities(self) -> list[tuple[str, int]]:
         """(subcommand, nice value) of every call: which ones ran niced."""
         return [(row["argv"][1], row["nice"]) for row in self._rows()]

@@ -76,20 +76,28 @@ class Env:
         service: Gateway = self.app.extensions["zkv"]
         return service
 
-    def enrolled(self, hostname: str = "db01") -> bytes:
-        """A host key, enrolled and approved."""
-        private, _ = crypto.ed25519_generate()
-        req = protocol.EnrollRequest.create(hostname, private, at=int(self.clock()))
-        assert self.http.post(protocol.PATH_HOSTS, json=req.to_json()).status_code == 202
-        self.gateway.set_host_status(req.host_id, "approved")
+    def enrolled(self, hostname: str = "db01", private: bytes | None = None) -> bytes:
+        """A host key, invited and enrolled (so approved)."""
+        private = private or crypto.ed25519_generate()[0]
+        response = self.enroll(hostname, private, self.gateway.invite(hostname, 3600)[0])
+        assert response.status_code == 202, response.get_json()
         return private
+
+    def enroll(self, hostname: str, private: bytes, token: str) -> Any:
+        req = protocol.EnrollRequest.create(hostname, private, token, self.challenge())
+        return self.http.post(protocol.PATH_HOSTS, json=req.to_json())
 
     def unlock(self, private: bytes, **kw: Any) -> tuple[Any, bytes, protocol.UnlockRequest]:
         eph_private, eph_public = crypto.x25519_generate()
         req = protocol.UnlockRequest.create(
-            private, kw.pop("hostname", "db01"), ("tank/a",), eph_public, at=int(self.clock())
+            private, kw.pop("hostname", "db01"), ("tank/a",), eph_public, self.challenge()
         )
         return self.http.post(protocol.PATH_UNLOCK, json=req.to_json()), eph_private, req
+
+    def challenge(self) -> str:
+        answer = protocol.Challenge.from_json(self.http.post(protocol.PATH_CHALLENGES).get_json())
+        assert answer.now == int(self.clock())
+        return answer.challenge
 
     def poll(self, request_id: str) -> Any:
         return self.http.get(f"{protocol.PATH_UNLOCK}/{request_id}?wait=0")

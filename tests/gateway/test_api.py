@@ -8,8 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 from flask.testing import FlaskClient
+from sqlalchemy import func, select
 
-from gateway import create_app
+from gateway import create_app, store
 from tests.gateway.conftest import Env
 from tests.gateway.postgres import on_both_databases
 from zkv import crypto, protocol
@@ -31,7 +32,7 @@ def test_pending_and_revoked_hosts(env: Env) -> None:
     private = env.enrolled()
     created = env.unlock(private)[0].get_json()
     host_id = protocol.host_id_of(crypto.ed25519_public(private))
-    env.gateway.set_host_status(host_id, "revoked")
+    env.gateway.revoke_host(host_id)
     assert env.poll(created["request_id"]).get_json() == {"state": "denied"}
     assert answer(env.unlock(private)[0]) == UNAUTHORIZED
     events = [e.event for e in env_audit(env)]
@@ -41,9 +42,9 @@ def test_pending_and_revoked_hosts(env: Env) -> None:
 def test_signature_by_another_key(env: Env) -> None:
     private = env.enrolled()
     _, eph = crypto.x25519_generate()
-    good = protocol.UnlockRequest.create(private, "db01", ["tank"], eph, at=int(env.clock()))
+    good = protocol.UnlockRequest.create(private, "db01", ["tank"], eph, env.challenge())
     forged = protocol.UnlockRequest.create(
-        crypto.ed25519_generate()[0], "db01", ["tank"], eph, at=int(env.clock())
+        crypto.ed25519_generate()[0], "db01", ["tank"], eph, env.challenge()
     )
     body = {**good.to_json(), "signature": forged.to_json()["signature"]}
     assert answer(env.http.post(protocol.PATH_UNLOCK, json=body)) == UNAUTHORIZED
@@ -52,17 +53,30 @@ def test_signature_by_another_key(env: Env) -> None:
 
 
 @on_both_databases
-def test_replayed_nonce_and_stale_timestamp(env: Env) -> None:
+def test_replayed_and_expired_challenges(env: Env) -> None:
     private = env.enrolled()
     response, _, req = env.unlock(private)
     assert response.status_code == 201
     env.clock.advance(2)
     assert answer(env.http.post(protocol.PATH_UNLOCK, json=req.to_json())) == UNAUTHORIZED
     _, eph = crypto.x25519_generate()
-    old = protocol.UnlockRequest.create(
-        private, "db01", ["tank"], eph, at=int(env.clock()) - protocol.REPLAY_WINDOW - 1
-    )
+    challenge = env.challenge()
+    env.clock.advance(protocol.REPLAY_WINDOW + 1)
+    old = protocol.UnlockRequest.create(private, "db01", ["tank"], eph, challenge)
     assert answer(env.http.post(protocol.PATH_UNLOCK, json=old.to_json())) == UNAUTHORIZED
+    details = [e.detail for e in env_audit(env) if e.event == "auth_failed"]
+    reasons = {d.split("from the busiest: ", 1)[1] for d in details}  # counted per interval
+    assert reasons == {"replayed nonce", "challenge: issued 121 s ago"}
+
+
+def test_challenges_write_nothing(env: Env) -> None:
+    env.enrolled()
+    before = len(env_audit(env))
+    for _ in range(50):
+        assert env.http.post(protocol.PATH_CHALLENGES).status_code == 201
+    assert len(env_audit(env)) == before
+    with env.gateway.store.read() as conn:
+        assert conn.execute(select(func.count()).select_from(store.nonces)).scalar() == 1
 
 
 @on_both_databases
@@ -89,7 +103,7 @@ def test_release_happens_exactly_once_under_concurrent_polls(env: Env) -> None:
 @on_both_databases
 def test_a_nonce_is_used_once_under_concurrent_posts(env: Env) -> None:
     _, eph = crypto.x25519_generate()
-    req = protocol.UnlockRequest.create(env.enrolled(), "db01", ["tank"], eph, at=int(env.clock()))
+    req = protocol.UnlockRequest.create(env.enrolled(), "db01", ["tank"], eph, env.challenge())
     results = at_once(env, [lambda http: http.post(protocol.PATH_UNLOCK, json=req.to_json())] * 6)
     assert results == [201] + [401] * 5
 
@@ -101,9 +115,7 @@ def test_sms_budget_holds_under_concurrent_requests(env_factory: Any) -> None:
     for name in "abcdef":
         _, eph = crypto.x25519_generate()
         private = env.enrolled(name)
-        bodies.append(
-            protocol.UnlockRequest.create(private, name, ["tank"], eph, at=int(env.clock()))
-        )
+        bodies.append(protocol.UnlockRequest.create(private, name, ["tank"], eph, env.challenge()))
     calls = [lambda http, r=r: http.post(protocol.PATH_UNLOCK, json=r.to_json()) for r in bodies]
     assert at_once(env, calls) == [201] * 2 + [429] * 4
 
@@ -152,7 +164,7 @@ def test_sms_budget_holds_across_instances(env_factory: Any) -> None:
     assert env.unlock(a)[0].status_code == 201
     env.clock.advance(2)
     _, eph = crypto.x25519_generate()
-    req = protocol.UnlockRequest.create(b, "b", ["tank"], eph, at=int(env.clock()))
+    req = protocol.UnlockRequest.create(b, "b", ["tank"], eph, env.challenge())
     assert other.post(protocol.PATH_UNLOCK, json=req.to_json()).status_code == 429
     env.clock.advance(3600)
     assert env.unlock(b)[0].status_code == 201
@@ -164,9 +176,11 @@ def test_lockout_after_auth_failures(env_factory: Any) -> None:
     private = env.enrolled()
     for _ in range(3):
         assert env.unlock(crypto.ed25519_generate()[0])[0].status_code == 401
-    assert answer(env.unlock(private)[0]) == (429, {"error": "rate_limited"})
-    env.clock.advance(3601)
+    assert answer(env.unlock(crypto.ed25519_generate()[0])[0]) == (429, {"error": "rate_limited"})
+    # The source is locked out, a host that signs correctly from it is not (one NAT, two hosts).
     assert env.unlock(private)[0].status_code == 201
+    env.clock.advance(3601 + 300)
+    assert env.unlock(crypto.ed25519_generate()[0])[0].status_code == 401
 
 
 def test_bad_input_is_a_clear_4xx(env: Env) -> None:
@@ -190,17 +204,18 @@ def test_bad_input_is_a_clear_4xx(env: Env) -> None:
 
 
 @on_both_databases
-def test_enrolment_is_idempotent_and_needs_the_key(env: Env) -> None:
+def test_enrolment_needs_the_invite_and_the_key(env: Env) -> None:
     private, _ = crypto.ed25519_generate()
-    req = protocol.EnrollRequest.create("db02", private, at=int(env.clock()))
-    assert answer(env.http.post(protocol.PATH_HOSTS, json=req.to_json())) == (
-        202,
-        {"host_id": req.host_id, "status": "pending"},
-    )
-    assert len(env.notifier.texts) == 1 and "db02" in env.notifier.texts[0]
-    assert env.http.post(protocol.PATH_HOSTS, json=req.to_json()).status_code == 401  # replay
+    token = env.gateway.invite("db02", 3600)[0]
+    req = protocol.EnrollRequest.create("db02", private, token, env.challenge())
     impostor = {**req.to_json(), "public_key": protocol.b64(crypto.ed25519_generate()[1])}
     assert answer(env.http.post(protocol.PATH_HOSTS, json=impostor)) == UNAUTHORIZED
+    assert answer(env.http.post(protocol.PATH_HOSTS, json=req.to_json())) == (
+        202,
+        {"host_id": req.host_id, "status": "approved"},
+    )
+    assert len(env.notifier.texts) == 1 and "db02" in env.notifier.texts[0]
+    assert env.http.post(protocol.PATH_HOSTS, json=req.to_json()).status_code == 401  # used up
 
 
 def at_once(env: Env, calls: list[Callable[[FlaskClient], Any]]) -> list[int]:
@@ -220,5 +235,20 @@ def at_once(env: Env, calls: list[Callable[[FlaskClient], Any]]) -> list[int]:
 def env_audit(env: Env) -> list[Any]:
     from gateway import audit
 
+    env.gateway.report_refusals()  # as the CLI's audit does
     with env.gateway.store.read() as conn:
         return audit.entries(conn, 1000)
+
+
+@on_both_databases
+def test_one_hosts_budget_is_its_own(env_factory: Any) -> None:
+    env = env_factory(RATE_HOST_PER_HOUR=2, SMS_PER_HOUR=10)
+    noisy, quiet = env.enrolled("noisy"), env.enrolled("quiet")
+    for _ in range(2):
+        env.clock.advance(1.5)
+        assert env.unlock(noisy, hostname="noisy")[0].status_code == 201
+    env.clock.advance(1.5)
+    assert answer(env.unlock(noisy, hostname="noisy")[0]) == (429, {"error": "rate_limited"})
+    sent = len(env.notifier.texts)
+    assert env.unlock(quiet, hostname="quiet")[0].status_code == 201
+    assert len(env.notifier.texts) == sent + 1 and "quiet" in env.notifier.texts[-1]

@@ -27,8 +27,7 @@ def flowed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]
     """A gateway after enrol, approve host, an approved and released unlock, a denied one."""
     with running_gateway(tmp_path_factory.mktemp("gw")) as gw:
         host = client.Host()
-        assert client.enroll(gw.url, host).status_code == 202
-        gw.approve_host(host.host_id)
+        gw.admit(host)
         released = client.unlock(gw.url, host).created
         gw.approve(released.request_id, released.pin)
         assert client.poll(gw.url, released.request_id, wait=5).status_code == 200
@@ -67,7 +66,9 @@ def test_the_flow_verifies(flowed: RunningGateway) -> None:
     events = " ".join(flowed.audit())
     assert code == 0, out
     assert out.startswith(f"audit log intact: {len(flowed.audit())} entries, head ")
-    assert all(e in events for e in ("enroll_requested", "approved", "released", "denied"))
+    assert all(
+        e in events for e in ("invite_issued", "host_enrolled", "approved", "released", "denied")
+    )
 
 
 @pytest.mark.parametrize("change", ["detail = 'nothing to see'", "event = 'denied'", "at = 1.0"])
@@ -143,10 +144,13 @@ def test_two_gateways_on_one_database_keep_one_chain(
         running_gateway(tmp_path / "a", settings=settings) as a,
         running_gateway(tmp_path / "b", settings=settings) as b,
     ):
-        urls = [a.url, b.url] * 20
+        hosts = [client.Host(hostname="a"), client.Host(hostname="b")]
+        a.admit(hosts[0]), b.admit(hosts[1])
+        calls = [(a.url, hosts[0]), (b.url, hosts[1])] * 20
         with ThreadPoolExecutor(8) as pool:
-            codes = list(pool.map(lambda url: client.enroll(url, client.Host()).status_code, urls))
-        assert codes == [202] * len(urls)
+            answers = pool.map(lambda call: client.unlock(*call).response.status_code, calls)
+            codes = list(answers)
+        assert codes == [201] * len(calls)
         code, out = verify(a)
         assert code == 0 and out.startswith("audit log intact: "), out
         assert int(out.split()[3]) == len(a.cli("audit", "--json").stdout.splitlines()) >= 40

@@ -29,7 +29,7 @@ def host_id(private: bytes) -> str:
 
 
 def beat(env: Env, private: bytes, **kw: Any) -> Any:
-    req = protocol.Heartbeat.create(private, at=int(env.clock()), **kw)
+    req = protocol.Heartbeat.create(private, env.challenge(), **kw)
     return env.http.post(protocol.PATH_HEARTBEAT, json=req.to_json())
 
 
@@ -61,13 +61,18 @@ def test_silent_host_is_refused_at_unlock_and_the_owner_told_once(env: Env) -> N
     assert answer(env.unlock(private)[0]) == UNAUTHORIZED
     assert len(notices(env)) == 1 and "db01" in notices(env)[0] and "suspended" in notices(env)[0]
     assert events(env).count("host_suspended") == 1
+    env.gateway.report_refusals()  # refusals are counted, like every other refused call
     with env.gateway.store.read() as conn:
         refusals = [e.detail for e in audit.entries(conn, 1000) if e.event == "auth_failed"]
-    assert refusals == ["host is suspended", "host is suspended"]
+    assert len(refusals) == 1 and refusals[0].startswith("2 refused"), refusals
+    assert refusals[0].endswith(": host is suspended")
 
 
 def test_the_schedule_suspends_without_an_unlock(env: Env) -> None:
-    private, other = env.enrolled(), env.enrolled("web02")
+    private, other = crypto.ed25519_generate()[0], crypto.ed25519_generate()[0]
+    for name, key in (("db01", private), ("web02", other)):
+        token = env.gateway.invite(name, 3600, "shared-key")[0]
+        assert env.enroll(name, key, token).status_code == 202
     window(env, private, HOUR)
     env.clock.advance(HOUR + 1)
     env.gateway.sweep_liveness()
@@ -137,22 +142,21 @@ def test_heartbeats_of_strangers_are_uniformly_unauthorized_and_cost_no_notice(e
     texts = len(env.notifier.texts)  # the enrolment's
     stranger = crypto.ed25519_generate()[0]
     assert answer(beat(env, stranger)) == UNAUTHORIZED
-    forged = protocol.Heartbeat.create(stranger, at=int(env.clock()))._replace(
-        host_id=host_id(private)
-    )
+    forged = protocol.Heartbeat.create(stranger, env.challenge())._replace(host_id=host_id(private))
     assert answer(env.http.post(protocol.PATH_HEARTBEAT, json=forged.to_json())) == UNAUTHORIZED
-    good = protocol.Heartbeat.create(private, at=int(env.clock()))
+    good = protocol.Heartbeat.create(private, env.challenge())
     assert env.http.post(protocol.PATH_HEARTBEAT, json=good.to_json()).status_code == 200
     replay = env.http.post(protocol.PATH_HEARTBEAT, json=good.to_json())
     assert answer(replay) == UNAUTHORIZED
-    stale = protocol.Heartbeat.create(private, at=int(env.clock()) - 3600)
+    stale = protocol.Heartbeat.create(private, env.challenge())
+    env.clock.advance(3600)
     assert answer(env.http.post(protocol.PATH_HEARTBEAT, json=stale.to_json())) == UNAUTHORIZED
     assert len(env.notifier.texts) == texts
 
 
 def test_an_unlock_signature_does_not_pass_as_a_heartbeat(env: Env) -> None:
     private = env.enrolled()
-    req = protocol.Heartbeat.create(private, at=int(env.clock()))
+    req = protocol.Heartbeat.create(private, env.challenge())
     body = req.body()
     stolen = crypto.ed25519_sign(private, protocol.CONTEXT_UNLOCK + canonical(body))
     forged = {**body, "signature": b64(stolen)}
@@ -167,8 +171,11 @@ def test_heartbeats_per_host_are_limited(env: Env) -> None:
 
 @on_both_databases
 def test_wipe_disables_the_secret_refuses_for_good_and_tells_the_host(env: Env) -> None:
-    private = env.enrolled()
-    env.gateway.set_host_status(host_id(private), "approved", "db01-key")
+    private = crypto.ed25519_generate()[0]
+    assert (
+        env.enroll("db01", private, env.gateway.invite("db01", 3600, "db01-key")[0]).status_code
+        == 202
+    )
     created = env.unlock(private)[0].get_json()
     done = env.gateway.wipe(host_id(private), shared_ok=False)
     assert env.source.disabled == ["db01-key"] and "db01-key" in done
@@ -177,18 +184,25 @@ def test_wipe_disables_the_secret_refuses_for_good_and_tells_the_host(env: Env) 
     assert answer(beat(env, private)) == (200, {"action": "wipe"})
     with pytest.raises(GatewayCliError, match="wiped"):
         env.gateway.change_liveness(host_id(private), lambda x: liveness.resume(x, env.clock()))
-    env.gateway.set_host_status(host_id(private), "approved")  # re-approving does not undo it
     assert answer(env.unlock(private)[0]) == UNAUTHORIZED
     assert {"host_wiped", "wipe_secret_disabled", "wipe_sent"} <= set(events(env))
+    # Only the owner's new invite (a new secret: the old one stays disabled) admits it again.
+    token = env.gateway.invite("db01", 3600, replace=True)[0]
+    assert env.enroll("db01", private, token).status_code == 202
+    assert answer(beat(env, private)) == (200, {"action": "none"})
+    assert env.unlock(private)[0].status_code == 201
 
 
 def test_wipe_will_not_disable_a_secret_other_hosts_use(env: Env) -> None:
-    private, other = env.enrolled(), env.enrolled("web02")
+    private, other = crypto.ed25519_generate()[0], crypto.ed25519_generate()[0]
+    for name, key in (("db01", private), ("web02", other)):
+        token = env.gateway.invite(name, 3600, "shared-key")[0]
+        assert env.enroll(name, key, token).status_code == 202
     with pytest.raises(GatewayCliError, match="also used by web02"):
         env.gateway.wipe(host_id(private), shared_ok=False)
     assert env.source.disabled == [] and env.unlock(private)[0].status_code == 201
     env.gateway.wipe(host_id(private), shared_ok=True)
-    assert env.source.disabled == [None]
+    assert env.source.disabled == ["shared-key"]
     del other
 
 

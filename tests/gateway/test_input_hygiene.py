@@ -22,8 +22,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
 @pytest.fixture(scope="module")
 def host(gw: RunningGateway) -> client.Host:
     host = client.Host(hostname="db01")
-    assert client.enroll(gw.url, host).status_code == 202
-    gw.approve_host(host.host_id)
+    gw.admit(host)
     return host
 
 
@@ -46,7 +45,8 @@ def test_a_newline_in_a_name_is_refused(
 
 
 def test_a_newline_in_an_enrolling_hostname_is_refused(gw: RunningGateway) -> None:
-    response = client.enroll(gw.url, client.Host(hostname="db01\n"))
+    token = gw.invite("db01x")
+    response = client.enroll(gw.url, client.Host(hostname="db01x\n"), token)
     assert (response.status_code, response.json()) == (400, {"error": "bad_request"})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import requests
 import yaml
 
+from gateway import challenges
 from tests.harness.gateway import REPO, running_gateway
 from zkv import crypto, protocol
 
@@ -67,7 +69,8 @@ def test_the_heartbeat_is_described_as_zkv_protocol_builds_it() -> None:
         schema = {**spec["components"]["schemas"][name], "components": spec["components"]}
         jsonschema_rs.Draft7Validator(schema).validate(document)
 
-    beat = protocol.Heartbeat.create(crypto.ed25519_generate()[0]).to_json()
+    issued = challenges.issue(bytes(32), 1_800_000_000)
+    beat = protocol.Heartbeat.create(crypto.ed25519_generate()[0], issued).to_json()
     check("Heartbeat", beat)
     assert protocol.Heartbeat.from_json(beat).to_json() == beat
     for action in (protocol.ACTION_NONE, protocol.ACTION_WIPE):
@@ -76,3 +79,24 @@ def test_the_heartbeat_is_described_as_zkv_protocol_builds_it() -> None:
         check("HeartbeatAnswer", {"action": "format-disks"})
     with pytest.raises(protocol.ProtocolViolation):
         protocol.HeartbeatAnswer.from_json({"action": "format-disks"})
+
+
+def test_the_signed_messages_are_described_field_for_field() -> None:
+    schemas = yaml.safe_load(SPEC.read_text())["components"]["schemas"]
+    private = crypto.ed25519_generate()[0]
+    issued = challenges.issue(bytes(32), 1_800_000_000)
+    messages = {
+        "Challenge": protocol.Challenge(issued, 1_800_000_000),
+        "EnrollRequest": protocol.EnrollRequest.create(
+            "db01", private, protocol.new_invite_token(), issued
+        ),
+        "UnlockRequest": protocol.UnlockRequest.create(
+            private, "db01", ["tank"], crypto.x25519_generate()[1], issued
+        ),
+        "Heartbeat": protocol.Heartbeat.create(private, issued),
+    }
+    for name, message in messages.items():
+        assert set(schemas[name]["required"]) == set(message.to_json()), name
+        assert set(schemas[name]["properties"]) == set(message.to_json()), name
+    pattern = schemas["ChallengeValue"]["pattern"].removeprefix("^").removesuffix("$")
+    assert re.fullmatch(pattern, issued)

@@ -18,8 +18,7 @@ UNAUTHORIZED = (401, {"error": "unauthorized"})
 
 def admitted(gw: RunningGateway, hostname: str, secret: str | None = None) -> client.Host:
     host = client.Host(hostname)
-    assert client.enroll(gw.url, host).status_code == 202
-    gw.approve_host(host.host_id, secret)
+    gw.admit(host, *(("--secret", secret) if secret else ()))
     return host
 
 
@@ -48,7 +47,7 @@ def test_past_its_window_refused_within_its_window_not(tmp_path: Path) -> None:
 
 
 def test_the_schedule_suspends_and_tells_the_owner_once(tmp_path: Path) -> None:
-    with running_gateway(tmp_path, settings={"DEADMAN_CHECK_INTERVAL": 1}, workers=2) as gw:
+    with running_gateway(tmp_path, settings={"HOUSEKEEPING_INTERVAL": 1}, workers=2) as gw:
         host = admitted(gw, "gone01")
         gw.cli("hosts", "deadman", host.host_id, "--window", "2s")
         deadline = time.monotonic() + 20
@@ -62,7 +61,8 @@ def test_the_schedule_suspends_and_tells_the_owner_once(tmp_path: Path) -> None:
 
 def test_wipe_disables_the_vault_secret_and_answers_the_heartbeat(tmp_path: Path) -> None:
     with running_gateway(tmp_path, secret_source="azure") as gw:
-        wiped, sharing = admitted(gw, "stolen01"), admitted(gw, "other01")
+        wiped = admitted(gw, "stolen01", SECRET_NAME)
+        sharing = admitted(gw, "other01", SECRET_NAME)
         refusal = gw.cli("hosts", "wipe", wiped.host_id, check=False)
         assert refusal.returncode == 5 and "also used by other01" in refusal.stderr
         assert gw.standins.vault_disabled == set()

@@ -11,6 +11,7 @@ import pytest
 from tests.gateway.postgres import DATABASES, url_for
 from tests.harness import protocol_client as client
 from tests.harness.gateway import RunningGateway, running_gateway
+from zkv import protocol
 
 
 @pytest.fixture(scope="module", params=DATABASES)
@@ -26,10 +27,7 @@ def gw(
 @pytest.fixture
 def host(gw: RunningGateway) -> client.Host:
     host = client.Host()
-    response = client.enroll(gw.url, host)
-    assert response.status_code == 202
-    assert response.json() == {"host_id": host.host_id, "status": "pending"}
-    gw.approve_host(host.host_id)
+    gw.admit(host, "--replace")  # each test's db01 succeeds the last one's on this server
     return host
 
 
@@ -48,17 +46,20 @@ def test_enrol_approve_unlock_release(gw: RunningGateway, host: client.Host) -> 
     assert gw.secret.decode() not in gw.output()
 
 
-def test_pending_host_is_unauthorized(gw: RunningGateway) -> None:
-    host = client.Host()
-    client.enroll(gw.url, host)
+def test_uninvited_enrolment_is_unauthorized_and_tells_nobody(gw: RunningGateway) -> None:
+    host, before = client.Host(hostname="stranger"), len(gw.notifications())
+    refused = client.enroll(gw.url, host, protocol.new_invite_token())
+    assert (refused.status_code, refused.json()) == (401, {"error": "unauthorized"})
     boot = client.unlock(gw.url, host)
     assert (boot.response.status_code, boot.response.json()) == (401, {"error": "unauthorized"})
+    assert len(gw.notifications()) == before
+    assert host.host_id not in gw.cli("hosts", "list").stdout
 
 
 def test_auto_approver(tmp_path: Path) -> None:
     with running_gateway(tmp_path, approver="auto") as auto:
         host = client.Host()
-        assert client.enroll(auto.url, host).json()["status"] == "approved"
+        auto.admit(host)
         boot = client.unlock(auto.url, host)
         response = client.poll(auto.url, boot.created.request_id, wait=5)
         assert client.opened(boot, response) == auto.secret
@@ -82,8 +83,7 @@ def test_refusals_look_the_same(gw: RunningGateway, host: client.Host) -> None:
 def test_expiry_on_the_real_server(tmp_path: Path) -> None:
     with running_gateway(tmp_path, settings={"REQUEST_TTL": 5}) as short:
         host = client.Host()
-        client.enroll(short.url, host)
-        short.approve_host(host.host_id)
+        short.admit(host)
         boot = client.unlock(short.url, host)
         response = client.poll(short.url, boot.created.request_id, wait=10)
         assert response.json() == {"state": "expired"}

@@ -68,6 +68,45 @@ def test_layering(tmp_path: Path) -> None:
     assert "from-credential" not in repr(s)
 
 
+def test_packaged_settings_file_loads(tmp_path: Path) -> None:
+    """deploy/gateway.py (the package's /etc/zkv-gateway/gateway.py) names only real settings;
+    with a vault, a secret name and Twilio filled in as the admin would, it validates."""
+    conf = tmp_path / "gateway.py"
+    conf.write_text(
+        (REPO / "deploy/gateway.py").read_text()
+        + 'KEY_VAULT_URI = "https://v.vault.azure.net"\nKEY_VAULT_SECRET = "host1"\n'
+        + f'TWILIO_ACCOUNT_ID = "{TWILIO_ACCOUNT}"\nSMS_FROM = "+15550000002"\n'
+        + f'SMS_TO = "{OWNER}"\nPUBLIC_URL = "https://gw.example.org"\n'
+        + 'TRUSTED_PROXY_ADDRESSES = "127.0.0.1"\n'
+    )
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "twilio-token").write_text(TWILIO_TOKEN)
+    s = config.load(environ={"CONFIG_FILE": str(conf), "CREDENTIALS_DIRECTORY": str(creds)})
+    assert (s.SECRET_SOURCE, s.APPROVER) == ("azure", "twilio")
+    assert s.credential_kind == "managed-identity"
+
+
+def test_empty_credential_counts_as_unset(tmp_path: Path) -> None:
+    """The package makes both credential files empty (LoadCredential= needs them to exist)."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "twilio-token").write_text("")
+    (creds / "aad-client-secret").write_text("\n")
+    secret = tmp_path / "secret"
+    secret.write_text("k" * 64)
+    env = {
+        "CREDENTIALS_DIRECTORY": str(creds),
+        "ZKV_TWILIO_TOKEN": "from-env",
+        "ZKV_SECRET_SOURCE": "file",
+        "ZKV_SECRET_FILE": str(secret),
+        "ZKV_APPROVER": "console",
+    }
+    s = config.load(environ=env)
+    assert (s.TWILIO_TOKEN, s.AAD_CLIENT_SECRET) == ("from-env", "")
+    assert s.credential_kind == "managed-identity"
+
+
 @pytest.mark.parametrize(
     ("environ", "message"),
     [

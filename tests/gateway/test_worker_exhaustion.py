@@ -58,8 +58,7 @@ def test_slowloris_and_idle_sockets_do_not_pin_threads(tmp_path: Path) -> None:
 def test_long_poll_flood_is_bounded(tmp_path: Path) -> None:
     with running_gateway(tmp_path, threads=THREADS) as gw:
         host = client.Host()
-        client.enroll(gw.url, host)
-        gw.approve_host(host.host_id)
+        gw.admit(host)
         request_id = client.unlock(gw.url, host).created.request_id
         path = f"{protocol.PATH_UNLOCK}/{request_id}?wait=25"
         with sockets(gw, [f"GET {path} HTTP/1.1\r\nHost: gw\r\n\r\n".encode()] * 3 * THREADS):

@@ -39,6 +39,10 @@ CLIENT_SECRET = "test-aad-client-secret"
 SECRET_NAME = "zkv-repository-key"
 PATH_SMS = "/v1/twilio/sms"
 VAULT_VERSION = "0123456789abcdef"
+# The managed-identity endpoint as App Service and Azure Arc hand it to a process: a local URL
+# in IDENTITY_ENDPOINT, and a per-process secret in IDENTITY_HEADER that must come back.
+IDENTITY_PATH = "/msi/token"
+VAULT_RESOURCE = "https://vault.azure.net"
 
 
 @dataclass
@@ -52,6 +56,14 @@ class Standins:
     sms_sent: list[dict[str, str]] = field(default_factory=list)
     seen: list[str] = field(default_factory=list)  # "HOST METHOD PATH" of every call
     tokens: set[str] = field(default_factory=set)
+    identity_header: str = field(default_factory=lambda: secrets.token_hex(16))
+
+    def managed_identity_env(self) -> dict[str, str]:
+        """What the platform puts in the gateway's environment for its managed identity."""
+        return {
+            "IDENTITY_ENDPOINT": f"https://127.0.0.1:{self.port}{IDENTITY_PATH}",
+            "IDENTITY_HEADER": self.identity_header,
+        }
 
     def process_env(self) -> dict[str, str]:
         return {
@@ -63,8 +75,11 @@ class Standins:
 
 
 def twilio_settings() -> dict[str, Any]:
+    """The SMS flow as the seed had it: a PIN reply approves (the lower-security policy, named
+    explicitly; tests of the default page policy override it)."""
     return {
         "APPROVER": "twilio",
+        "APPROVAL_POLICY": "sms-pin",
         "TWILIO_ACCOUNT_ID": TWILIO_ACCOUNT,
         "TWILIO_TOKEN": TWILIO_TOKEN,
         "SMS_TO": OWNER,
@@ -73,16 +88,23 @@ def twilio_settings() -> dict[str, Any]:
     }
 
 
-def azure_settings() -> dict[str, Any]:
-    return {
+def azure_settings(managed_identity: bool = False) -> dict[str, Any]:
+    """Key Vault through a service principal (ClientSecretCredential), or through the managed
+    identity (ManagedIdentityCredential: no tenant, no secret, only the identity endpoint)."""
+    vault = {
         "SECRET_SOURCE": "azure",
         "KEY_VAULT_URI": f"https://{VAULT_HOST}/",
         "KEY_VAULT_SECRET": SECRET_NAME,
+        "KEY_VAULT_TIMEOUT": 1,
+        "KEY_VAULT_RETRIES": 0,
+    }
+    if managed_identity:
+        return {**vault, "AAD_CREDENTIAL": "managed-identity"}
+    return {
+        **vault,
         "AAD_TENANT_ID": TENANT,
         "AAD_CLIENT_ID": CLIENT_ID,
         "AAD_CLIENT_SECRET": CLIENT_SECRET,
-        "KEY_VAULT_TIMEOUT": 1,
-        "KEY_VAULT_RETRIES": 0,
     }
 
 
@@ -146,7 +168,9 @@ class _Handler(BaseHTTPRequestHandler):
         host = self.headers.get("Host", "").split(":")[0]
         state = self.server.state
         state.seen.append(f"{host} {method} {self.path.split('?')[0]}")
-        if host == TWILIO_HOST:
+        if host == "127.0.0.1" and self.path.split("?")[0] == IDENTITY_PATH:
+            self._managed_identity(state, method)
+        elif host == TWILIO_HOST:
             self._twilio(state)
         elif host == AAD_HOST:
             self._aad(state, method)
@@ -200,6 +224,28 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"})
         else:
             self._reply(404, {"error": "not found"})
+
+    def _managed_identity(self, state: Standins, method: str) -> None:
+        """App Service's token endpoint (api-version 2019-08-01), as the SDK calls it."""
+        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
+        if self.headers.get("X-IDENTITY-HEADER") != state.identity_header or method != "GET":
+            self._reply(401, {"error": "invalid_request", "error_description": "bad header"})
+            return
+        if query.get("api-version") != "2019-08-01" or query.get("resource") != VAULT_RESOURCE:
+            self._reply(400, {"error": "invalid_resource", "error_description": repr(query)})
+            return
+        token = secrets.token_hex(16)
+        state.tokens.add(token)
+        expires = str(int(time.time()) + 3600)
+        self._reply(
+            200,
+            {
+                "access_token": token,
+                "expires_on": expires,
+                "resource": VAULT_RESOURCE,
+                "token_type": "Bearer",
+            },
+        )
 
     def _vault(self, state: Standins, method: str) -> None:
         auth = self.headers.get("Authorization", "")
@@ -274,7 +320,7 @@ def running_standins(directory: Path) -> Iterator[Standins]:
     ca_file = Path(directory) / "standin-ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(TWILIO_HOST, VAULT_HOST, AAD_HOST).configure_cert(context)
+    ca.issue_cert(TWILIO_HOST, VAULT_HOST, AAD_HOST, "127.0.0.1").configure_cert(context)
     server = _Server(("127.0.0.1", 0), _Handler)
     server.socket = context.wrap_socket(server.socket, server_side=True)
     server.state = Standins(port=server.server_address[1], ca_file=ca_file)

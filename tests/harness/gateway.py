@@ -7,13 +7,18 @@ Stable interface, also used by the boot-client integration tests::
     with running_gateway(tmp_path, approver="console") as gw:   # or approver="auto" / "twilio"
         gw.url                        # "http://127.0.0.1:<port>"
         gw.secret                     # the bytes released on approval (file secret backend)
-        gw.approve_host(host_id)      # `zkv-gateway hosts approve HOST_ID` (enrolment)
+        gw.invite("db01")             # `zkv-gateway hosts invite db01`: the one-time token;
+                                      # its secret (zkv-db01-...) is made to hold gw.secret
+        gw.admit(host)                # invite + enrol over the wire (a protocol_client.Host)
         gw.approve(request_id, pin)   # as the owner, through the CLI (console approver) ...
         gw.deny(request_id)
         gw.sms("123456")              # ... or a signed Twilio webhook (approver="twilio" only)
         gw.notifications()            # owner notification texts so far (console/auto approver)
         gw.audit()                    # `zkv-gateway audit` lines
         gw.cli("hosts", "list")       # any zkv-gateway command -> CompletedProcess
+
+    with tls_front(port, pem) as tls_port:  # HTTPS (key + chain in pem) -> the gateway's port
+        ...
 
 Arguments of ``running_gateway``:
     tmp_path   a private directory: database, secret file, config file and log go there.
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import signal
 import socket
@@ -58,7 +64,6 @@ STOP_GRACE = 2.0  # seconds for gunicorn's quick shutdown before the process gro
 TEST_LIMITS = {
     "RATE_PER_SECOND": 1000,
     "RATE_HOST_PER_HOUR": 100000,
-    "RATE_IP_PER_HOUR": 1000000,
     "SMS_PER_HOUR": 1000000,
     "AUTH_FAILURES_PER_HOUR": 1000000,
 }
@@ -96,8 +101,31 @@ class RunningGateway:
             raise AssertionError(f"zkv-gateway {' '.join(args)}: {result.stderr.strip()}")
         return result
 
-    def approve_host(self, host_id: str, secret_name: str | None = None) -> None:
-        self.cli("hosts", "approve", host_id, *(["--secret", secret_name] if secret_name else []))
+    def invite(self, hostname: str, *options: str, secret: bytes | None = None) -> str:
+        """`zkv-gateway hosts invite HOSTNAME [options]` -> the token. The invite's secret
+        (named on stderr) is created holding ``secret`` (default gw.secret), as the operator
+        would in Key Vault (or, with the file source, as a file beside SECRET_FILE)."""
+        result = self.cli("hosts", "invite", hostname, *options)
+        name = re.search(r"released from secret (\S+);", result.stderr)
+        assert name is not None, result.stderr
+        self.put_secret(name[1], secret if secret is not None else self.secret)
+        return result.stdout.strip()
+
+    def put_secret(self, name: str, value: bytes) -> None:
+        if self.standins is not None:  # the Key Vault stand-in (harmless when unused)
+            self.standins.vault_secrets[name] = value.decode()
+        path = self.directory / name
+        path.write_bytes(value)
+        path.chmod(0o600)
+
+    def admit(self, host: Any, *options: str) -> str:
+        """Invite ``host`` (a tests.harness.protocol_client.Host) and enrol it: its host id."""
+        from tests.harness import protocol_client as client
+
+        response = client.enroll(self.url, host, self.invite(host.hostname, *options))
+        assert response.status_code == 202, response.text
+        assert response.json() == {"host_id": host.host_id, "status": "approved"}
+        return str(host.host_id)
 
     def revoke_host(self, host_id: str) -> None:
         self.cli("hosts", "revoke", host_id)
@@ -199,36 +227,44 @@ def running_gateway(
     tmp_path: Path,
     approver: str = "console",
     secret: bytes | None = None,
-    secret_source: str = "file",
+    secret_source: str = "file",  # or "azure" (service principal), "azure-managed-identity"
     settings: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
     workers: int = 1,
     threads: int = 16,
+    approval_page: bool = False,
 ) -> Iterator[RunningGateway]:
+    """``approval_page``: APPROVAL_URL is http://localhost:PORT, the address a browser on this
+    machine opens (WebAuthn needs a secure context: https, or localhost)."""
     directory = Path(tmp_path)
     directory.mkdir(parents=True, exist_ok=True)
     secret = secret if secret is not None else secrets.token_hex(32).encode()
     config = base_config(directory, secret, approver)
+    port = free_port()
+    if approval_page:
+        config["APPROVAL_URL"] = f"http://localhost:{port}"
     with ExitStack() as stack:
         proc_env = {k: v for k, v in os.environ.items() if not k.startswith("ZKV_")}
         proc_env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
         standins = None
-        if approver == "twilio" or secret_source == "azure":
+        if approver == "twilio" or secret_source.startswith("azure"):
             from tests.harness import cloud_standins as fakes
 
             standins = stack.enter_context(fakes.running_standins(directory))
             proc_env.update(standins.process_env())
             if approver == "twilio":
                 config.update(fakes.twilio_settings())
-            if secret_source == "azure":
-                config.update(fakes.azure_settings())
+            if secret_source.startswith("azure"):
+                managed = secret_source == "azure-managed-identity"
+                config.update(fakes.azure_settings(managed_identity=managed))
+                if managed:
+                    proc_env.update(standins.managed_identity_env())
                 standins.vault_secrets[fakes.SECRET_NAME] = secret.decode()
         config.update(settings or {})
         config_file = directory / "gateway.conf.py"
         write_config(config_file, config)
         proc_env["CONFIG_FILE"] = str(config_file)
         proc_env.update(env or {})
-        port = free_port()
         url = f"http://127.0.0.1:{port}"
         config_file.with_suffix(".url").write_text(url)
         log_file = directory / "gateway.log"
@@ -258,6 +294,36 @@ def running_gateway(
         stack.callback(gw.stop)
         _wait_healthy(gw)
         yield gw
+
+
+@contextmanager
+def tls_front(upstream_port: int, pem: Path) -> Iterator[int]:
+    """HTTPS on a free 127.0.0.1 port (socat) with the key and certificate chain in ``pem``,
+    forwarding to the gateway's plain HTTP port: the TLS a reverse proxy adds in production."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            "socat",
+            f"OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={pem},verify=0",
+            f"TCP:127.0.0.1:{upstream_port}",
+        ],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        _wait_port(port)
+        yield port
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+
+
+def _wait_port(port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
 
 
 def _wait_healthy(gw: RunningGateway, timeout: float = 30.0) -> None:

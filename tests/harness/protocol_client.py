@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import requests
 
 from zkv import crypto, protocol
+
+Headers = Mapping[str, str] | None  # e.g. X-Forwarded-For, as a proxy in front would add it
 
 
 @dataclass
@@ -34,12 +35,16 @@ class Boot:
         return protocol.UnlockCreated.from_json(self.response.json())
 
 
-def enroll(url: str, host: Host) -> requests.Response:
-    req = protocol.EnrollRequest.create(host.hostname, host.private_key)
+def challenge(url: str, headers: Headers = None) -> protocol.Challenge:
+    response = requests.post(url + protocol.PATH_CHALLENGES, headers=headers, timeout=10)
+    assert response.status_code == 201, response.text
+    return protocol.Challenge.from_json(response.json())
+
+
+def enroll(url: str, host: Host, token: str) -> requests.Response:
+    fresh = challenge(url).challenge
+    req = protocol.EnrollRequest.create(host.hostname, host.private_key, token, fresh)
     return requests.post(url + protocol.PATH_HOSTS, json=req.to_json(), timeout=10)
-
-
-Headers = Mapping[str, str] | None  # e.g. X-Forwarded-For, as a proxy in front would add it
 
 
 def unlock(
@@ -47,10 +52,12 @@ def unlock(
     host: Host,
     datasets: tuple[str, ...] = ("tank/secure",),
     headers: Headers = None,
-    **kw: Any,
+    challenge_from: str | None = None,
 ) -> Boot:
+    """Fetch a challenge (from ``challenge_from``, another gateway, if given), sign, send."""
     private, public = crypto.x25519_generate()
-    req = protocol.UnlockRequest.create(host.private_key, host.hostname, datasets, public, **kw)
+    fresh = challenge(challenge_from or url, headers).challenge
+    req = protocol.UnlockRequest.create(host.private_key, host.hostname, datasets, public, fresh)
     return Boot(req, private, send(url, req, headers))
 
 
@@ -60,8 +67,8 @@ def send(url: str, req: protocol.UnlockRequest, headers: Headers = None) -> requ
     )
 
 
-def heartbeat(url: str, host: Host, **kw: Any) -> requests.Response:
-    req = protocol.Heartbeat.create(host.private_key, **kw)
+def heartbeat(url: str, host: Host) -> requests.Response:
+    req = protocol.Heartbeat.create(host.private_key, challenge(url).challenge)
     return requests.post(url + protocol.PATH_HEARTBEAT, json=req.to_json(), timeout=10)
 
 

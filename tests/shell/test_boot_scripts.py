@@ -55,7 +55,9 @@ def zkv_lib(tmp: Path) -> Path:
     return target
 
 
-def _dracut(tmp: Path, body: str, *, configured: bool = True) -> subprocess.CompletedProcess[str]:
+def _dracut(
+    tmp: Path, body: str, *, configured: bool = True, network_legacy: bool = True
+) -> subprocess.CompletedProcess[str]:
     """Source module-setup.sh in bash with recording stubs for dracut's install functions."""
     lib, boot, etc = tmp / "lib", tmp / "boot", tmp / "etc"
     for d in (lib, boot, etc, tmp / "initdir"):
@@ -63,10 +65,12 @@ def _dracut(tmp: Path, body: str, *, configured: bool = True) -> subprocess.Comp
     (lib / "zkv-early.pyz").write_bytes(b"PK")
     (tmp / "initdir" / "sbin").mkdir(exist_ok=True)
     (tmp / "initdir" / "sbin" / "ifup").touch()  # what network-legacy (35) installed before us
+    if network_legacy:
+        (tmp / "dracut" / "modules.d" / "35network-legacy").mkdir(parents=True, exist_ok=True)
     (lib / "initramfs-files").write_text(
         "#!/bin/sh\ncase $1 in python) printf '%s\\n' '/usr/bin/python3.11 /usr/bin/python3.11'"
         " '/x/__pycache__/os.cpython-311.pyc /x/os.pyc' ;;"
-        " ca) echo /etc/ssl/ca.pem ;; esac\n"
+        ' ca) echo "${FAKE_CA-/etc/ssl/ca.pem}" ;; esac\n'
     )
     (lib / "initramfs-files").chmod(0o755)
     if configured:
@@ -78,6 +82,8 @@ set -u
 log=$1
 dfatal() {{ echo "dfatal $*" >>"$log"; }}
 require_binaries() {{ return 0; }}
+require_any_binary() {{ return 0; }}
+dracutbasedir={tmp}/dracut
 inst_multiple() {{ echo "inst_multiple $*" >>"$log"; }}
 inst() {{ echo "inst $*" >>"$log"; }}
 inst_simple() {{
@@ -107,7 +113,30 @@ export ZKV_HOSTKEY={boot}/host.key
 def test_dracut_check_needs_keystore_hostkey_and_config(tmp_path: Path) -> None:
     assert _dracut(tmp_path, "check", configured=False).returncode == 1
     assert _dracut(tmp_path, "check").returncode == 0
-    assert _dracut(tmp_path, "depends").stdout.split() == ["zfs", "network", "systemd"]
+    depends = _dracut(tmp_path, "depends").stdout.split()
+    assert depends == ["zfs", "network-legacy", "network", "systemd"]
+
+
+def test_dracut_check_ends_the_build_without_network_legacy(tmp_path: Path) -> None:
+    """check() runs in dracut's shell: exit, or dracut leaves zkv out and writes the image."""
+    done = _dracut(tmp_path, "check; echo returned", network_legacy=False)
+    assert done.returncode == 1 and "returned" not in done.stdout
+    calls = (tmp_path / "calls.log").read_text()
+    assert "apt install dracut-network" in calls
+    # Not set up for zkv: no zkv in the image, and nothing to complain about.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    assert _dracut(fresh, "check", configured=False, network_legacy=False).returncode == 1
+
+
+@pytest.mark.parametrize("configured", [True, False])
+def test_dracut_conf_names_the_modules_only_on_a_host_set_up(
+    tmp_path: Path, configured: bool
+) -> None:
+    script = f'. {REPO}/dracut/zkv.conf; echo "mods=${{add_dracutmodules-}}"'
+    done = _dracut(tmp_path, script, configured=configured)
+    mods = done.stdout.split("mods=", 1)[1].split()
+    assert mods == (["zkv", "network-legacy"] if configured else [])
 
 
 def test_dracut_install(tmp_path: Path) -> None:
@@ -129,6 +158,17 @@ def test_dracut_install(tmp_path: Path) -> None:
     )
     assert not (tmp_path / "initdir/etc/cmdline.d/50zkv.conf").exists()  # zkv-early.sh's own
     assert oct((tmp_path / "initdir/etc/zkv/keystore").stat().st_mode & 0o777) == "0o600"
+
+
+def test_dracut_install_copies_the_ca_early_conf_names_if_any(tmp_path: Path) -> None:
+    assert "rc=0" in _dracut(tmp_path, "install; echo rc=$?").stdout
+    assert "inst_simple /etc/ssl/ca.pem\n" in (tmp_path / "calls.log").read_text()
+    (tmp_path / "calls.log").unlink()
+    done = _dracut(tmp_path, "export FAKE_CA=; install; echo rc=$?")  # pin_sha256 only
+    assert "rc=0" in done.stdout, done.stderr
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert f"inst_simple {tmp_path}/etc/early.conf" in calls
+    assert not [c for c in calls if c.strip() == "inst_simple" or "ca.pem" in c]
 
 
 def test_dracut_install_fails_the_build_when_a_piece_is_missing(tmp_path: Path) -> None:
@@ -507,6 +547,13 @@ def test_ca_file_from_config(tmp_path: Path) -> None:
     conf.write_text("[gateway]\nurl = https://gw/\nca_file = /nonexistent.pem\n")
     done = subprocess.run([*FILES_TOOL, "ca", str(conf)], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 1 and "missing" in done.stderr
+    pin = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
+    conf.write_text(f"[gateway]\nurl = https://gw/\npin_sha256 = {pin}\n")  # no CA file to copy
+    done = subprocess.run([*FILES_TOOL, "ca", str(conf)], cwd=REPO, capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (0, "")
+    conf.write_text("[gateway]\nurl = https://gw/\n")  # neither: the build fails, saying why
+    done = subprocess.run([*FILES_TOOL, "ca", str(conf)], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 1 and "must name the gateway's CA" in done.stderr
 
 
 def test_initramfs_tools_waits_as_long_as_the_client_said(tmp_path: Path) -> None:

@@ -29,7 +29,8 @@ RID = "ab" * 16
 
 
 class ScriptedClient:
-    """create() and poll() answer from a script; poll() spends the time it was asked to wait."""
+    """create() and poll() answer from a script; poll() spends the time it was asked to wait.
+    The gateway's clock is ``offset`` seconds ahead of the host's (``clock``)."""
 
     def __init__(
         self,
@@ -37,17 +38,25 @@ class ScriptedClient:
         polls: list[Callable[[protocol.UnlockRequest], Any]],
         create_failures: int = 0,
         ttl: int = 600,
+        offset: float = 0,
     ) -> None:
         self.clock, self.polls, self.create_failures, self.ttl = clock, polls, create_failures, ttl
+        self.offset = offset
+        self.challenges: list[str] = []
         self.requests: list[protocol.UnlockRequest] = []
         self.waits: list[int] = []
 
+    def challenge(self) -> protocol.Challenge:
+        self.challenges.append(f"{len(self.challenges):080x}")
+        return protocol.Challenge(self.challenges[-1], int(self.clock.now + self.offset))
+
     def create(self, request: protocol.UnlockRequest) -> protocol.UnlockCreated:
+        assert request.challenge == self.challenges[-1]
         self.requests.append(request)
         if self.create_failures:
             self.create_failures -= 1
             raise GatewayUnreachable(url="https://gw", detail="Connection refused")
-        return protocol.UnlockCreated(RID, "123456", int(self.clock.now) + self.ttl)
+        return protocol.UnlockCreated(RID, "123456", int(self.clock.now + self.offset) + self.ttl)
 
     def poll(self, request_id: str, wait: int) -> protocol.PollResult:
         self.waits.append(wait)
@@ -136,13 +145,33 @@ def test_pending_then_approved_opens_the_keystore(setup: Any, tmp_path: Path) ->
         and "4:35 left" in text
     )
     assert REPO_KEY.hex() not in text
+    assert "clock off" not in text
+
+
+@pytest.mark.parametrize("offset", [3600, -3600])
+def test_a_host_clock_an_hour_off_still_counts_down_the_gateways_time(
+    setup: Any, tmp_path: Path, offset: int
+) -> None:
+    flow, client, out = setup([pending, approved()], ttl=120, offset=offset)
+    assert flow.run(sealed(tmp_path), threading.Event()) is not None
+    assert client.waits == [25, 25]  # the request's 2 minutes, not an hour more or less
+    side = "behind" if offset > 0 else "ahead of"
+    assert f"clock off by 3600 s ({side} the gateway)" in out.getvalue()
+    assert "2:00 left" in out.getvalue() and "1:35 left" in out.getvalue()
+
+
+def test_a_host_clock_an_hour_ahead_still_waits_for_the_expiry(setup: Any, tmp_path: Path) -> None:
+    flow, client, _out = setup([], ttl=60, offset=-3600)
+    with pytest.raises(ApprovalExpired):
+        flow.run(sealed(tmp_path), threading.Event())
+    assert 60 <= sum(client.waits) <= 60 + 5  # polled for the request's minute
 
 
 def test_unreachable_gateway_is_retried_with_backoff(setup: Any, tmp_path: Path) -> None:
     flow, client, out = setup([approved()], create_failures=3)
     flow.run(sealed(tmp_path), threading.Event())
     assert len(client.requests) == 4
-    assert len({r.nonce for r in client.requests}) == 4  # signed anew each time
+    assert len({r.challenge for r in client.requests}) == 4  # a new challenge each time
     assert "retrying in 1 s" in out.getvalue() and "retrying in 4 s" in out.getvalue()
 
 

@@ -37,10 +37,14 @@ def test_full_file() -> None:
     assert c.interfaces == ("eth0", "enp1s0")
 
 
+PIN = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="  # base64 SHA-256 of b""
+PIN2 = "LXEWQrcmsEQBYnyp+6wy9chTD7GQPMTbAiWHF5IaSIE="  # of b"x"
+
+
 def test_defaults() -> None:
     c = config.parse("[gateway]\nurl = https://gw\n")
     assert c.keystore == "/etc/zkv/keystore" and c.host_key == "/etc/zkv/host.key"
-    assert c.ca_file == "/etc/ssl/certs/ca-certificates.crt"
+    assert (c.ca_file, c.pins) == ("", ())  # no trust unless early.conf names it
     assert (c.total_timeout, c.network_timeout, c.attempts) == (300.0, 60.0, 3)
 
 
@@ -72,7 +76,7 @@ def test_mistakes_are_errors(text: str) -> None:
     ],
 )
 def test_gateway_url(url: str, ok: bool) -> None:
-    c = config.Config(gateway_url=url)
+    c = config.Config(gateway_url=url, ca_file="/etc/zkv/gateway-ca.pem")
     if ok:
         assert config.validate(c) is c
     else:
@@ -101,9 +105,39 @@ def test_cmdline_parsing() -> None:
         cmdline.parse("zkv.timeout=-1")
 
 
+@pytest.mark.parametrize(
+    ("lines", "ca_file", "pins"),
+    [
+        ("ca_file = /etc/zkv/gateway-ca.pem", "/etc/zkv/gateway-ca.pem", ()),
+        ("ca_file = system", "/etc/ssl/certs/ca-certificates.crt", ()),  # an explicit opt-in
+        (f"pin_sha256 = {PIN}", "", (PIN,)),
+        (f"pin_sha256 = {PIN}, {PIN2}\nca_file = /ca.pem", "/ca.pem", (PIN, PIN2)),
+    ],
+)
+def test_the_gateways_ca_or_key(lines: str, ca_file: str, pins: tuple[str, ...]) -> None:
+    c = config.validate(config.parse(f"[gateway]\nurl = https://gw\n{lines}\n"))
+    assert (c.ca_file, c.pins) == (ca_file, pins)
+
+
+def test_https_without_a_ca_or_a_pin_is_refused() -> None:
+    with pytest.raises(ConfigError) as refused:
+        config.validate(config.parse("[gateway]\nurl = https://gw\n"))
+    assert refused.value.message == (
+        "configuration error: early.conf must name the gateway's CA ([gateway] ca_file = PATH, "
+        "or ca_file = system for the system bundle) or pin its key ([gateway] pin_sha256)"
+    )
+    assert config.validate(config.parse("[gateway]\nurl = http://127.0.0.1:8\n"))  # loopback
+
+
+@pytest.mark.parametrize("pin", ["AAAA", "not base64!", PIN[:-2], PIN + "AAAA"])
+def test_a_pin_that_is_not_a_sha256_is_refused(pin: str) -> None:
+    with pytest.raises(ConfigError, match="pin_sha256"):
+        config.parse(f"[gateway]\nurl = https://gw\npin_sha256 = {pin}\n")
+
+
 def test_cmdline_wins_over_file(tmp_path: Path) -> None:
     conf = tmp_path / "early.conf"
-    conf.write_text("[gateway]\nurl = https://a\n[timeouts]\ntotal = 100\n")
+    conf.write_text("[gateway]\nurl = https://a\nca_file = system\n[timeouts]\ntotal = 100\n")
     line = tmp_path / "cmdline"
     line.write_text("zkv.gateway=https://b zkv.timeout=7 zkv.debug\n")
     c = config.load(str(conf), str(line))

@@ -79,6 +79,7 @@ def tls(tmp_path: Path) -> Iterator[tuple[Any, str, Path]]:
     server.daemon_threads = True
     server.socket = context.wrap_socket(server.socket, server_side=True)
     server.answers, server.seen, server.release = {}, [], threading.Event()
+    server.answers[protocol.PATH_CHALLENGES] = (201, {"challenge": "ab" * 40, "now": 0})
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -92,7 +93,7 @@ def tls(tmp_path: Path) -> Iterator[tuple[Any, str, Path]]:
 def request() -> protocol.UnlockRequest:
     private, _ = crypto.ed25519_generate()
     _, ephemeral = crypto.x25519_generate()
-    return protocol.UnlockRequest.create(private, "nas", ["rpool"], ephemeral)
+    return protocol.UnlockRequest.create(private, "nas", ["rpool"], ephemeral, "ab" * 40)
 
 
 def test_create_and_poll_over_tls(tls: tuple[Any, str, Path]) -> None:
@@ -103,6 +104,7 @@ def test_create_and_poll_over_tls(tls: tuple[Any, str, Path]) -> None:
     )
     server.answers[f"{protocol.PATH_UNLOCK}/{RID}"] = (200, {"state": "pending"})
     client = GatewayClient(url, str(ca_file), 5)
+    assert client.challenge() == protocol.Challenge("ab" * 40, 0)
     created = client.create(request())
     assert created.pin == "123456"
     assert client.poll(RID, 99).state == "pending"
@@ -163,7 +165,11 @@ def test_429_and_503_are_retried_with_backoff_within_the_deadline(
     flow, out = gateway_flow(tmp_path, GatewayClient(url, str(ca_file), 5), FakeClock())
     with pytest.raises(ApprovalDenied):
         flow.run(sealed(tmp_path), threading.Event())
-    assert [method for method, _path in server.seen] == ["POST"] * 3 + ["GET"] * 3
+    assert [path for _method, path in server.seen if "?" not in path] == [
+        protocol.PATH_CHALLENGES,
+        protocol.PATH_UNLOCK,
+    ] * 3
+    assert [method for method, path in server.seen if "?" in path] == ["GET"] * 3
     text = out.getvalue()
     assert "rate limiting this host; retrying in 1 s" in text
     assert "(approver_unavailable); retrying in 2 s" in text and "PIN 123456" in text
@@ -177,7 +183,8 @@ def test_busy_until_the_deadline(tls: tuple[Any, str, Path], tmp_path: Path) -> 
     flow, _out = gateway_flow(tmp_path, client, FakeClock(), total=20)
     with pytest.raises(RateLimited):
         flow.run(sealed(tmp_path), threading.Event())
-    assert 3 <= len(server.seen) <= 6  # 1 + 2 + 4 + 8 s of backoff fit in 20 s
+    creates = [path for _method, path in server.seen if path == protocol.PATH_UNLOCK]
+    assert 3 <= len(creates) <= 6  # 1 + 2 + 4 + 8 s of backoff fit in 20 s
 
 
 def test_nothing_listening() -> None:
@@ -214,4 +221,4 @@ def test_abort_ends_a_pending_long_poll_at_once(tls: tuple[Any, str, Path]) -> N
 def test_a_bad_ca_file_fails_the_gateway_side_only_when_used() -> None:
     client = GatewayClient("https://localhost:1", "/nonexistent/ca.pem", 2)  # no error yet
     with pytest.raises(ConfigError, match="CA file"):
-        client.create(request())
+        client.challenge()

@@ -30,7 +30,9 @@ def test_missing_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_missing_keystore(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    conf = f"[gateway]\nurl = https://gw\n[host]\nkeystore = {tmp_path / 'none'}\n"
+    conf = (
+        f"[gateway]\nurl = https://gw\nca_file = system\n[host]\nkeystore = {tmp_path / 'none'}\n"
+    )
     assert run(tmp_path, "", conf, "unlock", "--prompt", "none") == 11
 
 
@@ -41,7 +43,7 @@ def test_a_bug_is_exit_1_without_traceback_unless_debug(
         raise RuntimeError("boom")
 
     monkeypatch.setattr("zkv_early.boot_unlock.unlock", broken)  # imported by main() when needed
-    conf = "[gateway]\nurl = https://gw\n"
+    conf = "[gateway]\nurl = https://gw\nca_file = system\n"
     assert run(tmp_path, "", conf, "unlock", "--prompt", "none") == 1
     err = capsys.readouterr().err
     assert "internal error" in err and "Traceback" not in err

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from zkv import keystore
+from zkv import crypto, keystore
 from zkv.encoding import canonical
 from zkv.errors import (
     InputError,
@@ -297,3 +297,31 @@ def test_header_and_slots_are_bound() -> None:
     other["host_id"] = "f" * 32
     with pytest.raises(KeystoreLocked):
         keystore.SealedKeystore.parse(sealed_bytes(other)).open_with_repository_key(REPO)
+
+
+def test_epochs_round_trip_and_stage_must_be_newer() -> None:
+    store = fresh()
+    store.put(keystore.Entry("tank/a", "raw"), b"k" * 32, epoch=4)
+    with pytest.raises(InputError):
+        store.stage("tank/a", b"n" * 32, "raw", epoch=4)  # not newer
+    store.stage("tank/a", b"n" * 32, "passphrase", epoch=5)
+    opened = keystore.SealedKeystore.parse(store.serialize()).open_with_passphrase(PASS)
+    assert opened.candidates("tank/a") == [b"k" * 32, b"n" * 32]
+    assert opened.epochs("tank/a") == [4, 5]
+    opened.commit("tank/a", b"n" * 32, "passphrase", epoch=5)
+    assert opened.epochs("tank/a") == [5]
+    with pytest.raises(InputError):
+        opened.put(keystore.Entry("tank/b", "raw"), b"k" * 32, epoch=-1)
+
+
+def test_no_epochs_no_epoch_field_and_old_vectors_have_none() -> None:
+    """A keystore without rotations has the payload of before epochs (readers that predate
+    them, e.g. an old boot image, ignore the field anyway); the vectors open with None."""
+    store = fresh(("tank/a", "raw", b"k" * 32))
+    sealed = keystore.SealedKeystore.parse(store.serialize())
+    data_key = store.data_key
+    plain = crypto.aead_open(data_key, sealed.payload_nonce, sealed.payload, sealed.header_bytes)
+    assert set(json.loads(plain)) == {"keys"}
+    _, data = vector("rotation")
+    old = keystore.SealedKeystore.parse(data).open_with_repository_key(REPO)
+    assert old.epochs("tank/data") == [None, None]

@@ -20,10 +20,12 @@ from zkv.protocol import (
 
 HOST_PRIVATE, HOST_PUBLIC = crypto.ed25519_generate()
 EPH_PRIVATE, EPH_PUBLIC = crypto.x25519_generate()
+CHALLENGE = "c0" * 40  # opaque to the client; its shape is all the protocol checks
 
 
 def unlock_json(**overrides: Any) -> dict[str, Any]:
-    request = UnlockRequest.create(HOST_PRIVATE, "db01", ["rpool/ROOT/debian"], EPH_PUBLIC)
+    datasets = ["rpool/ROOT/debian"]
+    request = UnlockRequest.create(HOST_PRIVATE, "db01", datasets, EPH_PUBLIC, CHALLENGE)
     return {**request.to_json(), **overrides}
 
 
@@ -39,8 +41,7 @@ def test_unlock_request_round_trip_and_signature() -> None:
     [
         ("hostname", "db02"),
         ("datasets", ["tank/secure"]),
-        ("timestamp", 1),
-        ("nonce", "0" * 32),
+        ("challenge", "0" * 80),
         ("ephemeral_key", crypto.x25519_generate()[1]),
     ],
 )
@@ -53,7 +54,7 @@ def test_any_changed_field_breaks_the_signature(field: str, value: Any) -> None:
 
 def test_signature_by_another_key_is_refused() -> None:
     other_private, _ = crypto.ed25519_generate()
-    forged = UnlockRequest.create(other_private, "db01", [], EPH_PUBLIC)
+    forged = UnlockRequest.create(other_private, "db01", [], EPH_PUBLIC, CHALLENGE)
     with pytest.raises(crypto.BadSignature):
         # claims the enrolled host's id, but was signed by another key
         forged._replace(host_id=protocol.host_id_of(HOST_PUBLIC)).verify(HOST_PUBLIC)
@@ -62,7 +63,7 @@ def test_signature_by_another_key_is_refused() -> None:
 
 
 def test_enroll_signature_cannot_be_replayed_as_unlock() -> None:
-    enroll = EnrollRequest.create("db01", HOST_PRIVATE)
+    enroll = EnrollRequest.create("db01", HOST_PRIVATE, protocol.new_invite_token(), CHALLENGE)
     enroll.verify()
     # the same signature bytes under the unlock context never verify
     with pytest.raises(crypto.BadSignature):
@@ -86,9 +87,10 @@ BAD_UNLOCK_BODIES: list[dict[str, Any]] = [
     {"datasets": ["a"] * (protocol.MAX_DATASETS + 1)},
     {"ephemeral_key": "AAAA"},
     {"ephemeral_key": "not base64!"},
-    {"nonce": "XYZ"},
-    {"timestamp": "12"},
-    {"timestamp": True},
+    {"challenge": "XYZ"},
+    {"challenge": "C0" * 40},
+    {"challenge": "c0" * 40 + "\n"},
+    {"challenge": 12},
     {"signature": "AAAA"},
     {"host_id": "ABCDEF" * 6},
 ]
@@ -102,7 +104,7 @@ def test_malformed_unlock_requests_are_violations(overrides: dict[str, Any]) -> 
 
 def test_missing_field_is_a_violation() -> None:
     body = unlock_json()
-    del body["nonce"]
+    del body["challenge"]
     with pytest.raises(ProtocolViolation):
         UnlockRequest.from_json(body)
 
@@ -176,7 +178,11 @@ def test_a_pin_is_ascii_digits_only(pin: str) -> None:
         UnlockCreated.from_json({**created, "pin": pin})
 
 
-def test_freshness_window() -> None:
-    assert protocol.check_fresh(1000, 1000 + protocol.REPLAY_WINDOW)
-    assert not protocol.check_fresh(1000, 1001 + protocol.REPLAY_WINDOW)
-    assert not protocol.check_fresh(1001 + protocol.REPLAY_WINDOW, 1000)
+def test_challenge_answer_shape() -> None:
+    answer = protocol.Challenge(CHALLENGE, 1_800_000_000)
+    assert protocol.Challenge.from_json(answer.to_json()) == answer
+    for bad in ({"challenge": CHALLENGE}, {**answer.to_json(), "now": "1"}, {"now": 1}):
+        with pytest.raises(ProtocolViolation):
+            protocol.Challenge.from_json(bad)
+    with pytest.raises(ProtocolViolation):
+        UnlockRequest.create(HOST_PRIVATE, "db01", [], EPH_PUBLIC, "short")

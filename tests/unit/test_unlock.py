@@ -51,6 +51,19 @@ def test_staged_candidate_after_interrupted_rotation(
     assert report.by_target()["tank/a"].candidate == 1
 
 
+def test_newest_key_first_then_the_current_one(
+    tmp_path: Path, store: keystore.OpenKeystore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Power cut before change-key: zfs still has the old key, tried second."""
+    store.stage("tank/a", NEW)
+    fake = FakeZfs.create(tmp_path, {"tank/a": {"keyformat": "raw", "key": OLD}})
+    report = load_entries(store, zfs_for(fake, monkeypatch), only=["tank/a"])
+    assert report.by_target()["tank/a"].outcome is Outcome.LOADED
+    assert report.by_target()["tank/a"].candidate == 0
+    tried = [data for argv, data in fake.calls() if argv[0] == "load-key"]
+    assert tried == [NEW, OLD]
+
+
 def test_already_loaded_absent_missing_and_wrong(
     tmp_path: Path, store: keystore.OpenKeystore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -182,3 +182,31 @@ def test_zfs_error_codes_are_distinct() -> None:
         errors.ZfsUnavailable,
     ]
     assert len({c.exit_code for c in classes}) == len(classes)
+
+
+def test_user_properties_local_only_set_together_and_cleared(fake: FakeZfs) -> None:
+    state = fake.state()
+    state["datasets"]["tank/raw"]["props"] = {"zkv:epoch": "3"}
+    fake.write(state)
+    z = zfs()
+    assert z.local_properties("tank/raw", ["zkv:epoch", "zkv:epoch:pending"]) == {"zkv:epoch": "3"}
+    assert z.local_properties("tank/hex", ["zkv:epoch"]) == {}
+    z.set_properties("tank/raw", {"zkv:epoch": "4", "zkv:epoch:time": "2026-12-01T14:00:00Z"})
+    sets = [argv for argv, _ in fake.calls() if argv[0] == "set"]
+    assert sets == [["set", "zkv:epoch=4", "zkv:epoch:time=2026-12-01T14:00:00Z", "tank/raw"]]
+    z.clear_property("tank/raw", "zkv:epoch:time")
+    assert fake.state()["datasets"]["tank/raw"]["props"] == {"zkv:epoch": "4"}
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("-o", "1"), ("Zkv:epoch", "1"), ("epoch", "1"), ("zkv:a=b", "1"), ("zkv:" + "e" * 253, "1"),
+     ("zkv:epoch", ""), ("zkv:epoch", "1\n2"), ("zkv:epoch", "a\tb"), ("zkv:epoch", " 1"),
+     ("zkv:epoch", "x" * 1025), ("zkv:epoch", "é")],
+)  # fmt: skip
+def test_property_names_and_values_are_checked_before_zfs_runs(
+    fake: FakeZfs, name: str, value: str
+) -> None:
+    with pytest.raises(errors.InputError):
+        zfs().set_properties("tank/raw", {name: value})
+    assert fake.calls() == []

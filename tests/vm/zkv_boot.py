@@ -8,8 +8,6 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
-import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +18,7 @@ import pexpect
 
 from tests.harness import protocol_client as client
 from tests.harness.gateway import RunningGateway, free_port, running_gateway
+from tests.harness.gateway import tls_front as harness_tls_front
 from tests.vm import driver, testbed
 from tests.vm.driver import Guest
 from tests.vm.zkv_image import HOSTNAME, RECOVERY_PASSPHRASE, ZkvImage, test_ca
@@ -53,32 +52,8 @@ def tls_front(upstream_port: int) -> Iterator[int]:
     with tempfile.TemporaryDirectory(prefix="zkv-tls-") as tmp:
         pem = Path(tmp) / "server.pem"
         leaf.private_key_and_cert_chain_pem.write_to_path(str(pem))
-        port = free_port()
-        process = subprocess.Popen(
-            [
-                "socat",
-                f"OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={pem},verify=0",
-                f"TCP:127.0.0.1:{upstream_port}",
-            ],
-            stdin=subprocess.DEVNULL,
-        )
-        try:
-            _wait_port(port)
+        with harness_tls_front(upstream_port, pem) as port:
             yield port
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=10)
-
-
-def _wait_port(port: int, timeout: float = 10) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"TLS front on port {port} did not start")
 
 
 @dataclass
@@ -140,18 +115,15 @@ def gateway(
     zimg: ZkvImage, tmp: Path, approver: str = "twilio", secret: str | None = None
 ) -> Iterator[Gateway]:
     """The real gateway releasing ``secret`` (default: the image's repository key), the
-    image's host enrolled and approved by the owner, and the TLS front the guest talks to.
+    image's host invited by the owner and enrolled (its own secret, zkv-HOSTNAME-...), and the TLS
+    front the guest talks to.
 
     ``approver="twilio"`` (default): the real twilio SDK texts the owner through the local
     Twilio API stand-in, and approve_pin/deny_pin answer through the signed SMS webhook.
     ``"console"``: the owner's CLI (`zkv-gateway approve ID PIN`), as in `make demo`."""
     released = (secret or zimg.repository_key).encode()
     with running_gateway(tmp, approver=approver, secret=released) as gw:
-        host = client.Host(hostname=HOSTNAME, private_key=zimg.host_private_key)
-        response = client.enroll(gw.url, host)
-        assert response.status_code in (200, 201, 202), response.text
-        if response.json().get("status") != "approved":
-            gw.approve_host(host.host_id)
+        gw.admit(client.Host(hostname=HOSTNAME, private_key=zimg.host_private_key))
         port = int(gw.url.rsplit(":", 1)[1])
         with tls_front(port) as front:
             yield Gateway(gw, front, approver)

@@ -236,7 +236,7 @@ def _make(base: Image, chroot_root: Path, work: Path) -> None:
     store = keystore.create(repository_key, RECOVERY_PASSPHRASE.encode())
     store.put(keystore.Entry(testbed.ROOT_DATASET, "passphrase"), testbed.ROOT_PASSPHRASE.encode())
     store.put(keystore.Entry(testbed.DATA_DATASET, "hex"), base.data_key().encode())
-    with _overlay_view(chroot_root, work / "overlay") as root:
+    with overlay_view(chroot_root, work / "overlay") as root:
         install_files(root, build_pyz(work / "zkv-early.pyz"))
         boot_zkv = root / "boot" / "zkv"
         boot_zkv.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -255,7 +255,7 @@ def _make(base: Image, chroot_root: Path, work: Path) -> None:
 
 
 @contextlib.contextmanager
-def _overlay_view(lower: Path, work: Path) -> Iterator[Path]:
+def overlay_view(lower: Path, work: Path) -> Iterator[Path]:
     """A writable view of a cached chroot that leaves the chroot itself untouched."""
     upper, scratch, merged = work / "upper", work / "work", work / "merged"
     for path in (upper, scratch, merged):

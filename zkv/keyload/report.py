@@ -22,7 +22,7 @@ class EntryResult(NamedTuple):
     target: str
     outcome: Outcome
     detail: str = ""
-    candidate: int | None = None  # index of the candidate key that was accepted (1 = staged)
+    candidate: int | None = None  # the accepted key's index in the keystore (1 = staged)
 
     @property
     def ok(self) -> bool:

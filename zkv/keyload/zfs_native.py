@@ -1,8 +1,10 @@
 """Loader for entries of kind ``zfs``: ZFS native encryption, one key per encryption root.
 
-Candidates are tried in order (the current key, then a key staged by an interrupted
-rotation). A key that is already loaded is success, not an error: another unit (or a person at
-the console) may have been faster.
+Candidates are tried newest first: the key staged by a rotation in flight (the keystore's last
+candidate, the newer epoch), then the current one. A power cut between ``zfs change-key`` and
+the keystore's commit leaves ZFS with the staged key, so it is the likely one; before
+change-key the current one works (zkv_admin/rotation.py). A key that is already loaded is
+success, not an error: another unit (or a person at the console) may have been faster.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ class ZfsNativeLoader:
         info = self._listing.get(target) if self._listing is not None else None
         success = Outcome.VERIFIED if verify_only else Outcome.LOADED
         detail = "zfs rejected every key the keystore holds for it"
-        for index, key in enumerate(candidates):
+        for index in reversed(range(len(candidates))):
+            key = candidates[index]
             try:
                 self._zfs.load_key(
                     target, key, verify_only=verify_only, info=info, confirm=self._confirm

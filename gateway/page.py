@@ -1,0 +1,189 @@
+"""The owners' pages: passkey enrolment and the approval page (HTML, behind one-time links).
+
+Strict by construction: no external assets and no inline script or style (CSP 'self' only),
+no cookies, not framable, no referrer (the link's token is in the URL). Every POST must be
+JSON, carry the page's CSRF value in X-ZKV-CSRF (a cross-site page can neither read it nor
+set the header without a CORS preflight, which is never granted) and, when the browser sends
+one, an Origin of the approval page itself. Every invalid link or refused answer looks the
+same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
+
+from .owners import PATH_DECIDE, PATH_ENROL, LinkInvalid, Owners
+from .service import Gateway
+from .store import RequestRow
+
+bp = Blueprint("page", __name__, static_folder="static", static_url_path="/o/static")
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+)
+_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def _owners() -> Owners:
+    service: Gateway = current_app.extensions["zkv"]
+    return service.owners
+
+
+def csrf_value(token: str) -> str:
+    """Derived from the link's token: only someone who has the page (or the link) knows it."""
+    return hashlib.sha256(b"zkv-csrf\0" + token.encode()).hexdigest()
+
+
+@bp.after_request
+def _headers(response: Response) -> Response:
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
+    return response
+
+
+def _well_formed(token: str) -> bool:
+    return 20 <= len(token) <= 64 and set(token) <= _TOKEN_CHARS
+
+
+def _invalid() -> tuple[str, int]:
+    return render_template("invalid.html", page="invalid", csrf=""), 404
+
+
+def _refused() -> tuple[Response, int]:
+    return jsonify(
+        {"error": "refused", "message": "refused: the link or the answer is not valid"}
+    ), 403
+
+
+def _checked_post(token: str) -> Any:
+    """The JSON body of a same-origin POST from the page, or abort."""
+    page = urlsplit(_owners().base)
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != f"{page.scheme}://{page.netloc}":
+        abort(403)
+    if request.headers.get("Sec-Fetch-Site") not in (None, "same-origin"):
+        abort(403)
+    sent = request.headers.get("X-ZKV-CSRF", "")
+    if not hmac.compare_digest(sent.encode(), csrf_value(token).encode()):
+        abort(403)
+    if request.mimetype != "application/json":
+        abort(415)
+    try:
+        return json.loads(request.get_data(cache=False) or b"{}")
+    except (ValueError, RecursionError):
+        abort(400)
+
+
+# --- passkey enrolment --------------------------------------------------------------------------
+
+
+@bp.get(f"{PATH_ENROL}<token>")
+def enrol_page(token: str) -> tuple[str, int]:
+    try:
+        if not _well_formed(token):
+            raise LinkInvalid("malformed")
+        owner = _owners().enrol_view(token)
+    except LinkInvalid:
+        return _invalid()
+    return render_template("enrol.html", page="enrol", owner=owner, csrf=csrf_value(token)), 200
+
+
+@bp.post(f"{PATH_ENROL}<token>/options")
+def enrol_options(token: str) -> tuple[Response, int]:
+    _checked_post(token)
+    try:
+        return Response(_owners().enrol_options(token), mimetype="application/json"), 200
+    except LinkInvalid:
+        return _refused()
+
+
+@bp.post(f"{PATH_ENROL}<token>/finish")
+def enrol_finish(token: str) -> tuple[Response, int]:
+    answer = _checked_post(token)
+    try:
+        _owners().enrol_finish(token, answer)
+    except LinkInvalid:
+        return _refused()
+    return jsonify({"ok": True}), 200
+
+
+# --- the approval page --------------------------------------------------------------------------
+
+
+def _utc(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+
+
+def _brief(row: RequestRow) -> dict[str, str]:
+    return {
+        "source_ip": row.source_ip,
+        "asked": _utc(row.approval.created_at),
+        "code": row.approval.pin,
+    }
+
+
+@bp.get(f"{PATH_DECIDE}<token>")
+def decide_page(token: str) -> tuple[str, int]:
+    try:
+        if not _well_formed(token):
+            raise LinkInvalid("malformed")
+        view = _owners().decide_view(token)
+    except LinkInvalid:
+        return _invalid()
+    row = view.request
+    return render_template(
+        "decide.html",
+        page="decide",
+        csrf=csrf_value(token),
+        owner=view.owner,
+        code=row.approval.pin,
+        source_ip=row.source_ip,
+        hostname=row.hostname,
+        enrolled_as=view.enrolled_as,
+        datasets=row.datasets,
+        asked=_utc(row.approval.created_at),
+        expires=_utc(view.expires_at),
+        others=[_brief(other) for other in view.others],
+        factor=view.factor,
+        ayes=view.ayes,
+        quorum=view.quorum,
+    ), 200
+
+
+@bp.post(f"{PATH_DECIDE}<token>/options")
+def decide_options(token: str) -> tuple[Response, int]:
+    _checked_post(token)
+    try:
+        return Response(_owners().decide_options(token), mimetype="application/json"), 200
+    except LinkInvalid:
+        return _refused()
+
+
+@bp.post(f"{PATH_DECIDE}<token>/decide")
+def decide(token: str) -> tuple[Response, int]:
+    body = _checked_post(token)
+    verdict = body.get("verdict") if isinstance(body, dict) else None
+    if verdict not in ("approve", "deny"):
+        abort(400)
+    otp = body.get("totp")
+    try:
+        state = _owners().decide(
+            token,
+            verdict == "approve",
+            body.get("credential"),
+            otp if isinstance(otp, str) else None,
+        )
+    except LinkInvalid:
+        return _refused()
+    return jsonify({"state": state}), 200
