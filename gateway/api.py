@@ -12,7 +12,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from zkv import protocol
 from zkv.encoding import is_digits
-from zkv.protocol import EnrollRequest, ProtocolViolation, UnlockRequest
+from zkv.protocol import EnrollRequest, Heartbeat, ProtocolViolation, UnlockRequest
 
 from .errors import ApiError
 from .polls import PollSlots
@@ -69,6 +69,11 @@ def poll_unlock_request(request_id: str) -> Response:
     slots: PollSlots = current_app.extensions["zkv.polls"]
     with slots.taken(request_id, client_ip()) if wait else nullcontext():
         return jsonify(gateway().poll(request_id, wait, client_ip()).to_json())
+
+
+@bp.post(protocol.PATH_HEARTBEAT)
+def heartbeat() -> Response:
+    return jsonify(gateway().heartbeat(_parse(Heartbeat.from_json), client_ip()).to_json())
 
 
 @bp.get(protocol.PATH_HEALTH)

@@ -13,11 +13,12 @@ from collections.abc import Callable, Sequence
 from zkv.encoding import canonical
 from zkv.errors import ZkvError
 
-from . import audit, invites, totp
+from . import audit, invites, liveness, secrets_source, totp
 from .config import Settings, is_secret_name, load
 from .errors import GatewayCliError, SecretUnavailable
 from .notify import ConsoleNotifier
-from .service import HOST_REVOKED, Gateway
+from .secrets_source import SecretSource
+from .service import HOST_APPROVED, HOST_REVOKED, Gateway
 from .store import Host, Invite, Store, StoreError
 
 EXIT_DATABASE = 6
@@ -29,11 +30,14 @@ class _NoSource:
     def get(self, name: str | None) -> bytes:
         raise SecretUnavailable("not available in the CLI")
 
+    def disable(self, name: str | None) -> str:
+        raise SecretUnavailable("not available in the CLI")
 
-def _service(settings: Settings) -> Gateway:
+
+def _service(settings: Settings, source: SecretSource | None = None) -> Gateway:
     store = Store(settings.SQLALCHEMY_DATABASE_URI)
     store.create_schema()
-    return Gateway(settings, store, _NoSource(), ConsoleNotifier())
+    return Gateway(settings, store, source or _NoSource(), ConsoleNotifier())
 
 
 def _when(at: float | None) -> str:
@@ -47,15 +51,22 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_hosts(args: argparse.Namespace, settings: Settings) -> int:
-    service = _service(settings)
+    # Only a wipe touches the secret source (to disable the host's secret).
+    service = _service(
+        settings, secrets_source.from_settings(settings) if args.action == "wipe" else None
+    )
     if args.action == "list":
         hosts, open_invites = service.hosts()
-        for line in _host_lines(hosts, open_invites):
+        for line in _host_lines(
+            hosts, open_invites, service.all_liveness(), settings.DEADMAN_WINDOW
+        ):
             print(line)
         return 0
     if not args.target:
         what = "HOSTNAME" if args.action == "invite" else "HOST_ID"
         raise GatewayCliError(f"hosts {args.action} needs a {what}")
+    if args.action in ("deadman", "resume", "wipe"):
+        return _liveness_action(args, service)
     if args.action == "revoke":
         host = service.revoke_host(args.target)
         print(f"{host.host_id} {host.status}")
@@ -69,6 +80,27 @@ def cmd_hosts(args: argparse.Namespace, settings: Settings) -> int:
     token, invite, replaced = service.invite(args.target, ttl, args.secret, args.replace)
     print(token)  # alone on stdout, so it can be piped; it is shown once and stored as a hash
     _explain_invite(settings, invite, replaced)
+    return 0
+
+
+def _liveness_action(args: argparse.Namespace, service: Gateway) -> int:
+    if args.action == "wipe":
+        print(f"{args.target} wiped; {service.wipe(args.target, args.shared)}")
+        return 0
+    if args.action == "resume":
+        x = service.change_liveness(args.target, lambda x: liveness.resume(x, service.clock()))
+    else:
+        if args.window is None:
+            raise GatewayCliError("hosts deadman needs --window (7d, 12h, 0 for none, default)")
+        try:
+            window = liveness.parse_window(args.window)
+        except ValueError as exc:
+            raise GatewayCliError(f"--window: {exc}") from None
+        x = service.change_liveness(
+            args.target, lambda x: liveness.set_window(x, window, service.clock())
+        )
+    shown = liveness.describe(x.window_or(service.settings.DEADMAN_WINDOW))
+    print(f"{args.target} {x.state}, dead-man window {shown}")
     return 0
 
 
@@ -105,14 +137,31 @@ def cmd_quorum(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _host_lines(hosts: list[Host], open_invites: list[Invite]) -> list[str]:
+def _host_lines(
+    hosts: list[Host],
+    open_invites: list[Invite],
+    alive: dict[str, liveness.Liveness] | None = None,
+    default_window: float = 0.0,
+) -> list[str]:
+    alive = alive or {}
     live = [h.hostname for h in hosts if h.status != HOST_REVOKED]
-    lines = [
-        f"{h.host_id}  {h.status:8}  {h.hostname}  from {h.source_ip}  "
-        f"enrolled {_when(h.enrolled_at)}  secret={h.secret_name or '(default)'}"
-        + ("  DUPLICATE NAME" if h.status != HOST_REVOKED and live.count(h.hostname) > 1 else "")
-        for h in hosts
-    ]
+    lines = []
+    for h in hosts:
+        x = alive.get(h.host_id)
+        status = (
+            x.state if x and x.state != liveness.ACTIVE and h.status == HOST_APPROVED else h.status
+        )
+        window = liveness.describe(x.window_or(default_window) if x else default_window)
+        lines.append(
+            f"{h.host_id}  {status:9}  {h.hostname}  from {h.source_ip}  "
+            f"enrolled {_when(h.enrolled_at)}  secret={h.secret_name or '(default)'}  "
+            f"dead-man {window}, alive {_when(x.since if x else None)}"
+            + (
+                "  DUPLICATE NAME"
+                if h.status != HOST_REVOKED and live.count(h.hostname) > 1
+                else ""
+            )
+        )
     return lines + [
         f"invite {i.invite_id}  for {i.hostname}  secret={i.secret_name}  "
         f"expires {_when(i.expires_at)}" + ("  replaces the approved host" if i.may_replace else "")
@@ -199,8 +248,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=2)
     serve.add_argument("--threads", type=int, default=32, help="threads per worker (long-polls)")
     serve.set_defaults(func=cmd_serve)
-    hosts = sub.add_parser("hosts", help="list hosts, invite one, or revoke one")
-    hosts.add_argument("action", choices=("list", "invite", "revoke"))
+    hosts = sub.add_parser(
+        "hosts",
+        help="list hosts, invite, revoke, resume or wipe one; set its dead-man window",
+    )
+    hosts.add_argument("action", choices=("list", "invite", "revoke", "deadman", "resume", "wipe"))
     hosts.add_argument("target", nargs="?", metavar="HOSTNAME|HOST_ID")
     hosts.add_argument("--ttl", default="24h", help="invite: valid for (default %(default)s)")
     hosts.add_argument(
@@ -208,6 +260,10 @@ def parser() -> argparse.ArgumentParser:
     )
     hosts.add_argument(
         "--replace", action="store_true", help="invite: the successor of an approved host"
+    )
+    hosts.add_argument("--window", help="deadman: silence allowed (7d, 12h, 0 = none, default)")
+    hosts.add_argument(
+        "--shared", action="store_true", help="wipe: disable the secret even if others use it"
     )
     hosts.set_defaults(func=cmd_hosts)
     owners = sub.add_parser("owners", help="add, list or remove owners; passkey enrolment links")

@@ -40,6 +40,7 @@ IGNORED_KEYS = {
 # Matched with fullmatch: "$" would also match before a trailing newline.
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 _SECRET_NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
+DISABLED_SUFFIX = ".disabled"  # a file secret disabled by a remote wipe (secrets_source.py)
 
 
 def _default_database() -> str:
@@ -101,6 +102,8 @@ class Settings:
     READ_TIMEOUT: int = 10  # seconds to send a whole request; also the idle keep-alive
     MAX_POLLS_PER_REQUEST: int = 3  # one poll, plus retries while a dropped one still waits
     MAX_POLLS_PER_SOURCE: int = 8  # an address, or an IPv6 /64: hosts behind one NAT
+    # the dead-man switch (liveness.py): seconds a host may be silent; 0 = only per host
+    DEADMAN_WINDOW: float = 0.0
     LOG_LEVEL: str = "INFO"
 
     @property
@@ -231,6 +234,7 @@ def validate(s: Settings) -> None:
         ("READ_TIMEOUT", 1, 300),
         ("MAX_POLLS_PER_REQUEST", 1, 100),
         ("MAX_POLLS_PER_SOURCE", 1, 10**5),
+        ("DEADMAN_WINDOW", 0, 366 * 86400),
     ):
         _range(s, key, low, high)
     if s.LOG_LEVEL.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -261,7 +265,8 @@ def _validate_proxies(s: Settings) -> None:
 def _validate_secret_source(s: Settings) -> None:
     if s.SECRET_SOURCE == "file":  # noqa: S105
         _require(s, "SECRET_FILE", why="with SECRET_SOURCE=file")
-        if not Path(s.SECRET_FILE).is_file():
+        wiped = Path(s.SECRET_FILE + DISABLED_SUFFIX).is_file()  # `hosts wipe` renamed it
+        if not Path(s.SECRET_FILE).is_file() and not wiped:
             raise ConfigError(f"SECRET_FILE {s.SECRET_FILE} is not a readable file")
         return
     if s.SECRET_SOURCE != "azure":  # noqa: S105

@@ -69,6 +69,16 @@ def enrolled_text(
     )
 
 
+def suspended_text(hostnames: Sequence[str], at: float) -> str:
+    """One notice per sweep, whatever the number of hosts it suspended."""
+    shown = ", ".join(_bounded(name, HOST_SHOWN) for name in hostnames[:3])
+    more = f" and {len(hostnames) - 3} more" if len(hostnames) > 3 else ""
+    return (
+        f"zkv: host {shown}{more} sent no heartbeat within its window and is suspended at "
+        f"{_utc(at)}: unlocks are refused until 'zkv-gateway hosts resume HOST'."
+    )
+
+
 def _names(datasets: Sequence[str]) -> str:
     """As many names as fit in DATASETS_SHOWN, then how many more. ZFS allows spaces in names:
     such a name is quoted, so where it ends is plain (no name holds a comma or a quote)."""

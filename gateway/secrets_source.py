@@ -2,22 +2,29 @@
 
 A source returns the secret as bytes, stripped of surrounding whitespace; errors become
 ``SecretUnavailable`` whose message names the cause (status, error code) and never the value.
+``disable`` is the remote wipe's half in the vault: the secret stays, but no longer reads.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Protocol
 
+from zkv.fsutil import fsync_dir
 from zkv.protocol import MAX_SECRET
 
-from .config import Settings, is_secret_name
+from .config import DISABLED_SUFFIX, Settings, is_secret_name
 from .errors import SecretUnavailable
 
 
 class SecretSource(Protocol):
     def get(self, name: str | None) -> bytes:
         """The secret called ``name``, or the configured default when None."""
+        ...
+
+    def disable(self, name: str | None) -> str:
+        """Make the secret unreadable (every version); says what was done."""
         ...
 
 
@@ -27,14 +34,31 @@ class FileSecretSource:
     def __init__(self, path: str) -> None:
         self.path = Path(path)
 
-    def get(self, name: str | None) -> bytes:
+    def _path(self, name: str | None) -> Path:
         if name is not None and not is_secret_name(name):
             raise SecretUnavailable("invalid secret name")
-        path = self.path if name is None else self.path.parent / name
+        return self.path if name is None else self.path.parent / name
+
+    def get(self, name: str | None) -> bytes:
+        path = self._path(name)
         try:
             return _checked(path.read_bytes())
         except OSError as exc:
             raise SecretUnavailable(f"cannot read {path}: {exc.strerror}") from None
+
+    def disable(self, name: str | None) -> str:
+        path = self._path(name)
+        disabled = path.with_name(path.name + DISABLED_SUFFIX)
+        try:
+            os.replace(path, disabled)  # kept, not deleted: the owner may still need the key
+            fsync_dir(path.parent)
+        except FileNotFoundError:
+            if disabled.exists():
+                return f"{disabled} (already disabled)"
+            raise SecretUnavailable(f"no secret file {path}") from None
+        except OSError as exc:
+            raise SecretUnavailable(f"cannot rename {path}: {exc.strerror}") from None
+        return f"renamed to {disabled}"
 
 
 class AzureSecretSource:
@@ -81,6 +105,25 @@ class AzureSecretSource:
         if value is None:
             raise SecretUnavailable("key vault returned no value")
         return _checked(value.encode())
+
+    def disable(self, name: str | None) -> str:
+        from azure.core.exceptions import AzureError, HttpResponseError
+
+        name = name or self.default_name
+        try:
+            versions = [v.version for v in self.client.list_properties_of_secret_versions(name)]
+            for version in versions:  # an older version may hold the same key
+                self.client.update_secret_properties(name, version, enabled=False)
+        except HttpResponseError as exc:
+            code = exc.error.code if exc.error is not None else ""
+            raise SecretUnavailable(
+                f"key vault answered {exc.status_code} {code}".strip()
+            ) from None
+        except AzureError as exc:
+            raise SecretUnavailable(f"key vault unreachable: {type(exc).__name__}") from None
+        if not versions:
+            raise SecretUnavailable(f"key vault has no secret {name}")
+        return f"key vault secret {name}: {len(versions)} version(s) disabled"
 
 
 def _checked(secret: bytes) -> bytes:

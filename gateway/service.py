@@ -19,21 +19,26 @@ from contextlib import contextmanager
 from zkv import crypto, protocol
 from zkv.encoding import b64, unb64
 from zkv.protocol import (
+    ACTION_NONE,
+    ACTION_WIPE,
     STATE_APPROVED,
     STATE_PENDING,
     Challenge,
     EnrollAccepted,
     EnrollRequest,
+    Heartbeat,
+    HeartbeatAnswer,
     PollResult,
     UnlockCreated,
     UnlockRequest,
 )
 
-from . import approvals, audit, challenges, invites, owner_store, ratelimit
+from . import approvals, audit, challenges, invites, liveness, owner_store, ratelimit
 from .approvals import KIND_UNLOCK, Approval, NotAllowed, Reply
 from .config import Settings
 from .errors import ApiError, GatewayCliError, NotifyFailed, SecretUnavailable
-from .notify import Notifier, enrolled_text, unlock_text
+from .liveness import Liveness
+from .notify import Notifier, enrolled_text, suspended_text, unlock_text
 from .owner_store import Owner
 from .polls import source_of
 from .ratelimit import AUTH_FAILED, HOUR, Limit
@@ -168,6 +173,9 @@ class Gateway:
                     values = {k: v for k, v in host.__dict__.items() if k != "host_id"}
                     self.store.set_host(conn, req.host_id, **values)
                 self.store.use_invite(conn, invite.invite_id)
+                if self.store.liveness(conn, req.host_id) is not None:
+                    # A new invite is the owner's word: a suspended or wiped host starts afresh.
+                    self.store.save_liveness(conn, liveness.start(req.host_id, now))
                 notes = [f"was {old.status}" if old else ""]
                 notes += [f"replaces {h.host_id}" for h in replaced]
                 audit.record(
@@ -200,6 +208,7 @@ class Gateway:
                 raise _Unauthorized(f"host is {host.status if host else 'unknown'}")
             public_key = unb64(host.public_key)
             nonce = self._check_signed(req.challenge, now, lambda: req.verify(public_key))
+            self._refuse_unless_alive(host)
             with self.store.write() as conn:
                 self._limit(conn, now, req.host_id)
                 self._use_nonce(conn, req.host_id, nonce, now)
@@ -266,8 +275,10 @@ class Gateway:
                 a = approvals.release(row.approval, now)
             except NotAllowed:
                 return None
-            if host.status != HOST_APPROVED:
-                self._update(conn, row, approvals.fail(a, now, "host revoked"))
+            barred = liveness.observe(self._liveness(conn, host), now, self.settings.DEADMAN_WINDOW)
+            if host.status != HOST_APPROVED or barred.refuses_unlock:
+                why = "revoked" if host.status != HOST_APPROVED else barred.state
+                self._update(conn, row, approvals.fail(a, now, f"host {why}"))
                 return PollResult(protocol.STATE_FAILED)
             self.store.save(conn, a, ephemeral_key=None)  # consumed before the secret is read
             audit.record(
@@ -448,7 +459,7 @@ class Gateway:
     def housekeep(self) -> None:
         """What the schedule runs (housekeeping.py): refusal counters of closed intervals summed
         up into the audit log, expired invites and stale pending hosts removed (audited), old
-        nonces, rate events, MessageSids and refusal counters dropped."""
+        nonces, rate events, MessageSids and refusal counters dropped; then the dead-man sweep."""
         s, now = self.settings, self.clock()
         with self.store.write() as conn:
             self._report_refusals(conn, now - now % s.REFUSAL_INTERVAL)
@@ -460,6 +471,7 @@ class Gateway:
                 detail = f"hostname={host.hostname} pending since enrolment, never admitted"
                 audit.record(conn, "host_expired", now, host_id=host.host_id, detail=detail)
             self.store.purge(conn, now, 2 * protocol.REPLAY_WINDOW + 60, HOUR)
+        self.sweep_liveness()  # the dead-man switch's schedule: silent hosts suspended, owners told
 
     def report_refusals(self) -> None:
         """Every refusal counted so far into the audit log (the CLI's audit, before it reads)."""
@@ -484,6 +496,176 @@ class Gateway:
             )
             audit.record(conn, event, now, source_ip=busiest.source, detail=detail)
         ratelimit.reported(conn, rows)
+
+    # --- dead-man switch and remote wipe (liveness.py) ---------------------------------------
+
+    def heartbeat(self, req: Heartbeat, ip: str) -> HeartbeatAnswer:
+        """A running host is alive; a wiped one is told to destroy its repository slot."""
+        now = self.clock()
+        with self._refusals(ip):
+            with self.store.read() as conn:
+                host = self.store.host(conn, req.host_id)
+            if host is None or host.status != HOST_APPROVED:
+                raise _Unauthorized(f"heartbeat: host is {host.status if host else 'unknown'}")
+            public_key = unb64(host.public_key)
+            nonce = self._check_signed(req.challenge, now, lambda: req.verify(public_key))
+            with self.store.write() as conn:
+                self._use_nonce(conn, req.host_id, nonce, now)
+                per_host = Limit(f"heartbeat:{req.host_id}", liveness.HEARTBEATS_PER_HOUR, HOUR)
+                if ratelimit.hit(conn, now, per_host) is not None:
+                    raise _Limited(f"heartbeats over {liveness.HEARTBEATS_PER_HOUR} per hour")
+                old = self._liveness(conn, host)
+                new = liveness.beat(old, now, self.settings.DEADMAN_WINDOW)
+                self._save_liveness(conn, old, new, f"heartbeat from {ip}")
+                if new.state == liveness.WIPED:
+                    audit.record(conn, "wipe_sent", now, host_id=host.host_id, source_ip=ip)
+        if new.notice_due:
+            self.tell_suspended()
+        return HeartbeatAnswer(ACTION_WIPE if new.state == liveness.WIPED else ACTION_NONE)
+
+    def sweep_liveness(self, host_id: str | None = None) -> None:
+        """Suspend the approved hosts (or the one) silent past their window; tell the owners.
+        Runs on the housekeeping schedule (housekeep) and before an unlock is granted; reads
+        first, so a sweep that finds nothing takes no write lock."""
+        if self._silent_hosts(host_id):
+            now = self.clock()
+            with self.store.write() as conn:
+                for host in self._silent_hosts(host_id, conn):
+                    old = self._liveness(conn, host)
+                    new = liveness.observe(old, now, self.settings.DEADMAN_WINDOW)
+                    self._save_liveness(conn, old, new, "no heartbeat within the window")
+        self.tell_suspended()
+
+    def _silent_hosts(self, host_id: str | None, conn: Tx | None = None) -> list[Host]:
+        if conn is None:
+            with self.store.read() as fresh:
+                return self._silent_hosts(host_id, fresh)
+        if host_id is None:
+            hosts, known = self.store.all_hosts(conn), self.store.all_liveness(conn)
+        else:
+            one, row = self.store.host(conn, host_id), self.store.liveness(conn, host_id)
+            hosts, known = [one] if one else [], {host_id: row} if row else {}
+        now, silent = self.clock(), []
+        for host in hosts:
+            x = known.get(host.host_id) or _alive_since_approval(host)
+            if (
+                host.status == HOST_APPROVED
+                and liveness.observe(x, now, self.settings.DEADMAN_WINDOW) != x
+            ):
+                silent.append(host)
+        return silent
+
+    def tell_suspended(self) -> None:
+        """One notice for every suspension not told yet, in a budget of its own (only hosts'
+        silence spends it); a notice that fails is retried at the next sweep."""
+        now = self.clock()
+        budget = Limit("notifications:liveness", self.settings.SMS_PER_HOUR, HOUR)
+        with self.store.read() as conn:
+            if not self.store.liveness_notices(conn, lock=False):
+                return
+        with self.store.write() as conn:
+            due = self.store.liveness_notices(conn)
+            if not due or ratelimit.hit(conn, now, budget) is not None:
+                return
+            names = []
+            for x in due:
+                host = self.store.host(conn, x.host_id)
+                names.append(host.hostname if host else x.host_id)
+                self.store.save_liveness(conn, liveness.told(x))
+            audit.record(conn, "suspended_notice", now, detail=f"{len(due)} hosts")
+        try:
+            self.notifier.notify(suspended_text(names, now), "")
+        except NotifyFailed as exc:
+            with self.store.write() as conn:
+                for x in due:  # as it is now: the owner may have resumed it meanwhile
+                    current = self.store.liveness(conn, x.host_id)
+                    if current is not None:
+                        self.store.save_liveness(conn, liveness.tell_again(current))
+                audit.record(conn, "suspended_notice_failed", self.clock(), detail=str(exc))
+
+    def change_liveness(self, host_id: str, change: Callable[[Liveness], Liveness]) -> Liveness:
+        """`hosts deadman` / `hosts resume` / `hosts wipe`: the owner's side of liveness.py."""
+        now = self.clock()
+        with self.store.write() as conn:
+            host = self.store.host(conn, host_id)
+            if host is None:
+                raise GatewayCliError(f"no host {host_id}")
+            old = self._liveness(conn, host)
+            try:
+                new = change(old)
+            except NotAllowed as exc:
+                raise GatewayCliError(f"host {host_id}: {exc}") from None
+            self._save_liveness(conn, old, new, "via cli")
+            for row in self.store.open_requests(conn, host_id) if new.refuses_unlock else ():
+                a = approvals.observe(row.approval, now)
+                self._update(conn, row, approvals.deny(a, now, f"host {new.state}"), "via cli")
+        self._wake()
+        return new
+
+    def wipe(self, host_id: str, shared_ok: bool) -> str:
+        """Mark the host wiped (for good), then disable its secret; says what was disabled."""
+        with self.store.read() as conn:
+            hosts = self.store.all_hosts(conn)
+        host = next((h for h in hosts if h.host_id == host_id), None)
+        if host is None:
+            raise GatewayCliError(f"no host {host_id}")
+        sharing = [
+            h.hostname
+            for h in hosts
+            if h.host_id != host_id
+            and h.secret_name == host.secret_name
+            and h.status != HOST_REVOKED
+        ]
+        if sharing and not shared_ok:
+            raise GatewayCliError(
+                f"host {host_id}'s secret ({host.secret_name or 'the default'}) is also used by "
+                f"{', '.join(sharing[:5])}: give it its own secret first, or pass --shared"
+            )
+        self.change_liveness(host_id, lambda x: liveness.wipe(x, self.clock()))
+        try:
+            done = self.source.disable(host.secret_name)
+        except SecretUnavailable as exc:
+            with self.store.write() as conn:
+                audit.record(
+                    conn, "wipe_secret_failed", self.clock(), host_id=host_id, detail=str(exc)
+                )
+            raise GatewayCliError(
+                f"host {host_id} is wiped, but its secret is not disabled: {exc}"
+            ) from None
+        with self.store.write() as conn:
+            audit.record(conn, "wipe_secret_disabled", self.clock(), host_id=host_id, detail=done)
+        return done
+
+    def all_liveness(self) -> dict[str, Liveness]:
+        with self.store.read() as conn:
+            return self.store.all_liveness(conn)
+
+    def _refuse_unless_alive(self, host: Host) -> None:
+        """The lazy half of the schedule: a gateway that was down still suspends on time."""
+        with self.store.read() as conn:
+            old = self._liveness(conn, host)
+        new = liveness.observe(old, self.clock(), self.settings.DEADMAN_WINDOW)
+        if new != old:
+            self.sweep_liveness(host.host_id)
+        if new.refuses_unlock:
+            raise _Unauthorized(f"host is {new.state}")
+
+    def _liveness(self, conn: Tx, host: Host) -> Liveness:
+        return self.store.liveness(conn, host.host_id) or _alive_since_approval(host)
+
+    def _save_liveness(self, conn: Tx, old: Liveness, new: Liveness, detail: str) -> None:
+        if new == old:
+            return
+        self.store.save_liveness(conn, new)
+        if new.state != old.state or new.window != old.window:
+            window = liveness.describe(new.window_or(self.settings.DEADMAN_WINDOW))
+            audit.record(
+                conn,
+                f"host_{new.state}",
+                self.clock(),
+                host_id=new.host_id,
+                detail=f"{detail}; window {window}",
+            )
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -629,3 +811,8 @@ class Gateway:
     def _wake(self) -> None:
         with self._changed:
             self._changed.notify_all()
+
+
+def _alive_since_approval(host: Host) -> Liveness:
+    """A host that never sent a heartbeat: its window counts from its approval."""
+    return liveness.start(host.host_id, host.decided_at or host.enrolled_at)

@@ -46,6 +46,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from zkv.protocol import STATE_PENDING
 
 from .approvals import Approval
+from .liveness import Liveness
 
 # Callers outside the data-access modules name these instead of importing sqlalchemy.
 Tx: TypeAlias = Connection  # one open transaction, passed through to group several calls
@@ -117,6 +118,17 @@ rate_events = Table(
     Column("key", String(100), nullable=False),
     Column("at", Float, nullable=False),
     Index("ix_rate_events_key_at", "key", "at"),
+)
+
+liveness = Table(  # the dead-man switch (liveness.py); a table of its own, so old databases work
+    "liveness",
+    metadata,
+    Column("host_id", String(32), primary_key=True),
+    Column("since", Float, nullable=False),
+    Column("window", Float),
+    Column("state", String(16), nullable=False),  # active | suspended | wiped
+    Column("changed_at", Float),
+    Column("notice_due", Boolean, nullable=False),
 )
 
 invites = Table(  # one-time enrolment tokens (hosts invite); the token itself is never stored
@@ -294,6 +306,31 @@ class Store:
     def open_invites(self, conn: Connection) -> list[Invite]:
         rows = conn.execute(select(invites).order_by(invites.c.created_at)).mappings()
         return [Invite(**row) for row in rows]
+
+    # --- liveness (dead-man switch, wipe) -----------------------------------------------------
+
+    def liveness(self, conn: Connection, host_id: str) -> Liveness | None:
+        query = select(liveness).where(liveness.c.host_id == host_id)
+        row = conn.execute(query).mappings().first()
+        return Liveness(**row) if row else None
+
+    def all_liveness(self, conn: Connection) -> dict[str, Liveness]:
+        return {
+            row["host_id"]: Liveness(**row) for row in conn.execute(select(liveness)).mappings()
+        }
+
+    def liveness_notices(self, conn: Connection, lock: bool = True) -> list[Liveness]:
+        query = select(liveness).where(liveness.c.notice_due.is_(True))
+        rows = conn.execute(query.with_for_update() if lock else query).mappings()
+        return [Liveness(**row) for row in rows]
+
+    def save_liveness(self, conn: Connection, x: Liveness) -> None:
+        values = dict(x.__dict__)
+        done = conn.execute(
+            liveness.update().where(liveness.c.host_id == x.host_id).values(**values)
+        )
+        if done.rowcount == 0:
+            conn.execute(liveness.insert().values(**values))
 
     # --- requests -----------------------------------------------------------------------------
 

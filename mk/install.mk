@@ -47,6 +47,7 @@ install-files:
 		$(DESTDIR)$(ZKV_SBINDIR) $(DESTDIR)$(ZKV_UNITDIR) \
 		$(DESTDIR)$(ZKV_UNITDIR)/zfs-load-key@.service.d \
 		$(DESTDIR)/etc/systemd/system/zfs-mount.service.wants \
+		$(DESTDIR)/etc/systemd/system/timers.target.wants \
 		$(DESTDIR)$(ZKV_DRACUTDIR) $(DESTDIR)$(dir $(ZKV_DRACUTCONF)) $(DESTDIR)$(ZKV_ITDIR)/hooks \
 		$(DESTDIR)$(ZKV_ITDIR)/conf-hooks.d $(DESTDIR)$(ZKV_ITDIR)/scripts/local-top \
 		$(DESTDIR)$(ZKV_ITDIR)/scripts/local-bottom \
@@ -88,6 +89,14 @@ install-files:
 		$(DESTDIR)$(ZKV_UNITDIR)/zfs-load-key@.service.d/50-zkv.conf
 	ln -sf $(ZKV_UNITDIR)/zkv-load-keys.service \
 		$(DESTDIR)/etc/systemd/system/zfs-mount.service.wants/zkv-load-keys.service
+	# Real root: the heartbeat (dead-man switch, remote wipe), enabled; it runs only once
+	# the host key exists (zkv enroll).
+	sed 's|@ZKV_SBINDIR@|$(ZKV_SBINDIR)|' systemd/zkv-heartbeat.service \
+		> $(DESTDIR)$(ZKV_UNITDIR)/zkv-heartbeat.service
+	chmod 0644 $(DESTDIR)$(ZKV_UNITDIR)/zkv-heartbeat.service
+	install -m 0644 systemd/zkv-heartbeat.timer $(DESTDIR)$(ZKV_UNITDIR)/zkv-heartbeat.timer
+	ln -sf $(ZKV_UNITDIR)/zkv-heartbeat.timer \
+		$(DESTDIR)/etc/systemd/system/timers.target.wants/zkv-heartbeat.timer
 	# Man pages (generated into man/ by `make man`; committed, so no build step here).
 	install -m 0644 man/zkv.8 man/zkv-early.8 man/zkv-gateway.8 $(DESTDIR)$(ZKV_MANDIR)/man8/
 	install -m 0644 man/zkv-early.conf.5 $(DESTDIR)$(ZKV_MANDIR)/man5/
@@ -107,6 +116,8 @@ uninstall:
 		$(DESTDIR)/etc/zfs/initramfs-tools-load-key.d/zkv
 	rm -f $(DESTDIR)/etc/systemd/system/zfs-mount.service.wants/zkv-load-keys.service \
 		$(DESTDIR)$(ZKV_UNITDIR)/zkv-load-keys.service \
+		$(DESTDIR)/etc/systemd/system/timers.target.wants/zkv-heartbeat.timer \
+		$(DESTDIR)$(ZKV_UNITDIR)/zkv-heartbeat.service $(DESTDIR)$(ZKV_UNITDIR)/zkv-heartbeat.timer \
 		$(DESTDIR)$(ZKV_UNITDIR)/zfs-load-key@.service.d/50-zkv.conf
 	-rmdir $(DESTDIR)$(ZKV_UNITDIR)/zfs-load-key@.service.d 2>/dev/null
 	rm -f $(DESTDIR)$(ZKV_MANDIR)/man8/zkv.8 $(DESTDIR)$(ZKV_MANDIR)/man8/zkv-early.8 \

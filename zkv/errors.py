@@ -178,7 +178,7 @@ class GatewayUnreachable(GatewayError):
 
 
 class GatewayRefused(GatewayError):
-    """the gateway refused the request (host not enrolled, revoked, or request not valid)"""
+    """the gateway refused the request (host not enrolled, revoked, suspended, or bad request)"""
 
     exit_code = 32
 
@@ -323,6 +323,12 @@ class DoctorFoundProblems(ZkvError):
     """{count} problem(s) found"""
 
     exit_code = 55
+
+
+class WipeFailed(ZkvError):
+    """the gateway asked for a wipe, but the repository slot of {path} is not destroyed: {detail}"""
+
+    exit_code = 59
 
 
 class NoTerminal(UsageError):

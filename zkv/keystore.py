@@ -42,8 +42,9 @@ from zkv.errors import (
     KeystoreLocked,
     KeystoreNotFound,
     KeystoreUnsupportedVersion,
+    WipeFailed,
 )
-from zkv.fsutil import atomic_write, read_limited
+from zkv.fsutil import atomic_write, fsync_dir, read_limited
 
 FORMAT = "zkv-keystore"
 VERSION = 1
@@ -251,6 +252,11 @@ class OpenKeystore:
         check_recovery_passphrase(passphrase)
         keep = [s for s in self.slots if s.kind != SLOT_RECOVERY]
         self.slots = [*keep, _recovery_slot(self.host_id, self.data_key, passphrase, kdf)]
+
+    def without_repository_slots(self) -> OpenKeystore:
+        """The same keys and recovery slots: what a remote wipe leaves (write, destroy)."""
+        slots = [s for s in self.slots if s.kind != SLOT_REPOSITORY]
+        return OpenKeystore(self.host_id, self.data_key, slots, self._entries, self._keys)
 
     def set_repository_key(self, repository_key: bytes) -> None:
         """Replace every repository slot by one for ``repository_key``."""
@@ -540,4 +546,60 @@ def read(path: str | os.PathLike[str]) -> SealedKeystore:
 
 
 def write(path: str | os.PathLike[str], store: OpenKeystore) -> None:
+    """The keystore and, written first, its recovery-only twin beside it.
+
+    The payload is bound to the whole header, slots included, so removing a slot needs the
+    data key, which a running host does not hold. The twin is the same keystore without its
+    repository slots, sealed now while the key is at hand, so ``destroy_repository_slots``
+    can later drop them by a rename. Written first, the twin is never older than the
+    keystore (a crash in between leaves it one step ahead, which staged rotation allows).
+    """
+    twin = recovery_only_path(path)
+    kinds = {slot.kind for slot in store.slots}
+    if {SLOT_REPOSITORY, SLOT_RECOVERY} <= kinds:
+        atomic_write(twin, store.without_repository_slots().serialize(), mode=0o600)
+    elif os.path.exists(twin):  # nothing left to wipe: a stale twin must not come back
+        os.unlink(twin)
     atomic_write(path, store.serialize(), mode=0o600)
+
+
+def recovery_only_path(path: str | os.PathLike[str]) -> str:
+    return os.fspath(path) + paths.RECOVERY_ONLY_SUFFIX
+
+
+def destroy_repository_slots(path: str | os.PathLike[str]) -> bool:
+    """The host's half of a remote wipe: the keystore loses its repository slots (the
+    gateway's key opens nothing any more), keeps its recovery slots. False if it had none.
+    Raises WipeFailed rather than put anything but a matching recovery-only twin in place."""
+    current = read(path)
+    if all(slot.kind != SLOT_REPOSITORY for slot in current.slots):
+        return False
+    twin_path = check_recovery_only(path, current)
+    try:
+        os.replace(twin_path, path)
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
+    except OSError as exc:
+        raise WipeFailed(path=os.fspath(path), detail=exc.strerror or str(exc)) from None
+    return True
+
+
+def check_recovery_only(path: str | os.PathLike[str], current: SealedKeystore) -> str:
+    """The twin's path if it is this keystore without its repository slots; else WipeFailed."""
+    twin_path = recovery_only_path(path)
+
+    def refuse(detail: str) -> WipeFailed:
+        return WipeFailed(path=os.fspath(path), detail=detail)
+
+    try:
+        twin = read(twin_path)
+    except KeystoreNotFound:
+        raise refuse(
+            f"{twin_path} is missing (write the keystore once, e.g. 'zkv passwd')"
+        ) from None
+    if (
+        twin.host_id != current.host_id
+        or twin.datasets() != current.datasets()
+        or {slot.kind for slot in twin.slots} != {SLOT_RECOVERY}
+    ):
+        raise refuse(f"{twin_path} does not match the keystore")
+    return twin_path

@@ -15,6 +15,8 @@ import sys
 # On the host: what `zkv init` / `zkv enroll` write, and what the image build copies.
 BOOT_DIR = "/boot/zkv"
 KEYSTORE = f"{BOOT_DIR}/keystore"
+# Beside the keystore: the same keystore without its repository slot, ready for a remote wipe.
+RECOVERY_ONLY_SUFFIX = ".recovery-only"
 HOST_KEY_NAME = "host.key"  # beside the keystore, wherever --keystore puts it
 HOST_KEY = f"{BOOT_DIR}/{HOST_KEY_NAME}"
 

@@ -14,6 +14,7 @@ time, so the client can tell how far off its own clock is.
     POST /v1/hosts                       EnrollRequest  -> 202 EnrollAccepted
     POST /v1/unlock-requests             UnlockRequest  -> 201 UnlockCreated
     GET  /v1/unlock-requests/<id>?wait=N                -> 200 PollResult (long-poll, N <= 25 s)
+    POST /v1/heartbeats                  Heartbeat      -> 200 HeartbeatAnswer (dead-man switch)
     GET  /healthz                                       -> 200 {"status": "ok"}
 
 Errors are ``{"error": <code>}`` with the status in ERROR_STATUS. Every authentication failure
@@ -40,6 +41,7 @@ VERSION = 1
 PATH_CHALLENGES = "/v1/challenges"
 PATH_HOSTS = "/v1/hosts"
 PATH_UNLOCK = "/v1/unlock-requests"
+PATH_HEARTBEAT = "/v1/heartbeats"
 PATH_HEALTH = "/healthz"
 MAX_BODY = 16 * 1024
 MAX_WAIT = 25  # seconds one long-poll call may be held open
@@ -49,6 +51,10 @@ MAX_SECRET = 4096
 
 CONTEXT_ENROLL = b"zkv-v1 enroll\n"
 CONTEXT_UNLOCK = b"zkv-v1 unlock-request\n"
+CONTEXT_HEARTBEAT = b"zkv-v1 heartbeat\n"
+
+ACTION_NONE = "none"
+ACTION_WIPE = "wipe"  # destroy the keystore's repository slot (never the recovery slot)
 
 STATE_PENDING = "pending"
 STATE_APPROVED = "approved"
@@ -327,6 +333,64 @@ class UnlockCreated(NamedTuple):
             pin,
             _field(body, "expires_at", int),
         )
+
+
+# --- heartbeat (dead-man switch) --------------------------------------------------------------
+
+
+class Heartbeat(NamedTuple):
+    """A running host says it is alive; signed, and fresh by a gateway challenge, like an
+    unlock request."""
+
+    host_id: str
+    challenge: str
+    signature: bytes = b""
+
+    def body(self) -> dict[str, Any]:
+        return {"v": VERSION, "host_id": self.host_id, "challenge": self.challenge}
+
+    @classmethod
+    def create(cls, private_key: bytes, challenge: str) -> Heartbeat:
+        host_id = host_id_of(crypto.ed25519_public(private_key))
+        unsigned = cls(host_id, _challenge(challenge))
+        return unsigned._replace(signature=_sign(private_key, CONTEXT_HEARTBEAT, unsigned.body()))
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.body(), "signature": b64(self.signature)}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Heartbeat:
+        body = _signed_body(raw, {"host_id", "challenge"})
+        return cls(
+            host_id=_hex32(_field(body, "host_id", str), "host_id"),
+            challenge=_challenge(_field(body, "challenge", str)),
+            signature=_signature(_field(body, "signature", str)),
+        )
+
+    def verify(self, public_key: bytes) -> None:
+        """Raises crypto.BadSignature unless signed by ``public_key`` (the enrolled host key)."""
+        if host_id_of(public_key) != self.host_id:
+            raise crypto.BadSignature
+        crypto.ed25519_verify(
+            public_key, self.signature, CONTEXT_HEARTBEAT + canonical(self.body())
+        )
+
+
+class HeartbeatAnswer(NamedTuple):
+    """What the host is to do. Not signed: only TLS to the pinned gateway vouches for it, so
+    the worst a forged "wipe" may do is destroy the repository slot (docs/threat-model.md)."""
+
+    action: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"action": self.action}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> HeartbeatAnswer:
+        action = _field(_exact(raw, {"action"}), "action", str)
+        if action not in (ACTION_NONE, ACTION_WIPE):
+            raise ProtocolViolation("unknown heartbeat action")
+        return cls(action)
 
 
 # --- polling and release ----------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import NoReturn
 
 from zkv import __version__, keystore, paths
 from zkv.errors import Interrupted, UsageError, ZkvError
-from zkv_admin import common, doctor, enroll, keycmds, rotation, zfscmds
+from zkv_admin import common, doctor, enroll, heartbeat, keycmds, rotation, zfscmds
 
 Handler = Callable[[argparse.Namespace], int]
 KEYFORMATS = ("raw", "hex", "passphrase")
@@ -151,6 +151,16 @@ def _add_commands(sub: argparse._SubParsersAction[Parser], seed: bool) -> None:
     _epoch_option(reconcile)
 
     command("doctor", doctor.cmd_doctor, "check the installation", [p["store"]])
+
+    beat = command(
+        "heartbeat",
+        heartbeat.cmd_heartbeat,
+        "tell the gateway this host runs (dead-man switch); carry out a remote wipe",
+        [p["store"]],
+    )
+    beat.add_argument(
+        "--config", metavar="PATH", default=paths.EARLY_CONF, help="gateway settings (%(default)s)"
+    )
 
 
 def _epoch_option(parser: Parser) -> None:

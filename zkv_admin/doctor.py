@@ -50,6 +50,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def check_all(path: Path, places: Places, zfs: Zfs) -> Iterator[Finding]:
     yield from _config(places)
     sealed = yield from _keystore(path)
+    yield from _wipe_ready(path, sealed)
     yield from _host_key(path)
     yield from _zfs(zfs, sealed)
     yield from _hooks(places)
@@ -99,6 +100,18 @@ def _keystore(path: Path) -> Generator[Finding, None, keystore.SealedKeystore | 
     else:
         yield True, f"{path} is private (mode {stat.S_IMODE(info.st_mode):04o})."
     return sealed
+
+
+def _wipe_ready(path: Path, sealed: keystore.SealedKeystore | None) -> Iterator[Finding]:
+    """A remote wipe needs the recovery-only twin that every keystore write leaves."""
+    if sealed is None or all(s.kind != keystore.SLOT_REPOSITORY for s in sealed.slots):
+        return
+    try:
+        keystore.check_recovery_only(path, sealed)
+    except ZkvError as exc:
+        yield False, f"a remote wipe would fail: {exc.kwargs['detail']}."
+        return
+    yield True, "a remote wipe can destroy the repository slot (its recovery-only twin is ready)."
 
 
 def _host_key(path: Path) -> Iterator[Finding]:

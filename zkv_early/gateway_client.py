@@ -74,6 +74,15 @@ class GatewayClient:
         result: protocol.PollResult = _decode(protocol.PollResult.from_json, answer)
         return result
 
+    def heartbeat(self, beat: protocol.Heartbeat) -> protocol.HeartbeatAnswer:
+        """`zkv heartbeat` (zkv_admin/heartbeat.py): the same TLS trust as the boot."""
+        body = json.dumps(beat.to_json()).encode()
+        status, answer = self._exchange("POST", protocol.PATH_HEARTBEAT, body, self.timeout)
+        if status != 200:
+            raise _status_error(status, answer)
+        result: protocol.HeartbeatAnswer = _decode(protocol.HeartbeatAnswer.from_json, answer)
+        return result
+
     # --- plumbing ---------------------------------------------------------------------------------
 
     def _connection(self) -> Connection:

@@ -39,9 +39,10 @@ def opens_with(zkv: Zkv, *passphrases: bytes) -> bytes:
 def test_kill_between_fsync_and_rename_keeps_old_file(zkv: Zkv) -> None:
     zkv.make_store()
     before = zkv.keystore.read_bytes()
-    zkv.extra_env["ZKV_TESTONLY_PAUSE_BEFORE_RENAME"] = "30"
+    # Each atomic write pauses: first the recovery-only twin's (keystore.write), then this one.
+    zkv.extra_env["ZKV_TESTONLY_PAUSE_BEFORE_RENAME"] = "8"
     proc = passwd(zkv, NEW)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 30
     while not list(zkv.keystore.parent.glob(".keystore.tmp-*")):
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.02)

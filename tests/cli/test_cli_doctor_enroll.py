@@ -16,7 +16,7 @@ import pytest
 
 from tests.cli.conftest import RAW_A, Zkv
 from tests.harness.gateway import running_gateway
-from zkv import hostkey, protocol
+from zkv import hostkey, keystore, protocol
 from zkv.zfs import Zfs
 from zkv_admin import doctor
 
@@ -69,6 +69,15 @@ def test_doctor_explains_each_problem(
     for expected in ("settings", "chmod 600", "host key", "tank/a", "boot hook", "older"):
         assert any(expected in p for p in problems), (expected, problems)
     assert all(p.count("\n") == 0 and p.endswith(".") for p in problems)
+
+
+def test_doctor_says_when_a_remote_wipe_would_fail(
+    zkv: Zkv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    places = installed(zkv, tmp_path)
+    Path(keystore.recovery_only_path(zkv.keystore)).unlink()  # as left by an older zkv
+    (problem,) = findings(zkv, places, monkeypatch)
+    assert "remote wipe would fail" in problem and "zkv passwd" in problem
 
 
 def trust(places: doctor.Places) -> list[str]:

@@ -9,11 +9,13 @@ Four boots per flavour: approved (then the leftover checks in the same boot), ga
 (recovery passphrase at zkv's prompt), denied (zkv announces it, its prompt takes the recovery
 passphrase), and a released key that does not open the keystore (zkv gives up after the short
 `[timeouts] fallback` of the e2e early.conf, OpenZFS's own prompt takes the root passphrase).
+One more on initramfs-tools: a host past its dead-man window is refused, the passphrase boots.
 """
 
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -164,3 +166,34 @@ def test_released_key_that_does_not_open_the_keystore_falls_back(
     assert out.recovery_prompts_answered == []
     assert len(out.stock_prompts) == 1
     assert out.root == testbed.ROOT_DATASET
+
+
+def test_host_past_its_deadman_window_is_refused_and_the_passphrase_boots(
+    zkv_images: Callable[..., ZkvImage],
+    guest_factory: GuestFactory,
+    tmp_path: Path,
+) -> None:
+    """The dead-man switch (docs/gateway.md): the enrolled host sent no heartbeat within its
+    window, so the gateway refuses its unlock (uniform 401, no SMS); the console says so and
+    the recovery passphrase still boots. One flavour is enough: the gateway decides."""
+    zimg = zkv_images("initramfs-tools")
+    with gateway(zimg, tmp_path) as gw:
+        gw.gw.cli("hosts", "deadman", zimg.host_id, "--window", "1s")
+        time.sleep(2)  # silent past its window before the guest even starts
+        guest = guest_factory(zimg.image, gw.guest_port)
+        out = run_boot(guest, recovery=RECOVERY_PASSPHRASE)
+        listing = gw.gw.cli("hosts", "list").stdout
+        refusals = [line for line in gw.gw.audit() if "auth_failed" in line]
+        texts = gw.gw.notifications()
+    _record(zimg.image, "zkv-deadman-suspended", out)
+    assert f"{zimg.host_id}  suspended" in listing, listing
+    assert any("host is suspended" in line for line in refusals), refusals
+    assert gw.last_unlock_state() == ""  # refused before any request existed
+    assert not any("asks to unlock" in text for text in texts), texts
+    assert [t for t in texts if "no heartbeat" in t], texts  # the owner is told, once
+    assert out.pin is None
+    assert out.gateway_gave_up is not None and "refused" in out.gateway_gave_up, out.events
+    assert out.recovery_prompts_answered
+    assert out.stock_prompts == []
+    assert out.root == testbed.ROOT_DATASET
+    assert out.data_mounted, "the recovery passphrase opens the keystore: tank too"

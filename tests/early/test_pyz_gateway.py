@@ -145,6 +145,18 @@ def test_unenrolled_host_is_refused(machine: Machine, tmp_path: Path) -> None:
     assert result.returncode == 32, result.stderr
 
 
+def test_host_past_its_deadman_window_is_refused(machine: Machine, tmp_path: Path) -> None:
+    with running_gateway(tmp_path / "gw", approver="auto") as gw:
+        host_id = machine.enroll(gw)
+        gw.cli("hosts", "deadman", host_id, "--window", "1s")
+        time.sleep(2)
+        result = machine.run()
+        audit = " ".join(gw.audit())
+    assert result.returncode == 32 and "suspended" in result.stderr, result.stderr
+    assert "host is suspended" in audit and "unlock_requested" not in audit
+    assert machine.zfs.keystatus("rpool") == "unavailable"
+
+
 def test_released_key_that_does_not_open_the_keystore(machine: Machine, tmp_path: Path) -> None:
     other = bytes(32).hex().encode()
     with running_gateway(tmp_path / "gw", approver="auto", secret=other) as gw:

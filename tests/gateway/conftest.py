@@ -49,11 +49,18 @@ class Recorder:
 class MemorySource:
     value: bytes = b"ab" * 32
     broken: bool = False
+    disabled: list[str | None] = field(default_factory=list)
 
     def get(self, name: str | None) -> bytes:
-        if self.broken:
+        if self.broken or name in self.disabled:
             raise SecretUnavailable("key vault answered 403 Forbidden")
         return self.value
+
+    def disable(self, name: str | None) -> str:
+        if self.broken:
+            raise SecretUnavailable("key vault answered 403 Forbidden")
+        self.disabled.append(name)
+        return f"disabled {name}"
 
 
 @dataclass

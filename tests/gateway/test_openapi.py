@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 import yaml
 
@@ -58,6 +59,28 @@ def test_schemathesis_finds_no_server_error(tmp_path: Path) -> None:
     assert "Traceback" not in log and "internal error" not in log
 
 
+def test_the_heartbeat_is_described_as_zkv_protocol_builds_it() -> None:
+    import jsonschema_rs  # schemathesis's validator
+
+    spec = yaml.safe_load(SPEC.read_text())
+    assert "post" in spec["paths"][protocol.PATH_HEARTBEAT]
+
+    def check(name: str, document: object) -> None:
+        schema = {**spec["components"]["schemas"][name], "components": spec["components"]}
+        jsonschema_rs.Draft7Validator(schema).validate(document)
+
+    issued = challenges.issue(bytes(32), 1_800_000_000)
+    beat = protocol.Heartbeat.create(crypto.ed25519_generate()[0], issued).to_json()
+    check("Heartbeat", beat)
+    assert protocol.Heartbeat.from_json(beat).to_json() == beat
+    for action in (protocol.ACTION_NONE, protocol.ACTION_WIPE):
+        check("HeartbeatAnswer", protocol.HeartbeatAnswer(action).to_json())
+    with pytest.raises(jsonschema_rs.ValidationError):
+        check("HeartbeatAnswer", {"action": "format-disks"})
+    with pytest.raises(protocol.ProtocolViolation):
+        protocol.HeartbeatAnswer.from_json({"action": "format-disks"})
+
+
 def test_the_signed_messages_are_described_field_for_field() -> None:
     schemas = yaml.safe_load(SPEC.read_text())["components"]["schemas"]
     private = crypto.ed25519_generate()[0]
@@ -70,6 +93,7 @@ def test_the_signed_messages_are_described_field_for_field() -> None:
         "UnlockRequest": protocol.UnlockRequest.create(
             private, "db01", ["tank"], crypto.x25519_generate()[1], issued
         ),
+        "Heartbeat": protocol.Heartbeat.create(private, issued),
     }
     for name, message in messages.items():
         assert set(schemas[name]["required"]) == set(message.to_json()), name

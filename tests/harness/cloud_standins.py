@@ -4,7 +4,9 @@ One TLS server on 127.0.0.1 (trustme certificate for the real host names) answer
 header, so the real twilio / azure-identity / azure-keyvault-secrets SDKs in the gunicorn
 process talk to it through the connect redirect in tests/harness/redirect/sitecustomize.py.
 Tests steer failures through ``vault_mode`` ("ok", "403", "404", "timeout") and
-``twilio_mode`` ("ok", "fail"), and read what was sent in ``sms_sent``.
+``twilio_mode`` ("ok", "fail"), and read what was sent in ``sms_sent``. The vault also lists a
+secret's (one) version and disables it (update_secret_properties), after which get_secret is
+refused as Key Vault refuses it (``vault_disabled``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ CLIENT_ID = "11111111-2222-4333-8444-555555555555"
 CLIENT_SECRET = "test-aad-client-secret"
 SECRET_NAME = "zkv-repository-key"
 PATH_SMS = "/v1/twilio/sms"
+VAULT_VERSION = "0123456789abcdef"
 # The managed-identity endpoint as App Service and Azure Arc hand it to a process: a local URL
 # in IDENTITY_ENDPOINT, and a per-process secret in IDENTITY_HEADER that must come back.
 IDENTITY_PATH = "/msi/token"
@@ -49,6 +52,7 @@ class Standins:
     vault_mode: str = "ok"
     twilio_mode: str = "ok"
     vault_secrets: dict[str, str] = field(default_factory=dict)
+    vault_disabled: set[str] = field(default_factory=set)  # update_secret_properties(enabled=False)
     sms_sent: list[dict[str, str]] = field(default_factory=list)
     seen: list[str] = field(default_factory=list)  # "HOST METHOD PATH" of every call
     tokens: set[str] = field(default_factory=set)
@@ -157,6 +161,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._dispatch("POST")
 
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
     def _dispatch(self, method: str) -> None:
         host = self.headers.get("Host", "").split(":")[0]
         state = self.server.state
@@ -168,7 +175,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif host == AAD_HOST:
             self._aad(state, method)
         elif host == VAULT_HOST:
-            self._vault(state)
+            self._vault(state, method)
         else:
             self._reply(404, {"error": "unknown host"})
 
@@ -240,7 +247,7 @@ class _Handler(BaseHTTPRequestHandler):
             },
         )
 
-    def _vault(self, state: Standins) -> None:
+    def _vault(self, state: Standins, method: str) -> None:
         auth = self.headers.get("Authorization", "")
         if not auth.startswith("Bearer ") or auth[7:] not in state.tokens:
             challenge = (
@@ -249,10 +256,27 @@ class _Handler(BaseHTTPRequestHandler):
             )
             self._reply(401, {"error": {"code": "Unauthorized"}}, {"WWW-Authenticate": challenge})
             return
-        name = self.path.split("?")[0].split("/")[2]
+        parts = self.path.split("?")[0].split("/")  # "", "secrets", NAME[, VERSION | "versions"]
+        name = parts[2]
         if state.vault_mode == "timeout":
             time.sleep(3)
-        if state.vault_mode == "403":
+        if state.vault_mode == "ok" and name in state.vault_secrets and method == "PATCH":
+            self._vault_update(state, name)
+        elif state.vault_mode == "ok" and name in state.vault_secrets and parts[3:] == ["versions"]:
+            self._reply(200, {"value": [_properties(name, name not in state.vault_disabled)]})
+        elif state.vault_mode == "ok" and name in state.vault_disabled:
+            # What Key Vault answers for get on a disabled secret.
+            self._reply(
+                403,
+                {
+                    "error": {
+                        "code": "Forbidden",
+                        "message": "Operation get is not allowed on a disabled secret.",
+                        "innererror": {"code": "SecretDisabled"},
+                    }
+                },
+            )
+        elif state.vault_mode == "403":
             self._reply(403, {"error": {"code": "Forbidden", "message": "no get permission"}})
         elif state.vault_mode == "404" or name not in state.vault_secrets:
             self._reply(404, {"error": {"code": "SecretNotFound", "message": "not found"}})
@@ -262,10 +286,27 @@ class _Handler(BaseHTTPRequestHandler):
                 200,
                 {
                     "value": state.vault_secrets[name],
-                    "id": f"https://{VAULT_HOST}/secrets/{name}/0123456789abcdef",
+                    "id": f"https://{VAULT_HOST}/secrets/{name}/{VAULT_VERSION}",
                     "attributes": {"enabled": True, "created": now, "updated": now},
                 },
             )
+
+    def _vault_update(self, state: Standins, name: str) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        attributes = json.loads(self.rfile.read(length) or b"{}").get("attributes", {})
+        if attributes.get("enabled") is False:
+            state.vault_disabled.add(name)
+        elif attributes.get("enabled") is True:
+            state.vault_disabled.discard(name)
+        self._reply(200, _properties(name, name not in state.vault_disabled))
+
+
+def _properties(name: str, enabled: bool) -> dict[str, Any]:
+    now = int(time.time())
+    return {
+        "id": f"https://{VAULT_HOST}/secrets/{name}/{VAULT_VERSION}",
+        "attributes": {"enabled": enabled, "created": now, "updated": now},
+    }
 
 
 class _Server(ThreadingHTTPServer):

@@ -67,6 +67,11 @@ def send(url: str, req: protocol.UnlockRequest, headers: Headers = None) -> requ
     )
 
 
+def heartbeat(url: str, host: Host) -> requests.Response:
+    req = protocol.Heartbeat.create(host.private_key, challenge(url).challenge)
+    return requests.post(url + protocol.PATH_HEARTBEAT, json=req.to_json(), timeout=10)
+
+
 def poll(url: str, request_id: str, wait: int = 0, headers: Headers = None) -> requests.Response:
     return requests.get(
         f"{url}{protocol.PATH_UNLOCK}/{request_id}?wait={wait}", headers=headers, timeout=wait + 30
