@@ -6,7 +6,7 @@ processes on two ports sharing one database, the hosts split between them).
                                   [--attack-rate 60] [--set NAME=VALUE ...] [--write-docs]
 
 Every host is enrolled and approved before the clock starts (through the store, as
-`zkv-gateway hosts approve` leaves it), then boots at its moment of the spread: a challenge and
+an invite's enrolment leaves it), then boots at its moment of the spread: a challenge and
 a signed create, a status poll, long-polls until the owner approves (through the service
 layer, half a second later), and the sealed secret (the file secret source) opened and
 compared. The outsider's
@@ -139,7 +139,8 @@ def gateways(
 
 
 def enrol(store: Store, hosts: list[BenchHost]) -> None:
-    """The fleet as `zkv-gateway hosts approve HOST --secret` leaves it (no enrolment API)."""
+    """The fleet as invites' enrolments leave it: approved, each its own secret (set up
+    through the store, not the enrolment API)."""
     now = time.time()
     with store.write() as conn:
         for host in hosts:
