@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
 
 from . import create_app
 from .config import Settings
@@ -13,6 +15,20 @@ from .store import Store
 
 # Threads per worker that long-polls never take (polls.py), so /healthz and short requests answer.
 SPARE_THREADS = 2
+# The owners' one-time links carry their token in the path (gateway/owners.py).
+_LINK_TOKEN = re.compile(r"(/o/(?:r|enrol)/)[A-Za-z0-9_-]+")
+
+
+class RedactingLogger(Logger):  # type: ignore[misc]
+    """gunicorn's logger, with the owners' link tokens out of the access log: a token in a log
+    would let whoever reads it open the page (and deny)."""
+
+    def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
+        atoms: dict[str, Any] = super().atoms(resp, req, environ, request_time)
+        for key in ("r", "U", "{raw_uri}e"):
+            if isinstance(atoms.get(key), str):
+                atoms[key] = _LINK_TOKEN.sub(r"\1[token]", atoms[key])
+        return atoms
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
@@ -50,6 +66,7 @@ def serve(settings: Settings, bind: str, workers: int, threads: int) -> int:
             "keepalive": settings.READ_TIMEOUT,  # front.py: also the limit on reading a request
             "accesslog": "-",
             "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(M)sms',
+            "logger_class": "gateway.server.RedactingLogger",
             "proc_name": "zkv-gateway",
             "forwarded_allow_ips": "",  # X-Forwarded-*: gateway/proxies.py alone decides
             "loglevel": settings.LOG_LEVEL.lower(),
