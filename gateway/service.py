@@ -202,12 +202,7 @@ class Gateway:
     def create_unlock(self, req: UnlockRequest, ip: str) -> UnlockCreated:
         now = self.clock()
         with self._refusals(ip):
-            with self.store.read() as conn:
-                host = self.store.host(conn, req.host_id)
-            if host is None or host.status != HOST_APPROVED:
-                raise _Unauthorized(f"host is {host.status if host else 'unknown'}")
-            public_key = unb64(host.public_key)
-            nonce = self._check_signed(req.challenge, now, lambda: req.verify(public_key))
+            host, nonce = self._approved_signer(req.host_id, req.challenge, req.verify, now)
             self._refuse_unless_alive(host)
             with self.store.write() as conn:
                 self._limit(conn, now, req.host_id)
@@ -503,12 +498,9 @@ class Gateway:
         """A running host is alive; a wiped one is told to destroy its repository slot."""
         now = self.clock()
         with self._refusals(ip):
-            with self.store.read() as conn:
-                host = self.store.host(conn, req.host_id)
-            if host is None or host.status != HOST_APPROVED:
-                raise _Unauthorized(f"heartbeat: host is {host.status if host else 'unknown'}")
-            public_key = unb64(host.public_key)
-            nonce = self._check_signed(req.challenge, now, lambda: req.verify(public_key))
+            host, nonce = self._approved_signer(
+                req.host_id, req.challenge, req.verify, now, "heartbeat: "
+            )
             with self.store.write() as conn:
                 self._use_nonce(conn, req.host_id, nonce, now)
                 per_host = Limit(f"heartbeat:{req.host_id}", liveness.HEARTBEATS_PER_HOUR, HOUR)
@@ -695,6 +687,22 @@ class Gateway:
         with self.store.write() as conn:
             cap = s.MAX_REFUSAL_SOURCES
             ratelimit.refuse(conn, now, s.REFUSAL_INTERVAL, source, event, detail, cap)
+
+    def _approved_signer(
+        self,
+        host_id: str,
+        challenge: str,
+        verify: Callable[[bytes], None],
+        now: float,
+        what: str = "",
+    ) -> tuple[Host, str]:
+        """The approved host that signed this call, and its challenge's nonce; else refused."""
+        with self.store.read() as conn:
+            host = self.store.host(conn, host_id)
+        if host is None or host.status != HOST_APPROVED:
+            raise _Unauthorized(f"{what}host is {host.status if host else 'unknown'}")
+        public_key = unb64(host.public_key)
+        return host, self._check_signed(challenge, now, lambda: verify(public_key))
 
     def _check_signed(self, challenge: str, now: float, verify: Callable[[], None]) -> str:
         """The challenge's nonce, once both the challenge and the signature check out."""
