@@ -8,6 +8,8 @@ A source returns the secret as bytes, stripped of surrounding whitespace; errors
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -91,39 +93,35 @@ class AzureSecretSource:
         self.client = SecretClient(settings.KEY_VAULT_URI, credential, **transport)
 
     def get(self, name: str | None) -> bytes:
-        from azure.core.exceptions import AzureError, HttpResponseError
-
-        try:
+        with _vault_errors():
             value = self.client.get_secret(name or self.default_name).value
-        except HttpResponseError as exc:
-            code = exc.error.code if exc.error is not None else ""
-            raise SecretUnavailable(
-                f"key vault answered {exc.status_code} {code}".strip()
-            ) from None
-        except AzureError as exc:
-            raise SecretUnavailable(f"key vault unreachable: {type(exc).__name__}") from None
         if value is None:
             raise SecretUnavailable("key vault returned no value")
         return _checked(value.encode())
 
     def disable(self, name: str | None) -> str:
-        from azure.core.exceptions import AzureError, HttpResponseError
-
         name = name or self.default_name
-        try:
+        with _vault_errors():
             versions = [v.version for v in self.client.list_properties_of_secret_versions(name)]
             for version in versions:  # an older version may hold the same key
                 self.client.update_secret_properties(name, version, enabled=False)
-        except HttpResponseError as exc:
-            code = exc.error.code if exc.error is not None else ""
-            raise SecretUnavailable(
-                f"key vault answered {exc.status_code} {code}".strip()
-            ) from None
-        except AzureError as exc:
-            raise SecretUnavailable(f"key vault unreachable: {type(exc).__name__}") from None
         if not versions:
             raise SecretUnavailable(f"key vault has no secret {name}")
         return f"key vault secret {name}: {len(versions)} version(s) disabled"
+
+
+@contextmanager
+def _vault_errors() -> Iterator[None]:
+    """Key Vault's errors as SecretUnavailable: the status and error code, never a message."""
+    from azure.core.exceptions import AzureError, HttpResponseError
+
+    try:
+        yield
+    except HttpResponseError as exc:
+        code = exc.error.code if exc.error is not None else ""
+        raise SecretUnavailable(f"key vault answered {exc.status_code} {code}".strip()) from None
+    except AzureError as exc:
+        raise SecretUnavailable(f"key vault unreachable: {type(exc).__name__}") from None
 
 
 def _checked(secret: bytes) -> bytes:
