@@ -12,7 +12,8 @@ import json
 import socket
 import ssl
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from zkv import protocol
 from zkv.errors import (
@@ -27,6 +28,8 @@ from zkv.errors import (
 from zkv_early import pinning
 from zkv_early.http11 import BadResponse, Connection, Disconnected, Url
 from zkv_early.race import Cancelled
+
+T = TypeVar("T")
 
 USER_AGENT = "zkv-early/1"
 
@@ -51,37 +54,38 @@ class GatewayClient:
     # --- the three calls of the unlock flow -----------------------------------------------------
 
     def challenge(self) -> protocol.Challenge:
-        status, answer = self._exchange("POST", protocol.PATH_CHALLENGES, b"", self.timeout)
-        if status != 201:
-            raise _status_error(status, answer)
-        challenge: protocol.Challenge = _decode(protocol.Challenge.from_json, answer)
-        return challenge
+        return self._call("POST", protocol.PATH_CHALLENGES, b"", 201, protocol.Challenge.from_json)
 
     def create(self, request: protocol.UnlockRequest) -> protocol.UnlockCreated:
         body = json.dumps(request.to_json()).encode()
-        status, answer = self._exchange("POST", protocol.PATH_UNLOCK, body, self.timeout)
-        if status != 201:
-            raise _status_error(status, answer)
-        created: protocol.UnlockCreated = _decode(protocol.UnlockCreated.from_json, answer)
-        return created
+        return self._call("POST", protocol.PATH_UNLOCK, body, 201, protocol.UnlockCreated.from_json)
 
     def poll(self, request_id: str, wait: int) -> protocol.PollResult:
         wait = max(0, min(wait, protocol.MAX_WAIT))
         path = f"{protocol.PATH_UNLOCK}/{request_id}?wait={wait}"
-        status, answer = self._exchange("GET", path, None, wait + self.timeout)
-        if status != 200:
-            raise _status_error(status, answer)
-        result: protocol.PollResult = _decode(protocol.PollResult.from_json, answer)
-        return result
+        return self._call("GET", path, None, 200, protocol.PollResult.from_json, wait)
 
     def heartbeat(self, beat: protocol.Heartbeat) -> protocol.HeartbeatAnswer:
         """`zkv heartbeat` (zkv_admin/heartbeat.py): the same TLS trust as the boot."""
         body = json.dumps(beat.to_json()).encode()
-        status, answer = self._exchange("POST", protocol.PATH_HEARTBEAT, body, self.timeout)
-        if status != 200:
+        return self._call(
+            "POST", protocol.PATH_HEARTBEAT, body, 200, protocol.HeartbeatAnswer.from_json
+        )
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        expected: int,
+        parse: Callable[[Any], T],
+        wait: float = 0,
+    ) -> T:
+        """One exchange: the answer parsed when its status is ``expected``, else the error."""
+        status, answer = self._exchange(method, path, body, wait + self.timeout)
+        if status != expected:
             raise _status_error(status, answer)
-        result: protocol.HeartbeatAnswer = _decode(protocol.HeartbeatAnswer.from_json, answer)
-        return result
+        return _decode(parse, answer)
 
     # --- plumbing ---------------------------------------------------------------------------------
 
@@ -180,7 +184,7 @@ def _json(data: bytes) -> Any:
         return None
 
 
-def _decode(parse: Any, answer: Any) -> Any:
+def _decode(parse: Callable[[Any], T], answer: Any) -> T:
     try:
         return parse(answer)
     except protocol.ProtocolViolation as exc:
