@@ -20,10 +20,11 @@ from tests.vm.testbed import Channel, Flavour, Image
 _HELPER = testbed.GUEST_DIR / "helper-init.sh"
 _HELPER_TIMEOUT_S = 1200
 MiB = 1 << 20
-# GPT: p1 ext4 /boot, p2 rpool, p3 tank. The raw file is sparse.
-_BOOT_MIB = 256
+# GPT: p1 ext4 /boot, p2 rpool, p3 tank. The raw file is sparse. own_boot.py reads p1 back.
+BOOT_OFFSET_MIB = 1
+BOOT_MIB = 256
 _RPOOL_MIB = 4608
-_DISK_MIB = 1 + _BOOT_MIB + _RPOOL_MIB + 512 + 1
+_DISK_MIB = BOOT_OFFSET_MIB + BOOT_MIB + _RPOOL_MIB + 512 + 1
 
 
 def inputs(chroot: Chroot) -> cache.Inputs:
@@ -31,7 +32,7 @@ def inputs(chroot: Chroot) -> cache.Inputs:
         "layer": "image",
         "parent": chroot.key,
         "helper": cache.file_digest(_HELPER),
-        "layout": [_BOOT_MIB, _RPOOL_MIB, _DISK_MIB],
+        "layout": [BOOT_MIB, _RPOOL_MIB, _DISK_MIB],
         "passphrase": testbed.ROOT_PASSPHRASE,
     }
 
@@ -74,7 +75,7 @@ def _partition(disk: Path) -> None:
     subprocess.run(
         [
             "sgdisk",
-            f"--new=1:1M:+{_BOOT_MIB}M",
+            f"--new=1:{BOOT_OFFSET_MIB}M:+{BOOT_MIB}M",
             "--typecode=1:8300",
             "--change-name=1:zkv-boot",
             f"--new=2:0:+{_RPOOL_MIB}M",
@@ -102,9 +103,9 @@ def _make_boot_fs(boot: Path, disk: Path) -> None:
             "-d",
             str(boot),
             "-E",
-            f"offset={MiB}",
+            f"offset={BOOT_OFFSET_MIB * MiB}",
             str(disk),
-            f"{_BOOT_MIB}M",
+            f"{BOOT_MIB}M",
         ],
         check=True,
     )
