@@ -60,11 +60,11 @@ def _make(root: Path, helper_initrd: Path, image: Image) -> None:
     image.data_key_file.write_text(secrets.token_hex(32) + "\n")
 
     _partition(image.disk)
-    _make_boot_fs(root / "boot", image.disk)
+    make_boot_fs(root / "boot", image.disk)
     helper_root = work / "helper-root.ext4"
     try:
-        _make_helper_root(root, helper_root)
-        _run_helper(image, helper_initrd, helper_root, work / "helper-console.log")
+        make_helper_root(root, helper_root, _HELPER)
+        _run_full_helper(image, helper_initrd, helper_root, work / "helper-console.log")
     finally:
         helper_root.unlink(missing_ok=True)
 
@@ -91,7 +91,8 @@ def _partition(disk: Path) -> None:
     )
 
 
-def _make_boot_fs(boot: Path, disk: Path) -> None:
+def make_boot_fs(boot: Path, disk: Path, offset_mib: int = BOOT_OFFSET_MIB) -> None:
+    """The ext4 /boot file system from ``boot``, at p1's offset of ``disk`` unless told."""
     subprocess.run(
         [
             "mke2fs",
@@ -103,7 +104,7 @@ def _make_boot_fs(boot: Path, disk: Path) -> None:
             "-d",
             str(boot),
             "-E",
-            f"offset={BOOT_OFFSET_MIB * MiB}",
+            f"offset={offset_mib * MiB}",
             str(disk),
             f"{BOOT_MIB}M",
         ],
@@ -111,7 +112,8 @@ def _make_boot_fs(boot: Path, disk: Path) -> None:
     )
 
 
-def _make_helper_root(root: Path, target: Path) -> None:
+def make_helper_root(root: Path, target: Path, init: Path) -> None:
+    """A read-only ext4 copy of ``root`` whose /zkv-e2e-helper is ``init``."""
     used = subprocess.run(
         ["du", "-sx", "--block-size=1M", str(root)], check=True, capture_output=True, text=True
     )
@@ -120,37 +122,45 @@ def _make_helper_root(root: Path, target: Path) -> None:
         ["mke2fs", "-q", "-t", "ext4", "-d", str(root), str(target), f"{size_mib}M"], check=True
     )
     # The helper lives only in this throw-away image, not in the cached chroot.
-    for request in (f"write {_HELPER} zkv-e2e-helper", "sif zkv-e2e-helper mode 0100755"):
+    for request in (f"write {init} zkv-e2e-helper", "sif zkv-e2e-helper mode 0100755"):
         subprocess.run(
             ["debugfs", "-w", "-R", request, str(target)], check=True, capture_output=True
         )
 
 
-def _run_helper(image: Image, initrd: Path, helper_root: Path, console: Path) -> None:
+def run_helper(
+    image: Image, initrd: Path, drives: list[str], args: list[str], console: Path
+) -> None:
+    """Boot the helper VM (root /dev/vdb, init /zkv-e2e-helper) until it powers off.
+
+    ``drives`` are QEMU -drive values in order (vda, vdb = the helper root, ...); ``args`` go on
+    the kernel command line. Raises RuntimeError unless the helper printed ZKV-HELPER-OK.
+    """
     cmdline = [
         "root=/dev/vdb",
         "rootfstype=ext4",
         "ro",
         "init=/zkv-e2e-helper",
         *testbed.BASE_CMDLINE,
-        f"zkv.rootpass={testbed.ROOT_PASSPHRASE}",
-        f"zkv.datakey={image.data_key()}",
+        *args,
     ]
     command = qemu.command(
-        kernel=image.kernel,
-        initrd=initrd,
-        cmdline=cmdline,
-        drives=[
-            f"file={image.disk},format=raw,if=virtio,cache=unsafe",
-            f"file={helper_root},format=raw,if=virtio,readonly=on",
-        ],
-        serial=f"file:{console}",
+        kernel=image.kernel, initrd=initrd, cmdline=cmdline, drives=drives, serial=f"file:{console}"
     )
     started = time.monotonic()
-    cache.log("helper VM: creating rpool and tank (TCG, takes a few minutes)")
+    cache.log("helper VM: writing the pools (TCG, takes a while)")
     subprocess.run(command, check=True, timeout=_HELPER_TIMEOUT_S, stdin=subprocess.DEVNULL)
     output = console.read_text(errors="replace")
     if "ZKV-HELPER-OK" not in (line.strip() for line in output.splitlines()):
         tail = "\n".join(output.splitlines()[-40:])
         raise RuntimeError(f"helper VM failed; last console lines:\n{tail}")
     cache.log(f"helper VM done in {time.monotonic() - started:.0f} s")
+
+
+def _run_full_helper(image: Image, initrd: Path, helper_root: Path, console: Path) -> None:
+    drives = [
+        f"file={image.disk},format=raw,if=virtio,cache=unsafe",
+        f"file={helper_root},format=raw,if=virtio,readonly=on",
+    ]
+    args = [f"zkv.rootpass={testbed.ROOT_PASSPHRASE}", f"zkv.datakey={image.data_key()}"]
+    run_helper(image, initrd, drives, args, console)

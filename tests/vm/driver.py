@@ -165,7 +165,9 @@ class Guest:
         ]
 
     def start(self) -> None:
-        overlay = qemu.overlay(self.image.disk, Path(self._workdir.name) / "disk.qcow2")
+        overlay = qemu.overlay(
+            self.image.disk, Path(self._workdir.name) / "disk.qcow2", self.image.disk_format
+        )
         command = qemu.command(
             kernel=self.image.kernel,
             initrd=self.image.initrd,

@@ -79,7 +79,9 @@ def newest_pair(names: set[str]) -> str:
 
 def _version_key(version: str) -> list[tuple[int, str]]:
     # Good enough for Debian kernel versions (6.1.0-28-amd64): numbers compare as numbers.
-    return [(int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"[.-]", version)]
+    return [
+        (int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"[.-]", version)
+    ]
 
 
 def _regular_files(partition: Path) -> set[str]:

@@ -77,10 +77,13 @@ def command(
     return args
 
 
-def overlay(base: Path, target: Path) -> Path:
+def overlay(base: Path, target: Path, base_format: str = "raw") -> Path:
     """A qcow2 overlay backed by ``base``, so a boot never writes to the cached disk."""
     subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(base), str(target)],
+        [
+            *("qemu-img", "create", "-q", "-f", "qcow2"),
+            *("-F", base_format, "-b", str(base.resolve()), str(target)),
+        ],
         check=True,
     )
     return target

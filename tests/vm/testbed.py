@@ -91,7 +91,13 @@ class Image:
 
     @property
     def disk(self) -> Path:
-        return self.directory / "disk.raw"
+        """disk.raw, or disk.qcow2 for an image derived from another's disk (disk_delta.py)."""
+        derived = self.directory / "disk.qcow2"
+        return derived if derived.exists() else self.directory / "disk.raw"
+
+    @property
+    def disk_format(self) -> str:
+        return "qcow2" if self.disk.suffix == ".qcow2" else "raw"
 
     @property
     def data_key_file(self) -> Path:

@@ -248,8 +248,8 @@ def _make(base: Image, chroot_root: Path, work: Path) -> None:
         chroot_run.run(root, script)
         shutil.copyfile(only_file(root / "boot", "initrd.img-*"), work / "initrd.img")
     (work / "initrd.img").chmod(0o600)
-    for name in ("vmlinuz", "disk.raw"):
-        (work / name).symlink_to(base.directory / name)
+    (work / "vmlinuz").symlink_to(base.kernel)
+    (work / base.disk.name).symlink_to(base.disk)
     shutil.copyfile(base.data_key_file, work / "tank-secure.key")
     shutil.rmtree(work / "overlay")
 
