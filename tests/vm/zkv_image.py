@@ -18,7 +18,6 @@ Test secrets only: they protect throw-away disk images.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import subprocess
 import tempfile
@@ -62,11 +61,6 @@ total = 240
 # A short fallback: after a denial or a bad release zkv's prompt stays up 10 s (not 120 s),
 # then OpenZFS's own prompt appears (the wrong-key scenario types the passphrase there).
 _EARLY_CONF = _EARLY_CONF_TEMPLATE.format(url=GATEWAY_URL, ca=GUEST_CA, fallback="fallback = 10\n")
-# The disks were built with this copy; the real root never reads it (only a rebuild of the
-# initrd would), and changing it would cost a new disk: kept as it was.
-_REALROOT_EARLY_CONF = _EARLY_CONF_TEMPLATE.format(
-    url="https://10.0.2.100/", ca=GUEST_CA, fallback=""
-)
 
 
 @dataclass(frozen=True)
@@ -161,29 +155,11 @@ def install_files(
     shutil.copyfile(test_ca().cert, destdir / GUEST_CA.lstrip("/"))
 
 
-def _realroot_client() -> tuple[Path, Path]:
-    """The zipapp and the Python packages for the real root, pinned in the cache at first use.
-
-    They go into the disk, and a new disk costs a helper VM (minutes): pinning them keeps the
-    disk while zkv_early evolves. The initrd always gets the current client (zkv-initrd layer);
-    the handover file between the two is versioned. ZKV_E2E_REFRESH_ROOT=1 takes a new pin.
-    """
-    pinned = testbed.cache_dir() / "zkv-realroot"
-    fresh = os.environ.get("ZKV_E2E_REFRESH_ROOT") == "1"
-    if fresh or not (pinned / "zkv" / "paths.py").is_file():  # none yet, or the old layout
-        shutil.rmtree(pinned, ignore_errors=True)
-        pinned.mkdir(parents=True)
-        build_pyz(pinned / "zkv-early.pyz")
-        for package in PYTHON_PACKAGES:
-            shutil.copytree(
-                REPO / package, pinned / package, ignore=shutil.ignore_patterns("__pycache__")
-            )
-    return pinned / "zkv-early.pyz", pinned
-
-
 def _stage_payload(work: Path) -> Payload:
     overlay = work / "overlay"
-    install_files(overlay, *_realroot_client(), early_conf=_REALROOT_EARLY_CONF)
+    # The real root runs the code under test too (zkv heartbeat, zkv reboot, handover-load): a
+    # payload image is cheap since it is derived from the base image (disk_delta.py).
+    install_files(overlay, build_pyz(work / "zkv-early.pyz"))
     for part in _INITRD_PARTS:
         target = overlay / part
         if target.is_dir():
