@@ -56,7 +56,7 @@ def unlock(config: Config, options: Options, console: Console, zfs: Zfs | None =
     if options.after is not None:
         _write_wait_limit(config, options.after, console)
     sealed = keystore.read(config.keystore)
-    zfs = zfs or Zfs()
+    zfs = zfs or Zfs(timeout=config.zfs_timeout)
     if options.after is not None:
         _unlock_ahead(config, options, console, sealed, zfs)
         return

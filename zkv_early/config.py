@@ -20,6 +20,7 @@ found when the image is built and tested, not silently ignored at boot.
     total = 300                             # the whole unlock, approval included
     fallback = 120                          # recovery prompt kept open after the gateway gave
                                             # up (denied, expired, bad release); 0 = exit at once
+    zfs = 30                                # one zfs call (a passphrase key's PBKDF2 included)
 
     [network]
     interfaces = eth0 enp1s0                # only these count as "link up" (default: any)
@@ -46,7 +47,7 @@ SYSTEM_CA = "system"  # ca_file = system: the system bundle, only when asked for
 _OPTIONS: dict[str, set[str]] = {
     "gateway": {"url", "ca_file", "pin_sha256", "request_timeout"},
     "host": {"keystore", "host_key", "name"},
-    "timeouts": {"network", "total", "fallback"},
+    "timeouts": {"network", "total", "fallback", "zfs"},
     "network": {"interfaces"},
     "prompt": {"attempts"},
 }
@@ -64,6 +65,7 @@ class Config(NamedTuple):
     network_timeout: float = 60.0
     total_timeout: float = 300.0
     fallback_timeout: float = 120.0
+    zfs_timeout: float = 30.0
     interfaces: tuple[str, ...] = ()
     attempts: int = 3
     debug: bool = False
@@ -124,6 +126,7 @@ def parse(text: str, source: str = DEFAULT_PATH) -> Config:
         network_timeout=number("timeouts", "network", 60.0, 0, 3600),
         total_timeout=number("timeouts", "total", 300.0, 1, 86400),
         fallback_timeout=number("timeouts", "fallback", 120.0, 0, 86400),
+        zfs_timeout=number("timeouts", "zfs", 30.0, 1, 3600),
         interfaces=tuple(interfaces),
         attempts=int(number("prompt", "attempts", 3, 1, 10)),
     )

@@ -21,6 +21,7 @@ name = nas
 [timeouts]
 network = 30
 total = 120
+zfs = 90
 [network]
 interfaces = eth0, enp1s0
 [prompt]
@@ -34,6 +35,7 @@ def test_full_file() -> None:
     assert c.gateway_host == "zkv.example.net"
     assert (c.ca_file, c.request_timeout, c.hostname) == ("/etc/zkv/gateway-ca.pem", 20.0, "nas")
     assert (c.network_timeout, c.total_timeout, c.attempts) == (30.0, 120.0, 5)
+    assert c.zfs_timeout == 90.0
     assert c.interfaces == ("eth0", "enp1s0")
 
 
@@ -46,6 +48,7 @@ def test_defaults() -> None:
     assert c.keystore == "/etc/zkv/keystore" and c.host_key == "/etc/zkv/host.key"
     assert (c.ca_file, c.pins) == ("", ())  # no trust unless early.conf names it
     assert (c.total_timeout, c.network_timeout, c.attempts) == (300.0, 60.0, 3)
+    assert c.zfs_timeout == 30.0
 
 
 @pytest.mark.parametrize(
@@ -55,6 +58,7 @@ def test_defaults() -> None:
         "[gateway]\nurl = https://gw\ntimeout = 3\n",
         "[timeouts]\ntotal = soon\n",
         "[timeouts]\ntotal = 0\n",
+        "[timeouts]\nzfs = 0\n",
         "[prompt]\nattempts = 99\n",
         "not ini at all",
     ],
