@@ -4,9 +4,11 @@ Rows name requests, hosts, addresses and outcomes; never PINs, secrets or key ma
 
 The rows form a hash chain: each row's hash covers its fields and the previous row's hash, so
 changing, removing, reordering or inserting a row breaks the chain at that row (`verify`).
-record() reads the head and appends inside the caller's write transaction, under the store's
-single-writer lock, so concurrent writers cannot fork the chain. The chain cannot tell a row
-rewritten together with every row after it: keep the head hash elsewhere (docs/threat-model.md).
+record() queues the entry in the caller's write transaction; just before it commits, the
+entries are appended under the chain's lock (store.py: the last lock a transaction takes, held
+only for the append), which reads the head, so concurrent writers cannot fork the chain. The
+chain cannot tell a row rewritten together with every row after it: keep the head hash
+elsewhere (docs/threat-model.md).
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from sqlalchemy import Connection, select
 from zkv.encoding import canonical
 
 from .errors import AuditBroken
-from .store import audit_log
+from .store import audit_log, before_commit, lock
 
 log = logging.getLogger("zkv.gateway.audit")
 
 GENESIS = "0" * 64  # the prev_hash of the first entry
+CHAIN_LOCK = "audit chain"
 
 
 @dataclass(frozen=True)
@@ -66,12 +69,19 @@ def record(
     source_ip: str | None = None,
     detail: str = "",
 ) -> None:
-    """Append an entry; conn must be a write transaction (Store.write), which serializes heads."""
+    """Add an entry, appended when the write transaction (Store.write) ``conn`` commits."""
     entry = Entry(at, event, request_id, host_id, source_ip, detail[:500])
-    prev = _head(conn) or GENESIS
-    chained = {**entry.__dict__, "prev_hash": prev, "hash": digest(entry.__dict__, prev)}
-    conn.execute(audit_log.insert().values(**chained))
+    before_commit(conn, _append).append(entry)
     log.info("%s", entry.line())
+
+
+def _append(conn: Connection, entries: list[Entry]) -> None:
+    lock(conn, CHAIN_LOCK)
+    prev, rows = _head(conn) or GENESIS, []
+    for entry in entries:
+        rows.append({**entry.__dict__, "prev_hash": prev, "hash": digest(entry.__dict__, prev)})
+        prev = rows[-1]["hash"]
+    conn.execute(audit_log.insert(), rows)
 
 
 def _head(conn: Connection) -> str | None:

@@ -134,6 +134,9 @@ class Gateway:
         now = self.clock()
         with self._refusals(ip):
             nonce = self._check_signed(req.challenge, now, req.verify)
+            with self.store.read() as conn:  # a made-up token never waits for the writer
+                if self.store.invite_by_hash(conn, invites.token_hash(req.token)) is None:
+                    raise _Unauthorized("no valid invite token")
             with self.store.write() as conn:
                 invite = self.store.invite_by_hash(conn, invites.token_hash(req.token))
                 if invite is None or invite.expires_at <= now:
@@ -204,7 +207,7 @@ class Gateway:
         with self._refusals(ip):
             host, nonce = self._approved_signer(req.host_id, req.challenge, req.verify, now)
             self._refuse_unless_alive(host)
-            with self.store.write() as conn:
+            with self.store.write(locks=()) as conn:
                 self._limit(conn, now, req.host_id)
                 self._use_nonce(conn, req.host_id, nonce, now)
                 row = self._new_request(
@@ -261,7 +264,7 @@ class Gateway:
     def _release(self, request_id: str) -> PollResult | None:
         """Release once; None means another poll got there first (the caller re-reads)."""
         now = self.clock()
-        with self.store.write() as conn:
+        with self.store.write(locks=()) as conn:  # the request's row lock
             row = self.store.request(conn, request_id, lock=True)
             host = self.store.host(conn, row.host_id) if row else None
             if row is None or host is None or row.ephemeral_key is None:
@@ -290,13 +293,13 @@ class Gateway:
             sealed = protocol.seal_release(request_id, unb64(row.ephemeral_key), secret)
             del secret
         except (SecretUnavailable, crypto.DecryptionFailed) as exc:
-            with self.store.write() as conn:
+            with self.store.write(locks=()) as conn:
                 self._update(conn, row, approvals.fail(a, self.clock(), f"secret source: {exc}"))
             raise ApiError("secret_unavailable") from None
         return PollResult(STATE_APPROVED, sealed)
 
     def _observe_expiry(self, request_id: str) -> None:
-        with self.store.write() as conn:
+        with self.store.write(locks=()) as conn:
             row = self.store.request(conn, request_id, lock=True)
             if row is not None:
                 a = approvals.observe(row.approval, self.clock())
@@ -363,7 +366,7 @@ class Gateway:
         """`zkv-gateway approve ID PIN` / `deny ID`; returns the new state."""
         now = self.clock()
         problem = ""
-        with self.store.write() as conn:
+        with self.store.write(locks=()) as conn:
             row = self.store.request(conn, request_id, lock=True)
             if row is None:
                 raise GatewayCliError(f"no request {request_id}")
@@ -501,7 +504,8 @@ class Gateway:
             host, nonce = self._approved_signer(
                 req.host_id, req.challenge, req.verify, now, "heartbeat: "
             )
-            with self.store.write() as conn:
+            # Beside other hosts' heartbeats; the other liveness writers run alone.
+            with self.store.write(locks=(f"liveness {req.host_id}",)) as conn:
                 self._use_nonce(conn, req.host_id, nonce, now)
                 per_host = Limit(f"heartbeat:{req.host_id}", liveness.HEARTBEATS_PER_HOUR, HOUR)
                 if ratelimit.hit(conn, now, per_host) is not None:
@@ -684,7 +688,7 @@ class Gateway:
             locked = ratelimit.failures(conn, source, now - HOUR) >= s.AUTH_FAILURES_PER_HOUR
         if locked:
             raise ApiError("rate_limited")
-        with self.store.write() as conn:
+        with self.store.write(locks=()) as conn:
             cap = s.MAX_REFUSAL_SOURCES
             ratelimit.refuse(conn, now, s.REFUSAL_INTERVAL, source, event, detail, cap)
 
@@ -769,7 +773,7 @@ class Gateway:
         try:
             reply = self.notifier.notify(text, row.approval.pin)
         except NotifyFailed as exc:
-            with self.store.write() as conn:
+            with self.store.write(locks=()) as conn:
                 fresh = self.store.request(conn, row.approval.request_id, lock=True)
                 if fresh is not None:
                     failed = approvals.fail(fresh.approval, self.clock(), f"approver: {exc}")

@@ -2,14 +2,30 @@
 (postgresql+psycopg://...); both are tested. The schema is created at start. SQL lives here and
 in audit.py and ratelimit.py only (tests/gateway/test_sql_ownership.py checks).
 
-The service's write transactions check then write (nonce unused? under the rate limit? PIN free?)
-and rely on one writer at a time. Write transactions on sqlite start with BEGIN IMMEDIATE: taking
-the write lock up front means two workers never both read-then-upgrade and deadlock; the busy
-timeout makes them queue. Threads of one process also queue on a Python lock first: sqlite's busy
-handler sleeps in growing steps, which under load costs far more than waiting on a lock that is
-handed over at once. On PostgreSQL (READ COMMITTED) a write transaction first takes one
-transaction-scoped advisory lock, the same single-writer rule across workers and instances;
-SERIALIZABLE would need every transaction to be retryable instead. Reads never wait.
+Write transactions on sqlite are one at a time: they start with BEGIN IMMEDIATE (taking the
+write lock up front means two workers never both read-then-upgrade and deadlock; the busy
+timeout makes them queue), and threads of one process queue on a Python lock first (sqlite's
+busy handler sleeps in growing steps, which under load costs far more than a lock handed over
+at once).
+
+On PostgreSQL (READ COMMITTED) one writer at a time does not scale past one process: a
+transaction holding a global lock across its round trips makes every other writer of every
+instance wait (docs/gateway.md, Benchmark). So write() takes one of two forms there:
+
+- ``write()``: the single-writer rule, an exclusive transaction-scoped advisory lock. For
+  everything rare (the CLI, the owners' pages, SMS replies, housekeeping) that checks then
+  writes across tables.
+- ``write(locks=(...))``: the hot paths (create, release, decide, refusals, heartbeats). The
+  same advisory lock, shared, so they never overlap an exclusive writer; then only the named
+  locks, and whatever the statements take: row locks (``lock=True`` reads), primary keys with
+  ``ON CONFLICT`` (nonces, refusal counters), and locks taken where a check needs one:
+  ratelimit.hit locks its keys, open_pins the PINs, the audit chain its head at commit.
+
+Locks are taken in one order, so two transactions cannot wait for each other: the global lock,
+write()'s names (sorted), rate-limit keys (sorted, one hit per transaction), PINs, the audit
+chain (audit.py appends its entries just before commit, so the chain's lock is held only for
+the append). Reads never wait. /healthz has a connection pool of its own, so it never waits for
+a connection behind writers.
 """
 
 from __future__ import annotations
@@ -17,7 +33,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -40,6 +56,7 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -54,6 +71,9 @@ StoreError: TypeAlias = SQLAlchemyError  # any failure of the database or its dr
 
 metadata = MetaData()
 PG_WRITE_LOCK = 0x7A6B76  # advisory lock key ("zkv"); see the module docstring
+PG_NAMED_LOCKS = 0x7A6B  # the first key of the named locks (two-int form: a space of its own)
+PINS_LOCK = "pins"
+_DEFERRED = "zkv_before_commit"  # Connection.info: appends to run just before commit
 REASON_LEN, SID_LEN = 200, 64  # Postgres enforces String lengths, sqlite does not
 
 hosts = Table(
@@ -211,10 +231,16 @@ class Store:
     def __init__(self, url: str) -> None:
         backend = make_url(url).get_backend_name()
         self.is_sqlite, self.is_postgres = backend == "sqlite", backend == "postgresql"
-        self.engine: Engine = create_engine(url, pool_pre_ping=not self.is_sqlite)
+        # PostgreSQL: room for every thread of a worker (server.py) without waiting on the pool.
+        pool = {"pool_size": 8, "max_overflow": 32} if self.is_postgres else {}
+        self.engine: Engine = create_engine(url, pool_pre_ping=not self.is_sqlite, **pool)
+        self._health = create_engine(
+            url, pool_pre_ping=not self.is_sqlite, pool_size=1, max_overflow=2, pool_timeout=5
+        )
         self._write_lock = threading.Lock() if self.is_sqlite else None
         if self.is_sqlite:
             _tune_sqlite(self.engine)
+            _tune_sqlite(self._health)
 
     def create_schema(self) -> None:
         from . import owner_store  # noqa: F401  # its tables join `metadata` on import
@@ -228,10 +254,12 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self._health.dispose()
 
     def ping(self) -> None:
-        """Raise unless the database answers a trivial query (the health check)."""
-        with self.read() as conn:
+        """Raise unless the database answers a trivial query (the health check), on a pool of
+        its own: a busy pool of writers must not look like a database that is down."""
+        with self._health.connect() as conn:
             conn.execute(text("SELECT 1"))
 
     @contextmanager
@@ -240,16 +268,22 @@ class Store:
             yield conn
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self, locks: tuple[str, ...] | None = None) -> Iterator[Connection]:
+        """A write transaction: alone (``locks`` None), or on PostgreSQL beside others that
+        hold none of the named ``locks`` (see the module docstring). sqlite: alone either way."""
         if self._write_lock is None:
             with self.engine.connect() as conn, conn.begin():
-                if self.is_postgres:
+                if self.is_postgres and locks is None:
                     conn.execute(select(func.pg_advisory_xact_lock(PG_WRITE_LOCK)))
-                yield conn
+                elif self.is_postgres and locks is not None:
+                    conn.execute(select(func.pg_advisory_xact_lock_shared(PG_WRITE_LOCK)))
+                    lock(conn, *locks)
+                with _deferring(conn):
+                    yield conn
             return
         with self._write_lock, self.engine.connect() as conn:
             conn.execution_options(zkv_write=True)
-            with conn.begin():
+            with conn.begin(), _deferring(conn):
                 yield conn
 
     # --- hosts --------------------------------------------------------------------------------
@@ -326,11 +360,8 @@ class Store:
 
     def save_liveness(self, conn: Connection, x: Liveness) -> None:
         values = dict(x.__dict__)
-        done = conn.execute(
-            liveness.update().where(liveness.c.host_id == x.host_id).values(**values)
-        )
-        if done.rowcount == 0:
-            conn.execute(liveness.insert().values(**values))
+        new = insert(conn, liveness).values(**values)
+        conn.execute(new.on_conflict_do_update(index_elements=["host_id"], set_=values))
 
     # --- requests -----------------------------------------------------------------------------
 
@@ -357,7 +388,9 @@ class Store:
         )
 
     def open_pins(self, conn: Connection) -> set[str]:
-        """The PINs of pending requests; a PIN names one of them, so a new one must differ."""
+        """The PINs of pending requests; a PIN names one of them, so a new one must differ.
+        Takes the PINs' lock: no other transaction picks one until this one commits."""
+        lock(conn, PINS_LOCK)
         query = select(requests.c.pin).where(requests.c.state == STATE_PENDING)
         return set(conn.execute(query).scalars())
 
@@ -374,12 +407,12 @@ class Store:
             return bytes.fromhex(conn.execute(_CHALLENGE_KEY).scalar_one())
 
     def use_nonce(self, conn: Connection, host_id: str, nonce: str, now: float) -> bool:
-        """False if this host already used the nonce (inside the replay window)."""
-        seen = select(nonces.c.at).where(nonces.c.host_id == host_id, nonces.c.nonce == nonce)
-        if conn.execute(seen).first() is not None:
-            return False
-        conn.execute(nonces.insert().values(host_id=host_id, nonce=nonce, at=now))
-        return True
+        """False if this host already used the nonce (inside the replay window). One statement:
+        of two transactions inserting the same nonce, the second waits for the first and then
+        inserts nothing."""
+        new = insert(conn, nonces).values(host_id=host_id, nonce=nonce, at=now)
+        added = new.on_conflict_do_nothing().returning(nonces.c.at)  # psycopg: no rowcount
+        return conn.execute(added).first() is not None
 
     def first_sight_of_message(self, conn: Connection, sid: str, now: float) -> bool:
         sid = sid[:SID_LEN]  # Twilio's are 34 characters
@@ -400,6 +433,43 @@ class Store:
         conn.execute(nonces.delete().where(nonces.c.at < now - nonce_age))
         conn.execute(rate_events.delete().where(rate_events.c.at < now - event_age))
         conn.execute(messages.delete().where(messages.c.at < now - 30 * 86400))
+
+
+def lock(conn: Connection, *names: str) -> None:
+    """Named locks until the transaction ends (PostgreSQL; sqlite's writer is alone anyway),
+    taken in sorted order. A collision of two names' hashes only makes them wait for each other."""
+    if conn.dialect.name != "postgresql":
+        return
+    for name in sorted(set(names)):
+        conn.execute(select(func.pg_advisory_xact_lock(PG_NAMED_LOCKS, func.hashtext(name))))
+
+
+def insert(conn: Connection, table: Table) -> Any:
+    """The dialect's INSERT, which has ``on_conflict_do_nothing`` / ``on_conflict_do_update``."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def before_commit(conn: Connection, flush: Callable[[Connection, list[Any]], None]) -> list[Any]:
+    """A list that ``flush`` gets, in this write transaction, just before it commits (audit.py
+    appends its entries so, holding the chain's lock only for the append)."""
+    deferred: dict[Any, list[Any]] | None = conn.info.get(_DEFERRED)
+    if deferred is None:
+        raise RuntimeError("not inside Store.write()")
+    return deferred.setdefault(flush, [])
+
+
+@contextmanager
+def _deferring(conn: Connection) -> Iterator[None]:
+    deferred: dict[Any, list[Any]] = {}
+    conn.info[_DEFERRED] = deferred  # info outlives the checkout: set anew, always removed
+    try:
+        yield
+        while deferred:
+            flush, items = deferred.popitem()
+            flush(conn, items)
+    finally:
+        conn.info.pop(_DEFERRED, None)
 
 
 def _add_audit_chain(conn: Connection) -> None:
