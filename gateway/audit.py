@@ -5,8 +5,8 @@ Rows name requests, hosts, addresses and outcomes; never PINs, secrets or key ma
 The rows form a hash chain: each row's hash covers its fields and the previous row's hash, so
 changing, removing, reordering or inserting a row breaks the chain at that row (`verify`).
 record() queues the entry in the caller's write transaction; just before it commits, the
-entries are appended under the chain's lock (store.py: the last lock a transaction takes, held
-only for the append), which reads the head, so concurrent writers cannot fork the chain. The
+entries are appended under the store's commit lock (the last lock a transaction takes, held
+only for the statements at commit), which reads the head, so writers cannot fork the chain. The
 chain cannot tell a row rewritten together with every row after it: keep the head hash
 elsewhere (docs/threat-model.md).
 """
@@ -25,12 +25,11 @@ from sqlalchemy import Connection, select
 from zkv.encoding import canonical
 
 from .errors import AuditBroken
-from .store import audit_log, before_commit, lock
+from .store import audit_log, before_commit
 
 log = logging.getLogger("zkv.gateway.audit")
 
 GENESIS = "0" * 64  # the prev_hash of the first entry
-CHAIN_LOCK = "audit chain"
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,6 @@ def record(
 
 
 def _append(conn: Connection, entries: list[Entry]) -> None:
-    lock(conn, CHAIN_LOCK)
     prev, rows = _head(conn) or GENESIS, []
     for entry in entries:
         rows.append({**entry.__dict__, "prev_hash": prev, "hash": digest(entry.__dict__, prev)})

@@ -17,12 +17,13 @@ to count the sources exactly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from .store import insert, lock, rate_events, refusals
+from .store import before_commit, insert, lock, rate_events, refusals
 
 HOUR = 3600.0
 OTHER = "*"  # the shared source row past max_sources
@@ -58,6 +59,25 @@ def hit(conn: Connection, at: float, *limits: Limit) -> Limit | None:
     for key in {lim.key for lim in limits}:
         conn.execute(rate_events.insert().values(key=key, at=at))
     return None
+
+
+def hit_at_commit(
+    conn: Connection, at: float, limit: Limit, refused: Callable[[Limit], Exception]
+) -> None:
+    """hit() for a limit everyone's calls share (the fleet's notifications), done just before
+    the write transaction commits, under the store's commit lock, so that no key lock is held
+    for the rest of the transaction; over the limit, ``refused(limit)`` is raised then and the
+    transaction rolls back."""
+    before_commit(conn, _spend).append((at, limit, refused))
+
+
+def _spend(
+    conn: Connection, items: list[tuple[float, Limit, Callable[[Limit], Exception]]]
+) -> None:
+    for at, limit, refused in items:
+        if count(conn, limit.key, at - limit.window) >= limit.limit:
+            raise refused(limit)
+        conn.execute(rate_events.insert().values(key=limit.key, at=at))
 
 
 def count(conn: Connection, key: str, since: float) -> int:

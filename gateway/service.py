@@ -58,6 +58,10 @@ class _Limited(Exception):
     pass
 
 
+def _over(hit: Limit) -> _Limited:
+    return _Limited(f"{hit.key} over {hit.limit} per {hit.window:g}s")
+
+
 class Gateway:
     def __init__(
         self,
@@ -729,15 +733,13 @@ class Gateway:
         the fleet's notification cap, which only authenticated callers can spend. An enrolment
         (host_id None) spends only the cap: its single-use invite is its budget."""
         s = self.settings
-        limits = [Limit("notifications", s.SMS_PER_HOUR, HOUR)]
         if host_id is not None:
-            limits[:0] = [
-                Limit(f"host:{host_id}", s.RATE_PER_SECOND, 1.0),
-                Limit(f"host:{host_id}", s.RATE_HOST_PER_HOUR, HOUR),
-            ]
-        hit = ratelimit.hit(conn, now, *limits)
-        if hit is not None:
-            raise _Limited(f"{hit.key} over {hit.limit} per {hit.window:g}s")
+            own = Limit(f"host:{host_id}", s.RATE_PER_SECOND, 1.0)
+            hit = ratelimit.hit(conn, now, own, Limit(own.key, s.RATE_HOST_PER_HOUR, HOUR))
+            if hit is not None:
+                raise _over(hit)
+        # Fleet-wide, so spent at commit (store.py: the commit lock); over it, nothing is written.
+        ratelimit.hit_at_commit(conn, now, Limit("notifications", s.SMS_PER_HOUR, HOUR), _over)
 
     def _new_request(
         self,
@@ -749,15 +751,13 @@ class Gateway:
         datasets: tuple[str, ...],
         ephemeral_key: str | None,
     ) -> RequestRow:
-        now = self.clock()
-        taken = self.store.open_pins(conn)
-        n = self.settings.PIN_LENGTH
-        pin = f"{secrets.randbelow(10**n):0{n}d}"
-        while pin in taken:  # a PIN names one open request, so it must be unique among them
+        now, n = self.clock(), self.settings.PIN_LENGTH
+        while True:  # a PIN names one open request: drawn again while another open one has it
             pin = f"{secrets.randbelow(10**n):0{n}d}"
-        a = approvals.new(secrets.token_hex(16), kind, pin, now, self.settings.REQUEST_TTL)
-        row = RequestRow(a, host_id, hostname, ip, datasets, ephemeral_key)
-        self.store.add_request(conn, row)
+            a = approvals.new(secrets.token_hex(16), kind, pin, now, self.settings.REQUEST_TTL)
+            row = RequestRow(a, host_id, hostname, ip, datasets, ephemeral_key)
+            if self.store.add_request(conn, row):
+                break
         audit.record(
             conn,
             f"{kind}_requested",

@@ -17,15 +17,18 @@ instance wait (docs/gateway.md, Benchmark). So write() takes one of two forms th
   writes across tables.
 - ``write(locks=(...))``: the hot paths (create, release, decide, refusals, heartbeats). The
   same advisory lock, shared, so they never overlap an exclusive writer; then only the named
-  locks, and whatever the statements take: row locks (``lock=True`` reads), primary keys with
-  ``ON CONFLICT`` (nonces, refusal counters), and locks taken where a check needs one:
-  ratelimit.hit locks its keys, open_pins the PINs, the audit chain its head at commit.
+  locks, and whatever the statements take: row locks (``lock=True`` reads), unique keys with
+  ``ON CONFLICT`` (nonces, refusal counters, the PINs of open requests), and ratelimit.hit's
+  locks on its keys.
 
-Locks are taken in one order, so two transactions cannot wait for each other: the global lock,
-write()'s names (sorted), rate-limit keys (sorted, one hit per transaction), PINs, the audit
-chain (audit.py appends its entries just before commit, so the chain's lock is held only for
-the append). Reads never wait. /healthz has a connection pool of its own, so it never waits for
-a connection behind writers.
+What every transaction must do alone, whoever it is for (append to the audit chain, spend the
+fleet's notification budget), is queued (before_commit) and done just before the commit under
+one lock, the commit lock, so that lock is held for those few statements only: under load
+every round trip a lock is held costs the waiters far more than the work (a thread must win
+its process's GIL back after each one). Locks are taken in one order, so no two transactions
+wait for each other: the global lock, write()'s names (sorted), rate-limit keys (sorted, one
+hit per transaction), the commit lock. Reads never wait. /healthz has a connection pool of its
+own, so it never waits for a connection behind writers.
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ StoreError: TypeAlias = SQLAlchemyError  # any failure of the database or its dr
 metadata = MetaData()
 PG_WRITE_LOCK = 0x7A6B76  # advisory lock key ("zkv"); see the module docstring
 PG_NAMED_LOCKS = 0x7A6B  # the first key of the named locks (two-int form: a space of its own)
-PINS_LOCK = "pins"
+COMMIT_LOCK = "commit"
 _DEFERRED = "zkv_before_commit"  # Connection.info: appends to run just before commit
 REASON_LEN, SID_LEN = 200, 64  # Postgres enforces String lengths, sqlite does not
 
@@ -107,6 +110,14 @@ requests = Table(
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
     Column("decided_at", Float),
+    # A PIN names one open request (an SMS reply quotes it), so open requests' PINs differ.
+    Index(
+        "ux_requests_open_pin",
+        "pin",
+        unique=True,
+        sqlite_where=text(f"state = '{STATE_PENDING}'"),
+        postgresql_where=text(f"state = '{STATE_PENDING}'"),
+    ),
 )
 
 nonces = Table(
@@ -247,6 +258,8 @@ class Store:
 
         with self.write() as conn:  # under the writer lock: instances starting at once may race
             metadata.create_all(conn)
+            for index in requests.indexes:  # create_all adds tables, not indexes to old ones
+                index.create(conn, checkfirst=True)
             _add_audit_chain(conn)
             if conn.execute(_CHALLENGE_KEY).first() is None:  # the first process on this database
                 key = os.urandom(32).hex()
@@ -365,8 +378,12 @@ class Store:
 
     # --- requests -----------------------------------------------------------------------------
 
-    def add_request(self, conn: Connection, row: RequestRow) -> None:
-        conn.execute(requests.insert().values(**_request_values(row)))
+    def add_request(self, conn: Connection, row: RequestRow) -> bool:
+        """False (nothing written) if an open request has this PIN: the caller draws again.
+        Of two transactions adding one PIN, the second waits for the first's commit."""
+        new = insert(conn, requests).values(**_request_values(row))
+        added = new.on_conflict_do_nothing().returning(requests.c.request_id)
+        return conn.execute(added).first() is not None
 
     def request(self, conn: Connection, request_id: str, lock: bool = False) -> RequestRow | None:
         query = select(requests).where(requests.c.request_id == request_id)
@@ -386,13 +403,6 @@ class Store:
         conn.execute(
             requests.update().where(requests.c.request_id == a.request_id).values(**values, **extra)
         )
-
-    def open_pins(self, conn: Connection) -> set[str]:
-        """The PINs of pending requests; a PIN names one of them, so a new one must differ.
-        Takes the PINs' lock: no other transaction picks one until this one commits."""
-        lock(conn, PINS_LOCK)
-        query = select(requests.c.pin).where(requests.c.state == STATE_PENDING)
-        return set(conn.execute(query).scalars())
 
     def recent_requests(self, conn: Connection, limit: int) -> list[RequestRow]:
         query = select(requests).order_by(requests.c.created_at.desc()).limit(limit)
@@ -451,8 +461,9 @@ def insert(conn: Connection, table: Table) -> Any:
 
 
 def before_commit(conn: Connection, flush: Callable[[Connection, list[Any]], None]) -> list[Any]:
-    """A list that ``flush`` gets, in this write transaction, just before it commits (audit.py
-    appends its entries so, holding the chain's lock only for the append)."""
+    """A list that ``flush`` gets, in this write transaction, just before it commits, under the
+    commit lock (audit.py appends its entries so; ratelimit.py spends the fleet's budget). A
+    flush that raises rolls the whole transaction back."""
     deferred: dict[Any, list[Any]] | None = conn.info.get(_DEFERRED)
     if deferred is None:
         raise RuntimeError("not inside Store.write()")
@@ -465,8 +476,9 @@ def _deferring(conn: Connection) -> Iterator[None]:
     conn.info[_DEFERRED] = deferred  # info outlives the checkout: set anew, always removed
     try:
         yield
-        while deferred:
-            flush, items = deferred.popitem()
+        if deferred:
+            lock(conn, COMMIT_LOCK)
+        for flush, items in deferred.items():
             flush(conn, items)
     finally:
         conn.info.pop(_DEFERRED, None)
