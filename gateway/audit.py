@@ -25,11 +25,11 @@ from sqlalchemy import Connection, select
 from zkv.encoding import canonical
 
 from .errors import AuditBroken
-from .store import audit_log, before_commit
+from .store import AUDIT_GENESIS, append_at_commit, audit_log
 
 log = logging.getLogger("zkv.gateway.audit")
 
-GENESIS = "0" * 64  # the prev_hash of the first entry
+GENESIS = AUDIT_GENESIS  # the prev_hash of the first entry
 
 
 @dataclass(frozen=True)
@@ -70,22 +70,20 @@ def record(
 ) -> None:
     """Add an entry, appended when the write transaction (Store.write) ``conn`` commits."""
     entry = Entry(at, event, request_id, host_id, source_ip, detail[:500])
-    before_commit(conn, _append).append(entry)
+    append_at_commit(conn, entry.__dict__, *_digest_halves(entry.__dict__))
     log.info("%s", entry.line())
 
 
-def _append(conn: Connection, entries: list[Entry]) -> None:
-    prev, rows = _head(conn) or GENESIS, []
-    for entry in entries:
-        rows.append({**entry.__dict__, "prev_hash": prev, "hash": digest(entry.__dict__, prev)})
-        prev = rows[-1]["hash"]
-    conn.execute(audit_log.insert(), rows)
+def _digest_halves(content: Mapping[str, Any]) -> tuple[str, str]:
+    """digest()'s input without the previous hash, split where it goes: the store appends at
+    commit, when the head is known. A quote inside a value is escaped, so the marker can only
+    be the key's."""
+    text = canonical({**content, "prev_hash": ""}).decode()
+    before, marker, after = text.partition(_PREV_MARKER)
+    return before + marker, after
 
 
-def _head(conn: Connection) -> str | None:
-    query = select(audit_log.c.hash).order_by(audit_log.c.id.desc()).limit(1)
-    head: str | None = conn.execute(query).scalar()
-    return head
+_PREV_MARKER = '"prev_hash":"'
 
 
 def entries(conn: Connection, limit: int = 100, request_id: str | None = None) -> list[Entry]:

@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from .store import before_commit, insert, lock, rate_events, refusals
+from .store import insert, lock, rate_events, refusals, spend_at_commit
 
 HOUR = 3600.0
 OTHER = "*"  # the shared source row past max_sources
@@ -68,16 +68,7 @@ def hit_at_commit(
     the write transaction commits, under the store's commit lock, so that no key lock is held
     for the rest of the transaction; over the limit, ``refused(limit)`` is raised then and the
     transaction rolls back."""
-    before_commit(conn, _spend).append((at, limit, refused))
-
-
-def _spend(
-    conn: Connection, items: list[tuple[float, Limit, Callable[[Limit], Exception]]]
-) -> None:
-    for at, limit, refused in items:
-        if count(conn, limit.key, at - limit.window) >= limit.limit:
-            raise refused(limit)
-        conn.execute(rate_events.insert().values(key=limit.key, at=at))
+    spend_at_commit(conn, limit.key, at, limit.window, limit.limit, lambda: refused(limit))
 
 
 def count(conn: Connection, key: str, since: float) -> int:

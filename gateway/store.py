@@ -22,8 +22,9 @@ instance wait (docs/gateway.md, Benchmark). So write() takes one of two forms th
   locks on its keys.
 
 What every transaction must do alone, whoever it is for (append to the audit chain, spend the
-fleet's notification budget), is queued (before_commit) and done just before the commit under
-one lock, the commit lock, so that lock is held for those few statements only: under load
+fleet's notification budget), is queued (spend_at_commit, append_at_commit) and done just
+before the commit under one lock, the commit lock, in one round trip on PostgreSQL (a function,
+zkv_commit_tail), so that lock is held for that call and the COMMIT only: under load
 every round trip a lock is held costs the waiters far more than the work (a thread must win
 its process's GIL back after each one). Locks are taken in one order, so no two transactions
 wait for each other: the global lock, write()'s names (sorted), rate-limit keys (sorted, one
@@ -33,12 +34,13 @@ own, so it never waits for a connection behind writers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from sqlalchemy import (
@@ -76,7 +78,8 @@ metadata = MetaData()
 PG_WRITE_LOCK = 0x7A6B76  # advisory lock key ("zkv"); see the module docstring
 PG_NAMED_LOCKS = 0x7A6B  # the first key of the named locks (two-int form: a space of its own)
 COMMIT_LOCK = "commit"
-_DEFERRED = "zkv_before_commit"  # Connection.info: appends to run just before commit
+_TAIL = "zkv_commit_tail"  # Connection.info: what the transaction does at commit (_Tail)
+AUDIT_GENESIS = "0" * 64  # the prev_hash of the first audit entry
 REASON_LEN, SID_LEN = 200, 64  # Postgres enforces String lengths, sqlite does not
 
 hosts = Table(
@@ -260,6 +263,8 @@ class Store:
             metadata.create_all(conn)
             for index in requests.indexes:  # create_all adds tables, not indexes to old ones
                 index.create(conn, checkfirst=True)
+            if self.is_postgres:
+                conn.execute(text(_TAIL_FUNCTION))
             _add_audit_chain(conn)
             if conn.execute(_CHALLENGE_KEY).first() is None:  # the first process on this database
                 key = os.urandom(32).hex()
@@ -460,28 +465,138 @@ def insert(conn: Connection, table: Table) -> Any:
     return dialect.insert(table)
 
 
-def before_commit(conn: Connection, flush: Callable[[Connection, list[Any]], None]) -> list[Any]:
-    """A list that ``flush`` gets, in this write transaction, just before it commits, under the
-    commit lock (audit.py appends its entries so; ratelimit.py spends the fleet's budget). A
-    flush that raises rolls the whole transaction back."""
-    deferred: dict[Any, list[Any]] | None = conn.info.get(_DEFERRED)
-    if deferred is None:
+@dataclass
+class _Tail:
+    """What a write transaction does alone, just before it commits (see the module docstring)."""
+
+    spends: list[tuple[str, float, float, int, Callable[[], Exception]]] = field(
+        default_factory=list
+    )  # key, at, window, limit, the exception to raise over it
+    entries: list[tuple[dict[str, Any], str, str]] = field(default_factory=list)
+
+
+def spend_at_commit(
+    conn: Connection,
+    key: str,
+    at: float,
+    window: float,
+    limit: int,
+    refused: Callable[[], Exception],
+) -> None:
+    """One more event under ``key`` (at most ``limit`` in ``window`` seconds), counted and added
+    at commit; over the limit ``refused()`` is raised then, and the transaction rolls back."""
+    _tail(conn).spends.append((key, at, window, limit, refused))
+
+
+def append_at_commit(conn: Connection, row: dict[str, Any], before: str, after: str) -> None:
+    """An audit entry appended at commit: ``hash`` is SHA-256 of ``before``, the previous
+    entry's hash and ``after`` (audit.py's digest, split where the previous hash goes)."""
+    _tail(conn).entries.append((row, before, after))
+
+
+def _tail(conn: Connection) -> _Tail:
+    tail: _Tail | None = conn.info.get(_TAIL)
+    if tail is None:
         raise RuntimeError("not inside Store.write()")
-    return deferred.setdefault(flush, [])
+    return tail
 
 
 @contextmanager
 def _deferring(conn: Connection) -> Iterator[None]:
-    deferred: dict[Any, list[Any]] = {}
-    conn.info[_DEFERRED] = deferred  # info outlives the checkout: set anew, always removed
+    conn.info[_TAIL] = tail = _Tail()  # info outlives the checkout: set anew, always removed
     try:
         yield
-        if deferred:
-            lock(conn, COMMIT_LOCK)
-        for flush, items in deferred.items():
-            flush(conn, items)
+        if not (tail.spends or tail.entries):
+            return
+        if conn.dialect.name == "postgresql":
+            _commit_tail_pg(conn, tail)
+        else:
+            _commit_tail(conn, tail)
     finally:
-        conn.info.pop(_DEFERRED, None)
+        conn.info.pop(_TAIL, None)
+
+
+def _commit_tail(conn: Connection, tail: _Tail) -> None:
+    """sqlite (its writer is alone): the statements one by one."""
+    for key, at, window, limit, refused in tail.spends:
+        seen = select(func.count()).where(rate_events.c.key == key, rate_events.c.at > at - window)
+        if int(conn.execute(seen).scalar_one()) >= limit:
+            raise refused()
+    for key, at, *_ in tail.spends:
+        conn.execute(rate_events.insert().values(key=key, at=at))
+    head = select(audit_log.c.hash).order_by(audit_log.c.id.desc()).limit(1)
+    prev, rows = conn.execute(head).scalar() or AUDIT_GENESIS, []
+    for row, before, after in tail.entries:
+        digest = hashlib.sha256(f"{before}{prev}{after}".encode()).hexdigest()
+        rows.append({**row, "prev_hash": prev, "hash": digest})
+        prev = digest
+    if rows:
+        conn.execute(audit_log.insert(), rows)
+
+
+def _commit_tail_pg(conn: Connection, tail: _Tail) -> None:
+    """PostgreSQL: one round trip (zkv_commit_tail, below), so the commit lock is held for that
+    call and the COMMIT only."""
+    rows = [row for row, _, _ in tail.entries]
+    args: dict[str, Any] = {
+        "space": PG_NAMED_LOCKS,
+        "name": COMMIT_LOCK,
+        "genesis": AUDIT_GENESIS,
+        "keys": [s[0] for s in tail.spends],
+        "ats": [s[1] for s in tail.spends],
+        "windows": [s[2] for s in tail.spends],
+        "limits": [s[3] for s in tail.spends],
+        "e_before": [before for _, before, _ in tail.entries],
+        "e_after": [after for _, _, after in tail.entries],
+        **{f"e_{k}": [row[k] for row in rows] for k in _AUDIT_FIELDS},
+    }
+    over = conn.execute(_CALL_TAIL, args).scalar_one()
+    if over:
+        raise tail.spends[over - 1][4]()
+
+
+_AUDIT_FIELDS = ("at", "event", "request_id", "host_id", "source_ip", "detail")
+_CALL_TAIL = text(
+    "SELECT zkv_commit_tail(:space, :name, :genesis, CAST(:keys AS text[]), "
+    "CAST(:ats AS float8[]), CAST(:windows AS float8[]), CAST(:limits AS int[]), "
+    "CAST(:e_at AS float8[]), CAST(:e_event AS text[]), CAST(:e_request_id AS text[]), "
+    "CAST(:e_host_id AS text[]), CAST(:e_source_ip AS text[]), CAST(:e_detail AS text[]), "
+    "CAST(:e_before AS text[]), CAST(:e_after AS text[]))"
+)
+# _commit_tail's statements in one function: each statement of a VOLATILE function sees what
+# committed before it started, so the budget and the head are read after the lock is held.
+_TAIL_FUNCTION = """
+CREATE OR REPLACE FUNCTION zkv_commit_tail(
+    space int, name text, genesis text, keys text[], ats float8[], windows float8[],
+    limits int[], e_at float8[], e_event text[], e_request_id text[], e_host_id text[],
+    e_source_ip text[], e_detail text[], e_before text[], e_after text[]
+) RETURNS int LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    prev text;
+    digest text;
+BEGIN
+    PERFORM pg_advisory_xact_lock(space, hashtext(name));
+    FOR i IN 1 .. coalesce(array_length(keys, 1), 0) LOOP
+        IF (SELECT count(*) FROM rate_events WHERE key = keys[i] AND at > ats[i] - windows[i])
+                >= limits[i] THEN
+            RETURN i;
+        END IF;
+    END LOOP;
+    FOR i IN 1 .. coalesce(array_length(keys, 1), 0) LOOP
+        INSERT INTO rate_events (key, at) VALUES (keys[i], ats[i]);
+    END LOOP;
+    SELECT hash INTO prev FROM audit ORDER BY id DESC LIMIT 1;
+    prev := coalesce(prev, genesis);
+    FOR i IN 1 .. coalesce(array_length(e_at, 1), 0) LOOP
+        digest := encode(sha256(convert_to(e_before[i] || prev || e_after[i], 'UTF8')), 'hex');
+        INSERT INTO audit (at, event, request_id, host_id, source_ip, detail, prev_hash, hash)
+        VALUES (e_at[i], e_event[i], e_request_id[i], e_host_id[i], e_source_ip[i], e_detail[i],
+                prev, digest);
+        prev := digest;
+    END LOOP;
+    RETURN 0;
+END $$
+"""
 
 
 def _add_audit_chain(conn: Connection) -> None:
