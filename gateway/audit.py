@@ -4,9 +4,11 @@ Rows name requests, hosts, addresses and outcomes; never PINs, secrets or key ma
 
 The rows form a hash chain: each row's hash covers its fields and the previous row's hash, so
 changing, removing, reordering or inserting a row breaks the chain at that row (`verify`).
-record() reads the head and appends inside the caller's write transaction, under the store's
-single-writer lock, so concurrent writers cannot fork the chain. The chain cannot tell a row
-rewritten together with every row after it: keep the head hash elsewhere (docs/threat-model.md).
+record() queues the entry in the caller's write transaction; just before it commits, the
+entries are appended under the store's commit lock (the last lock a transaction takes, held
+only for the statements at commit), which reads the head, so writers cannot fork the chain. The
+chain cannot tell a row rewritten together with every row after it: keep the head hash
+elsewhere (docs/threat-model.md).
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ from sqlalchemy import Connection, select
 from zkv.encoding import canonical
 
 from .errors import AuditBroken
-from .store import audit_log
+from .store import AUDIT_GENESIS, append_at_commit, audit_log
 
 log = logging.getLogger("zkv.gateway.audit")
 
-GENESIS = "0" * 64  # the prev_hash of the first entry
+GENESIS = AUDIT_GENESIS  # the prev_hash of the first entry
 
 
 @dataclass(frozen=True)
@@ -66,18 +68,22 @@ def record(
     source_ip: str | None = None,
     detail: str = "",
 ) -> None:
-    """Append an entry; conn must be a write transaction (Store.write), which serializes heads."""
+    """Add an entry, appended when the write transaction (Store.write) ``conn`` commits."""
     entry = Entry(at, event, request_id, host_id, source_ip, detail[:500])
-    prev = _head(conn) or GENESIS
-    chained = {**entry.__dict__, "prev_hash": prev, "hash": digest(entry.__dict__, prev)}
-    conn.execute(audit_log.insert().values(**chained))
+    append_at_commit(conn, entry.__dict__, *_digest_halves(entry.__dict__))
     log.info("%s", entry.line())
 
 
-def _head(conn: Connection) -> str | None:
-    query = select(audit_log.c.hash).order_by(audit_log.c.id.desc()).limit(1)
-    head: str | None = conn.execute(query).scalar()
-    return head
+def _digest_halves(content: Mapping[str, Any]) -> tuple[str, str]:
+    """digest()'s input without the previous hash, split where it goes: the store appends at
+    commit, when the head is known. A quote inside a value is escaped, so the marker can only
+    be the key's."""
+    text = canonical({**content, "prev_hash": ""}).decode()
+    before, marker, after = text.partition(_PREV_MARKER)
+    return before + marker, after
+
+
+_PREV_MARKER = '"prev_hash":"'
 
 
 def entries(conn: Connection, limit: int = 100, request_id: str | None = None) -> list[Entry]:

@@ -58,6 +58,10 @@ class _Limited(Exception):
     pass
 
 
+def _over(hit: Limit) -> _Limited:
+    return _Limited(f"{hit.key} over {hit.limit} per {hit.window:g}s")
+
+
 class Gateway:
     def __init__(
         self,
@@ -134,6 +138,9 @@ class Gateway:
         now = self.clock()
         with self._refusals(ip):
             nonce = self._check_signed(req.challenge, now, req.verify)
+            with self.store.read() as conn:  # a made-up token never waits for the writer
+                if self.store.invite_by_hash(conn, invites.token_hash(req.token)) is None:
+                    raise _Unauthorized("no valid invite token")
             with self.store.write() as conn:
                 invite = self.store.invite_by_hash(conn, invites.token_hash(req.token))
                 if invite is None or invite.expires_at <= now:
@@ -204,7 +211,7 @@ class Gateway:
         with self._refusals(ip):
             host, nonce = self._approved_signer(req.host_id, req.challenge, req.verify, now)
             self._refuse_unless_alive(host)
-            with self.store.write() as conn:
+            with self.store.write(locks=()) as conn:
                 self._limit(conn, now, req.host_id)
                 self._use_nonce(conn, req.host_id, nonce, now)
                 row = self._new_request(
@@ -261,7 +268,7 @@ class Gateway:
     def _release(self, request_id: str) -> PollResult | None:
         """Release once; None means another poll got there first (the caller re-reads)."""
         now = self.clock()
-        with self.store.write() as conn:
+        with self.store.write(locks=()) as conn:  # the request's row lock
             row = self.store.request(conn, request_id, lock=True)
             host = self.store.host(conn, row.host_id) if row else None
             if row is None or host is None or row.ephemeral_key is None:
@@ -290,13 +297,13 @@ class Gateway:
             sealed = protocol.seal_release(request_id, unb64(row.ephemeral_key), secret)
             del secret
         except (SecretUnavailable, crypto.DecryptionFailed) as exc:
-            with self.store.write() as conn:
+            with self.store.write(locks=()) as conn:
                 self._update(conn, row, approvals.fail(a, self.clock(), f"secret source: {exc}"))
             raise ApiError("secret_unavailable") from None
         return PollResult(STATE_APPROVED, sealed)
 
     def _observe_expiry(self, request_id: str) -> None:
-        with self.store.write() as conn:
+        with self.store.write(locks=()) as conn:
             row = self.store.request(conn, request_id, lock=True)
             if row is not None:
                 a = approvals.observe(row.approval, self.clock())
@@ -363,7 +370,7 @@ class Gateway:
         """`zkv-gateway approve ID PIN` / `deny ID`; returns the new state."""
         now = self.clock()
         problem = ""
-        with self.store.write() as conn:
+        with self.store.write(locks=()) as conn:
             row = self.store.request(conn, request_id, lock=True)
             if row is None:
                 raise GatewayCliError(f"no request {request_id}")
@@ -501,7 +508,8 @@ class Gateway:
             host, nonce = self._approved_signer(
                 req.host_id, req.challenge, req.verify, now, "heartbeat: "
             )
-            with self.store.write() as conn:
+            # Beside other hosts' heartbeats; the other liveness writers run alone.
+            with self.store.write(locks=(f"liveness {req.host_id}",)) as conn:
                 self._use_nonce(conn, req.host_id, nonce, now)
                 per_host = Limit(f"heartbeat:{req.host_id}", liveness.HEARTBEATS_PER_HOUR, HOUR)
                 if ratelimit.hit(conn, now, per_host) is not None:
@@ -684,7 +692,7 @@ class Gateway:
             locked = ratelimit.failures(conn, source, now - HOUR) >= s.AUTH_FAILURES_PER_HOUR
         if locked:
             raise ApiError("rate_limited")
-        with self.store.write() as conn:
+        with self.store.write(locks=()) as conn:
             cap = s.MAX_REFUSAL_SOURCES
             ratelimit.refuse(conn, now, s.REFUSAL_INTERVAL, source, event, detail, cap)
 
@@ -725,15 +733,13 @@ class Gateway:
         the fleet's notification cap, which only authenticated callers can spend. An enrolment
         (host_id None) spends only the cap: its single-use invite is its budget."""
         s = self.settings
-        limits = [Limit("notifications", s.SMS_PER_HOUR, HOUR)]
         if host_id is not None:
-            limits[:0] = [
-                Limit(f"host:{host_id}", s.RATE_PER_SECOND, 1.0),
-                Limit(f"host:{host_id}", s.RATE_HOST_PER_HOUR, HOUR),
-            ]
-        hit = ratelimit.hit(conn, now, *limits)
-        if hit is not None:
-            raise _Limited(f"{hit.key} over {hit.limit} per {hit.window:g}s")
+            own = Limit(f"host:{host_id}", s.RATE_PER_SECOND, 1.0)
+            hit = ratelimit.hit(conn, now, own, Limit(own.key, s.RATE_HOST_PER_HOUR, HOUR))
+            if hit is not None:
+                raise _over(hit)
+        # Fleet-wide, so spent at commit (store.py: the commit lock); over it, nothing is written.
+        ratelimit.hit_at_commit(conn, now, Limit("notifications", s.SMS_PER_HOUR, HOUR), _over)
 
     def _new_request(
         self,
@@ -745,15 +751,13 @@ class Gateway:
         datasets: tuple[str, ...],
         ephemeral_key: str | None,
     ) -> RequestRow:
-        now = self.clock()
-        taken = self.store.open_pins(conn)
-        n = self.settings.PIN_LENGTH
-        pin = f"{secrets.randbelow(10**n):0{n}d}"
-        while pin in taken:  # a PIN names one open request, so it must be unique among them
+        now, n = self.clock(), self.settings.PIN_LENGTH
+        while True:  # a PIN names one open request: drawn again while another open one has it
             pin = f"{secrets.randbelow(10**n):0{n}d}"
-        a = approvals.new(secrets.token_hex(16), kind, pin, now, self.settings.REQUEST_TTL)
-        row = RequestRow(a, host_id, hostname, ip, datasets, ephemeral_key)
-        self.store.add_request(conn, row)
+            a = approvals.new(secrets.token_hex(16), kind, pin, now, self.settings.REQUEST_TTL)
+            row = RequestRow(a, host_id, hostname, ip, datasets, ephemeral_key)
+            if self.store.add_request(conn, row):
+                break
         audit.record(
             conn,
             f"{kind}_requested",
@@ -769,7 +773,7 @@ class Gateway:
         try:
             reply = self.notifier.notify(text, row.approval.pin)
         except NotifyFailed as exc:
-            with self.store.write() as conn:
+            with self.store.write(locks=()) as conn:
                 fresh = self.store.request(conn, row.approval.request_id, lock=True)
                 if fresh is not None:
                     failed = approvals.fail(fresh.approval, self.clock(), f"approver: {exc}")

@@ -2,24 +2,45 @@
 (postgresql+psycopg://...); both are tested. The schema is created at start. SQL lives here and
 in audit.py and ratelimit.py only (tests/gateway/test_sql_ownership.py checks).
 
-The service's write transactions check then write (nonce unused? under the rate limit? PIN free?)
-and rely on one writer at a time. Write transactions on sqlite start with BEGIN IMMEDIATE: taking
-the write lock up front means two workers never both read-then-upgrade and deadlock; the busy
-timeout makes them queue. Threads of one process also queue on a Python lock first: sqlite's busy
-handler sleeps in growing steps, which under load costs far more than waiting on a lock that is
-handed over at once. On PostgreSQL (READ COMMITTED) a write transaction first takes one
-transaction-scoped advisory lock, the same single-writer rule across workers and instances;
-SERIALIZABLE would need every transaction to be retryable instead. Reads never wait.
+Write transactions on sqlite are one at a time: they start with BEGIN IMMEDIATE (taking the
+write lock up front means two workers never both read-then-upgrade and deadlock; the busy
+timeout makes them queue), and threads of one process queue on a Python lock first (sqlite's
+busy handler sleeps in growing steps, which under load costs far more than a lock handed over
+at once).
+
+On PostgreSQL (READ COMMITTED) one writer at a time does not scale past one process: a
+transaction holding a global lock across its round trips makes every other writer of every
+instance wait (docs/gateway.md, Benchmark). So write() takes one of two forms there:
+
+- ``write()``: the single-writer rule, an exclusive transaction-scoped advisory lock. For
+  everything rare (the CLI, the owners' pages, SMS replies, housekeeping) that checks then
+  writes across tables.
+- ``write(locks=(...))``: the hot paths (create, release, decide, refusals, heartbeats). The
+  same advisory lock, shared, so they never overlap an exclusive writer; then only the named
+  locks, and whatever the statements take: row locks (``lock=True`` reads), unique keys with
+  ``ON CONFLICT`` (nonces, refusal counters, the PINs of open requests), and ratelimit.hit's
+  locks on its keys.
+
+What every transaction must do alone, whoever it is for (append to the audit chain, spend the
+fleet's notification budget), is queued (spend_at_commit, append_at_commit) and done just
+before the commit under one lock, the commit lock, in one round trip on PostgreSQL (a function,
+zkv_commit_tail), so that lock is held for that call and the COMMIT only: under load
+every round trip a lock is held costs the waiters far more than the work (a thread must win
+its process's GIL back after each one). Locks are taken in one order, so no two transactions
+wait for each other: the global lock, write()'s names (sorted), rate-limit keys (sorted, one
+hit per transaction), the commit lock. Reads never wait. /healthz has a connection pool of its
+own, so it never waits for a connection behind writers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from sqlalchemy import (
@@ -40,6 +61,7 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -54,6 +76,10 @@ StoreError: TypeAlias = SQLAlchemyError  # any failure of the database or its dr
 
 metadata = MetaData()
 PG_WRITE_LOCK = 0x7A6B76  # advisory lock key ("zkv"); see the module docstring
+PG_NAMED_LOCKS = 0x7A6B  # the first key of the named locks (two-int form: a space of its own)
+COMMIT_LOCK = "commit"
+_TAIL = "zkv_commit_tail"  # Connection.info: what the transaction does at commit (_Tail)
+AUDIT_GENESIS = "0" * 64  # the prev_hash of the first audit entry
 REASON_LEN, SID_LEN = 200, 64  # Postgres enforces String lengths, sqlite does not
 
 hosts = Table(
@@ -87,6 +113,14 @@ requests = Table(
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
     Column("decided_at", Float),
+    # A PIN names one open request (an SMS reply quotes it), so open requests' PINs differ.
+    Index(
+        "ux_requests_open_pin",
+        "pin",
+        unique=True,
+        sqlite_where=text(f"state = '{STATE_PENDING}'"),
+        postgresql_where=text(f"state = '{STATE_PENDING}'"),
+    ),
 )
 
 nonces = Table(
@@ -211,16 +245,26 @@ class Store:
     def __init__(self, url: str) -> None:
         backend = make_url(url).get_backend_name()
         self.is_sqlite, self.is_postgres = backend == "sqlite", backend == "postgresql"
-        self.engine: Engine = create_engine(url, pool_pre_ping=not self.is_sqlite)
+        # PostgreSQL: room for every thread of a worker (server.py) without waiting on the pool.
+        pool = {"pool_size": 8, "max_overflow": 32} if self.is_postgres else {}
+        self.engine: Engine = create_engine(url, pool_pre_ping=not self.is_sqlite, **pool)
+        self._health = create_engine(
+            url, pool_pre_ping=not self.is_sqlite, pool_size=1, max_overflow=2, pool_timeout=5
+        )
         self._write_lock = threading.Lock() if self.is_sqlite else None
         if self.is_sqlite:
             _tune_sqlite(self.engine)
+            _tune_sqlite(self._health)
 
     def create_schema(self) -> None:
         from . import owner_store  # noqa: F401  # its tables join `metadata` on import
 
         with self.write() as conn:  # under the writer lock: instances starting at once may race
             metadata.create_all(conn)
+            for index in requests.indexes:  # create_all adds tables, not indexes to old ones
+                index.create(conn, checkfirst=True)
+            if self.is_postgres:
+                conn.execute(text(_TAIL_FUNCTION))
             _add_audit_chain(conn)
             if conn.execute(_CHALLENGE_KEY).first() is None:  # the first process on this database
                 key = os.urandom(32).hex()
@@ -228,10 +272,12 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self._health.dispose()
 
     def ping(self) -> None:
-        """Raise unless the database answers a trivial query (the health check)."""
-        with self.read() as conn:
+        """Raise unless the database answers a trivial query (the health check), on a pool of
+        its own: a busy pool of writers must not look like a database that is down."""
+        with self._health.connect() as conn:
             conn.execute(text("SELECT 1"))
 
     @contextmanager
@@ -240,16 +286,22 @@ class Store:
             yield conn
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self, locks: tuple[str, ...] | None = None) -> Iterator[Connection]:
+        """A write transaction: alone (``locks`` None), or on PostgreSQL beside others that
+        hold none of the named ``locks`` (see the module docstring). sqlite: alone either way."""
         if self._write_lock is None:
             with self.engine.connect() as conn, conn.begin():
-                if self.is_postgres:
+                if self.is_postgres and locks is None:
                     conn.execute(select(func.pg_advisory_xact_lock(PG_WRITE_LOCK)))
-                yield conn
+                elif self.is_postgres and locks is not None:
+                    conn.execute(select(func.pg_advisory_xact_lock_shared(PG_WRITE_LOCK)))
+                    lock(conn, *locks)
+                with _deferring(conn):
+                    yield conn
             return
         with self._write_lock, self.engine.connect() as conn:
             conn.execution_options(zkv_write=True)
-            with conn.begin():
+            with conn.begin(), _deferring(conn):
                 yield conn
 
     # --- hosts --------------------------------------------------------------------------------
@@ -326,16 +378,17 @@ class Store:
 
     def save_liveness(self, conn: Connection, x: Liveness) -> None:
         values = dict(x.__dict__)
-        done = conn.execute(
-            liveness.update().where(liveness.c.host_id == x.host_id).values(**values)
-        )
-        if done.rowcount == 0:
-            conn.execute(liveness.insert().values(**values))
+        new = insert(conn, liveness).values(**values)
+        conn.execute(new.on_conflict_do_update(index_elements=["host_id"], set_=values))
 
     # --- requests -----------------------------------------------------------------------------
 
-    def add_request(self, conn: Connection, row: RequestRow) -> None:
-        conn.execute(requests.insert().values(**_request_values(row)))
+    def add_request(self, conn: Connection, row: RequestRow) -> bool:
+        """False (nothing written) if an open request has this PIN: the caller draws again.
+        Of two transactions adding one PIN, the second waits for the first's commit."""
+        new = insert(conn, requests).values(**_request_values(row))
+        added = new.on_conflict_do_nothing().returning(requests.c.request_id)
+        return conn.execute(added).first() is not None
 
     def request(self, conn: Connection, request_id: str, lock: bool = False) -> RequestRow | None:
         query = select(requests).where(requests.c.request_id == request_id)
@@ -356,11 +409,6 @@ class Store:
             requests.update().where(requests.c.request_id == a.request_id).values(**values, **extra)
         )
 
-    def open_pins(self, conn: Connection) -> set[str]:
-        """The PINs of pending requests; a PIN names one of them, so a new one must differ."""
-        query = select(requests.c.pin).where(requests.c.state == STATE_PENDING)
-        return set(conn.execute(query).scalars())
-
     def recent_requests(self, conn: Connection, limit: int) -> list[RequestRow]:
         query = select(requests).order_by(requests.c.created_at.desc()).limit(limit)
         return [_request_row(row) for row in conn.execute(query).mappings()]
@@ -374,12 +422,12 @@ class Store:
             return bytes.fromhex(conn.execute(_CHALLENGE_KEY).scalar_one())
 
     def use_nonce(self, conn: Connection, host_id: str, nonce: str, now: float) -> bool:
-        """False if this host already used the nonce (inside the replay window)."""
-        seen = select(nonces.c.at).where(nonces.c.host_id == host_id, nonces.c.nonce == nonce)
-        if conn.execute(seen).first() is not None:
-            return False
-        conn.execute(nonces.insert().values(host_id=host_id, nonce=nonce, at=now))
-        return True
+        """False if this host already used the nonce (inside the replay window). One statement:
+        of two transactions inserting the same nonce, the second waits for the first and then
+        inserts nothing."""
+        new = insert(conn, nonces).values(host_id=host_id, nonce=nonce, at=now)
+        added = new.on_conflict_do_nothing().returning(nonces.c.at)  # psycopg: no rowcount
+        return conn.execute(added).first() is not None
 
     def first_sight_of_message(self, conn: Connection, sid: str, now: float) -> bool:
         sid = sid[:SID_LEN]  # Twilio's are 34 characters
@@ -400,6 +448,155 @@ class Store:
         conn.execute(nonces.delete().where(nonces.c.at < now - nonce_age))
         conn.execute(rate_events.delete().where(rate_events.c.at < now - event_age))
         conn.execute(messages.delete().where(messages.c.at < now - 30 * 86400))
+
+
+def lock(conn: Connection, *names: str) -> None:
+    """Named locks until the transaction ends (PostgreSQL; sqlite's writer is alone anyway),
+    taken in sorted order. A collision of two names' hashes only makes them wait for each other."""
+    if conn.dialect.name != "postgresql":
+        return
+    for name in sorted(set(names)):
+        conn.execute(select(func.pg_advisory_xact_lock(PG_NAMED_LOCKS, func.hashtext(name))))
+
+
+def insert(conn: Connection, table: Table) -> Any:
+    """The dialect's INSERT, which has ``on_conflict_do_nothing`` / ``on_conflict_do_update``."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+@dataclass
+class _Tail:
+    """What a write transaction does alone, just before it commits (see the module docstring)."""
+
+    spends: list[tuple[str, float, float, int, Callable[[], Exception]]] = field(
+        default_factory=list
+    )  # key, at, window, limit, the exception to raise over it
+    entries: list[tuple[dict[str, Any], str, str]] = field(default_factory=list)
+
+
+def spend_at_commit(
+    conn: Connection,
+    key: str,
+    at: float,
+    window: float,
+    limit: int,
+    refused: Callable[[], Exception],
+) -> None:
+    """One more event under ``key`` (at most ``limit`` in ``window`` seconds), counted and added
+    at commit; over the limit ``refused()`` is raised then, and the transaction rolls back."""
+    _tail(conn).spends.append((key, at, window, limit, refused))
+
+
+def append_at_commit(conn: Connection, row: dict[str, Any], before: str, after: str) -> None:
+    """An audit entry appended at commit: ``hash`` is SHA-256 of ``before``, the previous
+    entry's hash and ``after`` (audit.py's digest, split where the previous hash goes)."""
+    _tail(conn).entries.append((row, before, after))
+
+
+def _tail(conn: Connection) -> _Tail:
+    tail: _Tail | None = conn.info.get(_TAIL)
+    if tail is None:
+        raise RuntimeError("not inside Store.write()")
+    return tail
+
+
+@contextmanager
+def _deferring(conn: Connection) -> Iterator[None]:
+    conn.info[_TAIL] = tail = _Tail()  # info outlives the checkout: set anew, always removed
+    try:
+        yield
+        if not (tail.spends or tail.entries):
+            return
+        if conn.dialect.name == "postgresql":
+            _commit_tail_pg(conn, tail)
+        else:
+            _commit_tail(conn, tail)
+    finally:
+        conn.info.pop(_TAIL, None)
+
+
+def _commit_tail(conn: Connection, tail: _Tail) -> None:
+    """sqlite (its writer is alone): the statements one by one."""
+    for key, at, window, limit, refused in tail.spends:
+        seen = select(func.count()).where(rate_events.c.key == key, rate_events.c.at > at - window)
+        if int(conn.execute(seen).scalar_one()) >= limit:
+            raise refused()
+    for key, at, *_ in tail.spends:
+        conn.execute(rate_events.insert().values(key=key, at=at))
+    head = select(audit_log.c.hash).order_by(audit_log.c.id.desc()).limit(1)
+    prev, rows = conn.execute(head).scalar() or AUDIT_GENESIS, []
+    for row, before, after in tail.entries:
+        digest = hashlib.sha256(f"{before}{prev}{after}".encode()).hexdigest()
+        rows.append({**row, "prev_hash": prev, "hash": digest})
+        prev = digest
+    if rows:
+        conn.execute(audit_log.insert(), rows)
+
+
+def _commit_tail_pg(conn: Connection, tail: _Tail) -> None:
+    """PostgreSQL: one round trip (zkv_commit_tail, below), so the commit lock is held for that
+    call and the COMMIT only."""
+    rows = [row for row, _, _ in tail.entries]
+    args: dict[str, Any] = {
+        "space": PG_NAMED_LOCKS,
+        "name": COMMIT_LOCK,
+        "genesis": AUDIT_GENESIS,
+        "keys": [s[0] for s in tail.spends],
+        "ats": [s[1] for s in tail.spends],
+        "windows": [s[2] for s in tail.spends],
+        "limits": [s[3] for s in tail.spends],
+        "e_before": [before for _, before, _ in tail.entries],
+        "e_after": [after for _, _, after in tail.entries],
+        **{f"e_{k}": [row[k] for row in rows] for k in _AUDIT_FIELDS},
+    }
+    over = conn.execute(_CALL_TAIL, args).scalar_one()
+    if over:
+        raise tail.spends[over - 1][4]()
+
+
+_AUDIT_FIELDS = ("at", "event", "request_id", "host_id", "source_ip", "detail")
+_CALL_TAIL = text(
+    "SELECT zkv_commit_tail(:space, :name, :genesis, CAST(:keys AS text[]), "
+    "CAST(:ats AS float8[]), CAST(:windows AS float8[]), CAST(:limits AS int[]), "
+    "CAST(:e_at AS float8[]), CAST(:e_event AS text[]), CAST(:e_request_id AS text[]), "
+    "CAST(:e_host_id AS text[]), CAST(:e_source_ip AS text[]), CAST(:e_detail AS text[]), "
+    "CAST(:e_before AS text[]), CAST(:e_after AS text[]))"
+)
+# _commit_tail's statements in one function: each statement of a VOLATILE function sees what
+# committed before it started, so the budget and the head are read after the lock is held.
+_TAIL_FUNCTION = """
+CREATE OR REPLACE FUNCTION zkv_commit_tail(
+    space int, name text, genesis text, keys text[], ats float8[], windows float8[],
+    limits int[], e_at float8[], e_event text[], e_request_id text[], e_host_id text[],
+    e_source_ip text[], e_detail text[], e_before text[], e_after text[]
+) RETURNS int LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    prev text;
+    digest text;
+BEGIN
+    PERFORM pg_advisory_xact_lock(space, hashtext(name));
+    FOR i IN 1 .. coalesce(array_length(keys, 1), 0) LOOP
+        IF (SELECT count(*) FROM rate_events WHERE key = keys[i] AND at > ats[i] - windows[i])
+                >= limits[i] THEN
+            RETURN i;
+        END IF;
+    END LOOP;
+    FOR i IN 1 .. coalesce(array_length(keys, 1), 0) LOOP
+        INSERT INTO rate_events (key, at) VALUES (keys[i], ats[i]);
+    END LOOP;
+    SELECT hash INTO prev FROM audit ORDER BY id DESC LIMIT 1;
+    prev := coalesce(prev, genesis);
+    FOR i IN 1 .. coalesce(array_length(e_at, 1), 0) LOOP
+        digest := encode(sha256(convert_to(e_before[i] || prev || e_after[i], 'UTF8')), 'hex');
+        INSERT INTO audit (at, event, request_id, host_id, source_ip, detail, prev_hash, hash)
+        VALUES (e_at[i], e_event[i], e_request_id[i], e_host_id[i], e_source_ip[i], e_detail[i],
+                prev, digest);
+        prev := digest;
+    END LOOP;
+    RETURN 0;
+END $$
+"""
 
 
 def _add_audit_chain(conn: Connection) -> None:

@@ -46,7 +46,7 @@ class Cluster:
         return f"postgresql+psycopg://postgres@/{name}?host={self.directory}"
 
     def lock_waiters(self) -> int:
-        """Sessions waiting for a lock now (the gateway's writers queue on one advisory lock)."""
+        """Sessions waiting for a lock now (row, key or advisory: store.py's write path)."""
         import psycopg
 
         query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
