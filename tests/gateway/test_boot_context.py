@@ -14,9 +14,10 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.gateway.test_approval_page import LINK, _wait, enrol_owner
+from tests.gateway.test_approval_page import LINK, _wait
 from tests.harness import browser as browsers
 from tests.harness import protocol_client as client
+from tests.harness.browser import enrol_owner
 from tests.harness.gateway import RunningGateway, running_gateway
 from zkv import crypto, protocol
 from zkv_early import cmdline
