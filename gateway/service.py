@@ -48,7 +48,6 @@ from .secrets_source import SecretSource
 from .store import Host, Invite, RequestRow, Store, Tx
 
 log = logging.getLogger("zkv.gateway")
-_CONTROLS = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)])  # str.translate: drop them
 
 HOST_PENDING, HOST_APPROVED, HOST_REVOKED = "pending", "approved", "revoked"
 
@@ -261,7 +260,7 @@ class Gateway:
             where = "the link sent to the owner"
         elif not where:
             where = urlsplit(self.settings.APPROVAL_URL).hostname or ""
-        return where.translate(_CONTROLS)[: protocol.MAX_WHERE]
+        return where.translate(protocol.CONTROLS)[: protocol.MAX_WHERE]
 
     def boot_view(self, row: RequestRow) -> BootView:
         """The page's view of a request's boot context."""

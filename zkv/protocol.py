@@ -90,6 +90,9 @@ BOOT_FLAGS = (
 WARN_FLAGS = frozenset(BOOT_FLAGS) - {"debug", "rd.debug", "zkv.debug"}
 CODE_REQUEST, CODE_PIN = "request-code", "pin"  # what the console calls UnlockCreated.pin
 MAX_WHERE = 80  # characters of UnlockCreated.approve_at
+# C0 (ESC, CR, LF...), DEL and C1 (0x9B is a one-character CSI): for str.translate, which drops
+# them from text one side wrote and the other shows on a console.
+CONTROLS = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)])
 
 ERROR_STATUS = {
     "bad_request": 400,

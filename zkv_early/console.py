@@ -22,12 +22,11 @@ import threading
 from collections.abc import Callable
 from typing import TextIO
 
-from zkv.protocol import CODE_PIN
+from zkv.protocol import CODE_PIN, CONTROLS
 
 PREFIX = "zkv: "
 WAIT_TICK = 5.0  # seconds between countdown updates in place
 LINE_EVERY = 20.0  # at least this long between countdown updates written as new lines
-_CONTROLS = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)])  # str.translate: drop them
 
 
 class Console:
@@ -55,7 +54,7 @@ class Console:
         return cls(sys.stderr, debug)
 
     def say(self, message: str) -> None:
-        message = message.translate(_CONTROLS)
+        message = message.translate(CONTROLS)
         with self._lock:
             lead = "\n" if self._pending_prompt or self._end_in_place() else ""
             self._write(f"{lead}{PREFIX}{message}\n{self._pending_prompt}")
@@ -63,7 +62,7 @@ class Console:
     def progress(self, message: str, now: float) -> None:
         """A status line that supersedes the previous one (the countdown); ``now``: seconds
         on any steady clock, to space out the lines written when it cannot rewrite."""
-        message = message.translate(_CONTROLS)
+        message = message.translate(CONTROLS)
         with self._lock:
             if self.tty and not self._pending_prompt:
                 pad = " " * max(0, self._in_place - len(PREFIX + message))

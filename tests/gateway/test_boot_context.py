@@ -146,3 +146,23 @@ def test_a_flag_cannot_be_hidden_or_invented(gw: RunningGateway, host: client.Ho
         )
         assert (answer.status_code, answer.json()) == (400, {"error": "bad_request"})
     assert "bad signature" in " ".join(gw.audit())
+
+
+# --- the words, without a server (gateway/boot_context.py) ----------------------------------
+
+
+def test_the_words_for_each_case() -> None:
+    from gateway.boot_context import BootView, refusal
+
+    plain, edited = boot_of("ro quiet"), boot_of("ro quiet init=/bin/sh")
+    assert BootView(None).flags == "not reported" and BootView(None).compared == "not reported"
+    assert BootView(plain).message() == "Boot flags: none."
+    assert BootView(plain, plain.cmdline_sha256).compared == "yes"
+    assert BootView(edited, plain.cmdline_sha256).message() == (
+        "Boot flags: init (a shell or another init at boot); command line changed since the "
+        "last approved boot."
+    )
+    assert refusal(edited, frozenset()) is None  # no policy: shown, never refused
+    assert refusal(edited, frozenset({"rd.break"})) is None
+    assert refusal(edited, frozenset({"init", "single"})) == "boot flags refused by policy: init"
+    assert refusal(None, frozenset({"init"})) is not None
