@@ -9,9 +9,12 @@ is one line.
 Two threads talk at once (the gateway's progress and the passphrase prompt), so lines are
 written under a lock, and a pending prompt is shown again after each status line.
 
-The countdown (``progress``) rewrites its own line on a terminal with no prompt pending (CR,
-every WAIT_TICK seconds from a ``Ticker``); otherwise, and on a serial log, it is a new line at
-most every LINE_EVERY seconds, so a five-minute wait never floods the console.
+The countdown (``progress``, every WAIT_TICK seconds from a ``Ticker``) is rewritten in place
+on a terminal: its own line with CR, or, with the recovery prompt open below it, the line above
+the prompt (save the cursor, up one line, rewrite, restore: the prompt's echo is off, so the
+cursor stays where it was). Otherwise (no terminal, another status line in between, another
+process's prompt) it is a new line at most every LINE_EVERY seconds, so a five-minute wait
+never floods a serial log.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class Console:
         self._lock = threading.Lock()
         self._pending_prompt = ""
         self._in_place = 0  # length of the progress line the cursor is on (0: none)
+        self._above_prompt = False  # the line above the pending prompt is the countdown's
         self._last_line: float | None = None  # when progress last wrote
         try:
             self.tty = self.stream.isatty()
@@ -58,6 +62,7 @@ class Console:
         with self._lock:
             lead = "\n" if self._pending_prompt or self._end_in_place() else ""
             self._write(f"{lead}{PREFIX}{message}\n{self._pending_prompt}")
+            self._above_prompt = False
 
     def progress(self, message: str, now: float) -> None:
         """A status line that supersedes the previous one (the countdown); ``now``: seconds
@@ -68,10 +73,15 @@ class Console:
                 pad = " " * max(0, self._in_place - len(PREFIX + message))
                 self._write(f"\r{PREFIX}{message}{pad}")
                 self._in_place, self._last_line = len(PREFIX + message), now
+            elif self.tty and self._above_prompt:
+                # DECSC, cursor up, the line rewritten and cleared to its end, DECRC
+                self._write(f"\x1b7\x1b[A\r{PREFIX}{message}\x1b[K\x1b8")
+                self._last_line = now
             elif self._last_line is None or now - self._last_line >= LINE_EVERY:
                 self._last_line = now
                 lead = "\n" if self._pending_prompt or self._end_in_place() else ""
                 self._write(f"{lead}{PREFIX}{message}\n{self._pending_prompt}")
+                self._above_prompt = bool(self._pending_prompt)
 
     def _end_in_place(self) -> bool:
         """Leave the progress line as it stands; True if there was one (a newline is due)."""
@@ -85,13 +95,14 @@ class Console:
     def show_prompt(self, text: str) -> None:
         with self._lock:
             self._pending_prompt = text
-            self._write(("\n" if self._end_in_place() else "") + text)
+            self._above_prompt = self._end_in_place()
+            self._write(("\n" if self._above_prompt else "") + text)
 
     def end_prompt(self, newline: bool = True) -> None:
         with self._lock:
             if self._pending_prompt and newline:
                 self._write("\n")
-            self._pending_prompt = ""
+            self._pending_prompt, self._above_prompt = "", False
 
     def _write(self, text: str) -> None:
         try:

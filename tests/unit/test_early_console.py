@@ -46,17 +46,38 @@ def test_new_lines_at_most_every_line_every_seconds_elsewhere() -> None:
     assert lines == [f"zkv: waiting, {100 - t} left" for t in range(0, 61, int(LINE_EVERY))]
 
 
-def test_a_pending_prompt_is_never_overwritten() -> None:
+def test_with_the_prompt_open_the_line_above_it_is_rewritten() -> None:
+    """The recovery prompt waits below the countdown: the countdown is rewritten there (the
+    cursor saved and restored), the prompt is never overwritten."""
     out = Terminal()
     console = Console(out)
     console.progress("waiting, 5:00 left", 0)
     console.show_prompt("Recovery passphrase: ")
-    console.progress("waiting, 4:55 left", 5)  # too soon for a new line
-    console.progress("waiting, 4:35 left", 25)
+    console.progress("waiting, 4:55 left", 5)
     assert out.getvalue() == (
         "\rzkv: waiting, 5:00 left\nRecovery passphrase: "
-        "\nzkv: waiting, 4:35 left\nRecovery passphrase: "
+        "\x1b7\x1b[A\rzkv: waiting, 4:55 left\x1b[K\x1b8"
     )
+    # Another status line comes between: from then on, spaced-out lines until one sits above.
+    console.say("clock off by 40 s (behind the gateway); using its time")
+    start = len(out.getvalue())
+    console.progress("waiting, 4:50 left", 10)  # too soon for a new line
+    console.progress("waiting, 4:35 left", 25)
+    console.progress("waiting, 4:30 left", 30)
+    assert out.getvalue()[start:] == (
+        "\nzkv: waiting, 4:35 left\nRecovery passphrase: "
+        "\x1b7\x1b[A\rzkv: waiting, 4:30 left\x1b[K\x1b8"
+    )
+
+
+def test_another_processs_prompt_gets_new_lines_only() -> None:
+    """dracut: systemd-ask-password's agent owns the prompt line (boot_unlock sets tty off)."""
+    out = Terminal()
+    console = Console(out)
+    console.tty = False
+    for now in (0, 5, 10, 20):
+        console.progress(f"waiting, {300 - now} left", now)
+    assert out.getvalue() == "zkv: waiting, 300 left\nzkv: waiting, 280 left\n"
 
 
 def test_the_console_strips_control_characters_from_progress() -> None:
