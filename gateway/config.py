@@ -88,6 +88,13 @@ class Settings:
     MAX_WAIT: int = protocol.MAX_WAIT
     POLL_INTERVAL: float = 0.5
     MAX_WRONG_PINS: int = 3
+    # Boot flags (protocol.BOOT_FLAGS, comma-separated) whose unlock requests are refused, as
+    # every refusal is (401); a request that does not report its flags (a version 1 client)
+    # is refused too once this is set. Empty: every boot is shown to the owners, none refused.
+    REFUSE_BOOT_FLAGS: str = ""
+    # What the boot console says after "approve at" (bounded, control characters dropped);
+    # empty: "the link sent to the owner" when the page links go out, else APPROVAL_URL's host.
+    APPROVE_AT: str = ""
     # rate limits, counted in the database so they hold across workers and instances
     RATE_PER_SECOND: int = 1
     RATE_HOST_PER_HOUR: int = 10  # an approved host's requests, and so its notifications
@@ -284,9 +291,21 @@ def _validate_secret_source(s: Settings) -> None:
         raise ConfigError("AAD_AUTHORITY_HOST_URI must be an https URL")
 
 
+def refused_boot_flags(s: Settings) -> frozenset[str]:
+    return frozenset(s.REFUSE_BOOT_FLAGS.replace(",", " ").split())
+
+
 def _validate_approver(s: Settings) -> None:
     if s.APPROVAL_POLICY not in ("page", "sms+totp", "sms-pin"):
         raise ConfigError("APPROVAL_POLICY must be page, sms+totp or sms-pin")
+    unknown = sorted(refused_boot_flags(s) - set(protocol.BOOT_FLAGS))
+    if unknown:
+        raise ConfigError(
+            f"REFUSE_BOOT_FLAGS: unknown boot flag {unknown[0][:40]!r} "
+            f"(known: {', '.join(protocol.BOOT_FLAGS)})"
+        )
+    if len(s.APPROVE_AT) > protocol.MAX_WHERE or not s.APPROVE_AT.isprintable():
+        raise ConfigError(f"APPROVE_AT must be printable, at most {protocol.MAX_WHERE} characters")
     url = urlsplit(s.APPROVAL_URL)
     loopback = url.scheme == "http" and url.hostname == "localhost"  # a browser's secure context
     if s.APPROVAL_URL and (not url.hostname or not (url.scheme == "https" or loopback)):

@@ -142,6 +142,7 @@ def decide_page(token: str) -> tuple[str, int]:
     except LinkInvalid:
         return _invalid()
     row = view.request
+    boot = _owners().gateway.boot_view(row)
     return render_template(
         "decide.html",
         page="decide",
@@ -158,6 +159,7 @@ def decide_page(token: str) -> tuple[str, int]:
         factor=view.factor,
         ayes=view.ayes,
         quorum=view.quorum,
+        boot=boot,
     ), 200
 
 

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 from zkv import crypto, protocol
 from zkv.encoding import b64, unb64
@@ -33,9 +34,10 @@ from zkv.protocol import (
     UnlockRequest,
 )
 
-from . import approvals, audit, challenges, invites, liveness, owner_store, ratelimit
+from . import approvals, audit, boot_store, challenges, invites, liveness, owner_store, ratelimit
 from .approvals import KIND_UNLOCK, Approval, NotAllowed, Reply
-from .config import Settings
+from .boot_context import BootView, audit_note, refusal
+from .config import Settings, refused_boot_flags
 from .errors import ApiError, GatewayCliError, NotifyFailed, SecretUnavailable
 from .liveness import Liveness
 from .notify import Notifier, enrolled_text, suspended_text, unlock_text
@@ -211,30 +213,67 @@ class Gateway:
         with self._refusals(ip):
             host, nonce = self._approved_signer(req.host_id, req.challenge, req.verify, now)
             self._refuse_unless_alive(host)
+            refused = refusal(req.boot, refused_boot_flags(self.settings))
             with self.store.write(locks=()) as conn:
                 self._limit(conn, now, req.host_id)
                 self._use_nonce(conn, req.host_id, nonce, now)
-                row = self._new_request(
-                    conn,
-                    KIND_UNLOCK,
-                    req.host_id,
-                    req.hostname,
-                    ip,
-                    req.datasets,
-                    b64(req.ephemeral_key),
-                )
-                # The owners' links go into the notification only, never to the requester.
-                links = self.owners.decision_links(
-                    conn, row.approval.request_id, row.approval.expires_at
-                )
+                if refused:  # audited with the host's id; the host hears only "unauthorized"
+                    detail = f"{refused}; {audit_note(req.boot)}"
+                    audit.record(
+                        conn, "boot_refused", now, host_id=req.host_id, source_ip=ip, detail=detail
+                    )
+                else:
+                    row, boot, links = self._new_unlock(conn, req, ip)
+            if refused:
+                raise _Unauthorized(refused)
         a = row.approval
         ttl = self.settings.REQUEST_TTL
         sms_pin = self.settings.APPROVAL_POLICY == "sms-pin"
         text = unlock_text(
-            ip, req.hostname, host.hostname, req.datasets, now, a.pin, ttl, links, sms_pin
-        )
+            ip, req.hostname, host.hostname, req.datasets, now, a.pin, ttl, links, sms_pin,
+            boot.message(),
+        )  # fmt: skip
         self._notify(row, text)
-        return UnlockCreated(a.request_id, a.pin, int(a.expires_at))
+        if req.boot is None:  # a version 1 client takes exactly these fields
+            return UnlockCreated(a.request_id, a.pin, int(a.expires_at))
+        kind = protocol.CODE_PIN if sms_pin else protocol.CODE_REQUEST
+        return UnlockCreated(a.request_id, a.pin, int(a.expires_at), kind, self._approve_at(links))
+
+    def _new_unlock(
+        self, conn: Tx, req: UnlockRequest, ip: str
+    ) -> tuple[RequestRow, BootView, dict[str, str]]:
+        """The request row, its boot context, and the owners' links (the notification's only:
+        never the requester's)."""
+        row = self._new_request(
+            conn,
+            KIND_UNLOCK,
+            req.host_id,
+            req.hostname,
+            ip,
+            req.datasets,
+            b64(req.ephemeral_key),
+            audit_note(req.boot),
+        )
+        a = row.approval
+        if req.boot is not None:
+            boot_store.add(conn, a.request_id, req.boot)
+        boot = BootView(req.boot, boot_store.last_approved(conn, req.host_id))
+        return row, boot, self.owners.decision_links(conn, a.request_id, a.expires_at)
+
+    def _approve_at(self, links: dict[str, str]) -> str:
+        """Where the console sends the person at it (never a link: that is the owners')."""
+        where = self.settings.APPROVE_AT
+        if not where and links:
+            where = "the link sent to the owner"
+        elif not where:
+            where = urlsplit(self.settings.APPROVAL_URL).hostname or ""
+        return where.translate(protocol.CONTROLS)[: protocol.MAX_WHERE]
+
+    def boot_view(self, row: RequestRow) -> BootView:
+        """The page's view of a request's boot context."""
+        with self.store.read() as conn:
+            boot = boot_store.of(conn, row.approval.request_id)
+            return BootView(boot, boot_store.last_approved(conn, row.host_id))
 
     def poll(self, request_id: str, wait: float, ip: str) -> PollResult:
         deadline = self.clock() + min(wait, self.settings.MAX_WAIT)
@@ -292,6 +331,9 @@ class Gateway:
                 source_ip=row.source_ip,
                 detail="sealed to the boot's ephemeral key",
             )
+            boot = boot_store.of(conn, request_id)
+            if boot is not None:  # the page compares the next boots with this one
+                boot_store.approved(conn, row.host_id, boot.cmdline_sha256, now)
         try:
             secret = self.source.get(host.secret_name)
             sealed = protocol.seal_release(request_id, unb64(row.ephemeral_key), secret)
@@ -750,6 +792,7 @@ class Gateway:
         ip: str,
         datasets: tuple[str, ...],
         ephemeral_key: str | None,
+        note: str = "",
     ) -> RequestRow:
         now, n = self.clock(), self.settings.PIN_LENGTH
         while True:  # a PIN names one open request: drawn again while another open one has it
@@ -765,7 +808,7 @@ class Gateway:
             request_id=a.request_id,
             host_id=host_id,
             source_ip=ip,
-            detail=f"hostname={hostname} datasets={len(datasets)}",
+            detail=" ".join(filter(None, [f"hostname={hostname} datasets={len(datasets)}", note])),
         )
         return row
 

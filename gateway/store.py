@@ -257,7 +257,7 @@ class Store:
             _tune_sqlite(self._health)
 
     def create_schema(self) -> None:
-        from . import owner_store  # noqa: F401  # its tables join `metadata` on import
+        from . import boot_store, owner_store  # noqa: F401  # their tables join `metadata`
 
         with self.write() as conn:  # under the writer lock: instances starting at once may race
             metadata.create_all(conn)

@@ -178,7 +178,7 @@ class GatewayUnreachable(GatewayError):
 
 
 class GatewayRefused(GatewayError):
-    """the gateway refused the request (host not enrolled, revoked, suspended, or bad request)"""
+    """the gateway refused the request (host unknown, revoked, suspended; boot flags; malformed)"""
 
     exit_code = 32
 

@@ -21,6 +21,12 @@ Errors are ``{"error": <code>}`` with the status in ERROR_STATUS. Every authenti
 (unknown host, revoked, bad signature, forged, expired or reused challenge, unknown request id) is
 the same ``401 {"error": "unauthorized"}``.
 
+An unlock request of version 2 (VERSION_BOOT) also carries the boot's context, signed: the
+debug or break options on the kernel command line (BOOT_FLAGS, names only) and the command
+line's SHA-256; the gateway answers it with what the console should call the code (a request
+code to match, or under the sms-pin policy a PIN) and where the owner approves. Version 1
+requests (older clients) are still accepted and answered in the version 1 shape.
+
 The request id is a 128-bit random capability; the released secret is sealed to the boot's
 ephemeral X25519 key, so whoever reads a poll answer without that key learns nothing.
 """
@@ -38,6 +44,7 @@ from zkv.encoding import b64, canonical, unb64
 from zkv.keystore import is_target
 
 VERSION = 1
+VERSION_BOOT = 2  # an unlock request that reports its boot context (boot_flags, cmdline_sha256)
 PATH_CHALLENGES = "/v1/challenges"
 PATH_HOSTS = "/v1/hosts"
 PATH_UNLOCK = "/v1/unlock-requests"
@@ -63,6 +70,30 @@ STATE_EXPIRED = "expired"
 STATE_FAILED = "failed"
 STATES = (STATE_PENDING, STATE_APPROVED, STATE_DENIED, STATE_EXPIRED, STATE_FAILED)
 
+# Debug or break options a boot client recognises on the kernel command line, reported by name
+# only (zkv_early/cmdline.py maps the options to these). WARN_FLAGS hand whoever is at the
+# console a shell or another init before the root is mounted: the page warns loudly about them.
+BOOT_FLAGS = (
+    "break",  # initramfs-tools break=
+    "debug",  # initramfs-tools debug
+    "debug-shell",  # systemd.debug_shell
+    "emergency",  # emergency, systemd.unit=emergency.target
+    "init",  # init= other than the usual /sbin/init or systemd
+    "rd.break",
+    "rd.debug",
+    "rd.shell",
+    "rdinit",
+    "rescue",  # rescue, systemd.unit=rescue.target
+    "single",  # single, s, S, 1, -s
+    "zkv.debug",
+)
+WARN_FLAGS = frozenset(BOOT_FLAGS) - {"debug", "rd.debug", "zkv.debug"}
+CODE_REQUEST, CODE_PIN = "request-code", "pin"  # what the console calls UnlockCreated.pin
+MAX_WHERE = 80  # characters of UnlockCreated.approve_at
+# C0 (ESC, CR, LF...), DEL and C1 (0x9B is a one-character CSI): for str.translate, which drops
+# them from text one side wrote and the other shows on a console.
+CONTROLS = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)])
+
 ERROR_STATUS = {
     "bad_request": 400,
     "unauthorized": 401,
@@ -74,6 +105,7 @@ ERROR_STATUS = {
 # Matched with fullmatch: "$" would also match before a trailing newline.
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.\-]{0,251}[A-Za-z0-9])?")
 _HEX32_RE = re.compile(r"[0-9a-f]{32}")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _CHALLENGE_RE = re.compile(r"[0-9a-f]{80}")  # opaque to the client; gateway/challenges.py
 _PIN_RE = re.compile(r"[0-9]{4,12}")  # ASCII only: str.isdigit() takes other scripts' digits
 _INVITE_TOKEN_RE = re.compile(r"zkv1-[A-Za-z0-9_-]{43}")  # 32 random bytes, base64url
@@ -122,12 +154,16 @@ def _exact(body: Any, names: set[str]) -> dict[str, Any]:
     return body
 
 
-def _signed_body(raw: Any, names: set[str]) -> dict[str, Any]:
-    """A signed message's fields: exactly ``names`` plus "v" and "signature", this version."""
-    body = _exact(raw, {"v", "signature", *names})
-    if body["v"] != VERSION:
+def _signed_body(
+    raw: Any, names: set[str], versions: dict[int, set[str]] | None = None
+) -> dict[str, Any]:
+    """A signed message's fields: exactly ``names`` plus "v" and "signature" (and, for a later
+    version in ``versions``, its extra fields)."""
+    extra = versions or {}
+    v = raw.get("v") if isinstance(raw, dict) else VERSION  # not a dict: _exact says so
+    if type(v) is not int or (v != VERSION and v not in extra):
         raise ProtocolViolation("unsupported protocol version")
-    return body
+    return _exact(raw, {"v", "signature", *names, *extra.get(v, set())})
 
 
 def _sign(private_key: bytes, context: bytes, body: dict[str, Any]) -> bytes:
@@ -255,6 +291,34 @@ class EnrollAccepted(NamedTuple):
 # --- unlock request ---------------------------------------------------------------------------
 
 
+class BootContext(NamedTuple):
+    """What the boot client reports about its own boot: recognised flags and the digest."""
+
+    flags: tuple[str, ...]  # sorted, unique, each in BOOT_FLAGS
+    cmdline_sha256: str  # hex SHA-256 of /proc/cmdline as read
+
+    @classmethod
+    def of(cls, flags: list[str] | tuple[str, ...] | set[str], cmdline: bytes) -> BootContext:
+        return cls(tuple(sorted(set(flags))), hashlib.sha256(cmdline).hexdigest())
+
+    @classmethod
+    def checked(cls, flags: Any, digest: Any) -> BootContext:
+        if type(flags) is not list or not all(isinstance(f, str) for f in flags):
+            raise ProtocolViolation("boot_flags must be a list of names")
+        if any(f not in BOOT_FLAGS for f in flags) or flags != sorted(set(flags)):
+            raise ProtocolViolation("boot_flags must be known names, sorted, once each")
+        if type(digest) is not str or not _SHA256_RE.fullmatch(digest):
+            raise ProtocolViolation("cmdline_sha256 must be 64 lowercase hex characters")
+        return cls(tuple(flags), digest)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return tuple(f for f in self.flags if f in WARN_FLAGS)
+
+
+_BOOT_FIELDS = {"boot_flags", "cmdline_sha256"}
+
+
 class UnlockRequest(NamedTuple):
     host_id: str
     hostname: str
@@ -262,16 +326,21 @@ class UnlockRequest(NamedTuple):
     ephemeral_key: bytes
     challenge: str
     signature: bytes = b""
+    boot: BootContext | None = None  # None: a version 1 client, which does not report it
 
     def body(self) -> dict[str, Any]:
-        return {
-            "v": VERSION,
+        out: dict[str, Any] = {
+            "v": VERSION if self.boot is None else VERSION_BOOT,
             "host_id": self.host_id,
             "hostname": self.hostname,
             "datasets": list(self.datasets),
             "ephemeral_key": b64(self.ephemeral_key),
             "challenge": self.challenge,
         }
+        if self.boot is not None:
+            out["boot_flags"] = list(self.boot.flags)
+            out["cmdline_sha256"] = self.boot.cmdline_sha256
+        return out
 
     @classmethod
     def create(
@@ -281,9 +350,12 @@ class UnlockRequest(NamedTuple):
         datasets: list[str] | tuple[str, ...],
         ephemeral_key: bytes,
         challenge: str,
+        boot: BootContext | None = None,
     ) -> UnlockRequest:
         host_id = host_id_of(crypto.ed25519_public(private_key))
-        unsigned = cls(host_id, hostname, tuple(datasets), ephemeral_key, _challenge(challenge))
+        unsigned = cls(
+            host_id, hostname, tuple(datasets), ephemeral_key, _challenge(challenge), boot=boot
+        )
         return unsigned._replace(signature=_sign(private_key, CONTEXT_UNLOCK, unsigned.body()))
 
     def to_json(self) -> dict[str, Any]:
@@ -292,12 +364,15 @@ class UnlockRequest(NamedTuple):
     @classmethod
     def from_json(cls, raw: Any) -> UnlockRequest:
         names = {"host_id", "hostname", "datasets", "ephemeral_key", "challenge"}
-        body = _signed_body(raw, names)
+        body = _signed_body(raw, names, {VERSION_BOOT: _BOOT_FIELDS})
         datasets = _field(body, "datasets", list)
         if len(datasets) > MAX_DATASETS or not all(
             isinstance(d, str) and is_target(d) for d in datasets
         ):
             raise ProtocolViolation("invalid datasets")
+        boot = None
+        if body["v"] == VERSION_BOOT:
+            boot = BootContext.checked(body["boot_flags"], body["cmdline_sha256"])
         return cls(
             host_id=_hex32(_field(body, "host_id", str), "host_id"),
             hostname=check_hostname(_field(body, "hostname", str)),
@@ -305,6 +380,7 @@ class UnlockRequest(NamedTuple):
             ephemeral_key=_key32(_field(body, "ephemeral_key", str), "ephemeral_key"),
             challenge=_challenge(_field(body, "challenge", str)),
             signature=_signature(_field(body, "signature", str)),
+            boot=boot,
         )
 
     def verify(self, public_key: bytes) -> None:
@@ -315,23 +391,46 @@ class UnlockRequest(NamedTuple):
 
 
 class UnlockCreated(NamedTuple):
+    """``pin`` is the code the console shows. ``code_kind`` says what it is: a request code
+    the owner matches (CODE_REQUEST: it approves nothing) or, under the sms-pin policy, the
+    PIN whose SMS reply approves; ``approve_at`` says where the owner approves. Both are sent
+    only to a version 2 request (a version 1 client takes exactly the first three fields)."""
+
     request_id: str
     pin: str
     expires_at: int
+    code_kind: str | None = None
+    approve_at: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"request_id": self.request_id, "pin": self.pin, "expires_at": self.expires_at}
+        out: dict[str, Any] = {
+            "request_id": self.request_id,
+            "pin": self.pin,
+            "expires_at": self.expires_at,
+        }
+        if self.code_kind is not None:
+            out["code_kind"], out["approve_at"] = self.code_kind, self.approve_at
+        return out
 
     @classmethod
     def from_json(cls, raw: Any) -> UnlockCreated:
-        body = _exact(raw, {"request_id", "pin", "expires_at"})
+        names = {"request_id", "pin", "expires_at"}
+        extended = isinstance(raw, dict) and "code_kind" in raw
+        body = _exact(raw, names | {"code_kind", "approve_at"} if extended else names)
         pin = _field(body, "pin", str)
         if not _PIN_RE.fullmatch(pin):
             raise ProtocolViolation("invalid pin")
+        kind, where = None, ""
+        if extended:
+            kind, where = _field(body, "code_kind", str), _field(body, "approve_at", str)
+            if kind not in (CODE_REQUEST, CODE_PIN) or len(where) > MAX_WHERE:
+                raise ProtocolViolation("invalid code_kind or approve_at")
         return cls(
             _hex32(_field(body, "request_id", str), "request_id"),
             pin,
             _field(body, "expires_at", int),
+            kind,
+            where,
         )
 
 

@@ -208,6 +208,8 @@ def _open(
     ]
     try:
         asker = passphrase_prompt.choose(options.prompt, options.tty, console, config.total_timeout)
+        if isinstance(asker, passphrase_prompt.AskPasswordPrompt):
+            console.tty = False  # its console agent's prompt is the line a CR would overwrite
     except PromptUnavailable as exc:
         console.say(f"{exc.message}; waiting for the gateway only")
     if asker is not None:

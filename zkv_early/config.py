@@ -38,6 +38,7 @@ from typing import NamedTuple
 from zkv import paths
 from zkv.encoding import unb64
 from zkv.errors import ConfigError
+from zkv.protocol import BootContext
 from zkv_early import cmdline
 from zkv_early.http11 import Url
 
@@ -69,6 +70,7 @@ class Config(NamedTuple):
     interfaces: tuple[str, ...] = ()
     attempts: int = 3
     debug: bool = False
+    boot: BootContext | None = None  # this boot's flags and command-line digest (cmdline.py)
 
     @property
     def gateway_host(self) -> str:
@@ -138,6 +140,7 @@ def apply(config: Config, overrides: cmdline.Overrides) -> Config:
         debug=config.debug or overrides.debug,
         gateway_url=overrides.gateway or config.gateway_url,
         total_timeout=overrides.timeout or config.total_timeout,
+        boot=overrides.boot,
     )
     return validate(result)
 

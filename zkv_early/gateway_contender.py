@@ -1,4 +1,5 @@
-"""The gateway side of the race: network, signed request, PIN, long-poll, sealed release.
+"""The gateway side of the race: network, signed request (with this boot's flags), the request
+code and countdown on the console, long-poll, sealed release.
 
 The repository key arrives encrypted to a fresh X25519 key that exists only in this process,
 so it is useless to anyone who records the exchange; it opens the keystore's repository slot.
@@ -17,6 +18,7 @@ from zkv.errors import (
     ApprovalExpired,
     GatewayBusy,
     GatewayError,
+    GatewayRefused,
     GatewayUnreachable,
     InputError,
     KeystoreLocked,
@@ -27,7 +29,7 @@ from zkv.errors import (
 from zkv.keystore import OpenKeystore, SealedKeystore
 from zkv_early import net
 from zkv_early.config import Config
-from zkv_early.console import Console, countdown
+from zkv_early.console import Console, Ticker, waiting_text
 from zkv_early.http11 import Url
 from zkv_early.race import Cancelled, Deadline
 
@@ -61,10 +63,12 @@ class GatewayUnlock:
         hostname: str,
         wall_clock: Callable[[], float] = time.time,
         wait_network: Callable[..., None] = net.wait_for_network,
+        ticker: Callable[[Callable[[], None]], Ticker] = Ticker,
     ) -> None:
         self.config, self.console, self.client = config, console, client
         self.deadline, self.hostname = deadline, hostname
         self.wall_clock, self.wait_network = wall_clock, wait_network
+        self.ticker = ticker
         self.skew = 0.0  # the gateway's clock minus ours, from its last challenge
 
     def run(self, sealed: SealedKeystore, cancel: threading.Event) -> OpenKeystore:
@@ -79,7 +83,15 @@ class GatewayUnlock:
         )
         ephemeral_private, ephemeral_public = crypto.x25519_generate()
         created = self._create(host_private, sealed, ephemeral_public, cancel)
-        release = self._wait_for_approval(created, cancel)
+        expires = self.deadline.clock.monotonic() + max(
+            0.0, created.expires_at - self._gateway_time()
+        )
+        self._show_wait(created, expires)
+        countdown = self.ticker(lambda: self._show_wait(created, expires)).start()
+        try:
+            release = self._wait_for_approval(created, expires, cancel)
+        finally:
+            countdown.stop()
         try:
             secret = protocol.open_release(created.request_id, ephemeral_private, release)
             repository_key = keystore.parse_repository_key(secret)
@@ -124,10 +136,18 @@ class GatewayUnlock:
                 # A fresh challenge for every attempt: the gateway accepts each one once.
                 challenge = self._challenge()
                 request = protocol.UnlockRequest.create(
-                    host_private, self.hostname, sealed.datasets(), ephemeral_public, challenge
+                    host_private,
+                    self.hostname,
+                    sealed.datasets(),
+                    ephemeral_public,
+                    challenge,
+                    self.config.boot,
                 )
                 created = self.client.create(request)
                 break
+            except GatewayRefused:
+                self._say_flags()
+                raise
             except TRANSIENT as exc:
                 if self._left() <= delay:
                     raise
@@ -135,19 +155,32 @@ class GatewayUnlock:
             if self.deadline.clock.wait(cancel, delay):
                 raise Cancelled
             delay = min(delay * 2, RETRY_MAX)
-        left = min(self._left(), created.expires_at - self._gateway_time())
+        flags = self.config.boot.flags if self.config.boot else ()
         self.console.say(
-            f"unlock request sent to {self.config.gateway_host}: approve PIN {created.pin} "
-            f"({countdown(left)} left)"
+            f"unlock request sent to {self.config.gateway_host}; boot flags: "
+            f"{', '.join(flags) or 'none'}"
         )
         return created
 
+    def _waiting(self, created: protocol.UnlockCreated, left: float) -> str:
+        where = created.approve_at or self.config.gateway_host
+        return waiting_text(created.code_kind, created.pin, where, left)
+
+    def _show_wait(self, created: protocol.UnlockCreated, expires: float) -> None:
+        now = self.deadline.clock.monotonic()
+        self.console.progress(self._waiting(created, min(self._left(), expires - now)), now)
+
+    def _say_flags(self) -> None:
+        """The refusal is uniform, but this boot knows its own flags: one line on why it may be."""
+        if self.config.boot is not None and self.config.boot.flags:
+            self.console.say(
+                f"this boot's kernel command line carries {', '.join(self.config.boot.flags)}: "
+                "a gateway policy may refuse such boots"
+            )
+
     def _wait_for_approval(
-        self, created: protocol.UnlockCreated, cancel: threading.Event
+        self, created: protocol.UnlockCreated, expires: float, cancel: threading.Event
     ) -> crypto.Sealed:
-        expires = self.deadline.clock.monotonic() + max(
-            0.0, created.expires_at - self._gateway_time()
-        )
         failures = 0
         while True:
             if cancel.is_set():
@@ -176,9 +209,6 @@ class GatewayUnlock:
             if result.state == protocol.STATE_FAILED:
                 raise GatewayError("the gateway could not complete the request")
             later = self.deadline.clock.monotonic()
-            remaining = min(self._left(), expires - later)
-            self.console.say(
-                f"waiting for approval of PIN {created.pin} ({countdown(remaining)} left)"
-            )
+            self._show_wait(created, expires)  # also between ticks: a gateway may answer sooner
             if later - now < 1 and self.deadline.clock.wait(cancel, 1.0):
                 raise Cancelled  # a gateway that does not hold the poll open: do not spin

@@ -1,9 +1,12 @@
 """zkv in the VM: the boot client in the initrd against the real gateway on the host's loopback.
 
 The guest reaches the gateway as https://10.0.2.100/ (QEMU guestfwd -> TLS front -> gunicorn on
-127.0.0.1). The gateway runs the twilio approver: it texts the PIN to the owner through the local
-Twilio API stand-in (the real twilio SDK), and the test replies as the owner with a correctly
-signed inbound-SMS webhook (`PIN` approves, `NO PIN` denies), the PIN read off the guest console.
+127.0.0.1). The gateway runs the twilio approver: it texts the owner through the local Twilio API
+stand-in (the real twilio SDK). The approved boot runs the page policy: the owner's passkey
+(a virtual authenticator in headless chromium) approves through the link in her message, after
+the test checked the page's request code against the guest console's. The other scenarios run
+the sms-pin policy: the test replies as the owner with a correctly signed inbound-SMS webhook
+(`PIN` approves, `NO PIN` denies), the PIN read off the guest console.
 
 Four boots per flavour: approved (then the leftover checks in the same boot), gateway down
 (recovery passphrase at zkv's prompt), denied (zkv announces it, its prompt takes the recovery
@@ -61,12 +64,19 @@ def test_approved_boot_unlocks_everything_and_leaves_nothing(
     tmp_path: Path,
 ) -> None:
     zimg = zkv_images(flavour)
-    with gateway(zimg, tmp_path) as gw:
+    with gateway(zimg, tmp_path, policy="page") as gw:
         guest = guest_factory(zimg.image, gw.guest_port)
-        out = run_boot(guest, on_pin=gw.approve_pin)
+        out = run_boot(guest, on_pin=gw.approve_on_page)
         _record(zimg.image, "zkv-approved", out)
         assert gw.last_unlock_state() == "approved"
-        assert out.pin is not None
+        # The console shows a request code (it approves nothing) and where to approve; the
+        # page shows the same code, and the boot's flags as the client reported them.
+        assert out.code_kind == "request code" and out.pin is not None, out.events
+        assert out.boot_flags == "none", out.events
+        assert gw.page["code"] == out.pin, gw.page
+        assert gw.page["boot_flags"] == "none", gw.page
+        assert gw.page["status"].startswith("Approved"), gw.page
+        assert any("alice with passkey" in line for line in gw.gw.audit()), "no passkey vote"
         assert out.root == testbed.ROOT_DATASET
         assert out.stock_prompts == []
         assert out.data_mounted, "tank/secure's key should have come from the keystore"

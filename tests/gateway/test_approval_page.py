@@ -21,7 +21,7 @@ import requests
 
 from tests.harness import browser as browsers
 from tests.harness import protocol_client as client
-from tests.harness.browser import Browser
+from tests.harness.browser import Browser, enrol_owner
 from tests.harness.gateway import RunningGateway, free_port, running_gateway
 from zkv import protocol
 
@@ -45,22 +45,6 @@ def browser() -> Iterator[Browser]:
 def alice(gw: RunningGateway, browser: Browser) -> str:
     """The first owner, her passkey enrolled through the link `owners add` printed."""
     return enrol_owner(gw, browser, "alice")
-
-
-def enrol_owner(gw: RunningGateway, browser: Browser, name: str) -> str:
-    out = gw.cli("owners", "add", name).stdout
-    link = out.split()[-1]
-    assert link.startswith("http://localhost:") and "/o/enrol/" in link
-    browser.new_authenticator()
-    browser.open(link)
-    assert browser.text("owner") == name
-    browser.click("enrol")
-    assert browser.status(lambda s: "added" in s or "Not done" in s) == (
-        "Passkey added. You can close this page."
-    )
-    browser.open(link)  # the enrolment link is single-use
-    assert "not valid" in browser.text("status") or not browser.exists("enrol")
-    return name
 
 
 def unlock_request(

@@ -90,13 +90,26 @@ def test_the_signed_messages_are_described_field_for_field() -> None:
         "EnrollRequest": protocol.EnrollRequest.create(
             "db01", private, protocol.new_invite_token(), issued
         ),
-        "UnlockRequest": protocol.UnlockRequest.create(
+        "UnlockRequestV1": protocol.UnlockRequest.create(
             private, "db01", ["tank"], crypto.x25519_generate()[1], issued
+        ),
+        "UnlockRequestV2": protocol.UnlockRequest.create(
+            private,
+            "db01",
+            ["tank"],
+            crypto.x25519_generate()[1],
+            issued,
+            protocol.BootContext(("rd.break",), "ab" * 32),
         ),
         "Heartbeat": protocol.Heartbeat.create(private, issued),
     }
     for name, message in messages.items():
         assert set(schemas[name]["required"]) == set(message.to_json()), name
         assert set(schemas[name]["properties"]) == set(message.to_json()), name
+    refs = {one["$ref"].rsplit("/", 1)[1] for one in schemas["UnlockRequest"]["oneOf"]}
+    assert refs == {"UnlockRequestV1", "UnlockRequestV2"}
+    v2 = schemas["UnlockRequestV2"]["properties"]
+    assert v2["boot_flags"]["items"]["enum"] == list(protocol.BOOT_FLAGS)
+    assert v2["v"]["enum"] == [protocol.VERSION_BOOT]
     pattern = schemas["ChallengeValue"]["pattern"].removeprefix("^").removesuffix("$")
     assert re.fullmatch(pattern, issued)

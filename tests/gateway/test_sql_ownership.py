@@ -1,9 +1,9 @@
 """SQL lives only in the gateway's data-access modules; everything else calls them.
 
 Read from the source with ast, so a query written in service.py (or any new module) fails here.
-The rule: only store.py, audit.py, ratelimit.py and owner_store.py import sqlalchemy, name a
-table or run statements on a connection. config.py may import the two names it needs to check
-the database URL when the settings load; it builds no query.
+The rule: only store.py, audit.py, ratelimit.py, owner_store.py and boot_store.py import
+sqlalchemy, name a table or run statements on a connection. config.py may import the two
+names it needs to check the database URL when the settings load; it builds no query.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import pytest
 from sqlalchemy import Table
 
 import gateway
-from gateway import owner_store, store
+from gateway import boot_store, owner_store, store
 
 GATEWAY = Path(gateway.__file__).parent
-DATA_ACCESS = {"store", "audit", "ratelimit", "owner_store"}
+DATA_ACCESS = {"store", "audit", "ratelimit", "owner_store", "boot_store"}
 ALLOWED = {"config": {"sqlalchemy.engine.make_url", "sqlalchemy.exc.ArgumentError"}}
 TABLES = {
     name
-    for module in (store, owner_store)
+    for module in (store, owner_store, boot_store)
     for name, value in vars(module).items()
     if isinstance(value, Table)
 }

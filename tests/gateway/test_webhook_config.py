@@ -132,6 +132,24 @@ def test_empty_credential_counts_as_unset(tmp_path: Path) -> None:
             {"ZKV_SECRET_SOURCE": "file", "ZKV_SECRET_FILE": "/etc/hostname", "ZKV_SMS_TO": "12"},
             "TWILIO_ACCOUNT_ID is required",
         ),
+        (
+            {
+                "ZKV_SECRET_SOURCE": "file",
+                "ZKV_SECRET_FILE": "/etc/hostname",
+                "ZKV_APPROVER": "console",
+                "ZKV_REFUSE_BOOT_FLAGS": "rd.break, init=/bin/sh",
+            },
+            "REFUSE_BOOT_FLAGS: unknown boot flag 'init=/bin/sh'",
+        ),
+        (
+            {
+                "ZKV_SECRET_SOURCE": "file",
+                "ZKV_SECRET_FILE": "/etc/hostname",
+                "ZKV_APPROVER": "console",
+                "ZKV_APPROVE_AT": "gw\x1b[2J",
+            },
+            "APPROVE_AT must be printable",
+        ),
     ],
 )
 def test_invalid_configuration(environ: dict[str, str], message: str) -> None:

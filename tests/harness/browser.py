@@ -9,9 +9,12 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.harness.gateway import RunningGateway
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 PHONE = (390, 844)  # CSS pixels of a common phone screen
@@ -95,6 +98,24 @@ class Browser:
 
     def screenshot(self, path: str) -> None:
         self.driver.save_screenshot(path)
+
+
+def enrol_owner(gw: RunningGateway, browser: Browser, name: str) -> str:
+    """`owners add NAME`, then a passkey enrolled through the link it printed (in a new
+    virtual authenticator: this owner's phone); the link works once."""
+    out = gw.cli("owners", "add", name).stdout
+    link = out.split()[-1]
+    assert link.startswith("http://localhost:") and "/o/enrol/" in link
+    browser.new_authenticator()
+    browser.open(link)
+    assert browser.text("owner") == name
+    browser.click("enrol")
+    assert browser.status(lambda s: "added" in s or "Not done" in s) == (
+        "Passkey added. You can close this page."
+    )
+    browser.open(link)  # the enrolment link is single-use
+    assert "not valid" in browser.text("status") or not browser.exists("enrol")
+    return name
 
 
 @contextmanager

@@ -53,11 +53,15 @@ def unlock(
     datasets: tuple[str, ...] = ("tank/secure",),
     headers: Headers = None,
     challenge_from: str | None = None,
+    boot: protocol.BootContext | None = None,
 ) -> Boot:
-    """Fetch a challenge (from ``challenge_from``, another gateway, if given), sign, send."""
+    """Fetch a challenge (from ``challenge_from``, another gateway, if given), sign, send;
+    ``boot``: a version 2 request reporting that boot context (else version 1)."""
     private, public = crypto.x25519_generate()
     fresh = challenge(challenge_from or url, headers).challenge
-    req = protocol.UnlockRequest.create(host.private_key, host.hostname, datasets, public, fresh)
+    req = protocol.UnlockRequest.create(
+        host.private_key, host.hostname, datasets, public, fresh, boot
+    )
     return Boot(req, private, send(url, req, headers))
 
 

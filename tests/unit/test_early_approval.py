@@ -15,6 +15,7 @@ from zkv import hostkey, keystore, protocol
 from zkv.errors import (
     ApprovalDenied,
     ApprovalExpired,
+    GatewayRefused,
     GatewayUnreachable,
     KeystoreLocked,
     ProtocolError,
@@ -39,9 +40,10 @@ class ScriptedClient:
         create_failures: int = 0,
         ttl: int = 600,
         offset: float = 0,
+        created: dict[str, Any] | None = None,
     ) -> None:
         self.clock, self.polls, self.create_failures, self.ttl = clock, polls, create_failures, ttl
-        self.offset = offset
+        self.offset, self.created = offset, created or {}
         self.challenges: list[str] = []
         self.requests: list[protocol.UnlockRequest] = []
         self.waits: list[int] = []
@@ -56,7 +58,8 @@ class ScriptedClient:
         if self.create_failures:
             self.create_failures -= 1
             raise GatewayUnreachable(url="https://gw", detail="Connection refused")
-        return protocol.UnlockCreated(RID, "123456", int(self.clock.now + self.offset) + self.ttl)
+        expires = int(self.clock.now + self.offset) + self.ttl
+        return protocol.UnlockCreated(RID, "123456", expires, **self.created)
 
     def poll(self, request_id: str, wait: int) -> protocol.PollResult:
         self.waits.append(wait)
@@ -96,11 +99,13 @@ def host_files(tmp_path: Path) -> None:
 
 
 def gateway_flow(
-    tmp_path: Path, client: Any, clock: FakeClock, total: float = 300
+    tmp_path: Path, client: Any, clock: FakeClock, total: float = 300, **config_kw: Any
 ) -> tuple[GatewayUnlock, io.StringIO]:
     """The gateway contender for the host in ``tmp_path`` with ``client``, and its console."""
     out = io.StringIO()
-    config = Config(gateway_url="https://gw.example", host_key=str(tmp_path / "host.key"))
+    config = Config(
+        gateway_url="https://gw.example", host_key=str(tmp_path / "host.key"), **config_kw
+    )
     flow = GatewayUnlock(
         config,
         Console(out),
@@ -117,10 +122,12 @@ def gateway_flow(
 def setup(tmp_path: Path) -> Callable[..., tuple[GatewayUnlock, ScriptedClient, io.StringIO]]:
     host_files(tmp_path)
 
-    def make(polls: list[Any], total: float = 300, **kw: Any) -> tuple[Any, Any, io.StringIO]:
+    def make(
+        polls: list[Any], total: float = 300, boot: Any = None, **kw: Any
+    ) -> tuple[Any, Any, io.StringIO]:
         clock = FakeClock()
         client = ScriptedClient(clock, polls, **kw)
-        flow, out = gateway_flow(tmp_path, client, clock, total)
+        flow, out = gateway_flow(tmp_path, client, clock, total, boot=boot)
         return flow, client, out
 
     return make
@@ -225,3 +232,76 @@ def test_release_that_is_not_a_repository_key(setup: Any, tmp_path: Path) -> Non
     flow, _c, _o = setup([approved(b"not hex")])
     with pytest.raises(ProtocolError):
         flow.run(sealed(tmp_path), threading.Event())
+
+
+BOOT = protocol.BootContext(("rd.break",), "ab" * 32)
+
+
+def test_the_request_carries_the_boot_flags_and_the_console_the_request_code(
+    setup: Any, tmp_path: Path
+) -> None:
+    created = {"code_kind": protocol.CODE_REQUEST, "approve_at": "the link sent to the owner"}
+    flow, client, out = setup([pending, approved()], boot=BOOT, created=created)
+    flow.run(sealed(tmp_path), threading.Event())
+    request = client.requests[0]
+    assert request.boot == BOOT and request.to_json()["v"] == protocol.VERSION_BOOT
+    text = out.getvalue()
+    assert "boot flags: rd.break" in text
+    assert "request code 123456 - approve at the link sent to the owner - waiting, 5:00 left" in (
+        text
+    )
+    assert "PIN" not in text  # the code approves nothing: the console does not call it a PIN
+
+
+def test_a_refused_boot_with_flags_says_why_it_may_be(setup: Any, tmp_path: Path) -> None:
+    flow, client, out = setup([], boot=BOOT)
+    client.create = lambda _request: (_ for _ in ()).throw(GatewayRefused())
+    with pytest.raises(GatewayRefused):
+        flow.run(sealed(tmp_path), threading.Event())
+    lines = [line for line in out.getvalue().splitlines() if "rd.break" in line]
+    assert lines == [
+        "zkv: this boot's kernel command line carries rd.break: a gateway policy may refuse "
+        "such boots"
+    ]
+
+
+def test_the_countdown_ticks_between_polls(tmp_path: Path) -> None:
+    """The ticker's tick rewrites the line (a terminal) while a long-poll is held open."""
+    host_files(tmp_path)
+    clock = FakeClock()
+    ticks: list[Callable[[], None]] = []
+
+    class Manual:
+        def __init__(self, tick: Callable[[], None]) -> None:
+            ticks.append(tick)
+
+        def start(self) -> Manual:
+            return self
+
+        def stop(self) -> None:
+            ticks.clear()
+
+    def poll_with_ticks(_req: protocol.UnlockRequest) -> protocol.PollResult:
+        for _ in range(3):
+            clock.now += 5
+            ticks[0]()
+        return approved()(_req)
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Terminal()
+    client = ScriptedClient(
+        clock, [poll_with_ticks], created={"code_kind": "pin", "approve_at": ""}
+    )
+    config = Config(gateway_url="https://gw.example", host_key=str(tmp_path / "host.key"))
+    flow = GatewayUnlock(
+        config, Console(out), client, Deadline(clock, 300), "nas",
+        wall_clock=lambda: clock.now, wait_network=lambda *a, **k: None, ticker=Manual,
+    )  # fmt: skip
+    flow.run(sealed(tmp_path), threading.Event())
+    text = out.getvalue()
+    assert [f"{s} left" in text for s in ("5:00", "4:55", "4:50", "4:45")] == [True] * 4
+    assert "\rzkv: PIN 123456 - approve at gw.example - waiting, 4:55 left" in text
+    assert not ticks  # stopped

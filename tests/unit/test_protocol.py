@@ -186,3 +186,79 @@ def test_challenge_answer_shape() -> None:
             protocol.Challenge.from_json(bad)
     with pytest.raises(ProtocolViolation):
         UnlockRequest.create(HOST_PRIVATE, "db01", [], EPH_PUBLIC, "short")
+
+
+# --- version 2: the boot context ------------------------------------------------------------
+
+BOOT = protocol.BootContext(("init", "rd.break"), "ab" * 32)
+
+
+def unlock_v2_json(**overrides: Any) -> dict[str, Any]:
+    request = UnlockRequest.create(HOST_PRIVATE, "db01", ["rpool"], EPH_PUBLIC, CHALLENGE, BOOT)
+    return {**request.to_json(), **overrides}
+
+
+def test_boot_context_round_trip_and_signed() -> None:
+    body = unlock_v2_json()
+    assert body["v"] == protocol.VERSION_BOOT
+    assert body["boot_flags"] == ["init", "rd.break"] and body["cmdline_sha256"] == "ab" * 32
+    parsed = UnlockRequest.from_json(body)
+    parsed.verify(HOST_PUBLIC)
+    assert parsed.boot == BOOT and parsed.boot.warnings == ("init", "rd.break")
+    # A flag dropped on the way (a thief hiding rd.break, a proxy) breaks the signature.
+    for hidden in (BOOT._replace(flags=("init",)), BOOT._replace(cmdline_sha256="cd" * 32)):
+        with pytest.raises(crypto.BadSignature):
+            parsed._replace(boot=hidden).verify(HOST_PUBLIC)
+    # Nor can it pass as a version 1 request without the fields.
+    v1 = {k: v for k, v in body.items() if k not in ("boot_flags", "cmdline_sha256")}
+    with pytest.raises(crypto.BadSignature):
+        UnlockRequest.from_json({**v1, "v": protocol.VERSION}).verify(HOST_PUBLIC)
+
+
+def test_a_version_1_request_still_parses_and_reports_no_boot() -> None:
+    parsed = UnlockRequest.from_json(unlock_json())
+    assert parsed.boot is None
+    parsed.verify(HOST_PUBLIC)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"boot_flags": ["rd.break", "init"]},  # not sorted
+        {"boot_flags": ["init", "init"]},
+        {"boot_flags": ["init=/bin/sh"]},  # names only, never values
+        {"boot_flags": ["made-up"]},
+        {"boot_flags": "rd.break"},
+        {"boot_flags": [1]},
+        {"cmdline_sha256": "AB" * 32},
+        {"cmdline_sha256": "ab" * 31},
+        {"cmdline_sha256": "ab" * 32 + "\n"},
+        {"cmdline_sha256": None},
+        {"v": 3},
+        {"v": True},
+    ],
+)
+def test_malformed_boot_contexts_are_violations(overrides: dict[str, Any]) -> None:
+    with pytest.raises(ProtocolViolation):
+        UnlockRequest.from_json(unlock_v2_json(**overrides))
+
+
+def test_version_2_needs_both_boot_fields_and_version_1_neither() -> None:
+    body = unlock_v2_json()
+    del body["cmdline_sha256"]
+    with pytest.raises(ProtocolViolation):
+        UnlockRequest.from_json(body)
+    with pytest.raises(ProtocolViolation):
+        UnlockRequest.from_json(unlock_json(boot_flags=[]))
+
+
+def test_unlock_created_says_what_the_code_is_and_where_to_approve() -> None:
+    created = UnlockCreated("ab" * 16, "012345", 1_700_000_000, protocol.CODE_REQUEST, "gw.example")
+    assert UnlockCreated.from_json(created.to_json()) == created
+    old = UnlockCreated("ab" * 16, "012345", 1_700_000_000)
+    assert set(old.to_json()) == {"request_id", "pin", "expires_at"}  # what v1 clients take
+    for bad in ({"code_kind": "secret"}, {"approve_at": "x" * (protocol.MAX_WHERE + 1)}):
+        with pytest.raises(ProtocolViolation):
+            UnlockCreated.from_json({**created.to_json(), **bad})
+    with pytest.raises(ProtocolViolation):
+        UnlockCreated.from_json({**old.to_json(), "approve_at": "gw"})  # without code_kind

@@ -122,6 +122,10 @@ class Guest:
     ``host_port``: the guest reaches 127.0.0.1:<host_port> as 10.0.2.100:80.
     ``extra_cmdline``: appended to the kernel command line (e.g. ``rd.zkv=0``).
     ``icount``: QEMU's -icount (see qemu.command): the guest's clock counts instructions.
+
+    ``boot_again()`` boots the same disk once more: QEMU runs with -no-reboot, so the guest's
+    own ``systemctl reboot`` ends it; the next QEMU starts on the same overlay, which lives
+    until ``close()`` (what the first boot wrote, the second one finds).
     """
 
     def __init__(
@@ -164,10 +168,15 @@ class Guest:
             *self.extra_cmdline,
         ]
 
+    @property
+    def disk(self) -> Path:
+        """This guest's qcow2 overlay, made on the first start and kept across boots."""
+        return Path(self._workdir.name) / "disk.qcow2"
+
     def start(self) -> None:
-        overlay = qemu.overlay(
-            self.image.disk, Path(self._workdir.name) / "disk.qcow2", self.image.disk_format
-        )
+        if not self.disk.exists():
+            qemu.overlay(self.image.disk, self.disk, self.image.disk_format)
+        overlay = self.disk
         command = qemu.command(
             kernel=self.image.kernel,
             initrd=self.image.initrd,
@@ -189,9 +198,25 @@ class Guest:
         )
         self._child.logfile_read = self._log
 
+    def boot_again(self, timeout: float = 120) -> None:
+        """Wait up to ``timeout`` for this boot's QEMU to exit (the guest rebooted or powered
+        off: -no-reboot), stop it if it did not, then start QEMU again on the same disk."""
+        if self._child is not None:
+            if self._child.isalive():
+                self._child.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=timeout)
+            self._stop_qemu()
+            self._log.write(f"--- boot again on {self.disk} ---\n")
+        self.start()
+
+    def _stop_qemu(self) -> None:
+        if self._child is not None:
+            if self._child.isalive():
+                self._child.terminate(force=True)
+            self._child.close()
+            self._child = None
+
     def close(self) -> None:
-        if self._child is not None and self._child.isalive():
-            self._child.terminate(force=True)
+        self._stop_qemu()
         self._log.close()
         self._workdir.cleanup()
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pexpect
 
+from tests.harness import browser as browsers
 from tests.harness import protocol_client as client
 from tests.harness.gateway import RunningGateway, free_port, running_gateway
 from tests.harness.gateway import tls_front as harness_tls_front
@@ -23,9 +24,15 @@ from tests.vm import driver, testbed
 from tests.vm.driver import Guest
 from tests.vm.zkv_image import HOSTNAME, RECOVERY_PASSPHRASE, ZkvImage, test_ca
 
-# The "(" after the PIN: pexpect matches on what has arrived so far, and a console line can
-# arrive in pieces ("approve PIN 3501" of 350178 was once taken for the whole PIN).
-PIN = re.compile(r"approve PIN (\d{4,12}) \(")
+# The client's countdown line (zkv_early/console.py waiting_text), rewritten in place:
+# "zkv: request code 482913 - approve at <where> - waiting, 4:58 left" (PIN under sms-pin).
+# The " - " after the code: pexpect matches on what has arrived so far, and a console line can
+# arrive in pieces ("PIN 3501" of 350178 was once taken for the whole PIN).
+PIN = re.compile(r"zkv: (request code|PIN) (\d{4,12}) - ")
+# "zkv: unlock request sent to HOST; boot flags: none" (the flags the request reported)
+BOOT_FLAGS = re.compile(r"; boot flags: ([a-z., -]+?)\r*\n")
+# The approval link in the owner's message (APPROVAL_URL is http://localhost:PORT).
+PAGE_LINK = re.compile(r"http://localhost:\d+/o/r/[A-Za-z0-9_-]+")
 # initramfs-tools: "Recovery passphrase: "; dracut's console agent: "... (press TAB for no echo)".
 RECOVERY_PROMPT = re.compile(r"Recovery passphrase(?: \(press TAB for no echo\)|[^\r\n:]*:)")
 # A status line of the client that ends the gateway's part: denied, expired, wrong key, down.
@@ -61,6 +68,8 @@ class Gateway:
     gw: RunningGateway
     guest_port: int  # what QEMU's guestfwd connects to (the TLS front)
     approver: str = "twilio"
+    browser: browsers.Browser | None = None  # policy "page": the owner's, passkey enrolled
+    page: dict[str, str] = field(default_factory=dict)  # what approve_on_page read there
 
     def requests(self) -> list[list[str]]:
         """`zkv-gateway requests`: one row per request, ``[id, kind, state, ...]``."""
@@ -81,19 +90,38 @@ class Gateway:
         rows = [r for r in self.requests() if len(r) >= 3 and r[1] == "unlock"]
         return rows[-1][2] if rows else ""
 
+    def _message_with(self, code: str) -> str:
+        """The text the gateway sent the owner (Twilio's API stand-in recorded it) for ``code``."""
+        deadline = time.monotonic() + 10
+        while True:
+            texts = [text for text in self.gw.notifications() if code in text]
+            if texts:
+                return texts[-1]
+            assert time.monotonic() < deadline, f"no message to the owner with code {code}"
+            time.sleep(0.1)
+
+    def approve_on_page(self, code: str) -> None:
+        """As the owner under the page policy: open the link of the message for ``code`` in the
+        browser, note what the page shows (``page``), approve with the passkey."""
+        assert self.browser is not None, "gateway(policy='page') enrols the owner's passkey"
+        link = PAGE_LINK.search(self._message_with(code))
+        assert link, "the message carries no approval link"
+        self.browser.open(link[0])
+        self.page = {
+            "code": self.browser.text("code"),
+            "boot_flags": self.browser.text("boot-flags"),
+            "cmdline": self.browser.text("cmdline"),
+        }
+        self.browser.click("approve")
+        self.page["status"] = self.browser.status(lambda s: "Approved" in s or "Not done" in s)
+
     def _reply(self, pin: str, body: str) -> None:
         """As the owner: reply ``body`` by SMS to the text that carried ``pin``. The webhook is
         signed exactly as Twilio signs it (X-Twilio-Signature over URL and form) and comes from
         the owner's number; Twilio's API stand-in recorded the text the gateway sent. Returns at
         once (no CLI round trips: the client's fallback window is short); check the outcome
         with last_unlock_state() after the boot."""
-        deadline = time.monotonic() + 10
-        while True:
-            texts = self.gw.notifications()
-            if any(pin in text for text in texts):
-                break
-            assert time.monotonic() < deadline, f"no SMS to the owner with PIN {pin}: {texts}"
-            time.sleep(0.1)
+        self._message_with(pin)
         status = self.gw.sms(body)
         assert status == 200, f"webhook answered {status}"
 
@@ -112,7 +140,11 @@ class Gateway:
 
 @contextlib.contextmanager
 def gateway(
-    zimg: ZkvImage, tmp: Path, approver: str = "twilio", secret: str | None = None
+    zimg: ZkvImage,
+    tmp: Path,
+    approver: str = "twilio",
+    secret: str | None = None,
+    policy: str = "sms-pin",
 ) -> Iterator[Gateway]:
     """The real gateway releasing ``secret`` (default: the image's repository key), the
     image's host invited by the owner and enrolled (its own secret, zkv-HOSTNAME-...), and the TLS
@@ -120,13 +152,26 @@ def gateway(
 
     ``approver="twilio"`` (default): the real twilio SDK texts the owner through the local
     Twilio API stand-in, and approve_pin/deny_pin answer through the signed SMS webhook.
-    ``"console"``: the owner's CLI (`zkv-gateway approve ID PIN`), as in `make demo`."""
+    ``"console"``: the owner's CLI (`zkv-gateway approve ID PIN`), as in `make demo`.
+    ``policy="page"`` (twilio): the owner "alice" enrols a passkey in headless chromium first,
+    and approve_on_page approves through the link in her message."""
     released = (secret or zimg.repository_key).encode()
-    with running_gateway(tmp, approver=approver, secret=released) as gw:
+    page = policy == "page"
+    settings = {"APPROVAL_POLICY": policy} if approver == "twilio" else {}
+    with contextlib.ExitStack() as stack:
+        gw = stack.enter_context(
+            running_gateway(
+                tmp, approver=approver, secret=released, settings=settings, approval_page=page
+            )
+        )
+        browser = None
+        if page:
+            browser = stack.enter_context(browsers.chromium())
+            browsers.enrol_owner(gw, browser, "alice")
         gw.admit(client.Host(hostname=HOSTNAME, private_key=zimg.host_private_key))
         port = int(gw.url.rsplit(":", 1)[1])
-        with tls_front(port) as front:
-            yield Gateway(gw, front, approver)
+        front = stack.enter_context(tls_front(port))
+        yield Gateway(gw, front, approver, browser)
 
 
 @contextlib.contextmanager
@@ -139,7 +184,9 @@ def unreachable_port() -> Iterator[int]:
 class Outcome:
     root: str = ""
     data_mounted: bool = False
-    pin: str | None = None
+    pin: str | None = None  # the code the console showed
+    code_kind: str | None = None  # what the console called it: "request code" or "PIN"
+    boot_flags: str | None = None  # what the console said the request reported
     kernel: float | None = None
     root_at: float | None = None  # the real root's marker line (after zfs-mount.service)
     switched_at: float | None = None  # the real root's systemd took over (root mounted)
@@ -173,9 +220,10 @@ def run_boot(
 ) -> Outcome:
     """Drive one boot until the real root's marker.
 
-    ``on_pin``: called once with the PIN the client shows. ``recovery`` / ``stock``: what to type
-    at zkv's recovery prompt / OpenZFS's prompt (None: a stock prompt fails the test, a recovery
-    prompt is left waiting, as the racing prompt of an approved boot is). With
+    ``on_pin``: called once with the code the client shows (a request code, or a PIN).
+    ``recovery`` / ``stock``: what to type at zkv's recovery prompt / OpenZFS's prompt (None: a
+    stock prompt fails the test, a recovery prompt is left waiting, as the racing prompt of an
+    approved boot is). With
     ``answer_after_gateway_gave_up``, the recovery prompt is answered only after the client said
     the gateway part failed (denied, expired, wrong key, unreachable): that is the fallback
     (the client keeps its prompt open for ``[timeouts] fallback`` seconds after saying so).
@@ -197,6 +245,7 @@ def run_boot(
         RECOVERY_WRONG,
         RECOVERY_OK,
         driver.SWITCHED_ROOT,
+        BOOT_FLAGS,
     ]
 
     def note(text: str) -> None:
@@ -210,8 +259,8 @@ def run_boot(
         if index == 0:
             out.kernel = out.kernel or guest.elapsed()
         elif index == 1 and out.pin is None:
-            out.pin = match.group(1)
-            note(f"client shows PIN {out.pin}")
+            out.code_kind, out.pin = match.group(1), match.group(2)
+            note(f"client shows {out.code_kind} {out.pin}")
             if on_pin is not None:
                 on_pin(out.pin)
         elif index == 2:
@@ -255,6 +304,9 @@ def run_boot(
         elif index == 10 and out.switched_at is None:
             out.switched_at = guest.elapsed()
             note("switched to the real root")
+        elif index == 11 and out.boot_flags is None:
+            out.boot_flags = match.group(1)
+            note(f"client reports boot flags: {out.boot_flags}")
 
 
 def no_leftovers(guest: Guest, zimg: ZkvImage) -> dict[str, str]:
