@@ -16,7 +16,15 @@ import os
 
 from zkv import keystore
 from zkv.cryptsetup import Cryptsetup
-from zkv.errors import EntryExists, UsageError
+from zkv.errors import (
+    CryptKeyRejected,
+    CryptsetupError,
+    EntryExists,
+    InputError,
+    InvalidKeyMaterial,
+    UsageError,
+    ZkvError,
+)
 from zkv_admin import rotation, secret_input
 from zkv_admin.common import open_store, path_of, save, say
 
@@ -70,7 +78,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     store = open_store(args, sealed)
     if args.generate:
         keyformat = "keyfile" if args.raw else "passphrase"
-        new = rotation.generate_key("raw" if args.raw else "passphrase")
+        new = rotation.generate_key(keyformat)
         crypt.add_key(device, material, new)
         material = new
     else:
@@ -80,3 +88,59 @@ def cmd_add(args: argparse.Namespace) -> int:
     done = "a new keyslot holds a new random key" if args.generate else "cryptsetup accepted it"
     say(f"added {target} ({keyformat}); {done}")
     return 0
+
+
+def device_of(crypt: Cryptsetup, entry: keystore.Entry) -> str:
+    """What cryptsetup reads for a block entry: the device, or the image file itself."""
+    if entry.kind == keystore.KIND_LOOPFILE:
+        return entry.locator
+    return crypt.device(entry.locator)
+
+
+class LuksRotatable:
+    """A LUKS device for zkv_admin/rotation.py: the change adds a keyslot for the new key
+    (the device then takes both); settling removes the older key's keyslot, then the keystore
+    forgets it. A crash between leaves two keyslots, which the next settle() reduces to one."""
+
+    tool: str = "cryptsetup"
+    failure: type[ZkvError] = CryptsetupError
+
+    def __init__(self, crypt: Cryptsetup, device: str) -> None:
+        self.crypt, self.device = crypt, device
+
+    @classmethod
+    def of(cls, entry: keystore.Entry) -> LuksRotatable:
+        crypt = Cryptsetup()
+        return cls(crypt, device_of(crypt, entry))
+
+    def ready(self) -> None:
+        self.crypt.require_luks(self.device)
+
+    def look(self) -> None:
+        """Nothing to read: the keyslots answer accepts()."""
+
+    def accepts(self, key: bytes) -> bool:
+        try:
+            self.crypt.test_key(self.device, key)
+        except CryptKeyRejected:
+            return False
+        return True
+
+    def begin(self, epoch: int) -> None:
+        """Nothing to mark: the keystore's staged key is the record."""
+
+    def change(self, old: bytes, new: bytes, keyformat: str) -> None:
+        self.crypt.add_key(self.device, old, new)
+
+    def settle(self, keys: list[bytes], winner: int, epoch: int | None) -> int | None:
+        for older in keys[:winner]:
+            if self.accepts(older):
+                self.crypt.remove_key(self.device, older)
+        return epoch
+
+    def keyformat(self, key: bytes) -> str:
+        try:
+            keystore.check_material("passphrase", key)
+        except (InputError, InvalidKeyMaterial):
+            return "keyfile"
+        return "passphrase"

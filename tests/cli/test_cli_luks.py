@@ -214,3 +214,30 @@ def test_a_missing_uuid_is_absent_and_the_rest_still_load(store: Zkv) -> None:
         f"{missing}: absent: no such device: UUID=00000000-0000-4000-8000-000000000000",
         "tank/a: loaded",
     ]
+
+
+def test_rotate_adds_the_new_keyslot_then_removes_the_old(store: Zkv, tmp_path: Path) -> None:
+    image = luks_file(tmp_path / "rot.img")
+    target = f"loopfile:{image}"
+    assert store.with_pass("add", "--luks", str(image), stdin=OLD).code == 0
+    rotated = store.with_pass("rotate", target)
+    assert rotated.code == 0, rotated.stderr
+    (new,) = store.open().candidates(target)
+    assert store.open().epochs(target) == [1]
+    assert new != OLD and accepts(image, new) and not accepts(image, OLD)
+    assert store.fake.image_keystore().read_bytes() == store.keystore.read_bytes()
+
+
+def test_reconcile_after_a_crash_between_add_key_and_remove_key(store: Zkv, tmp_path: Path) -> None:
+    image = luks_file(tmp_path / "crash.img")
+    target = f"loopfile:{image}"
+    opened = store.open()
+    opened.put(keystore.Entry(target, "passphrase", "loopfile"), OLD)
+    new = b"the staged new passphrase"
+    opened.stage(target, new, "passphrase", 1)
+    keystore.write(store.keystore, opened)
+    Cryptsetup().add_key(str(image), OLD, new)  # the power went off right after this
+    assert accepts(image, OLD) and accepts(image, new)
+    assert store.with_pass("reconcile").stdout.decode() == f"{target}: epoch 1\n"
+    assert store.open().candidates(target) == [new]
+    assert accepts(image, new) and not accepts(image, OLD)
