@@ -5,13 +5,13 @@ tests/cli/test_cli_luks.py."""
 from __future__ import annotations
 
 import base64
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.fakes.fakecrypt import FOLDER as FAKE
+from tests.fakes.fakecrypt import FakeCrypt
 from tests.fakes.fakezfs import BINARY as ZFS
 from tests.fakes.fakezfs import FakeZfs
 from zkv import errors, keystore
@@ -21,74 +21,46 @@ from zkv.keyload.loopfile import LoopfileLoader
 from zkv.keyload.luks import LuksLoader, mapping_name
 from zkv.zfs import Zfs
 
-FAKE = Path(__file__).parents[1] / "fakes" / "crypt"
 UUID = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"
 OLD, NEW = b"old luks passphrase", b"new luks passphrase"
 DISK = "/dev/fake-disk"
 
 
-class Fake:
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    def state(self) -> dict[str, Any]:
-        return json.loads((self.folder / "state.json").read_text())  # type: ignore[no-any-return]
-
-    def write(self, state: dict[str, Any]) -> None:
-        (self.folder / "state.json").write_text(json.dumps(state))
-
-    def set(self, **values: Any) -> None:
-        self.write({**self.state(), **values})
-
-    def keys(self, path: str = DISK) -> list[bytes]:
-        return [base64.b64decode(k) for k in self.state()["devices"][path]["keys"]]
-
-    def calls(self) -> list[dict[str, Any]]:
-        path = self.folder / "calls.jsonl"
-        rows = path.read_text().splitlines() if path.exists() else []
-        return [json.loads(row) for row in rows]
-
-    def argv_never_holds(self, *secrets: bytes) -> None:
-        for call in self.calls():
-            joined = "\0".join(call["argv"]).encode()
-            assert not any(s in joined or s.hex().encode() in joined for s in secrets), call
-
-
 @pytest.fixture
-def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Fake:
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeCrypt:
     image = tmp_path / "vdev.img"
     image.write_bytes(b"")
-    devices = {
-        DISK: {"uuid": UUID, "keys": [base64.b64encode(OLD).decode()]},
-        str(image): {"uuid": "1" * 8 + UUID[8:], "keys": [base64.b64encode(OLD).decode()]},
-        "/dev/plain": {"uuid": "", "keys": [], "luks": False},
-    }
-    made = Fake(tmp_path)
-    made.write({"devices": devices, "mappings": {}, "loops": {}})
-    monkeypatch.setenv("ZKV_FAKE_CRYPT_STATE", str(tmp_path))
-    for tool in ("cryptsetup", "losetup", "blkid"):
-        monkeypatch.setenv(f"ZKV_{tool.upper()}", str(FAKE / tool))
+    made = FakeCrypt.create(
+        tmp_path,
+        {
+            DISK: {"uuid": UUID, "keys": [OLD]},
+            str(image): {"uuid": "1" * 8 + UUID[8:], "keys": [OLD]},
+            "/dev/plain": {"uuid": "", "keys": [], "luks": False},
+        },
+    )
+    for name, value in made.env().items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setattr("zkv.cryptsetup.BY_ID", {"UUID": str(tmp_path / "no-udev")})
     monkeypatch.setattr("os.path.exists", lambda p, _real=os.path.exists: p == DISK or _real(p))
     return made
 
 
-def image(fake: Fake) -> str:
+def image(fake: FakeCrypt) -> str:
     return str(fake.folder / "vdev.img")
 
 
-def test_add_key_reads_old_on_stdin_and_new_on_a_pipe(fake: Fake) -> None:
+def test_add_key_reads_old_on_stdin_and_new_on_a_pipe(fake: FakeCrypt) -> None:
     Cryptsetup().add_key(DISK, OLD, NEW)
     (call,) = fake.calls()
     assert call["argv"][:2] == ["cryptsetup", "luksAddKey"]
     assert call["argv"][-1].startswith("/dev/fd/") and "--key-file=-" in call["argv"]
     assert base64.b64decode(call["stdin"]) == OLD
     assert base64.b64decode(call["new_key"]) == NEW
-    assert fake.keys() == [OLD, NEW]
+    assert fake.keys(DISK) == [OLD, NEW]
     fake.argv_never_holds(OLD, NEW)
 
 
-def test_weak_pbkdf_only_when_tests_ask(fake: Fake, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_weak_pbkdf_only_when_tests_ask(fake: FakeCrypt, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ZKV_TESTONLY_WEAKEN_KDF", "1")
     Cryptsetup().add_key(DISK, OLD, NEW)
     assert "--pbkdf-force-iterations" in fake.calls()[0]["argv"]
@@ -98,7 +70,7 @@ def test_weak_pbkdf_only_when_tests_ask(fake: Fake, monkeypatch: pytest.MonkeyPa
     ("code", "error"),
     [(2, errors.CryptKeyRejected), (1, errors.CryptsetupError), (5, errors.CryptsetupError)],
 )
-def test_exit_codes_become_typed_errors(fake: Fake, code: int, error: type) -> None:
+def test_exit_codes_become_typed_errors(fake: FakeCrypt, code: int, error: type) -> None:
     fake.set(fail={"open": [code, "Device busy or whatever."]})
     with pytest.raises(error) as caught:
         Cryptsetup().test_key(DISK, OLD)
@@ -106,7 +78,7 @@ def test_exit_codes_become_typed_errors(fake: Fake, code: int, error: type) -> N
     assert OLD.decode() not in caught.value.message
 
 
-def test_wrong_key_missing_device_not_luks(fake: Fake) -> None:
+def test_wrong_key_missing_device_not_luks(fake: FakeCrypt) -> None:
     crypt = Cryptsetup()
     with pytest.raises(errors.CryptKeyRejected):
         crypt.test_key(DISK, NEW)
@@ -116,11 +88,11 @@ def test_wrong_key_missing_device_not_luks(fake: Fake) -> None:
         crypt.luks_uuid("/dev/plain")
     assert crypt.luks_uuid(DISK) == UUID
     crypt.remove_key(DISK, OLD)
-    assert fake.keys() == []
+    assert fake.keys(DISK) == []
     fake.argv_never_holds(OLD, NEW)
 
 
-def test_unavailable_and_timeout(fake: Fake, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unavailable_and_timeout(fake: FakeCrypt, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ZKV_CRYPTSETUP", "/nonexistent/cryptsetup")
     with pytest.raises(errors.CryptUnavailable):
         Cryptsetup().is_luks(DISK)
@@ -130,14 +102,14 @@ def test_unavailable_and_timeout(fake: Fake, monkeypatch: pytest.MonkeyPatch) ->
         Cryptsetup(timeout=0.5).is_luks(DISK)
 
 
-def test_uuid_resolved_by_blkid_without_udev(fake: Fake) -> None:
+def test_uuid_resolved_by_blkid_without_udev(fake: FakeCrypt) -> None:
     crypt = Cryptsetup()
     assert crypt.device(f"UUID={UUID}") == DISK
     with pytest.raises(errors.CryptDeviceNotFound):
         crypt.device("UUID=00000000-0000-4000-8000-000000000000")
 
 
-def test_luks_loader_newest_candidate_first_then_already_open(fake: Fake) -> None:
+def test_luks_loader_newest_candidate_first_then_already_open(fake: FakeCrypt) -> None:
     fake.set(
         devices={
             **fake.state()["devices"],
@@ -154,7 +126,7 @@ def test_luks_loader_newest_candidate_first_then_already_open(fake: Fake) -> Non
     fake.argv_never_holds(OLD, NEW)
 
 
-def test_luks_loader_missing_device_and_broken_tool(fake: Fake) -> None:
+def test_luks_loader_missing_device_and_broken_tool(fake: FakeCrypt) -> None:
     loader = LuksLoader(Cryptsetup())
     absent = loader.load("luks:UUID=00000000-0000-4000-8000-000000000000", [OLD], False)
     assert absent.outcome is Outcome.ABSENT and "no such device" in absent.detail
@@ -164,7 +136,7 @@ def test_luks_loader_missing_device_and_broken_tool(fake: Fake) -> None:
     assert failed.detail == f"cryptsetup: open {DISK}: Cannot initialize device-mapper."
 
 
-def test_loopfile_attaches_opens_and_reuses_its_loop(fake: Fake) -> None:
+def test_loopfile_attaches_opens_and_reuses_its_loop(fake: FakeCrypt) -> None:
     target = f"loopfile:{image(fake)}"
     loader = LoopfileLoader(Cryptsetup())
     assert loader.load(target, [OLD], True).outcome is Outcome.VERIFIED
@@ -175,7 +147,7 @@ def test_loopfile_attaches_opens_and_reuses_its_loop(fake: Fake) -> None:
     assert list(fake.state()["loops"]) == ["/dev/loop10"]
 
 
-def test_loopfile_detaches_again_when_no_key_opens_it(fake: Fake) -> None:
+def test_loopfile_detaches_again_when_no_key_opens_it(fake: FakeCrypt) -> None:
     target = f"loopfile:{image(fake)}"
     result = LoopfileLoader(Cryptsetup()).load(target, [NEW], False)
     assert result.outcome is Outcome.FAILED
@@ -187,7 +159,7 @@ def test_loopfile_detaches_again_when_no_key_opens_it(fake: Fake) -> None:
     assert broken.outcome is Outcome.FAILED and "unused loop device" in broken.detail
 
 
-def test_block_entries_load_before_zfs_ones(fake: Fake, tmp_path: Path) -> None:
+def test_block_entries_load_before_zfs_ones(fake: FakeCrypt, tmp_path: Path) -> None:
     zfs_fake = FakeZfs.create(
         tmp_path / "zfs", {"aaa/data": {"keyformat": "raw", "key": OLD[:1] * 32}}
     )
