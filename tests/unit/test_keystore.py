@@ -1,4 +1,4 @@
-"""Keystore format v1 (v2: test_keystore_v2.py): checked-in vectors, limits, canonical form, rotation bookkeeping."""
+"""Keystore format v1 (v2: test_keystore_v2.py): vectors, limits, canonical form, rotations."""
 
 from __future__ import annotations
 
