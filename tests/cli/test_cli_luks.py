@@ -194,6 +194,10 @@ def test_luks1_and_a_missing_device(store: Zkv, tmp_path: Path) -> None:
     for path in (image, gone):
         assert store.with_pass("add", "--luks", str(path), stdin=OLD).code == 0
     gone.unlink()
+    doctor = store("doctor")
+    report = doctor.stdout.decode() + doctor.stderr
+    assert f"entry loopfile:{image} is a LUKS device." in report
+    assert f"entry loopfile:{gone}: no such device: {gone}; remove it" in report
     verified = store.with_pass("verify")
     assert verified.code == 53
     assert verified.stdout.decode().splitlines() == [
