@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zkv import hostkey, keystore, paths
+from zkv.cryptsetup import Cryptsetup
 from zkv.errors import DoctorFoundProblems, ZkvError
 from zkv.zfs import Zfs
-from zkv.cryptsetup import Cryptsetup
 from zkv_admin import lukscmds, rotation
 from zkv_admin.common import path_of
 from zkv_early import config
