@@ -117,7 +117,7 @@ class FileWriteError(ZkvError):
     exit_code = 18
 
 
-# --- zfs (20-29) ----------------------------------------------------------------------------
+# --- zfs (20-25) ----------------------------------------------------------------------------
 
 
 class HostKeyError(ZkvError):
@@ -160,6 +160,41 @@ class ZfsUnavailable(ZfsError):
     """cannot run zfs: {detail}"""
 
     exit_code = 25
+
+
+# --- LUKS and loop devices (26-29; zkv/cryptsetup.py) ---------------------------------------
+
+
+class CryptsetupError(ZkvError):
+    """cryptsetup: {detail}"""
+
+    exit_code = 26
+
+
+class LoopError(CryptsetupError):
+    """losetup: {detail}"""
+
+
+class CryptNotLuks(CryptsetupError):
+    """{device} is not a LUKS device"""
+
+
+class CryptKeyRejected(CryptsetupError):
+    """cryptsetup rejected the key for {device}"""
+
+    exit_code = 27
+
+
+class CryptDeviceNotFound(CryptsetupError):
+    """no such device: {device}"""
+
+    exit_code = 28
+
+
+class CryptUnavailable(CryptsetupError):
+    """{detail} (install cryptsetup-bin)"""
+
+    exit_code = 29
 
 
 # --- gateway and approval (30-39) -----------------------------------------------------------

@@ -1,9 +1,10 @@
-"""The keystore format, version 1 — defined here once, used by the CLI, the boot client and tests.
+"""The keystore format, versions 1 and 2 — defined here once, used by the CLI, the boot client
+and tests.
 
 On disk: one line of canonical JSON (sorted keys, no spaces, ASCII) plus a newline::
 
     {"aead": "chacha20-poly1305", "entries": [{"keyformat", "kind", "target"}, ...],
-     "format": "zkv-keystore", "host_id": "<32 hex>", "version": 1,
+     "format": "zkv-keystore", "host_id": "<32 hex>", "version": 1 | 2,
      "slots": [{"kind": "repository", "nonce", "wrapped"},
                {"kind": "recovery", "kdf": "scrypt", "n", "r", "p", "salt", "nonce", "wrapped"}],
      "payload": {"nonce", "ciphertext"}}
@@ -15,6 +16,12 @@ secret that lives in Azure Key Vault), a ``recovery`` slot with a passphrase thr
 host id and its own parameters, the payload to the whole header (entries and slots). Because
 the file must also be byte-for-byte canonical, any change to any byte is rejected.
 
+Version 2 adds entry kinds for block devices beside ``zfs``: ``luks`` (a LUKS1/LUKS2 device,
+target ``luks:UUID=...``, ``luks:PARTUUID=...`` or ``luks:/dev/...``) and ``loopfile`` (a LUKS
+image file attached with losetup, target ``loopfile:/path``), and the ``keyfile`` keyformat
+for them. A keystore with only ``zfs`` entries is still written as version 1, byte for byte
+as before, so older boot images and readers keep opening it (docs/keystore-format.md).
+
 Entry names and key formats are in the clear (ZFS shows dataset names to anyone with the disk
 anyway), so ``zkv list`` and the boot client's request need no key. Key material is not.
 """
@@ -24,7 +31,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
@@ -47,7 +54,9 @@ from zkv.errors import (
 from zkv.fsutil import atomic_write, fsync_dir, read_limited
 
 FORMAT = "zkv-keystore"
-VERSION = 1
+VERSION = 2  # the newest this code reads and writes; VERSION_ZFS_ONLY when it suffices
+VERSION_ZFS_ONLY = 1
+VERSIONS = (VERSION_ZFS_ONLY, VERSION)
 DEFAULT_PATH = paths.KEYSTORE
 ENV_PATH = "ZKV_KEYSTORE"
 MAX_FILE_SIZE = 1 << 20
@@ -56,14 +65,35 @@ MAX_ENTRIES = 1024
 MAX_CANDIDATES = 2  # current key, plus the staged one while a rotation is in flight
 MAX_EPOCH = (1 << 53) - 1  # exact in every JSON reader
 
-KINDS = ("zfs",)  # room for "luks" later
-KEYFORMATS = ("raw", "hex", "passphrase")
+KIND_ZFS, KIND_LUKS, KIND_LOOPFILE = "zfs", "luks", "loopfile"
+KINDS = (KIND_ZFS, KIND_LUKS, KIND_LOOPFILE)
+BLOCK_KINDS = (KIND_LUKS, KIND_LOOPFILE)  # named "<kind>:<locator>"; version 2 only
+KEYFORMATS = ("raw", "hex", "passphrase", "keyfile")
+# What each kind accepts: zfs's own three; a LUKS key is a passphrase (no newline, what
+# cryptsetup's prompt reads) or a keyfile (any bytes, as cryptsetup --key-file reads them).
+KIND_KEYFORMATS = {
+    KIND_ZFS: ("raw", "hex", "passphrase"),
+    KIND_LUKS: ("passphrase", "keyfile"),
+    KIND_LOOPFILE: ("passphrase", "keyfile"),
+}
+MAX_KEYFILE = 4096
 SLOT_REPOSITORY = "repository"
 SLOT_RECOVERY = "recovery"
 
 # Matched with fullmatch: "$" would also match before a trailing newline.
 _DATASET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\- ]*(/[A-Za-z0-9_.:\- ]+)*")
 _HEX_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_COMPONENT = r"[A-Za-z0-9_.:+@,=\- ]+"
+# luks: a LUKS UUID, a GPT or MBR partition UUID, or a stable path such as /dev/zvol/pool/vol;
+# loopfile: an absolute path. No "." or ".." components (checked apart): one spelling each.
+_LOCATOR_RE = {
+    KIND_LUKS: re.compile(
+        rf"UUID={_UUID}|PARTUUID=(?:{_UUID}|[0-9a-f]{{8}}-[0-9a-f]{{2}})|/dev(?:/{_COMPONENT})+"
+    ),
+    KIND_LOOPFILE: re.compile(rf"(?:/{_COMPONENT})+"),
+}
+MAX_LOCATOR = 1024
 
 
 class KdfParams(NamedTuple):
@@ -91,7 +121,12 @@ def default_kdf() -> KdfParams:
 class Entry(NamedTuple):
     target: str
     keyformat: str
-    kind: str = "zfs"
+    kind: str = KIND_ZFS
+
+    @property
+    def locator(self) -> str:
+        """What a block entry names (``UUID=...``, a path); a zfs entry's dataset."""
+        return self.target.split(":", 1)[1] if self.kind in BLOCK_KINDS else self.target
 
 
 class Slot(NamedTuple):
@@ -117,8 +152,13 @@ class Slot(NamedTuple):
 
 
 def is_target(name: str) -> bool:
-    """A ZFS dataset name as an entry's target (and the protocol's datasets) may spell it."""
-    return 0 < len(name) <= 255 and _DATASET_RE.fullmatch(name) is not None
+    """A ZFS dataset name as an entry's target (and the protocol's datasets) may spell it.
+    Names starting like a block entry's (``luks:``, ``loopfile:``) are not: one reading each."""
+    return (
+        0 < len(name) <= 255
+        and _DATASET_RE.fullmatch(name) is not None
+        and not name.startswith(tuple(f"{kind}:" for kind in BLOCK_KINDS))
+    )
 
 
 def check_target(target: str) -> str:
@@ -127,9 +167,50 @@ def check_target(target: str) -> str:
     return target
 
 
+def block_target(kind: str, locator: str) -> str:
+    """The entry name of a block device or image file, checked: ``luks:UUID=...``."""
+    pattern = _LOCATOR_RE.get(kind)
+    parts = locator.split("/")
+    if (
+        pattern is None
+        or len(locator) > MAX_LOCATOR
+        or pattern.fullmatch(locator) is None
+        or any(p in (".", "..") or p != p.strip() for p in parts[1:])
+    ):
+        raise InputError(f"not a valid {kind} entry: {f'{kind}:{locator}'[:120]!r}")
+    return f"{kind}:{locator}"
+
+
+def kind_of(target: str) -> str:
+    """The kind an entry name spells (``luks:...``, ``loopfile:...``, else a zfs dataset)."""
+    prefix, _, locator = target.partition(":")
+    if prefix in BLOCK_KINDS:
+        block_target(prefix, locator)
+        return prefix
+    check_target(target)
+    return KIND_ZFS
+
+
+def check_entry(entry: Entry) -> Entry:
+    """An entry's name, kind and keyformat agree (``zfs`` entries: a dataset name)."""
+    if entry.kind not in KINDS:
+        raise InputError(f"unknown entry kind {entry.kind!r} ({', '.join(KINDS)})")
+    if kind_of(entry.target) != entry.kind:
+        raise InputError(f"{entry.target[:120]!r} is not the name of a {entry.kind} entry")
+    if entry.keyformat not in KIND_KEYFORMATS[entry.kind]:
+        allowed = ", ".join(KIND_KEYFORMATS[entry.kind])
+        raise InputError(f"a {entry.kind} entry's keyformat is one of {allowed}")
+    return entry
+
+
 def check_material(keyformat: str, material: bytes) -> bytes:
-    """Enforce what ``zfs load-key`` accepts for each keyformat."""
-    if keyformat == "raw":
+    """Enforce what ``zfs load-key`` (and for keyfile, cryptsetup) accepts for each keyformat."""
+    if keyformat == "keyfile":
+        if not 1 <= len(material) <= MAX_KEYFILE:
+            raise InvalidKeyMaterial(
+                keyformat=keyformat, detail=f"a key file has 1-{MAX_KEYFILE} bytes"
+            )
+    elif keyformat == "raw":
         if len(material) != 32:
             raise InvalidKeyMaterial(keyformat=keyformat, detail="a raw key is exactly 32 bytes")
     elif keyformat == "hex":
@@ -145,7 +226,7 @@ def check_material(keyformat: str, material: bytes) -> bytes:
                 keyformat=keyformat, detail="a passphrase cannot contain newlines or NUL"
             )
     else:
-        raise InputError(f"unknown keyformat {keyformat!r} (raw, hex or passphrase)")
+        raise InputError(f"unknown keyformat {keyformat!r} ({', '.join(KEYFORMATS)})")
     return material
 
 
@@ -206,7 +287,7 @@ class OpenKeystore:
         return list(self._epochs[target])
 
     def put(self, entry: Entry, material: bytes, epoch: int | None = None) -> None:
-        check_target(entry.target)
+        check_entry(entry)
         check_material(entry.keyformat, material)
         check_epoch(epoch)
         if len(self._entries) >= MAX_ENTRIES and entry.target not in self._entries:
@@ -273,8 +354,11 @@ class OpenKeystore:
             "format": FORMAT,
             "host_id": self.host_id,
             "slots": [s.to_json() for s in self.slots],
-            "version": VERSION,
+            "version": self.version(),
         }
+
+    def version(self) -> int:
+        return version_for(self._entries.values())
 
     def serialize(self) -> bytes:
         if len(self.slots) > MAX_SLOTS:
@@ -290,6 +374,11 @@ class OpenKeystore:
         nonce, ciphertext = crypto.aead_seal(self.data_key, plaintext, aad=canonical(header))
         document = {**header, "payload": {"ciphertext": _b64(ciphertext), "nonce": _b64(nonce)}}
         return canonical(document) + b"\n"
+
+
+def version_for(entries: Iterable[Entry]) -> int:
+    """1 while every entry is a zfs one (readable by every zkv), else 2."""
+    return VERSION_ZFS_ONLY if all(e.kind == KIND_ZFS for e in entries) else VERSION
 
 
 def check_epoch(epoch: int | None, after: int | None = None) -> None:
@@ -373,6 +462,11 @@ class SealedKeystore(NamedTuple):
         return _parse(data, path)
 
     def datasets(self) -> list[str]:
+        """The zfs entries' datasets: what an unlock request names (zkv/protocol.py)."""
+        return [e.target for e in self.entries if e.kind == KIND_ZFS]
+
+    def targets(self) -> list[str]:
+        """Every entry's name, block devices included."""
         return [e.target for e in self.entries]
 
     def open_with_repository_key(self, repository_key: bytes) -> OpenKeystore:
@@ -420,15 +514,15 @@ class SealedKeystore(NamedTuple):
                     raise ValueError("bad epoch count")
                 store.put(entry, candidates[0], epochs[0])
                 if len(candidates) == 2:  # a staged key may be in the format it rotates to
-                    fmt = _some_keyformat(candidates[1])
+                    fmt = _some_keyformat(entry.kind, candidates[1])
                     store.stage(entry.target, candidates[1], fmt, epochs[1])
         except (ValueError, KeyError, TypeError, InputError) as exc:
             raise KeystoreLocked from exc
         return store
 
 
-def _some_keyformat(material: bytes) -> str:
-    for keyformat in KEYFORMATS:
+def _some_keyformat(kind: str, material: bytes) -> str:
+    for keyformat in KIND_KEYFORMATS[kind]:
         try:
             check_material(keyformat, material)
         except (InputError, InvalidKeyMaterial):
@@ -451,10 +545,13 @@ def _parse(data: bytes, path: str) -> SealedKeystore:
         raise corrupt("not valid JSON (truncated?)") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise corrupt("missing the zkv-keystore marker")
-    if type(doc.get("version")) is not int or doc["version"] != VERSION:  # 1.0 == True == 1
+    if type(doc.get("version")) is not int or doc["version"] not in VERSIONS:  # 1.0 == True == 1
         raise KeystoreUnsupportedVersion(path=path, version=repr(doc.get("version")))
     try:
         sealed = _from_document(doc)
+        # One encoding per keystore: the version is the one its entries call for.
+        if doc["version"] != version_for(sealed.entries):
+            raise ValueError(f"version {doc['version']} does not fit its entries' kinds")
     except (KeyError, TypeError, ValueError) as exc:
         raise corrupt(f"malformed field ({exc.__class__.__name__}: {exc})") from None
     if canonical(doc) + b"\n" != data:
@@ -496,9 +593,14 @@ def _entry_from_json(raw: Any) -> Entry:
         raise ValueError(f"entry kind {raw['kind']!r} is not supported by this version")
     if raw["keyformat"] not in KEYFORMATS:
         raise ValueError(f"keyformat {raw['keyformat']!r}")
-    if not isinstance(raw["target"], str) or not is_target(raw["target"]):
+    if not all(isinstance(raw[k], str) for k in ("kind", "target")):
         raise ValueError("entry target")
-    return Entry(target=raw["target"], keyformat=raw["keyformat"], kind=raw["kind"])
+    try:
+        return check_entry(
+            Entry(target=raw["target"], keyformat=raw["keyformat"], kind=raw["kind"])
+        )
+    except InputError:
+        raise ValueError("entry target or keyformat") from None
 
 
 def _slot_from_json(raw: Any) -> Slot:
@@ -598,7 +700,7 @@ def check_recovery_only(path: str | os.PathLike[str], current: SealedKeystore) -
         ) from None
     if (
         twin.host_id != current.host_id
-        or twin.datasets() != current.datasets()
+        or twin.targets() != current.targets()
         or {slot.kind for slot in twin.slots} != {SLOT_RECOVERY}
     ):
         raise refuse(f"{twin_path} does not match the keystore")

@@ -19,7 +19,7 @@ from zkv.errors import Interrupted, UsageError, ZkvError
 from zkv_admin import common, doctor, enroll, heartbeat, keycmds, rotation, zfscmds
 
 Handler = Callable[[argparse.Namespace], int]
-KEYFORMATS = ("raw", "hex", "passphrase")
+KEYFORMATS = keystore.KEYFORMATS
 
 
 class Parser(argparse.ArgumentParser):
@@ -82,19 +82,27 @@ def _add_commands(sub: argparse._SubParsersAction[Parser], seed: bool) -> None:
         "-m", "--machine-readable", action="store_true", help="same as --repository-key-file -"
     )
 
-    add = command("add", zfscmds.cmd_add, "add the key of an encryption root", both)
-    add.add_argument("dataset", metavar="DATASET")
+    add = command(
+        "add", zfscmds.cmd_add, "add the key of an encryption root or a LUKS device", both
+    )
+    add.add_argument("dataset", metavar="DATASET", nargs="?")
     add.add_argument("secret_positional", nargs="?", help=argparse.SUPPRESS)
+    add.add_argument(
+        "--luks",
+        metavar="DEVICE|FILE",
+        help="a LUKS device (UUID=..., PARTUUID=..., /dev/...) or LUKS image file instead",
+    )
     add.add_argument("--key-file", metavar="PATH|-", help="read the key here (default: stdin)")
     add.add_argument(
         "--keyformat",
         choices=KEYFORMATS,
-        help="default: the dataset's (passphrase with --generate)",
+        help="default: the dataset's (passphrase with --generate or --luks; keyfile: LUKS only)",
     )
     add.add_argument(
         "--generate",
         action="store_true",
-        help="then give the dataset a new random key, as 'zkv rotate' does",
+        help="then give the dataset a new random key, as 'zkv rotate' does (--luks: a new "
+        "keyslot with a new random key)",
     )
     add.add_argument("-f", "--force", action="store_true", help="replace an existing entry")
     _rotation_options(add)

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zkv import hostkey, keystore, paths
+from zkv.cryptsetup import Cryptsetup
 from zkv.errors import DoctorFoundProblems, ZkvError
 from zkv.zfs import Zfs
-from zkv_admin import rotation
+from zkv_admin import lukscmds, rotation
 from zkv_admin.common import path_of
 from zkv_early import config
 
@@ -132,6 +133,9 @@ def _zfs(zfs: Zfs, sealed: keystore.SealedKeystore | None) -> Iterator[Finding]:
         return
     yield True, f"zfs works ({zfs.binary})."
     for entry in sealed.entries if sealed else ():
+        if entry.kind != keystore.KIND_ZFS:
+            yield from _block(entry)
+            continue
         try:
             zfs.require_encryption_root(entry.target)
         except ZkvError as exc:
@@ -139,6 +143,17 @@ def _zfs(zfs: Zfs, sealed: keystore.SealedKeystore | None) -> Iterator[Finding]:
         else:
             yield True, f"entry {entry.target} is an encryption root."
             yield from _rotation(zfs, entry.target)
+
+
+def _block(entry: keystore.Entry) -> Iterator[Finding]:
+    """A LUKS device or image file: there, and LUKS (its keys: 'zkv verify')."""
+    crypt = Cryptsetup()
+    try:
+        crypt.require_luks(lukscmds.device_of(crypt, entry))
+    except ZkvError as exc:
+        yield False, f"entry {entry.target}: {exc.message}; remove it or attach the device."
+    else:
+        yield True, f"entry {entry.target} is a LUKS device."
 
 
 def _rotation(zfs: Zfs, target: str) -> Iterator[Finding]:

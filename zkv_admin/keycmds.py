@@ -79,15 +79,17 @@ def cmd_remove(args: argparse.Namespace) -> int:
     secret_input.check_one_stdin(args.repository_key_file, args.recovery_passphrase_file)
     path = path_of(args)
     sealed = keystore.read(path)
-    if args.dataset not in sealed.datasets():
+    if args.dataset not in sealed.targets():
         if args.force:
             say(f"{args.dataset} is not in the keystore; nothing to do")
             return 0
         raise EntryNotFound(target=args.dataset)
     store = open_store(args, sealed)
+    kind = store.entry(args.dataset).kind
     store.remove(args.dataset)
     save(path, store)
-    say(f"removed {args.dataset} (its key stays valid in zfs; change it if it leaked)")
+    where = "in zfs" if kind == keystore.KIND_ZFS else "in its LUKS keyslot"
+    say(f"removed {args.dataset} (its key stays valid {where}; change it if it leaked)")
     return 0
 
 

@@ -16,6 +16,11 @@ A power cut anywhere leaves ZFS with one of the two keys, and the keystore and e
 image hold it (the boot loader tries the newer key first); the next ``zkv rotate`` or
 ``zkv reconcile`` settles the property and the keystore. tests/cli/test_cli_rotate.py cuts
 the power at every call.
+
+The phases are written once (``settle``, ``rotate_key``) over a ``Rotatable``: ``ZfsRotatable``
+here, ``zkv_admin.lukscmds.LuksRotatable`` for LUKS entries, where step 2 is ``luksAddKey``
+(the device takes both keys) and finishing removes the old key's keyslot (``luksRemoveKey``)
+before the keystore drops it; no epoch property (LUKS has none), the epochs live in the keystore.
 """
 
 from __future__ import annotations
@@ -29,10 +34,11 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from zkv import keystore
 from zkv.errors import (
+    CryptDeviceNotFound,
     EntryNotFound,
     EpochPropertyInvalid,
     FileWriteError,
@@ -43,6 +49,7 @@ from zkv.errors import (
     ZfsKeyNotLoaded,
     ZfsNotEncryptionRoot,
     ZfsUnavailable,
+    ZkvError,
 )
 from zkv.zfs import Zfs, check_user_property
 from zkv_admin import bootimage
@@ -69,7 +76,7 @@ def names(base: str) -> Names:
 
 
 def generate_key(keyformat: str) -> bytes:
-    if keyformat == "raw":
+    if keyformat in ("raw", "keyfile"):
         return secrets.token_bytes(32)
     if keyformat == "hex":
         return secrets.token_hex(32).encode()
@@ -120,6 +127,120 @@ def _property_epoch(dataset: str, name: str, value: str | None) -> int | None:
     return int(value)
 
 
+class Rotatable(Protocol):
+    """What the two phases need of the thing whose key rotates (a dataset, a LUKS device)."""
+
+    tool: str  # who accepts the keys, for messages
+    failure: type[ZkvError]  # its errors: the change may have happened anyway, so look
+
+    def ready(self) -> None:
+        """Raise if its key cannot be changed now (not loaded, not there)."""
+
+    def look(self) -> None:
+        """Read what settling needs, before the keys are tried."""
+
+    def accepts(self, key: bytes) -> bool: ...
+
+    def begin(self, epoch: int) -> None:
+        """Mark the rotation to ``epoch`` as in flight (before the change)."""
+
+    def change(self, old: bytes, new: bytes, keyformat: str) -> None: ...
+
+    def settle(self, keys: list[bytes], winner: int, epoch: int | None) -> int | None:
+        """``keys[winner]`` won: make the thing agree; return the epoch in force."""
+
+    def keyformat(self, key: bytes) -> str:
+        """The keyformat the winning ``key`` is stored with."""
+
+
+class ZfsRotatable:
+    tool: str = "zfs"
+    failure: type[ZkvError] = ZfsError
+
+    def __init__(
+        self, zfs: Zfs, dataset: str, prop: Names, now: Callable[[], float] = time.time
+    ) -> None:
+        self.zfs, self.dataset, self.prop, self.now = zfs, dataset, prop, now
+        self.found: dict[str, str] = {}
+
+    def ready(self) -> None:
+        if self.zfs.require_encryption_root(self.dataset).keystatus != "available":
+            raise ZfsKeyNotLoaded(dataset=self.dataset)
+
+    def look(self) -> None:
+        self.found = self.zfs.local_properties(self.dataset, list(self.prop))
+
+    def accepts(self, key: bytes) -> bool:
+        return accepted(self.zfs, self.dataset, key)
+
+    def begin(self, epoch: int) -> None:
+        self.zfs.set_properties(self.dataset, {self.prop.pending: str(epoch)})
+
+    def change(self, old: bytes, new: bytes, keyformat: str) -> None:
+        self.zfs.change_key(self.dataset, new, keyformat)
+
+    def settle(self, keys: list[bytes], winner: int, epoch: int | None) -> int | None:
+        dataset, prop, found = self.dataset, self.prop, self.found
+        in_zfs = _property_epoch(dataset, prop.epoch, found.get(prop.epoch))
+        if epoch is not None and epoch != in_zfs:
+            self.zfs.set_properties(
+                dataset, {prop.epoch: str(epoch), prop.time: _stamp(self.now())}
+            )
+        if prop.pending in found:
+            self.zfs.clear_property(dataset, prop.pending)
+        return epoch if epoch is not None else in_zfs
+
+    def keyformat(self, key: bytes) -> str:
+        return self.zfs.key_info(self.dataset).keyformat
+
+
+def settle(thing: Rotatable, path: Path, store: keystore.OpenKeystore, target: str) -> int | None:
+    """Settle ``target``'s rotation, if one is in flight; return the epoch in force.
+
+    Idempotent: a crash inside it leaves a state that it settles the same way next time."""
+    keys, epochs = store.candidates(target), store.epochs(target)
+    thing.look()
+    # Newest first, as the boot loader tries them.
+    winner = next((i for i in reversed(range(len(keys))) if thing.accepts(keys[i])), None)
+    if winner is None:
+        raise RotationFailed(
+            dataset=target, detail=f"{thing.tool} accepts no key the keystore holds (all kept)"
+        )
+    epoch = thing.settle(keys, winner, epochs[winner])
+    if len(keys) > 1:
+        store.commit(target, keys[winner], thing.keyformat(keys[winner]), epochs[winner])
+        save(path, store, remind=False)
+        bootimage.rebuild()
+    return epoch
+
+
+def rotate_key(
+    thing: Rotatable, path: Path, store: keystore.OpenKeystore, target: str, keyformat: str
+) -> int:
+    """Give ``target`` a new random key in ``keyformat``; return its epoch. ``store`` must
+    have an entry for it whose current key is accepted (settle() proves it)."""
+    thing.ready()
+    if len(store.candidates(target)) > 1:
+        say(f"{target}: settling the rotation a crash interrupted first")
+    epoch = (settle(thing, path, store, target) or 0) + 1
+    old, new = store.candidates(target)[0], generate_key(keyformat)
+    store.stage(target, new, keyformat, epoch)
+    save(path, store, remind=False)
+    bootimage.rebuild()  # before the change: every image holds the key about to be valid
+    thing.begin(epoch)
+    try:
+        thing.change(old, new, keyformat)
+        failure = ""
+    except thing.failure as exc:  # it may still have changed (e.g. a timeout): look, don't guess
+        failure = exc.message
+    settle(thing, path, store, target)
+    if store.candidates(target) != [new]:
+        raise RotationFailed(dataset=target, detail=failure or f"{thing.tool} kept the old key")
+    if failure:
+        say(f"{thing.tool} reported '{failure}' but the new key is in place")
+    return epoch
+
+
 def finish(
     zfs: Zfs,
     path: Path,
@@ -128,28 +249,8 @@ def finish(
     prop: Names,
     now: Callable[[], float] = time.time,
 ) -> int | None:
-    """Settle ``dataset``'s rotation, if one is in flight; return the epoch in force.
-
-    Idempotent: a crash inside it leaves a state that it settles the same way next time."""
-    keys, epochs = store.candidates(dataset), store.epochs(dataset)
-    found = zfs.local_properties(dataset, list(prop))
-    in_zfs = _property_epoch(dataset, prop.epoch, found.get(prop.epoch))
-    # Newest first, as the boot loader tries them.
-    winner = next((i for i in reversed(range(len(keys))) if accepted(zfs, dataset, keys[i])), None)
-    if winner is None:
-        raise RotationFailed(
-            dataset=dataset, detail="zfs accepts no key the keystore holds for it (all kept)"
-        )
-    epoch = epochs[winner]
-    if epoch is not None and epoch != in_zfs:
-        zfs.set_properties(dataset, {prop.epoch: str(epoch), prop.time: _stamp(now())})
-    if prop.pending in found:
-        zfs.clear_property(dataset, prop.pending)
-    if len(keys) > 1:
-        store.commit(dataset, keys[winner], zfs.key_info(dataset).keyformat, epoch)
-        save(path, store, remind=False)
-        bootimage.rebuild()
-    return epoch if epoch is not None else in_zfs
+    """``settle`` for a dataset."""
+    return settle(ZfsRotatable(zfs, dataset, prop, now), path, store, dataset)
 
 
 def rotate(
@@ -161,44 +262,34 @@ def rotate(
     prop: Names,
     now: Callable[[], float] = time.time,
 ) -> int:
-    """Give ``dataset`` a new random key in ``keyformat``; return its epoch. ``store`` must
-    have an entry for it whose current key zfs accepts (finish() proves it)."""
-    info = zfs.require_encryption_root(dataset)
-    if info.keystatus != "available":
-        raise ZfsKeyNotLoaded(dataset=dataset)
-    if len(store.candidates(dataset)) > 1:
-        say(f"{dataset}: settling the rotation a crash interrupted first")
-    epoch = (finish(zfs, path, store, dataset, prop, now) or 0) + 1
-    new = generate_key(keyformat)
-    store.stage(dataset, new, keyformat, epoch)
-    save(path, store, remind=False)
-    bootimage.rebuild()  # before change-key: every image holds the key zfs is about to get
-    zfs.set_properties(dataset, {prop.pending: str(epoch)})
-    try:
-        zfs.change_key(dataset, new, keyformat)
-        failure = ""
-    except ZfsError as exc:  # zfs may still have changed it (e.g. a timeout): look, don't guess
-        failure = exc.message
-    finish(zfs, path, store, dataset, prop, now)
-    if store.candidates(dataset) != [new]:
-        raise RotationFailed(dataset=dataset, detail=failure or "zfs kept the old key")
-    if failure:
-        say(f"zfs reported '{failure}' but the new key is in place")
-    return epoch
+    """``rotate_key`` for a dataset."""
+    return rotate_key(ZfsRotatable(zfs, dataset, prop, now), path, store, dataset, keyformat)
+
+
+def rotatable(entry: keystore.Entry, prop: Names) -> Rotatable:
+    if entry.kind == keystore.KIND_ZFS:
+        return ZfsRotatable(Zfs(), entry.target, prop)
+    from zkv_admin.lukscmds import LuksRotatable  # it imports this module (generate_key)
+
+    return LuksRotatable.of(entry)
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
-    dataset = keystore.check_target(args.dataset)
+    target = args.dataset
+    keystore.kind_of(target)
     prop = names(args.epoch_property)
     path = path_of(args)
-    keyformat = "raw" if args.raw else "passphrase"
     with exclusive(path):
         sealed = keystore.read(path)
-        if dataset not in sealed.datasets():
-            raise EntryNotFound(target=dataset)
+        if target not in sealed.targets():
+            raise EntryNotFound(target=target)
         store = open_store(args, sealed)
-        epoch = rotate(Zfs(), path, store, dataset, keyformat, prop)
-    say(f"{dataset} has a new {keyformat} key, epoch {epoch} ({prop.epoch}); the keystore and the")
+        entry = store.entry(target)
+        raw = "raw" if entry.kind == keystore.KIND_ZFS else "keyfile"
+        keyformat = raw if args.raw else "passphrase"
+        epoch = rotate_key(rotatable(entry, prop), path, store, target, keyformat)
+    where = f" ({prop.epoch})" if entry.kind == keystore.KIND_ZFS else ""
+    say(f"{target} has a new {keyformat} key, epoch {epoch}{where}; the keystore and the")
     say("rebuilt boot images hold it")
     return 0
 
@@ -208,13 +299,14 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     path = path_of(args)
     with exclusive(path):
         sealed = keystore.read(path)
-        targets = [keystore.check_target(t) for t in args.datasets] or sealed.datasets()
-        _reconcile(Zfs(), path, open_store(args, sealed), targets, prop, bool(args.datasets))
+        for target in args.datasets:
+            keystore.kind_of(target)
+        targets = args.datasets or sealed.targets()
+        _reconcile(path, open_store(args, sealed), targets, prop, bool(args.datasets))
     return 0
 
 
 def _reconcile(
-    zfs: Zfs,
     path: Path,
     store: keystore.OpenKeystore,
     targets: list[str],
@@ -223,8 +315,8 @@ def _reconcile(
 ) -> None:
     for target in targets:
         try:
-            epoch = finish(zfs, path, store, target, prop)
-        except ZfsDatasetNotFound:
+            epoch = settle(rotatable(store.entry(target), prop), path, store, target)
+        except (ZfsDatasetNotFound, CryptDeviceNotFound):
             if named:
                 raise
             print(f"{target}: absent (pool not imported)", flush=True)

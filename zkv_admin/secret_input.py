@@ -29,11 +29,13 @@ def read_secret(source: str, what: str) -> bytes:
 def read_key(source: str, keyformat: str, what: str) -> bytes:
     """Key material for ``keyformat``; a raw key keeps its bytes except one final newline."""
     if source == STDIN and sys.stdin.isatty():
-        if keyformat == "raw":
-            raise UsageError("a raw key cannot be typed: pipe it in or use --key-file")
+        if keyformat in ("raw", "keyfile"):
+            raise UsageError(f"a {keyformat} key cannot be typed: pipe it in or use --key-file")
         return ask(f"{what}: ", "key", "--key-file")
     data = _read(source, what)
-    if keyformat != "raw" or len(data) == 33:  # 33 = 32 bytes plus a newline from echo/cat
+    if keyformat == "keyfile":  # cryptsetup --key-file reads every byte, a newline included
+        pass
+    elif keyformat != "raw" or len(data) == 33:  # 33 = 32 bytes plus a newline from echo/cat
         data = data[:-1] if data.endswith(b"\n") else data
     if not data:
         raise InputError(f"no {what} given ({_describe(source)} is empty)")

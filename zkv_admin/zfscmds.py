@@ -15,11 +15,15 @@ from zkv.errors import (
 )
 from zkv.keyload import Outcome, UnlockReport, load_entries
 from zkv.zfs import KeyInfo, Zfs
-from zkv_admin import rotation, secret_input
+from zkv_admin import lukscmds, rotation, secret_input
 from zkv_admin.common import open_store, path_of, read_and_open, save, say
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    if (args.dataset is None) == (args.luks is None):
+        raise UsageError("name either a DATASET or a LUKS device or file (--luks)")
+    if args.luks is not None:
+        return lukscmds.cmd_add(args)
     key_source = args.key_file or secret_input.STDIN
     secret_input.check_one_stdin(
         key_source, args.repository_key_file, args.recovery_passphrase_file

@@ -36,7 +36,7 @@ def truncated(zkv: Zkv) -> None:
 
 def future_version(zkv: Zkv) -> None:
     zkv.make_store()
-    zkv.keystore.write_bytes(zkv.keystore.read_bytes().replace(b'"version":1', b'"version":2'))
+    zkv.keystore.write_bytes(zkv.keystore.read_bytes().replace(b'"version":1', b'"version":3'))
 
 
 def directory(zkv: Zkv) -> None:
@@ -54,7 +54,7 @@ CASES: list[tuple[str, Setup, list[str], bytes, int, str]] = [
     ("missing keystore add", nothing, ["add", "tank/a"], RAW_A, 11, "zkv init"),
     ("garbage keystore", garbage, ["list"], b"", 13, "damaged"),
     ("truncated keystore", truncated, ["list"], b"", 13, "damaged"),
-    ("future version", future_version, ["list"], b"", 14, "version 2"),
+    ("future version", future_version, ["list"], b"", 14, "version 3"),
     ("keystore is a directory", directory, ["list"], b"", 13, "damaged"),
     ("remove -f needs no key", initialised, ["remove", "-f", "x", P, "-"], b"", 0, ""),
     ("wrong passphrase", with_entry, ["remove", "tank/a", P, "-"], b"wrong pass\n", 15, "wrong"),

@@ -1,4 +1,4 @@
-"""Keystore format v1: checked-in vectors, limits, canonical form, rotation bookkeeping."""
+"""Keystore format v1 (v2: test_keystore_v2.py): vectors, limits, canonical form, rotations."""
 
 from __future__ import annotations
 
@@ -202,7 +202,7 @@ def test_empty_and_deeply_nested() -> None:
             keystore.SealedKeystore.parse(data)
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None, 1.0, True])
+@pytest.mark.parametrize("version", [0, 3, "1", None, 1.0, True])
 def test_unknown_version(version: object) -> None:
     doc = document()
     doc["version"] = version

@@ -1,13 +1,16 @@
-"""Regenerate tests/vectors/keystore-v1-*.{keystore,json} (only when the format version changes).
+"""Write tests/vectors/keystore-v<N>-*.{keystore,json}: ``python3 -m
+tests.vectors.make_keystore_vectors NAME...`` writes the named ones (all without arguments).
 
 The checked-in files are the contract: tests prove today's code opens what this wrote. Never
-regenerate them to make a failing test pass; add a new version instead.
+regenerate them to make a failing test pass; add a new version instead. Version 1 holds zfs
+entries only; ``block`` is version 2 (LUKS and loop-file entries).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import sys
 from pathlib import Path
 
 from zkv import keystore
@@ -16,20 +19,25 @@ HERE = Path(__file__).parent
 WEAK = keystore.KdfParams(n=1 << 10, r=8, p=1)
 
 
-def vector(name: str, entries: list[tuple[str, str, list[bytes]]], description: str) -> None:
+Entries = list[tuple[str, str, list[bytes]]]
+
+
+def vector(name: str, entries: Entries, description: str) -> None:
     repository_key = bytes(range(32))
     passphrase = "correct horse battery staple"
     store = keystore.create(
         repository_key, passphrase.encode(), WEAK, host_id="0123456789abcdef" * 2
     )
     for target, keyformat, candidates in entries:
-        store.put(keystore.Entry(target, keyformat), candidates[0])
+        store.put(keystore.Entry(target, keyformat, keystore.kind_of(target)), candidates[0])
         if len(candidates) > 1:
-            store.stage(target, candidates[1], "raw" if len(candidates[1]) == 32 else None)
-    (HERE / f"keystore-v1-{name}.keystore").write_bytes(store.serialize())
+            staged = "raw" if len(candidates[1]) == 32 else None
+            store.stage(target, candidates[1], staged if ":" not in target else "keyfile")
+    stem = f"keystore-v{store.version()}-{name}"
+    (HERE / f"{stem}.keystore").write_bytes(store.serialize())
     expected = {
         "description": description,
-        "keystore_file": f"keystore-v1-{name}.keystore",
+        "keystore_file": f"{stem}.keystore",
         "repository_key": keystore.format_repository_key(repository_key),
         "recovery_passphrase": passphrase,
         "host_id": store.host_id,
@@ -38,26 +46,44 @@ def vector(name: str, entries: list[tuple[str, str, list[bytes]]], description: 
                 "target": target,
                 "keyformat": keyformat,
                 "candidates_b64": [base64.b64encode(c).decode() for c in candidates],
+                **({"kind": keystore.kind_of(target)} if store.version() > 1 else {}),
             }
             for target, keyformat, candidates in sorted(entries)
         ],
     }
-    (HERE / f"keystore-v1-{name}.json").write_text(json.dumps(expected, indent=2) + "\n")
+    (HERE / f"{stem}.json").write_text(json.dumps(expected, indent=2) + "\n")
 
 
-if __name__ == "__main__":
-    vector("empty", [], "a fresh keystore: no entries, one repository and one recovery slot")
-    vector(
-        "basic",
+VECTORS: dict[str, tuple[Entries, str]] = {
+    "empty": ([], "a fresh keystore: no entries, one repository and one recovery slot"),
+    "basic": (
         [
             ("rpool/ROOT", "raw", [bytes(range(64, 96))]),
             ("tank/home", "hex", [b"0123456789abcdef" * 4]),
             ("tank/media:2024 archive", "passphrase", [b"a dataset passphrase"]),
         ],
         "one entry per keyformat; a dataset name with ':' and a space",
-    )
-    vector(
-        "rotation",
+    ),
+    "rotation": (
         [("tank/data", "passphrase", [b"the old passphrase", bytes(range(200, 232))])],
         "interrupted 'zkv add --generate': current passphrase, then a staged raw key",
-    )
+    ),
+    "block": (
+        [
+            ("luks:UUID=0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9", "passphrase", [b"luks passphrase"]),
+            ("luks:PARTUUID=1234abcd-02", "keyfile", [bytes(range(256)) + b"\n"]),
+            (
+                "luks:/dev/zvol/rpool/keys vol",
+                "passphrase",
+                [b"the old luks passphrase", bytes(range(100, 132))],
+            ),
+            ("loopfile:/srv/vdevs/vdev-0.img", "keyfile", [bytes(range(32))]),
+            ("tank/data", "raw", [bytes(range(1, 33))]),
+        ],
+        "version 2: each block locator, a keyfile with a newline, a LUKS rotation in flight",
+    ),
+}
+
+if __name__ == "__main__":
+    for wanted in sys.argv[1:] or list(VECTORS):
+        vector(wanted, *VECTORS[wanted])
