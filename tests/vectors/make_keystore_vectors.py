@@ -16,12 +16,25 @@ HERE = Path(__file__).parent
 WEAK = keystore.KdfParams(n=1 << 10, r=8, p=1)
 
 
-def vector(name: str, entries: list[tuple[str, str, list[bytes]]], description: str) -> None:
+def vector(
+    name: str,
+    entries: list[tuple[str, str, list[bytes]]],
+    description: str,
+    new_repository_key: bytes | None = None,
+) -> None:
+    """``new_repository_key``: a second, tagged repository slot (a repository key rotation in
+    flight); the vector's "repository_keys" lists both keys, each of which opens it."""
     repository_key = bytes(range(32))
     passphrase = "correct horse battery staple"
     store = keystore.create(
         repository_key, passphrase.encode(), WEAK, host_id="0123456789abcdef" * 2
     )
+    extra: dict[str, object] = {}
+    if new_repository_key is not None:
+        store.add_repository_key(new_repository_key)
+        keys = [repository_key, new_repository_key]
+        extra["repository_keys"] = [keystore.format_repository_key(k) for k in keys]
+        extra["repository_key_ids"] = store.repository_key_ids()
     for target, keyformat, candidates in entries:
         store.put(keystore.Entry(target, keyformat), candidates[0])
         if len(candidates) > 1:
@@ -41,6 +54,7 @@ def vector(name: str, entries: list[tuple[str, str, list[bytes]]], description: 
             }
             for target, keyformat, candidates in sorted(entries)
         ],
+        **extra,
     }
     (HERE / f"keystore-v1-{name}.json").write_text(json.dumps(expected, indent=2) + "\n")
 
@@ -60,4 +74,10 @@ if __name__ == "__main__":
         "rotation",
         [("tank/data", "passphrase", [b"the old passphrase", bytes(range(200, 232))])],
         "interrupted 'zkv add --generate': current passphrase, then a staged raw key",
+    )
+    vector(
+        "two-repository-slots",
+        [("tank/data", "raw", [bytes(range(100, 132))])],
+        "interrupted 'zkv rotate --repository-key': two repository slots tagged with key ids",
+        new_repository_key=bytes(range(32, 64)),
     )
