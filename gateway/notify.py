@@ -41,13 +41,16 @@ def unlock_text(
     ttl: int,
     links: Mapping[str, str] | None = None,
     sms_pin: bool = True,
+    asks: str = "",
 ) -> str:
     """The owner's notification. ``links``: owner name -> their approval page (passkey);
-    ``sms_pin``: a PIN reply approves (policy sms-pin), else a reply can only deny."""
+    ``sms_pin``: a PIN reply approves (policy sms-pin), else a reply can only deny;
+    ``asks``: what the host asks for, if not to unlock ``datasets``."""
     host = _bounded(hostname, HOST_SHOWN)
     if hostname != enrolled_as:
         host += f" (enrolled as {_bounded(enrolled_as, HOST_SHOWN)})"
-    head = f"zkv: from {source_ip}, host {host} asks to unlock {_names(datasets)} at {_utc(at)}."
+    asks = asks or f"asks to unlock {_names(datasets)}"
+    head = f"zkv: from {source_ip}, host {host} {asks} at {_utc(at)}."
     how = f"Reply {pin} to approve, NO {pin} to deny." if sms_pin else f"Code {pin}."
     if links:
         pages = [url if len(links) == 1 else f"{name}: {url}" for name, url in links.items()]

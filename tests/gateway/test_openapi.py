@@ -94,6 +94,12 @@ def test_the_signed_messages_are_described_field_for_field() -> None:
             private, "db01", ["tank"], crypto.x25519_generate()[1], issued
         ),
         "Heartbeat": protocol.Heartbeat.create(private, issued),
+        "RepositoryKeyQuery": protocol.RepositoryKeyQuery.create(private, issued),
+        "RotationRequest": protocol.RotationRequest.create(private, "db01", issued),
+        "RepositoryKeyDelivery": protocol.RepositoryKeyDelivery.create(
+            private, "0" * 32, bytes(32), issued
+        ),
+        "RepositoryKeyStatus": protocol.RepositoryKeyStatus("0123456789abcdef"),
     }
     for name, message in messages.items():
         assert set(schemas[name]["required"]) == set(message.to_json()), name
