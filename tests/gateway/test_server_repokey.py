@@ -1,12 +1,13 @@
 """Repository key rotation against the real gateway under gunicorn (gateway/rotations.py),
 once with the file secret source and once with the real azure-keyvault-secrets SDK against the
-Key Vault stand-in (and Twilio's): the owner approves it like an unlock, the new key is written as a new
-secret version and released from then on; everything else leaves the old key in place."""
+Key Vault stand-in (and Twilio's): the owner approves it like an unlock, the new key is written
+as a new secret version and released from then on; anything else leaves the old key."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -172,9 +173,8 @@ def test_a_shared_secret_is_not_rotated(gw: RunningGateway) -> None:
     assert len(gw.notifications()) == before
 
 
-def test_a_secret_source_failure_keeps_the_old_key(tmp_path_factory: pytest.TempPathFactory) -> None:
-    directory = tmp_path_factory.mktemp("repokey-failing")
-    with running_gateway(directory, secret_source="azure") as gw:
+def test_a_secret_source_failure_keeps_the_old_key(tmp_path: Path) -> None:
+    with running_gateway(tmp_path, secret_source="azure") as gw:
         host = client.Host(hostname="db09")
         gw.admit(host)
         created = asked(gw, host)
