@@ -293,13 +293,22 @@ class OpenKeystore:
         self.slots = [*self.slots[:cut], new, *self.slots[cut:]]
         return key_id
 
-    def keep_repository_key(self, key_id: str) -> bool:
-        """Drop every repository slot but the one for ``key_id``; False if none is for it
-        (then nothing changes: the gateway holds a key this keystore does not know)."""
-        if key_id not in self.repository_key_ids():
+    def keep_repository_key(self, held: str) -> bool:
+        """Keep only the repository slot(s) that may be for ``held``, the id of the key the
+        gateway holds: its tagged slot, else the untagged ones (written before key ids, so
+        possibly for it). False, and nothing changes, if no slot can be for it."""
+        ids = self.repository_key_ids()
+        keep = held if held in ids else "" if "" in ids else None
+        if keep is None:
             return False
-        self.slots = [s for s in self.slots if s.kind != SLOT_REPOSITORY or s.key_id == key_id]
+        self.slots = [s for s in self.slots if s.kind != SLOT_REPOSITORY or s.key_id == keep]
         return True
+
+    def drop_repository_key(self, key_id: str) -> None:
+        """Remove the slot tagged ``key_id`` (a new key the gateway never received)."""
+        if key_id not in self.repository_key_ids() or len(self.repository_key_ids()) < 2:
+            raise InputError("no second repository slot to drop")
+        self.slots = [s for s in self.slots if s.kind != SLOT_REPOSITORY or s.key_id != key_id]
 
     def header(self) -> dict[str, Any]:
         return {

@@ -439,6 +439,13 @@ class PollResult(NamedTuple):
         )
 
 
+def decision_from_json(raw: Any) -> PollResult:
+    """A rotation's poll answer: its state only, approved included (nothing is released)."""
+    if not isinstance(raw, dict) or raw.get("state") not in STATES:
+        raise ProtocolViolation("unknown state")
+    return PollResult(_exact(raw, {"state"})["state"])
+
+
 def seal_release(request_id: str, ephemeral_key: bytes, secret: bytes) -> crypto.Sealed:
     """Gateway side: encrypt the secret to the boot's ephemeral key, bound to the request id."""
     return crypto.seal_to(ephemeral_key, secret, release_info(request_id))

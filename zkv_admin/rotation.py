@@ -38,6 +38,7 @@ from zkv.errors import (
     FileWriteError,
     RotationBusy,
     RotationFailed,
+    UsageError,
     ZfsDatasetNotFound,
     ZfsError,
     ZfsKeyNotLoaded,
@@ -45,7 +46,7 @@ from zkv.errors import (
     ZfsUnavailable,
 )
 from zkv.zfs import Zfs, check_user_property
-from zkv_admin import bootimage
+from zkv_admin import bootimage, repokey
 from zkv_admin.common import open_store, path_of, save, say
 
 DEFAULT_PROPERTY = "zkv:epoch"
@@ -188,6 +189,10 @@ def rotate(
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
+    if args.repository_key:
+        return repokey.cmd_rotate_repository_key(args)
+    if args.dataset is None:
+        raise UsageError("name the DATASET to rotate, or give --repository-key")
     dataset = keystore.check_target(args.dataset)
     prop = names(args.epoch_property)
     path = path_of(args)
@@ -209,7 +214,10 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     with exclusive(path):
         sealed = keystore.read(path)
         targets = [keystore.check_target(t) for t in args.datasets] or sealed.datasets()
-        _reconcile(Zfs(), path, open_store(args, sealed), targets, prop, bool(args.datasets))
+        store = open_store(args, sealed)
+        _reconcile(Zfs(), path, store, targets, prop, bool(args.datasets))
+        if not args.datasets:  # and a repository key rotation the gateway settles
+            repokey.reconcile(args, path, store)
     return 0
 
 

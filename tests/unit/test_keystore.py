@@ -354,9 +354,27 @@ def test_repository_rotation_bookkeeping() -> None:
     key_id = store.add_repository_key(new)
     with pytest.raises(InputError, match="in flight"):
         store.add_repository_key(bytes(range(2, 34)))
+    old_id = keystore.repository_key_id(REPO)
     assert not store.keep_repository_key("0" * 16)  # the gateway holds neither: keep both
-    assert len(store.repository_key_ids()) == 2
+    assert store.repository_key_ids() == [old_id, key_id]
     assert store.keep_repository_key(key_id) and store.repository_key_ids() == [key_id]
+    store.add_repository_key(REPO)
+    store.drop_repository_key(old_id)
+    assert store.repository_key_ids() == [key_id]
+    with pytest.raises(InputError, match="no second"):
+        store.drop_repository_key(key_id)  # never the last one
+
+
+def test_an_untagged_slot_is_kept_for_a_key_id_no_tagged_slot_has() -> None:
+    """A keystore written before key ids: its slot is the one the gateway's key may open."""
+    expected, data = vector("basic")
+    store = keystore.SealedKeystore.parse(data).open_with_passphrase(
+        expected["recovery_passphrase"].encode()
+    )
+    new_id = store.add_repository_key(bytes(range(1, 33)))
+    assert store.repository_key_ids() == ["", new_id]
+    old_id = keystore.repository_key_id(bytes.fromhex(expected["repository_key"]))
+    assert store.keep_repository_key(old_id) and store.repository_key_ids() == [""]
 
 
 @pytest.mark.parametrize("bad", ["", "ABCDEF0123456789", "0" * 15, 7])
