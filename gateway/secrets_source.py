@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+from zkv.errors import FileWriteError
 from zkv.fsutil import atomic_write, fsync_dir
 from zkv.protocol import MAX_SECRET
 
@@ -73,8 +74,8 @@ class FileSecretSource:
         path = self._path(name)
         try:
             atomic_write(path, _checked(secret) + b"\n", mode=0o600)
-        except OSError as exc:
-            raise SecretUnavailable(f"cannot write {path}: {exc.strerror}") from None
+        except FileWriteError as exc:
+            raise SecretUnavailable(f"cannot write {path}: {exc.kwargs['detail']}") from None
 
 
 class AzureSecretSource:
