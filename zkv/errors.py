@@ -202,8 +202,7 @@ class RateLimited(GatewayError):
 
 
 class SecretShared(GatewayError):
-    """the gateway releases this host's repository key to other hosts too, so it is not rotated
-    (give the host its own secret: a new invite)"""
+    """the gateway releases this host's repository key to other hosts too: not rotated"""
 
     exit_code = 37
 
