@@ -35,7 +35,7 @@ import base64
 import hashlib
 import os
 import re
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Self
 
 from zkv import crypto
 from zkv.encoding import b64, canonical, unb64
@@ -357,30 +357,30 @@ class Heartbeat(NamedTuple):
     challenge: str
     signature: bytes = b""
 
+    @staticmethod
+    def context() -> bytes:
+        """What the signature covers besides the body: a subclass signs for another purpose."""
+        return CONTEXT_HEARTBEAT
+
     def body(self) -> dict[str, Any]:
         return {"v": VERSION, "host_id": self.host_id, "challenge": self.challenge}
 
     @classmethod
-    def create(cls, private_key: bytes, challenge: str) -> Heartbeat:
-        host_id = host_id_of(crypto.ed25519_public(private_key))
-        unsigned = cls(host_id, _challenge(challenge))
-        return unsigned._replace(signature=_sign(private_key, CONTEXT_HEARTBEAT, unsigned.body()))
+    def create(cls, private_key: bytes, challenge: str) -> Self:
+        unsigned = cls(_host_id(private_key), _challenge(challenge))
+        return unsigned._replace(signature=_sign(private_key, cls.context(), unsigned.body()))
 
     def to_json(self) -> dict[str, Any]:
         return {**self.body(), "signature": b64(self.signature)}
 
     @classmethod
-    def from_json(cls, raw: Any) -> Heartbeat:
+    def from_json(cls, raw: Any) -> Self:
         body = _signed_body(raw, {"host_id", "challenge"})
-        return cls(
-            host_id=_hex32(_field(body, "host_id", str), "host_id"),
-            challenge=_challenge(_field(body, "challenge", str)),
-            signature=_signature(_field(body, "signature", str)),
-        )
+        return cls(_hex32(_field(body, "host_id", str), "host_id"), *_challenge_and_signature(body))
 
     def verify(self, public_key: bytes) -> None:
         """Raises crypto.BadSignature unless signed by ``public_key`` (the enrolled host key)."""
-        _verify_host(public_key, self.host_id, self.signature, CONTEXT_HEARTBEAT, self.body())
+        _verify_host(public_key, self.host_id, self.signature, self.context(), self.body())
 
 
 class HeartbeatAnswer(NamedTuple):
@@ -459,31 +459,13 @@ def open_release(request_id: str, ephemeral_private: bytes, sealed: crypto.Seale
 # --- repository key rotation (zkv rotate --repository-key, gateway/rotations.py) -------------
 
 
-class RepositoryKeyQuery(NamedTuple):
-    """Which repository key does the gateway hold for me? (``zkv reconcile``, ``zkv doctor``)"""
+class RepositoryKeyQuery(Heartbeat):
+    """Which repository key does the gateway hold for me? (``zkv reconcile``): a heartbeat's
+    shape, signed for this purpose only."""
 
-    host_id: str
-    challenge: str
-    signature: bytes = b""
-
-    def body(self) -> dict[str, Any]:
-        return {"v": VERSION, "host_id": self.host_id, "challenge": self.challenge}
-
-    @classmethod
-    def create(cls, private_key: bytes, challenge: str) -> RepositoryKeyQuery:
-        unsigned = cls(_host_id(private_key), _challenge(challenge))
-        return unsigned._replace(signature=_sign(private_key, CONTEXT_KEY_QUERY, unsigned.body()))
-
-    def to_json(self) -> dict[str, Any]:
-        return {**self.body(), "signature": b64(self.signature)}
-
-    @classmethod
-    def from_json(cls, raw: Any) -> RepositoryKeyQuery:
-        body = _signed_body(raw, {"host_id", "challenge"})
-        return cls(_hex32(_field(body, "host_id", str), "host_id"), *_challenge_and_signature(body))
-
-    def verify(self, public_key: bytes) -> None:
-        _verify_host(public_key, self.host_id, self.signature, CONTEXT_KEY_QUERY, self.body())
+    @staticmethod
+    def context() -> bytes:
+        return CONTEXT_KEY_QUERY
 
 
 class RotationRequest(NamedTuple):
