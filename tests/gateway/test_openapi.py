@@ -41,8 +41,12 @@ def test_schemathesis_finds_no_server_error(tmp_path: Path) -> None:
                 "60",
                 "--seed",
                 "1",
+                # One worker: with two, hypothesis describes the path parameters' filter
+                # lambdas in two threads at once (ast.parse), and CPython 3.11 fails that
+                # ("AST constructor recursion depth mismatch") now that three operations
+                # have a path parameter.
                 "--workers",
-                "2",
+                "1",
                 "--phases",
                 "examples,coverage,fuzzing",
                 "--request-timeout",
@@ -52,7 +56,7 @@ def test_schemathesis_finds_no_server_error(tmp_path: Path) -> None:
             capture_output=True,
             text=True,
             cwd=tmp_path,
-            timeout=170,
+            timeout=400,
         )
         log = gw.output()
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
