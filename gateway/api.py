@@ -12,7 +12,16 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from zkv import protocol
 from zkv.encoding import is_digits
-from zkv.protocol import EnrollRequest, Heartbeat, ProtocolViolation, UnlockRequest
+from zkv.protocol import (
+    EnrollRequest,
+    Heartbeat,
+    PollResult,
+    ProtocolViolation,
+    RepositoryKeyDelivery,
+    RepositoryKeyQuery,
+    RotationRequest,
+    UnlockRequest,
+)
 
 from .errors import ApiError
 from .polls import PollSlots
@@ -60,6 +69,10 @@ def create_unlock_request() -> tuple[Response, int]:
 
 @bp.get(protocol.PATH_UNLOCK + "/<request_id>")
 def poll_unlock_request(request_id: str) -> Response:
+    return _long_poll(request_id, gateway().poll)
+
+
+def _long_poll(request_id: str, poll: Callable[[str, float, str], PollResult]) -> Response:
     raw_wait = request.args.get("wait", "0")
     if not is_digits(raw_wait) or int(raw_wait) > protocol.MAX_WAIT:
         raise ApiError("bad_request")
@@ -68,12 +81,40 @@ def poll_unlock_request(request_id: str) -> Response:
     wait = min(int(raw_wait), gateway().settings.MAX_WAIT)
     slots: PollSlots = current_app.extensions["zkv.polls"]
     with slots.taken(request_id, client_ip()) if wait else nullcontext():
-        return jsonify(gateway().poll(request_id, wait, client_ip()).to_json())
+        return jsonify(poll(request_id, wait, client_ip()).to_json())
 
 
 @bp.post(protocol.PATH_HEARTBEAT)
 def heartbeat() -> Response:
     return jsonify(gateway().heartbeat(_parse(Heartbeat.from_json), client_ip()).to_json())
+
+
+# --- repository key rotation (rotations.py) ----------------------------------------------------
+
+
+@bp.post(protocol.PATH_ROTATIONS)
+def create_rotation() -> tuple[Response, int]:
+    created = gateway().rotations.create(_parse(RotationRequest.from_json), client_ip())
+    return jsonify(created.to_json()), 201
+
+
+@bp.get(protocol.PATH_ROTATIONS + "/<request_id>")
+def poll_rotation(request_id: str) -> Response:
+    return _long_poll(request_id, gateway().rotations.poll)
+
+
+@bp.post(protocol.PATH_ROTATIONS + "/<request_id>/key")
+def deliver_repository_key(request_id: str) -> Response:
+    delivery = _parse(RepositoryKeyDelivery.from_json)
+    if delivery.request_id != request_id:
+        raise ApiError("bad_request")
+    return jsonify(gateway().rotations.deliver(delivery, client_ip()).to_json())
+
+
+@bp.post(protocol.PATH_REPOSITORY_KEY)
+def repository_key_status() -> Response:
+    status = gateway().rotations.status(_parse(RepositoryKeyQuery.from_json), client_ip())
+    return jsonify(status.to_json())
 
 
 @bp.get(protocol.PATH_HEALTH)

@@ -28,6 +28,7 @@ from zkv.protocol import (
 
 KIND_UNLOCK = "unlock"
 KIND_ENROLL = "enroll"
+KIND_REPOKEY = "repokey"  # a repository key rotation (rotations.py): approved like an unlock
 
 # fullmatch; the second number is the owner's TOTP code (policy sms+totp)
 _REPLY = re.compile(

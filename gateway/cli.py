@@ -33,6 +33,9 @@ class _NoSource:
     def disable(self, name: str | None) -> str:
         raise SecretUnavailable("not available in the CLI")
 
+    def set(self, name: str | None, secret: bytes) -> None:
+        raise SecretUnavailable("not available in the CLI")
+
 
 def _service(settings: Settings, source: SecretSource | None = None) -> Gateway:
     store = Store(settings.SQLALCHEMY_DATABASE_URI)

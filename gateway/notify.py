@@ -42,14 +42,17 @@ def unlock_text(
     links: Mapping[str, str] | None = None,
     sms_pin: bool = True,
     boot: str = "",
+    asks: str = "",
 ) -> str:
     """The owner's notification. ``links``: owner name -> their approval page (passkey);
     ``sms_pin``: a PIN reply approves (policy sms-pin), else a reply can only deny; ``boot``:
-    the sentence on the boot's flags (boot_context.BootView.message, bounded there)."""
+    the sentence on the boot's flags (boot_context.BootView.message, bounded there); ``asks``:
+    what the host asks for, if not to unlock ``datasets``."""
     host = _bounded(hostname, HOST_SHOWN)
     if hostname != enrolled_as:
         host += f" (enrolled as {_bounded(enrolled_as, HOST_SHOWN)})"
-    head = f"zkv: from {source_ip}, host {host} asks to unlock {_names(datasets)} at {_utc(at)}."
+    asks = asks or f"asks to unlock {_names(datasets)}"
+    head = f"zkv: from {source_ip}, host {host} {asks} at {_utc(at)}."
     if boot:
         head += f" {boot}"
     how = f"Reply {pin} to approve, NO {pin} to deny." if sms_pin else f"Code {pin}."

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
 
+from .approvals import KIND_REPOKEY
 from .owners import PATH_DECIDE, PATH_ENROL, LinkInvalid, Owners
 from .service import Gateway
 from .store import RequestRow
@@ -153,6 +154,7 @@ def decide_page(token: str) -> tuple[str, int]:
         hostname=row.hostname,
         enrolled_as=view.enrolled_as,
         datasets=row.datasets,
+        rotation=row.approval.kind == KIND_REPOKEY,
         asked=_utc(row.approval.created_at),
         expires=_utc(view.expires_at),
         others=[_brief(other) for other in view.others],

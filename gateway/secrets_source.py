@@ -3,6 +3,9 @@
 A source returns the secret as bytes, stripped of surrounding whitespace; errors become
 ``SecretUnavailable`` whose message names the cause (status, error code) and never the value.
 ``disable`` is the remote wipe's half in the vault: the secret stays, but no longer reads.
+``set`` writes a new value (``zkv rotate --repository-key``, gateway/rotations.py): in Key Vault a
+new version, which ``get`` (no version named: the newest) reads from then on; the older
+versions stay, as Key Vault keeps them.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from zkv.fsutil import fsync_dir
+from zkv.errors import FileWriteError
+from zkv.fsutil import atomic_write, fsync_dir
 from zkv.protocol import MAX_SECRET
 
 from .config import DISABLED_SUFFIX, Settings, is_secret_name
@@ -27,6 +31,10 @@ class SecretSource(Protocol):
 
     def disable(self, name: str | None) -> str:
         """Make the secret unreadable (every version); says what was done."""
+        ...
+
+    def set(self, name: str | None, secret: bytes) -> None:
+        """Make ``secret`` the value that ``get`` returns from now on."""
         ...
 
 
@@ -61,6 +69,13 @@ class FileSecretSource:
         except OSError as exc:
             raise SecretUnavailable(f"cannot rename {path}: {exc.strerror}") from None
         return f"renamed to {disabled}"
+
+    def set(self, name: str | None, secret: bytes) -> None:
+        path = self._path(name)
+        try:
+            atomic_write(path, _checked(secret) + b"\n", mode=0o600)
+        except FileWriteError as exc:
+            raise SecretUnavailable(f"cannot write {path}: {exc.kwargs['detail']}") from None
 
 
 class AzureSecretSource:
@@ -108,6 +123,10 @@ class AzureSecretSource:
         if not versions:
             raise SecretUnavailable(f"key vault has no secret {name}")
         return f"key vault secret {name}: {len(versions)} version(s) disabled"
+
+    def set(self, name: str | None, secret: bytes) -> None:
+        with _vault_errors():
+            self.client.set_secret(name or self.default_name, _checked(secret).decode("ascii"))
 
 
 @contextmanager

@@ -78,8 +78,10 @@ class Gateway:
         self._changed = threading.Condition()  # wakes this process's long-polls early
         self._challenge_key: bytes | None = None  # read on first use: the CLI never needs it
         from .owners import Owners  # owners.py builds on this class
+        from .rotations import Rotations  # so does rotations.py
 
         self.owners = Owners(self)
+        self.rotations = Rotations(self)
 
     # --- challenges ---------------------------------------------------------------------------
 
@@ -275,10 +277,17 @@ class Gateway:
             boot = boot_store.of(conn, row.approval.request_id)
             return BootView(boot, boot_store.last_approved(conn, row.host_id))
 
-    def poll(self, request_id: str, wait: float, ip: str) -> PollResult:
+    def poll(
+        self,
+        request_id: str,
+        wait: float,
+        ip: str,
+        once: Callable[[str, str], PollResult | None] | None = None,
+    ) -> PollResult:
+        """Long-poll ``once`` (default: an unlock request's) until decided or ``wait`` ends."""
         deadline = self.clock() + min(wait, self.settings.MAX_WAIT)
         while True:
-            result = self._poll_once(request_id, ip)
+            result = (once or self._poll_once)(request_id, ip)
             remaining = deadline - self.clock()
             if result is not None and (result.state != STATE_PENDING or remaining <= 0):
                 return result
@@ -842,7 +851,7 @@ class Gateway:
         self.store.save(conn, new)
         now = self.clock()
         if new.state != old.state:
-            event = new.state if new.kind == KIND_UNLOCK else f"enroll_{new.state}"
+            event = new.state if new.kind == KIND_UNLOCK else f"{new.kind}_{new.state}"
             reason = " ".join(x for x in (new.reason, detail) if x)
             audit.record(
                 conn,

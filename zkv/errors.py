@@ -236,6 +236,18 @@ class RateLimited(GatewayError):
     exit_code = 35
 
 
+class SecretShared(GatewayError):
+    """the gateway releases this host's repository key to other hosts too: not rotated"""
+
+    exit_code = 37
+
+
+class RepositoryKeyNotRotated(GatewayError):
+    """the repository key is not rotated: {detail}"""
+
+    exit_code = 38
+
+
 class GatewayBusy(GatewayError):  # 503, or 502/504 from a proxy in front: worth a retry
     """the gateway cannot serve unlocks right now ({detail})"""
 

@@ -28,6 +28,7 @@ anyway), so ``zkv list`` and the boot client's request need no key. Key material
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -94,6 +95,8 @@ _LOCATOR_RE = {
     KIND_LOOPFILE: re.compile(rf"(?:/{_COMPONENT})+"),
 }
 MAX_LOCATOR = 1024
+_KEY_ID_RE = re.compile(r"[0-9a-f]{16}")
+MAX_REPOSITORY_SLOTS = 2  # the current key, plus the new one while its rotation is in flight
 
 
 class KdfParams(NamedTuple):
@@ -135,10 +138,13 @@ class Slot(NamedTuple):
     wrapped: bytes
     kdf: KdfParams | None = None
     salt: bytes = b""
+    key_id: str = ""  # repository slots: repository_key_id of its key ("" in older files)
 
     def params(self) -> dict[str, Any]:
         """The slot's fields other than its ciphertext: bound into its associated data."""
         out: dict[str, Any] = {"kind": self.kind}
+        if self.key_id:
+            out["key_id"] = self.key_id
         if self.kind == SLOT_RECOVERY:
             assert self.kdf is not None
             out.update(kdf="scrypt", n=self.kdf.n, r=self.kdf.r, p=self.kdf.p, salt=_b64(self.salt))
@@ -243,6 +249,13 @@ def format_repository_key(key: bytes) -> str:
     return key.hex()
 
 
+def repository_key_id(key: bytes) -> str:
+    """Names a repository key without revealing it: which slot it opens, which one the gateway
+    holds (``zkv rotate --repository-key``, docs/rotation.md). 64 bits of a hash of a 256-bit
+    random key."""
+    return hashlib.sha256(b"zkv-keystore repository key id\n" + key).hexdigest()[:16]
+
+
 # --- the open (decrypted) keystore -------------------------------------------------------------
 
 
@@ -344,6 +357,40 @@ class OpenKeystore:
         keep = [s for s in self.slots if s.kind != SLOT_REPOSITORY]
         self.slots = [_repository_slot(self.host_id, self.data_key, repository_key), *keep]
 
+    def repository_key_ids(self) -> list[str]:
+        return repository_key_ids(self.slots)
+
+    def add_repository_key(self, repository_key: bytes) -> str:
+        """A second repository slot, beside the current one, for a rotation in flight; the
+        new key's id. Older slots (untagged too) stay until ``keep_repository_key``."""
+        key_id = repository_key_id(repository_key)
+        held = self.repository_key_ids()
+        if key_id in held:
+            raise InputError("the keystore already has a slot for this repository key")
+        if len(held) >= MAX_REPOSITORY_SLOTS:
+            raise InputError("a repository key rotation is already in flight (zkv reconcile)")
+        new = _repository_slot(self.host_id, self.data_key, repository_key)
+        cut = max((i + 1 for i, s in enumerate(self.slots) if s.kind == SLOT_REPOSITORY), default=0)
+        self.slots = [*self.slots[:cut], new, *self.slots[cut:]]
+        return key_id
+
+    def keep_repository_key(self, held: str) -> bool:
+        """Keep only the repository slot(s) that may be for ``held``, the id of the key the
+        gateway holds: its tagged slot, else the untagged ones (written before key ids, so
+        possibly for it). False, and nothing changes, if no slot can be for it."""
+        ids = self.repository_key_ids()
+        keep = held if held in ids else "" if "" in ids else None
+        if keep is None:
+            return False
+        self.slots = [s for s in self.slots if s.kind != SLOT_REPOSITORY or s.key_id == keep]
+        return True
+
+    def drop_repository_key(self, key_id: str) -> None:
+        """Remove the slot tagged ``key_id`` (a new key the gateway never received)."""
+        if key_id not in self.repository_key_ids() or len(self.repository_key_ids()) < 2:
+            raise InputError("no second repository slot to drop")
+        self.slots = [s for s in self.slots if s.kind != SLOT_REPOSITORY or s.key_id != key_id]
+
     def header(self) -> dict[str, Any]:
         return {
             "aead": crypto.AEAD_NAME,
@@ -430,10 +477,16 @@ def _repository_wrapping_key(host_id: str, repository_key: bytes) -> bytes:
 
 
 def _repository_slot(host_id: str, data_key: bytes, repository_key: bytes) -> Slot:
-    slot = Slot(kind=SLOT_REPOSITORY, nonce=b"", wrapped=b"")
+    key_id = repository_key_id(repository_key)
+    slot = Slot(kind=SLOT_REPOSITORY, nonce=b"", wrapped=b"", key_id=key_id)
     key = _repository_wrapping_key(host_id, repository_key)
     nonce, wrapped = crypto.aead_seal(key, data_key, _slot_aad(host_id, slot.params()))
-    return Slot(kind=SLOT_REPOSITORY, nonce=nonce, wrapped=wrapped)
+    return slot._replace(nonce=nonce, wrapped=wrapped)
+
+
+def repository_key_ids(slots: tuple[Slot, ...] | list[Slot]) -> list[str]:
+    """The key id of each repository slot, in file order ("" for an untagged one)."""
+    return [s.key_id for s in slots if s.kind == SLOT_REPOSITORY]
 
 
 def _recovery_slot(host_id: str, data_key: bytes, passphrase: bytes, kdf: KdfParams | None) -> Slot:
@@ -470,8 +523,13 @@ class SealedKeystore(NamedTuple):
         return [e.target for e in self.entries]
 
     def open_with_repository_key(self, repository_key: bytes) -> OpenKeystore:
+        """Tries the slot tagged with this key's id and every untagged one (older files)."""
         key = _repository_wrapping_key(self.host_id, repository_key)
-        return self._open(SLOT_REPOSITORY, lambda _slot: key)
+        key_id = repository_key_id(repository_key)
+        return self._open(SLOT_REPOSITORY, lambda _slot: key, key_id)
+
+    def repository_key_ids(self) -> list[str]:
+        return repository_key_ids(self.slots)
 
     def open_with_passphrase(self, passphrase: bytes) -> OpenKeystore:
         def derive(slot: Slot) -> bytes:
@@ -480,9 +538,9 @@ class SealedKeystore(NamedTuple):
 
         return self._open(SLOT_RECOVERY, derive)
 
-    def _open(self, kind: str, derive: Any) -> OpenKeystore:
+    def _open(self, kind: str, derive: Any, key_id: str = "") -> OpenKeystore:
         for slot in self.slots:
-            if slot.kind != kind:
+            if slot.kind != kind or (slot.key_id and slot.key_id != key_id):
                 continue
             try:
                 aad = _slot_aad(self.host_id, slot.params())
@@ -608,8 +666,13 @@ def _slot_from_json(raw: Any) -> Slot:
         raise TypeError("slot")
     nonce, wrapped = _unb64(raw.get("nonce")), _unb64(raw.get("wrapped"))
     if raw.get("kind") == SLOT_REPOSITORY:
-        _exact_keys(raw, {"kind", "nonce", "wrapped"})
-        return Slot(kind=SLOT_REPOSITORY, nonce=nonce, wrapped=wrapped)
+        if "key_id" not in raw:  # written before key ids: still read
+            _exact_keys(raw, {"kind", "nonce", "wrapped"})
+            return Slot(kind=SLOT_REPOSITORY, nonce=nonce, wrapped=wrapped)
+        _exact_keys(raw, {"kind", "key_id", "nonce", "wrapped"})
+        if not isinstance(raw["key_id"], str) or not _KEY_ID_RE.fullmatch(raw["key_id"]):
+            raise ValueError("repository slot key_id")
+        return Slot(SLOT_REPOSITORY, nonce, wrapped, key_id=raw["key_id"])
     if raw.get("kind") == SLOT_RECOVERY:
         _exact_keys(raw, {"kind", "kdf", "n", "r", "p", "salt", "nonce", "wrapped"})
         if raw["kdf"] != "scrypt" or not all(type(raw[k]) is int for k in "nrp"):

@@ -15,6 +15,10 @@ time, so the client can tell how far off its own clock is.
     POST /v1/unlock-requests             UnlockRequest  -> 201 UnlockCreated
     GET  /v1/unlock-requests/<id>?wait=N                -> 200 PollResult (long-poll, N <= 25 s)
     POST /v1/heartbeats                  Heartbeat      -> 200 HeartbeatAnswer (dead-man switch)
+    POST /v1/repository-key              RepositoryKeyQuery -> 200 RepositoryKeyStatus
+    POST /v1/repository-key-rotations    RotationRequest    -> 201 UnlockCreated (owner approves)
+    GET  /v1/repository-key-rotations/<id>?wait=N          -> 200 PollResult (state only)
+    POST /v1/repository-key-rotations/<id>/key  RepositoryKeyDelivery -> 200 RepositoryKeyStatus
     GET  /healthz                                       -> 200 {"status": "ok"}
 
 Errors are ``{"error": <code>}`` with the status in ERROR_STATUS. Every authentication failure
@@ -37,11 +41,11 @@ import base64
 import hashlib
 import os
 import re
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Self
 
 from zkv import crypto
 from zkv.encoding import b64, canonical, unb64
-from zkv.keystore import is_target
+from zkv.keystore import is_target, repository_key_id
 
 VERSION = 1
 VERSION_BOOT = 2  # an unlock request that reports its boot context (boot_flags, cmdline_sha256)
@@ -49,6 +53,8 @@ PATH_CHALLENGES = "/v1/challenges"
 PATH_HOSTS = "/v1/hosts"
 PATH_UNLOCK = "/v1/unlock-requests"
 PATH_HEARTBEAT = "/v1/heartbeats"
+PATH_REPOSITORY_KEY = "/v1/repository-key"
+PATH_ROTATIONS = "/v1/repository-key-rotations"
 PATH_HEALTH = "/healthz"
 MAX_BODY = 16 * 1024
 MAX_WAIT = 25  # seconds one long-poll call may be held open
@@ -59,6 +65,9 @@ MAX_SECRET = 4096
 CONTEXT_ENROLL = b"zkv-v1 enroll\n"
 CONTEXT_UNLOCK = b"zkv-v1 unlock-request\n"
 CONTEXT_HEARTBEAT = b"zkv-v1 heartbeat\n"
+CONTEXT_KEY_QUERY = b"zkv-v1 repository-key-query\n"
+CONTEXT_ROTATION = b"zkv-v1 repository-key-rotation\n"
+CONTEXT_KEY_DELIVERY = b"zkv-v1 repository-key-delivery\n"
 
 ACTION_NONE = "none"
 ACTION_WIPE = "wipe"  # destroy the keystore's repository slot (never the recovery slot)
@@ -97,6 +106,7 @@ CONTROLS = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)])
 ERROR_STATUS = {
     "bad_request": 400,
     "unauthorized": 401,
+    "secret_shared": 409,  # a repository key rotation of a secret another host uses too
     "rate_limited": 429,
     "approver_unavailable": 503,
     "secret_unavailable": 503,
@@ -108,6 +118,7 @@ _HEX32_RE = re.compile(r"[0-9a-f]{32}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _CHALLENGE_RE = re.compile(r"[0-9a-f]{80}")  # opaque to the client; gateway/challenges.py
 _PIN_RE = re.compile(r"[0-9]{4,12}")  # ASCII only: str.isdigit() takes other scripts' digits
+_KEY_ID_RE = re.compile(r"[0-9a-f]{16}")  # zkv/keystore.py repository_key_id
 _INVITE_TOKEN_RE = re.compile(r"zkv1-[A-Za-z0-9_-]{43}")  # 32 random bytes, base64url
 
 
@@ -445,34 +456,30 @@ class Heartbeat(NamedTuple):
     challenge: str
     signature: bytes = b""
 
+    @staticmethod
+    def context() -> bytes:
+        """What the signature covers besides the body: a subclass signs for another purpose."""
+        return CONTEXT_HEARTBEAT
+
     def body(self) -> dict[str, Any]:
         return {"v": VERSION, "host_id": self.host_id, "challenge": self.challenge}
 
     @classmethod
-    def create(cls, private_key: bytes, challenge: str) -> Heartbeat:
-        host_id = host_id_of(crypto.ed25519_public(private_key))
-        unsigned = cls(host_id, _challenge(challenge))
-        return unsigned._replace(signature=_sign(private_key, CONTEXT_HEARTBEAT, unsigned.body()))
+    def create(cls, private_key: bytes, challenge: str) -> Self:
+        unsigned = cls(_host_id(private_key), _challenge(challenge))
+        return unsigned._replace(signature=_sign(private_key, cls.context(), unsigned.body()))
 
     def to_json(self) -> dict[str, Any]:
         return {**self.body(), "signature": b64(self.signature)}
 
     @classmethod
-    def from_json(cls, raw: Any) -> Heartbeat:
+    def from_json(cls, raw: Any) -> Self:
         body = _signed_body(raw, {"host_id", "challenge"})
-        return cls(
-            host_id=_hex32(_field(body, "host_id", str), "host_id"),
-            challenge=_challenge(_field(body, "challenge", str)),
-            signature=_signature(_field(body, "signature", str)),
-        )
+        return cls(_hex32(_field(body, "host_id", str), "host_id"), *_challenge_and_signature(body))
 
     def verify(self, public_key: bytes) -> None:
         """Raises crypto.BadSignature unless signed by ``public_key`` (the enrolled host key)."""
-        if host_id_of(public_key) != self.host_id:
-            raise crypto.BadSignature
-        crypto.ed25519_verify(
-            public_key, self.signature, CONTEXT_HEARTBEAT + canonical(self.body())
-        )
+        _verify_host(public_key, self.host_id, self.signature, self.context(), self.body())
 
 
 class HeartbeatAnswer(NamedTuple):
@@ -531,6 +538,13 @@ class PollResult(NamedTuple):
         )
 
 
+def decision_from_json(raw: Any) -> PollResult:
+    """A rotation's poll answer: its state only, approved included (nothing is released)."""
+    if not isinstance(raw, dict) or raw.get("state") not in STATES:
+        raise ProtocolViolation("unknown state")
+    return PollResult(_exact(raw, {"state"})["state"])
+
+
 def seal_release(request_id: str, ephemeral_key: bytes, secret: bytes) -> crypto.Sealed:
     """Gateway side: encrypt the secret to the boot's ephemeral key, bound to the request id."""
     return crypto.seal_to(ephemeral_key, secret, release_info(request_id))
@@ -539,6 +553,147 @@ def seal_release(request_id: str, ephemeral_key: bytes, secret: bytes) -> crypto
 def open_release(request_id: str, ephemeral_private: bytes, sealed: crypto.Sealed) -> bytes:
     """Client side; raises crypto.DecryptionFailed."""
     return crypto.open_sealed(ephemeral_private, sealed, release_info(request_id))
+
+
+# --- repository key rotation (zkv rotate --repository-key, gateway/rotations.py) -------------
+
+
+class RepositoryKeyQuery(Heartbeat):
+    """Which repository key does the gateway hold for me? (``zkv reconcile``): a heartbeat's
+    shape, signed for this purpose only."""
+
+    @staticmethod
+    def context() -> bytes:
+        return CONTEXT_KEY_QUERY
+
+
+class RotationRequest(NamedTuple):
+    """Asks the owner to approve a new repository key for this host, exactly as a boot asks
+    for an unlock; the key itself follows only after the approval (RepositoryKeyDelivery)."""
+
+    host_id: str
+    hostname: str
+    challenge: str
+    signature: bytes = b""
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "v": VERSION,
+            "host_id": self.host_id,
+            "hostname": self.hostname,
+            "challenge": self.challenge,
+        }
+
+    @classmethod
+    def create(cls, private_key: bytes, hostname: str, challenge: str) -> RotationRequest:
+        unsigned = cls(_host_id(private_key), check_hostname(hostname), _challenge(challenge))
+        return unsigned._replace(signature=_sign(private_key, CONTEXT_ROTATION, unsigned.body()))
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.body(), "signature": b64(self.signature)}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> RotationRequest:
+        body = _signed_body(raw, {"host_id", "hostname", "challenge"})
+        return cls(
+            _hex32(_field(body, "host_id", str), "host_id"),
+            check_hostname(_field(body, "hostname", str)),
+            *_challenge_and_signature(body),
+        )
+
+    def verify(self, public_key: bytes) -> None:
+        _verify_host(public_key, self.host_id, self.signature, CONTEXT_ROTATION, self.body())
+
+
+class RepositoryKeyDelivery(NamedTuple):
+    """The new repository key for an approved rotation, once. TLS to the pinned gateway is its
+    only protection in transit (docs/threat-model.md); signed, so only the host that asked can
+    deliver, and bound to the rotation's request id."""
+
+    host_id: str
+    request_id: str
+    key: bytes = b""
+    challenge: str = ""
+    signature: bytes = b""
+
+    def __repr__(self) -> str:  # never the key
+        return f"RepositoryKeyDelivery(host_id={self.host_id!r}, request_id={self.request_id!r})"
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "v": VERSION,
+            "host_id": self.host_id,
+            "request_id": self.request_id,
+            "key": b64(self.key),
+            "challenge": self.challenge,
+        }
+
+    @classmethod
+    def create(
+        cls, private_key: bytes, request_id: str, key: bytes, challenge: str
+    ) -> RepositoryKeyDelivery:
+        if len(key) != 32:
+            raise ProtocolViolation("a repository key is 32 bytes")
+        unsigned = cls(
+            _host_id(private_key), _hex32(request_id, "request_id"), key, _challenge(challenge)
+        )
+        return unsigned._replace(
+            signature=_sign(private_key, CONTEXT_KEY_DELIVERY, unsigned.body())
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.body(), "signature": b64(self.signature)}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> RepositoryKeyDelivery:
+        body = _signed_body(raw, {"host_id", "request_id", "key", "challenge"})
+        return cls(
+            _hex32(_field(body, "host_id", str), "host_id"),
+            _hex32(_field(body, "request_id", str), "request_id"),
+            _key32(_field(body, "key", str), "key"),
+            *_challenge_and_signature(body),
+        )
+
+    def verify(self, public_key: bytes) -> None:
+        _verify_host(public_key, self.host_id, self.signature, CONTEXT_KEY_DELIVERY, self.body())
+
+    @property
+    def key_id(self) -> str:
+        return repository_key_id(self.key)
+
+
+class RepositoryKeyStatus(NamedTuple):
+    """The id (zkv/keystore.py repository_key_id) of the repository key the gateway holds for
+    the host: after a delivery, the gateway's confirmation that it holds the new one."""
+
+    key_id: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key_id": self.key_id}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> RepositoryKeyStatus:
+        key_id = _field(_exact(raw, {"key_id"}), "key_id", str)
+        if not _KEY_ID_RE.fullmatch(key_id):
+            raise ProtocolViolation("key_id must be 16 lowercase hex characters")
+        return cls(key_id)
+
+
+def _host_id(private_key: bytes) -> str:
+    return host_id_of(crypto.ed25519_public(private_key))
+
+
+def _challenge_and_signature(body: dict[str, Any]) -> tuple[str, bytes]:
+    return _challenge(_field(body, "challenge", str)), _signature(_field(body, "signature", str))
+
+
+def _verify_host(
+    public_key: bytes, host_id: str, signature: bytes, context: bytes, body: dict[str, Any]
+) -> None:
+    """Raises crypto.BadSignature unless signed by ``public_key`` (the enrolled host key)."""
+    if host_id_of(public_key) != host_id:
+        raise crypto.BadSignature
+    crypto.ed25519_verify(public_key, signature, context + canonical(body))
 
 
 def error_body(code: str) -> dict[str, str]:

@@ -30,7 +30,8 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def _parents() -> dict[str, Parser]:
+def _parents(seed_spellings: bool = True) -> dict[str, Parser]:
+    """``seed_spellings``: also parse (to refuse) the seed tool's key options."""
     store = Parser(add_help=False)
     store.add_argument(
         "--keystore",
@@ -41,8 +42,8 @@ def _parents() -> dict[str, Parser]:
     # Seed-tool spellings that carried a key in argv: parsed only so they can be refused.
     store.add_argument(
         "-k",
-        "--repository-key",
-        "--repository_key",
+        "--repository-key" if seed_spellings else "--repository_key",
+        *(("--repository_key",) if seed_spellings else ()),
         dest="secret_option",
         metavar="KEY",
         help=argparse.SUPPRESS,
@@ -141,14 +142,22 @@ def _add_commands(sub: argparse._SubParsersAction[Parser], seed: bool) -> None:
         "--token", action="store_true", help="ask for the invite token (the default)"
     )
 
+    plain = _parents(seed_spellings=False)  # rotate's --repository-key is a flag
     rotate = command(
         "rotate",
         rotation.cmd_rotate,
-        "give a dataset a new random key and epoch; safe against a power cut at any step",
-        both,
+        "give a dataset a new random key and epoch, or (--repository-key) the host a new "
+        "repository key through the gateway; safe against a power cut at any step",
+        [plain["store"], plain["opener"]],
     )
-    rotate.add_argument("dataset", metavar="DATASET")
+    rotate.add_argument("dataset", metavar="DATASET", nargs="?")
+    rotate.add_argument(
+        "--repository-key",
+        action="store_true",
+        help="a new repository key, approved by the owner, written by the gateway",
+    )
     _rotation_options(rotate)
+    _config_option(rotate)
     reconcile = command(
         "reconcile",
         rotation.cmd_reconcile,
@@ -157,6 +166,7 @@ def _add_commands(sub: argparse._SubParsersAction[Parser], seed: bool) -> None:
     )
     reconcile.add_argument("datasets", metavar="DATASET", nargs="*")
     _epoch_option(reconcile)
+    _config_option(reconcile)
 
     command("doctor", doctor.cmd_doctor, "check the installation", [p["store"]])
 
@@ -166,7 +176,11 @@ def _add_commands(sub: argparse._SubParsersAction[Parser], seed: bool) -> None:
         "tell the gateway this host runs (dead-man switch); carry out a remote wipe",
         [p["store"]],
     )
-    beat.add_argument(
+    _config_option(beat)
+
+
+def _config_option(parser: Parser) -> None:
+    parser.add_argument(
         "--config", metavar="PATH", default=paths.EARLY_CONF, help="gateway settings (%(default)s)"
     )
 

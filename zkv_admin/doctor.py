@@ -93,6 +93,9 @@ def _keystore(path: Path) -> Generator[Finding, None, keystore.SealedKeystore | 
         yield False, f"{exc.message}."
         return None
     yield True, f"{path} is a valid keystore with {len(sealed.entries)} entries."
+    if len(sealed.repository_key_ids()) > 1:
+        why = "a repository key rotation was interrupted (two repository slots)"
+        yield False, f"{why}: run 'zkv reconcile', which asks the gateway which key it holds."
     info = path.stat()
     if stat.S_IMODE(info.st_mode) & 0o077:
         yield False, f"{path} is readable by others: run 'chmod 600 {path}'."

@@ -44,6 +44,7 @@ from zkv.errors import (
     FileWriteError,
     RotationBusy,
     RotationFailed,
+    UsageError,
     ZfsDatasetNotFound,
     ZfsError,
     ZfsKeyNotLoaded,
@@ -52,7 +53,7 @@ from zkv.errors import (
     ZkvError,
 )
 from zkv.zfs import Zfs, check_user_property
-from zkv_admin import bootimage
+from zkv_admin import bootimage, repokey
 from zkv_admin.common import open_store, path_of, save, say
 
 DEFAULT_PROPERTY = "zkv:epoch"
@@ -275,6 +276,10 @@ def rotatable(entry: keystore.Entry, prop: Names) -> Rotatable:
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
+    if args.repository_key:
+        return repokey.cmd_rotate_repository_key(args)
+    if args.dataset is None:
+        raise UsageError("name the DATASET to rotate, or give --repository-key")
     target = args.dataset
     keystore.kind_of(target)
     prop = names(args.epoch_property)
@@ -302,7 +307,10 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         for target in args.datasets:
             keystore.kind_of(target)
         targets = args.datasets or sealed.targets()
-        _reconcile(path, open_store(args, sealed), targets, prop, bool(args.datasets))
+        store = open_store(args, sealed)
+        _reconcile(path, store, targets, prop, bool(args.datasets))
+        if not args.datasets:  # and a repository key rotation the gateway settles
+            repokey.reconcile(args, path, store)
     return 0
 
 

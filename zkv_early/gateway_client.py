@@ -24,6 +24,7 @@ from zkv.errors import (
     GatewayUnreachable,
     ProtocolError,
     RateLimited,
+    SecretShared,
 )
 from zkv_early import pinning
 from zkv_early.http11 import BadResponse, Connection, Disconnected, Url
@@ -71,6 +72,28 @@ class GatewayClient:
         return self._call(
             "POST", protocol.PATH_HEARTBEAT, body, 200, protocol.HeartbeatAnswer.from_json
         )
+
+    # --- repository key rotation (zkv_admin/repokey.py), the same TLS trust -------------------
+
+    def rotation(self, request: protocol.RotationRequest) -> protocol.UnlockCreated:
+        body = json.dumps(request.to_json()).encode()
+        path = protocol.PATH_ROTATIONS
+        return self._call("POST", path, body, 201, protocol.UnlockCreated.from_json)
+
+    def poll_rotation(self, request_id: str, wait: int) -> protocol.PollResult:
+        wait = max(0, min(wait, protocol.MAX_WAIT))
+        path = f"{protocol.PATH_ROTATIONS}/{request_id}?wait={wait}"
+        return self._call("GET", path, None, 200, protocol.decision_from_json, wait)
+
+    def deliver(self, delivery: protocol.RepositoryKeyDelivery) -> protocol.RepositoryKeyStatus:
+        body = json.dumps(delivery.to_json()).encode()
+        path = f"{protocol.PATH_ROTATIONS}/{delivery.request_id}/key"
+        return self._call("POST", path, body, 200, protocol.RepositoryKeyStatus.from_json)
+
+    def key_status(self, query: protocol.RepositoryKeyQuery) -> protocol.RepositoryKeyStatus:
+        body = json.dumps(query.to_json()).encode()
+        path = protocol.PATH_REPOSITORY_KEY
+        return self._call("POST", path, body, 200, protocol.RepositoryKeyStatus.from_json)
 
     def _call(
         self,
@@ -199,6 +222,8 @@ def _status_error(status: int, answer: Any) -> GatewayError:
         return GatewayRefused()
     if status == 429:
         return RateLimited()
+    if status == 409 and code == "secret_shared":
+        return SecretShared()
     if status == 400:
         return ProtocolError(f"the gateway rejected the request as malformed ({code or status})")
     if status in (502, 503, 504):  # the gateway's own 503, or a proxy's while it restarts

@@ -268,3 +268,15 @@ def test_enroll_unreachable(zkv: Zkv) -> None:
     token = protocol.new_invite_token().encode()
     result = zkv("enroll", "--gateway", "http://127.0.0.1:9", stdin=token)
     assert result.code == 31 and "cannot reach the gateway" in result.error_line
+
+
+def test_doctor_sees_an_interrupted_repository_key_rotation(
+    zkv: Zkv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    places = installed(zkv, tmp_path)
+    store = zkv.open()
+    store.add_repository_key(keystore.new_repository_key())
+    keystore.write(zkv.keystore, store)
+    os.utime(tmp_path / "initrd.img-test", (zkv.keystore.stat().st_mtime + 10,) * 2)
+    (problem,) = findings(zkv, places, monkeypatch)
+    assert "repository key rotation was interrupted" in problem and "zkv reconcile" in problem

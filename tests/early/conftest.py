@@ -202,15 +202,18 @@ def wait_for(predicate: object, timeout: float = 30.0, what: str = "condition") 
 _PIN_IN_TEXT = re.compile(r"\b(?:Code|Reply) ([0-9]{4,12})\b")
 
 
-def pending_request(gw: RunningGateway) -> tuple[str, str]:
-    """(request id, PIN) of the unlock request waiting for the owner."""
+_ASKS = {"unlock": "asks to unlock", "repokey": "asks to rotate its repository key"}
+
+
+def pending_request(gw: RunningGateway, kind: str = "unlock") -> tuple[str, str]:
+    """(request id, PIN) of the request of ``kind`` (unlock, repokey) waiting for the owner."""
 
     def find() -> tuple[str, str] | None:
         rows = [line.split() for line in gw.cli("requests").stdout.splitlines()]
-        ids = [r[0] for r in rows if len(r) > 2 and r[1] == "unlock" and r[2] == "pending"]
+        ids = [r[0] for r in rows if len(r) > 2 and r[1] == kind and r[2] == "pending"]
         # "Code 482913." (the page policy) or "Reply 482913 to approve" (sms-pin)
-        found = (_PIN_IN_TEXT.search(n) for n in gw.notifications() if "unlock" in n)
+        found = (_PIN_IN_TEXT.search(n) for n in gw.notifications() if _ASKS[kind] in n)
         pins = [m[1] for m in found if m]
         return (ids[-1], pins[-1]) if ids and pins else None
 
-    return wait_for(find, what="a pending unlock request")  # type: ignore[return-value]
+    return wait_for(find, what=f"a pending {kind} request")  # type: ignore[return-value]

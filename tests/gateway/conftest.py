@@ -62,6 +62,11 @@ class MemorySource:
         self.disabled.append(name)
         return f"disabled {name}"
 
+    def set(self, name: str | None, secret: bytes) -> None:
+        if self.broken:
+            raise SecretUnavailable("key vault answered 403 Forbidden")
+        self.value = secret
+
 
 @dataclass
 class Env:

@@ -41,8 +41,12 @@ def test_schemathesis_finds_no_server_error(tmp_path: Path) -> None:
                 "60",
                 "--seed",
                 "1",
+                # One worker: with two, hypothesis describes the path parameters' filter
+                # lambdas in two threads at once (ast.parse), and CPython 3.11 fails that
+                # ("AST constructor recursion depth mismatch") now that three operations
+                # have a path parameter.
                 "--workers",
-                "2",
+                "1",
                 "--phases",
                 "examples,coverage,fuzzing",
                 "--request-timeout",
@@ -52,7 +56,7 @@ def test_schemathesis_finds_no_server_error(tmp_path: Path) -> None:
             capture_output=True,
             text=True,
             cwd=tmp_path,
-            timeout=170,
+            timeout=400,
         )
         log = gw.output()
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
@@ -102,6 +106,12 @@ def test_the_signed_messages_are_described_field_for_field() -> None:
             protocol.BootContext(("rd.break",), "ab" * 32),
         ),
         "Heartbeat": protocol.Heartbeat.create(private, issued),
+        "RepositoryKeyQuery": protocol.RepositoryKeyQuery.create(private, issued),
+        "RotationRequest": protocol.RotationRequest.create(private, "db01", issued),
+        "RepositoryKeyDelivery": protocol.RepositoryKeyDelivery.create(
+            private, "0" * 32, bytes(32), issued
+        ),
+        "RepositoryKeyStatus": protocol.RepositoryKeyStatus("0123456789abcdef"),
     }
     for name, message in messages.items():
         assert set(schemas[name]["required"]) == set(message.to_json()), name

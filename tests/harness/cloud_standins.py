@@ -5,8 +5,9 @@ header, so the real twilio / azure-identity / azure-keyvault-secrets SDKs in the
 process talk to it through the connect redirect in tests/harness/redirect/sitecustomize.py.
 Tests steer failures through ``vault_mode`` ("ok", "403", "404", "timeout") and
 ``twilio_mode`` ("ok", "fail"), and read what was sent in ``sms_sent``. The vault also lists a
-secret's (one) version and disables it (update_secret_properties), after which get_secret is
-refused as Key Vault refuses it (``vault_disabled``).
+secret's versions and disables them (update_secret_properties), after which get_secret is
+refused as Key Vault refuses it (``vault_disabled``); set_secret adds a version
+(``vault_versions`` counts them), which get_secret returns from then on.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Standins:
     twilio_mode: str = "ok"
     vault_secrets: dict[str, str] = field(default_factory=dict)
     vault_disabled: set[str] = field(default_factory=set)  # update_secret_properties(enabled=False)
+    vault_versions: dict[str, int] = field(default_factory=dict)  # set_secret calls per name
     sms_sent: list[dict[str, str]] = field(default_factory=list)
     seen: list[str] = field(default_factory=list)  # "HOST METHOD PATH" of every call
     tokens: set[str] = field(default_factory=set)
@@ -164,6 +166,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PATCH(self) -> None:
         self._dispatch("PATCH")
 
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
     def _dispatch(self, method: str) -> None:
         host = self.headers.get("Host", "").split(":")[0]
         state = self.server.state
@@ -260,7 +265,9 @@ class _Handler(BaseHTTPRequestHandler):
         name = parts[2]
         if state.vault_mode == "timeout":
             time.sleep(3)
-        if state.vault_mode == "ok" and name in state.vault_secrets and method == "PATCH":
+        if state.vault_mode == "ok" and method == "PUT" and parts[3:] == []:
+            self._vault_set(state, name)
+        elif state.vault_mode == "ok" and name in state.vault_secrets and method == "PATCH":
             self._vault_update(state, name)
         elif state.vault_mode == "ok" and name in state.vault_secrets and parts[3:] == ["versions"]:
             self._reply(200, {"value": [_properties(name, name not in state.vault_disabled)]})
@@ -290,6 +297,22 @@ class _Handler(BaseHTTPRequestHandler):
                     "attributes": {"enabled": True, "created": now, "updated": now},
                 },
             )
+
+    def _vault_set(self, state: Standins, name: str) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        value = json.loads(self.rfile.read(length))["value"]
+        state.vault_secrets[name] = value
+        state.vault_disabled.discard(name)  # a new version is enabled
+        state.vault_versions[name] = state.vault_versions.get(name, 0) + 1
+        now = int(time.time())
+        self._reply(
+            200,
+            {
+                "value": value,
+                "id": f"https://{VAULT_HOST}/secrets/{name}/{secrets.token_hex(16)}",
+                "attributes": {"enabled": True, "created": now, "updated": now},
+            },
+        )
 
     def _vault_update(self, state: Standins, name: str) -> None:
         length = int(self.headers.get("Content-Length", "0"))

@@ -86,3 +86,36 @@ def opened(boot: Boot, response: requests.Response) -> bytes:
     result = protocol.PollResult.from_json(response.json())
     assert result.state == protocol.STATE_APPROVED and result.release is not None
     return protocol.open_release(boot.created.request_id, boot.ephemeral_private, result.release)
+
+
+# --- repository key rotation ------------------------------------------------------------------
+
+
+def rotation(url: str, host: Host, hostname: str | None = None) -> requests.Response:
+    req = protocol.RotationRequest.create(
+        host.private_key, hostname or host.hostname, challenge(url).challenge
+    )
+    return requests.post(url + protocol.PATH_ROTATIONS, json=req.to_json(), timeout=10)
+
+
+def poll_rotation(url: str, request_id: str, wait: int = 0) -> requests.Response:
+    return requests.get(
+        f"{url}{protocol.PATH_ROTATIONS}/{request_id}?wait={wait}", timeout=wait + 30
+    )
+
+
+def deliver(url: str, host: Host, request_id: str, key: bytes) -> requests.Response:
+    req = protocol.RepositoryKeyDelivery.create(
+        host.private_key, request_id, key, challenge(url).challenge
+    )
+    return send_delivery(url, req)
+
+
+def send_delivery(url: str, req: protocol.RepositoryKeyDelivery) -> requests.Response:
+    path = f"{url}{protocol.PATH_ROTATIONS}/{req.request_id}/key"
+    return requests.post(path, json=req.to_json(), timeout=30)
+
+
+def key_status(url: str, host: Host) -> requests.Response:
+    req = protocol.RepositoryKeyQuery.create(host.private_key, challenge(url).challenge)
+    return requests.post(url + protocol.PATH_REPOSITORY_KEY, json=req.to_json(), timeout=30)

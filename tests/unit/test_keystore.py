@@ -21,7 +21,7 @@ from zkv.errors import (
 )
 
 VECTORS = Path(__file__).parents[1] / "vectors"
-NAMES = ("empty", "basic", "rotation")
+NAMES = ("empty", "basic", "rotation", "two-repository-slots")
 REPO = bytes(range(32))
 PASS = b"recovery passphrase"
 
@@ -325,3 +325,61 @@ def test_no_epochs_no_epoch_field_and_old_vectors_have_none() -> None:
     _, data = vector("rotation")
     old = keystore.SealedKeystore.parse(data).open_with_repository_key(REPO)
     assert old.epochs("tank/data") == [None, None]
+
+
+def test_two_repository_slots_vector_opens_with_either_key_and_drops_one() -> None:
+    """The slot tag (``key_id``) is an optional field: untagged v1 vectors still read."""
+    expected, data = vector("two-repository-slots")
+    sealed = keystore.SealedKeystore.parse(data)
+    old, new = (keystore.parse_repository_key(k) for k in expected["repository_keys"])
+    ids = [keystore.repository_key_id(old), keystore.repository_key_id(new)]
+    assert sealed.repository_key_ids() == ids == expected["repository_key_ids"]
+    for key in (old, new):
+        check_contents(sealed.open_with_repository_key(key), expected)
+    store = sealed.open_with_repository_key(new)
+    assert store.keep_repository_key(ids[1])
+    dropped = keystore.SealedKeystore.parse(store.serialize())
+    assert dropped.repository_key_ids() == [ids[1]]
+    check_contents(dropped.open_with_repository_key(new), expected)
+    with pytest.raises(KeystoreLocked):
+        dropped.open_with_repository_key(old)
+    assert keystore.SealedKeystore.parse(vector("basic")[1]).repository_key_ids() == [""]
+
+
+def test_repository_rotation_bookkeeping() -> None:
+    store = fresh()
+    new = bytes(range(1, 33))
+    with pytest.raises(InputError, match="already has"):
+        store.add_repository_key(REPO)
+    key_id = store.add_repository_key(new)
+    with pytest.raises(InputError, match="in flight"):
+        store.add_repository_key(bytes(range(2, 34)))
+    old_id = keystore.repository_key_id(REPO)
+    assert not store.keep_repository_key("0" * 16)  # the gateway holds neither: keep both
+    assert store.repository_key_ids() == [old_id, key_id]
+    assert store.keep_repository_key(key_id) and store.repository_key_ids() == [key_id]
+    store.add_repository_key(REPO)
+    store.drop_repository_key(old_id)
+    assert store.repository_key_ids() == [key_id]
+    with pytest.raises(InputError, match="no second"):
+        store.drop_repository_key(key_id)  # never the last one
+
+
+def test_an_untagged_slot_is_kept_for_a_key_id_no_tagged_slot_has() -> None:
+    """A keystore written before key ids: its slot is the one the gateway's key may open."""
+    expected, data = vector("basic")
+    store = keystore.SealedKeystore.parse(data).open_with_passphrase(
+        expected["recovery_passphrase"].encode()
+    )
+    new_id = store.add_repository_key(bytes(range(1, 33)))
+    assert store.repository_key_ids() == ["", new_id]
+    old_id = keystore.repository_key_id(bytes.fromhex(expected["repository_key"]))
+    assert store.keep_repository_key(old_id) and store.repository_key_ids() == [""]
+
+
+@pytest.mark.parametrize("bad", ["", "ABCDEF0123456789", "0" * 15, 7])
+def test_a_malformed_key_id_is_corrupt(bad: Any) -> None:
+    doc = json.loads(vector("two-repository-slots")[1])
+    doc["slots"][0]["key_id"] = bad
+    with pytest.raises(KeystoreCorrupt, match="malformed"):
+        keystore.SealedKeystore.parse(sealed_bytes(doc))

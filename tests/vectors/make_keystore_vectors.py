@@ -22,12 +22,22 @@ WEAK = keystore.KdfParams(n=1 << 10, r=8, p=1)
 Entries = list[tuple[str, str, list[bytes]]]
 
 
-def vector(name: str, entries: Entries, description: str) -> None:
+def vector(
+    name: str, entries: Entries, description: str, new_repository_key: bytes | None = None
+) -> None:
+    """``new_repository_key``: a second, tagged repository slot (a repository key rotation in
+    flight); the vector's "repository_keys" lists both keys, each of which opens it."""
     repository_key = bytes(range(32))
     passphrase = "correct horse battery staple"
     store = keystore.create(
         repository_key, passphrase.encode(), WEAK, host_id="0123456789abcdef" * 2
     )
+    extra: dict[str, object] = {}
+    if new_repository_key is not None:
+        store.add_repository_key(new_repository_key)
+        keys = [repository_key, new_repository_key]
+        extra["repository_keys"] = [keystore.format_repository_key(k) for k in keys]
+        extra["repository_key_ids"] = store.repository_key_ids()
     for target, keyformat, candidates in entries:
         store.put(keystore.Entry(target, keyformat, keystore.kind_of(target)), candidates[0])
         if len(candidates) > 1:
@@ -50,6 +60,7 @@ def vector(name: str, entries: Entries, description: str) -> None:
             }
             for target, keyformat, candidates in sorted(entries)
         ],
+        **extra,
     }
     (HERE / f"{stem}.json").write_text(json.dumps(expected, indent=2) + "\n")
 
@@ -83,7 +94,14 @@ VECTORS: dict[str, tuple[Entries, str]] = {
         "version 2: each block locator, a keyfile with a newline, a LUKS rotation in flight",
     ),
 }
+TWO_REPOSITORY_SLOTS = (
+    [("tank/data", "raw", [bytes(range(100, 132))])],
+    "interrupted 'zkv rotate --repository-key': two repository slots tagged with key ids",
+)
 
 if __name__ == "__main__":
-    for wanted in sys.argv[1:] or list(VECTORS):
-        vector(wanted, *VECTORS[wanted])
+    for wanted in sys.argv[1:] or [*VECTORS, "two-repository-slots"]:
+        if wanted == "two-repository-slots":
+            vector(wanted, *TWO_REPOSITORY_SLOTS, new_repository_key=bytes(range(32, 64)))
+        else:
+            vector(wanted, *VECTORS[wanted])

@@ -60,8 +60,9 @@ total = 420
 zfs = 120
 {fallback}"""
 # Generous waits: under TCG on a loaded host the link and a passphrase's PBKDF2 can take
-# minutes; no scenario waits for them to expire. A short fallback: after a denial or a bad release zkv's prompt stays up 10 s (not 120 s),
-# then OpenZFS's own prompt appears (the wrong-key scenario types the passphrase there).
+# minutes; no scenario waits for them to expire. A short fallback: after a denial or a bad
+# release zkv's prompt stays up 10 s (not 120 s), then OpenZFS's own prompt appears (the
+# wrong-key scenario types the passphrase there).
 _EARLY_CONF = _EARLY_CONF_TEMPLATE.format(url=GATEWAY_URL, ca=GUEST_CA, fallback="fallback = 10\n")
 
 
