@@ -17,7 +17,7 @@ def test_boot_again_starts_on_the_same_overlay(
 ) -> None:
     made: list[Path] = []
 
-    def overlay(base: Path, target: Path) -> Path:
+    def overlay(base: Path, target: Path, base_format: str = "raw") -> Path:
         made.append(target)
         target.write_text("")
         return target
@@ -30,7 +30,11 @@ def test_boot_again_starts_on_the_same_overlay(
     monkeypatch.setattr(qemu, "overlay", overlay)
     monkeypatch.setattr(qemu, "command", command)
     image = SimpleNamespace(
-        disk=tmp_path / "base.raw", kernel=tmp_path / "k", initrd=tmp_path / "i", flavour="dracut"
+        disk=tmp_path / "base.raw",
+        disk_format="raw",
+        kernel=tmp_path / "k",
+        initrd=tmp_path / "i",
+        flavour="dracut",
     )
     log = tmp_path / "console.log"
     with driver.Guest(image, console_log=log) as guest:  # type: ignore[arg-type]
