@@ -90,7 +90,7 @@ def test_slow_gateway_passphrase_wins_while_a_poll_is_pending(
         machine.enroll(gw)
         child = spawn(machine)
         child.expect("Recovery passphrase: ")
-        child.expect(r"approve PIN \d+")
+        child.expect(r"(request code|PIN) \d+ - ")
         request_id, _pin = pending_request(gw)
         started = time.monotonic()
         child.sendline(PASSPHRASE.decode())
@@ -194,7 +194,7 @@ def test_expiry_is_announced_then_the_gateways_status(machine: Machine, tmp_path
     with running_gateway(tmp_path / "gw", settings={"REQUEST_TTL": 30}) as gw:  # the minimum
         machine.enroll(gw)
         child = spawn(machine)
-        child.expect(r"approve PIN \d+")
+        child.expect(r"(request code|PIN) \d+ - ")
         child.expect("expired before it was approved; type the recovery passphrase", timeout=60)
         started = time.monotonic()
         status, rest = finish(child)
