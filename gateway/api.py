@@ -12,7 +12,13 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from zkv import protocol
 from zkv.encoding import is_digits
-from zkv.protocol import EnrollRequest, Heartbeat, ProtocolViolation, UnlockRequest
+from zkv.protocol import (
+    EnrollRequest,
+    Heartbeat,
+    ProtocolViolation,
+    TpmCredentialRequest,
+    UnlockRequest,
+)
 
 from .errors import ApiError
 from .polls import PollSlots
@@ -50,6 +56,12 @@ def challenge() -> tuple[Response, int]:
 def enroll() -> tuple[Response, int]:
     accepted = gateway().enroll(_parse(EnrollRequest.from_json), client_ip())
     return jsonify(accepted.to_json()), 202
+
+
+@bp.post(protocol.PATH_TPM_CREDENTIALS)
+def tpm_credential() -> tuple[Response, int]:
+    issued = gateway().tpm_credential(_parse(TpmCredentialRequest.from_json), client_ip())
+    return jsonify(issued.to_json()), 201
 
 
 @bp.post(protocol.PATH_UNLOCK)

@@ -158,6 +158,7 @@ def decide_page(token: str) -> tuple[str, int]:
         factor=view.factor,
         ayes=view.ayes,
         quorum=view.quorum,
+        key_in_tpm=view.key_in_tpm,
     ), 200
 
 

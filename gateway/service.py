@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from zkv import crypto, protocol
 from zkv.encoding import b64, unb64
@@ -29,11 +30,13 @@ from zkv.protocol import (
     Heartbeat,
     HeartbeatAnswer,
     PollResult,
+    TpmCredential,
+    TpmCredentialRequest,
     UnlockCreated,
     UnlockRequest,
 )
 
-from . import approvals, audit, challenges, invites, liveness, owner_store, ratelimit
+from . import approvals, attestation, audit, challenges, invites, liveness, owner_store, ratelimit
 from .approvals import KIND_UNLOCK, Approval, NotAllowed, Reply
 from .config import Settings
 from .errors import ApiError, GatewayCliError, NotifyFailed, SecretUnavailable
@@ -48,6 +51,7 @@ from .store import Host, Invite, RequestRow, Store, Tx
 log = logging.getLogger("zkv.gateway")
 
 HOST_PENDING, HOST_APPROVED, HOST_REVOKED = "pending", "approved", "revoked"
+T = TypeVar("T")
 
 
 class _Unauthorized(Exception):
@@ -71,6 +75,7 @@ class Gateway:
         self.clock = clock
         self._changed = threading.Condition()  # wakes this process's long-polls early
         self._challenge_key: bytes | None = None  # read on first use: the CLI never needs it
+        self._tpm_cas: list[attestation.Certificate] | None = None  # TPM_CA_BUNDLE, when used
         from .owners import Owners  # owners.py builds on this class
 
         self.owners = Owners(self)
@@ -88,6 +93,36 @@ class Gateway:
         return self._challenge_key
 
     # --- enrolment ---------------------------------------------------------------------------
+
+    def tpm_credential(self, req: TpmCredentialRequest, ip: str) -> TpmCredential:
+        """A TPM enrolment's first round trip (attestation.py): nothing stored, nothing sent
+        to the owner; only a refusal is counted."""
+        now = self.clock()
+        with self._refusals(ip):
+            try:
+                challenges.check(self._key(), req.challenge, now)
+            except challenges.BadChallenge as exc:
+                raise _Unauthorized(f"challenge: {exc}") from None
+            return self._attested(lambda b: attestation.issue_credential(req, self._key(), b))
+
+    def _key_store_ok(self, req: EnrollRequest) -> None:
+        """A TPM key needs its evidence to hold; a file key is refused under REQUIRE_TPM."""
+        if req.tpm is None:
+            if self.settings.REQUIRE_TPM:
+                raise _Unauthorized("REQUIRE_TPM and the host has a file key")
+            return
+        evidence, challenge = req.tpm, req.challenge
+        held = self._attested(lambda b: attestation.check(evidence, challenge, self._key(), b))
+        if held.point != req.public_key:
+            raise _Unauthorized("TPM evidence is of another key")
+
+    def _attested(self, step: Callable[[list[attestation.Certificate]], T]) -> T:
+        if self._tpm_cas is None:
+            self._tpm_cas = attestation.bundle_file(self.settings.TPM_CA_BUNDLE)
+        try:
+            return step(self._tpm_cas)
+        except attestation.Refused as exc:
+            raise _Unauthorized(f"tpm: {exc}") from None
 
     def invite(
         self, hostname: str, ttl: int, secret_name: str | None = None, replace: bool = False
@@ -134,6 +169,7 @@ class Gateway:
         now = self.clock()
         with self._refusals(ip):
             nonce = self._check_signed(req.challenge, now, req.verify)
+            self._key_store_ok(req)
             with self.store.write() as conn:
                 invite = self.store.invite_by_hash(conn, invites.token_hash(req.token))
                 if invite is None or invite.expires_at <= now:
@@ -194,7 +230,7 @@ class Gateway:
                 )
         self._wake()
         names = [h.host_id for h in replaced]
-        self._inform(enrolled_text(ip, req.hostname, req.host_id, now, names))
+        self._inform(enrolled_text(ip, req.hostname, req.host_id, now, names, req.tpm is not None))
         return EnrollAccepted(req.host_id, HOST_APPROVED)
 
     # --- unlock requests ----------------------------------------------------------------------
@@ -203,6 +239,8 @@ class Gateway:
         now = self.clock()
         with self._refusals(ip):
             host, nonce = self._approved_signer(req.host_id, req.challenge, req.verify, now)
+            if self.settings.REQUIRE_TPM and not host.key_in_tpm:
+                raise _Unauthorized("REQUIRE_TPM and the host has a file key")
             self._refuse_unless_alive(host)
             with self.store.write() as conn:
                 self._limit(conn, now, req.host_id)
@@ -224,8 +262,9 @@ class Gateway:
         ttl = self.settings.REQUEST_TTL
         sms_pin = self.settings.APPROVAL_POLICY == "sms-pin"
         text = unlock_text(
-            ip, req.hostname, host.hostname, req.datasets, now, a.pin, ttl, links, sms_pin
-        )
+            ip, req.hostname, host.hostname, req.datasets, now, a.pin, ttl, links, sms_pin,
+            host.key_in_tpm,
+        )  # fmt: skip
         self._notify(row, text)
         return UnlockCreated(a.request_id, a.pin, int(a.expires_at))
 
