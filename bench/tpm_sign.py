@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.harness.swtpm import running_swtpm
-from zkv import hostkey, tpm
+from zkv import hostkey, tpm, tpm_tools
 
 IN_IMAGE_ANYWAY = ("libc.so", "libcrypto.so", "ld-linux", "linux-vdso", "libm.so", "libz.so")
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=50)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as work, running_swtpm(Path(work)) as chip:
-        with tpm.tools(chip.tcti) as tools:
+        with tpm_tools.tools(chip.tcti) as tools:
             held = tools.host_key()
         key = hostkey.TpmKey(tpm.HOST_KEY_HANDLE, held.point, str(chip.socket))
         ours = _timed(args.rounds, lambda: key.sign(b"zkv-v1 unlock-request\n{}"))

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from zkv import hostkey, protocol, tpm, tpm_format
+from zkv import hostkey, protocol, tpm, tpm_format, tpm_tools
 from zkv.errors import (
     GatewayRefused,
     GatewayUnreachable,
@@ -74,9 +74,9 @@ def _enroll_tpm(
 ) -> protocol.EnrollAccepted:
     """The key made in (or found in) the TPM, its evidence, then the signed enrolment; the
     host key file, which only says where the key is, is written once the gateway agreed."""
-    with tpm.tools(args.tcti) as tools:
+    with tpm_tools.tools(args.tcti) as tools:
         held = tools.host_key()
-        key = hostkey.TpmKey(tpm.HOST_KEY_HANDLE, held.point, tpm.device_of(args.tcti))
+        key = hostkey.TpmKey(tpm.HOST_KEY_HANDLE, held.point, tpm_tools.device_of(args.tcti))
         ek_cert = tools.ek_certificate()
         if not ek_cert:
             raise TpmError(detail="this TPM has no EK certificate to prove it; use --no-tpm")

@@ -21,7 +21,7 @@ from gateway import attestation
 from tests.harness import protocol_client as client
 from tests.harness.gateway import RunningGateway, running_gateway
 from tests.harness.swtpm import Swtpm, running_swtpm
-from zkv import hostkey, protocol, tpm, tpm_format
+from zkv import hostkey, protocol, tpm, tpm_format, tpm_tools
 from zkv.protocol import TpmEvidence
 
 UNAUTHORIZED = (401, {"error": "unauthorized"})
@@ -53,7 +53,7 @@ def evidence(
 ) -> Enrolment:
     """What `zkv enroll --tpm` gathers: the TPM's key, its EK certificate, a fresh AK, the
     gateway's credential activated, the AK's certify of the key over ``nonce(challenge)``."""
-    with tpm.tools(chip.tcti) as tools:
+    with tpm_tools.tools(chip.tcti) as tools:
         held = tools.host_key()
         ek_cert, ak_public = tools.ek_certificate(), tools.attestation_key()
         challenge = client.challenge(gw.url).challenge
@@ -222,7 +222,7 @@ def test_an_ek_certificate_from_an_untrusted_ca_is_refused(
 
 
 def evidence_without_credential(gw: RunningGateway, chip: Swtpm) -> protocol.TpmCredentialRequest:
-    with tpm.tools(chip.tcti) as tools:
+    with tpm_tools.tools(chip.tcti) as tools:
         ek_cert, ak_public = tools.ek_certificate(), tools.attestation_key()
     return protocol.TpmCredentialRequest(client.challenge(gw.url).challenge, ek_cert, ak_public)
 

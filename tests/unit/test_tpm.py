@@ -12,7 +12,7 @@ import pytest
 
 from gateway import attestation
 from tests.harness.swtpm import Swtpm, running_swtpm
-from zkv import crypto, hostkey, protocol, tpm, tpm_format
+from zkv import crypto, hostkey, protocol, tpm, tpm_format, tpm_tools
 from zkv.errors import TpmError, TpmKeyMissing
 
 
@@ -23,13 +23,13 @@ def chip(tmp_path: Path) -> Iterator[Swtpm]:
 
 
 def enrolled_key(chip: Swtpm) -> hostkey.TpmKey:
-    with tpm.tools(chip.tcti) as tools:
+    with tpm_tools.tools(chip.tcti) as tools:
         held = tools.host_key()
     return hostkey.TpmKey(tpm.HOST_KEY_HANDLE, held.point, str(chip.socket))
 
 
 def test_the_key_is_made_in_the_tpm_and_never_exported(chip: Swtpm) -> None:
-    with tpm.tools(chip.tcti) as tools:
+    with tpm_tools.tools(chip.tcti) as tools:
         held = tools.host_key()
         again = tools.host_key()  # a second enrolment finds the same key
     assert again == held
@@ -78,7 +78,7 @@ def test_no_tpm_is_one_clear_error(tmp_path: Path) -> None:
 def test_the_gateways_credential_opens_only_on_the_tpm_of_the_ek(
     chip: Swtpm, tmp_path: Path
 ) -> None:
-    with tpm.tools(chip.tcti) as tools:
+    with tpm_tools.tools(chip.tcti) as tools:
         ek_cert, ak_public = tools.ek_certificate(), tools.attestation_key()
         ak_name = tpm_format.parse_public(ak_public).name
         ek = attestation.endorsement_key(ek_cert, attestation.load_bundle(chip.ca_bundle))
@@ -90,7 +90,7 @@ def test_the_gateways_credential_opens_only_on_the_tpm_of_the_ek(
             tools.activate(wrong_name.credential_blob, wrong_name.encrypted_secret)
     with (
         running_swtpm(tmp_path / "other", ca_dir=chip.ca_dir) as other,
-        tpm.tools(other.tcti) as tools,
+        tpm_tools.tools(other.tcti) as tools,
     ):
         tools.attestation_key()
         with pytest.raises(TpmError):  # another TPM's EK cannot open it
