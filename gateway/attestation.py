@@ -25,7 +25,7 @@ import os
 import struct
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
@@ -120,7 +120,10 @@ def endorsement_key(der: bytes, bundle: list[x509.Certificate]) -> rsa.RSAPublic
         raise Refused("EK certificate unreadable") from None
     if not bundle:
         raise Refused("TPM_CA_BUNDLE unset or unreadable: TPM enrolment is off")
-    key = cert.public_key()
+    try:
+        key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        raise Refused("EK certificate has an unreadable key") from None
     if not isinstance(key, rsa.RSAPublicKey) or key.key_size < 2048:
         raise Refused("EK certificate is not of an RSA 2048 EK")
     for _ in range(MAX_CHAIN):
