@@ -61,7 +61,12 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         private = hostkey.load(key_path)
         challenge = _challenge(base, args.ca)
         request = protocol.EnrollRequest.create(hostname, private, token, challenge)
-        accepted = _post(base + protocol.PATH_HOSTS, request.to_json(), args.ca, _accepted)
+        accepted = _post(
+            base + protocol.PATH_HOSTS,
+            request.to_json(),
+            args.ca,
+            protocol.EnrollAccepted.from_json,
+        )
     print(f"host id: {accepted.host_id}")
     print(f"status:  {accepted.status}")
     if accepted.status != "approved":
@@ -90,7 +95,9 @@ def _enroll_tpm(
     public = tpm_format.tpm2b(held.area)
     evidence = protocol.TpmEvidence(ek_cert, ak_public, activated, public, attest, signature)
     request = protocol.EnrollRequest.create(hostname, key, token, challenge, tpm=evidence)
-    accepted = _post(base + protocol.PATH_HOSTS, request.to_json(), args.ca, _accepted)
+    accepted = _post(
+        base + protocol.PATH_HOSTS, request.to_json(), args.ca, protocol.EnrollAccepted.from_json
+    )
     hostkey.save_tpm(key_path, key)
     say(f"host key held by the TPM at {key.handle:#x}; {key_path} says where")
     say("rebuild the boot image afterwards")
@@ -103,10 +110,6 @@ def _challenge(base: str, ca: str | None) -> str:
     if abs(skew) > CLOCK_SLACK:
         say(f"this host's clock is off by {abs(skew):.0f} s from the gateway's; fix NTP")
     return challenge.challenge
-
-
-def _accepted(raw: Any) -> protocol.EnrollAccepted:
-    return protocol.EnrollAccepted.from_json(raw)
 
 
 def _token(source: str | None) -> str:
