@@ -20,6 +20,7 @@ from zkv.protocol import (
     RepositoryKeyDelivery,
     RepositoryKeyQuery,
     RotationRequest,
+    TpmCredentialRequest,
     UnlockRequest,
 )
 
@@ -59,6 +60,12 @@ def challenge() -> tuple[Response, int]:
 def enroll() -> tuple[Response, int]:
     accepted = gateway().enroll(_parse(EnrollRequest.from_json), client_ip())
     return jsonify(accepted.to_json()), 202
+
+
+@bp.post(protocol.PATH_TPM_CREDENTIALS)
+def tpm_credential() -> tuple[Response, int]:
+    issued = gateway().tpm_credential(_parse(TpmCredentialRequest.from_json), client_ip())
+    return jsonify(issued.to_json()), 201
 
 
 @bp.post(protocol.PATH_UNLOCK)

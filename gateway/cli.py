@@ -158,6 +158,7 @@ def _host_lines(
         lines.append(
             f"{h.host_id}  {status:9}  {h.hostname}  from {h.source_ip}  "
             f"enrolled {_when(h.enrolled_at)}  secret={h.secret_name or '(default)'}  "
+            f"tpm={'yes' if h.key_in_tpm else 'no'}  "
             f"dead-man {window}, alive {_when(x.since if x else None)}"
             + (
                 "  DUPLICATE NAME"

@@ -111,6 +111,9 @@ class Settings:
     MAX_POLLS_PER_SOURCE: int = 8  # an address, or an IPv6 /64: hosts behind one NAT
     # the dead-man switch (liveness.py): seconds a host may be silent; 0 = only per host
     DEADMAN_WINDOW: float = 0.0
+    # host keys held by a TPM (attestation.py): the CAs that certify TPMs' endorsement keys
+    TPM_CA_BUNDLE: str = ""  # a PEM file; empty: TPM enrolments are refused
+    REQUIRE_TPM: bool = False  # refuse file-key hosts: their enrolment and their unlocks
     LOG_LEVEL: str = "INFO"
 
     @property

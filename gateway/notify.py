@@ -43,11 +43,13 @@ def unlock_text(
     sms_pin: bool = True,
     boot: str = "",
     asks: str = "",
+    key_in_tpm: bool = False,
 ) -> str:
     """The owner's notification. ``links``: owner name -> their approval page (passkey);
     ``sms_pin``: a PIN reply approves (policy sms-pin), else a reply can only deny; ``boot``:
     the sentence on the boot's flags (boot_context.BootView.message, bounded there); ``asks``:
-    what the host asks for, if not to unlock ``datasets``."""
+    what the host asks for, if not to unlock ``datasets``; ``key_in_tpm``: the host's key is
+    held by its TPM (else a copied disk could ask too)."""
     host = _bounded(hostname, HOST_SHOWN)
     if hostname != enrolled_as:
         host += f" (enrolled as {_bounded(enrolled_as, HOST_SHOWN)})"
@@ -61,19 +63,29 @@ def unlock_text(
         how += f" Approve or deny: {' '.join(pages)}"
     elif not sms_pin:
         how += f" Approve with zkv-gateway approve; deny: reply NO {pin}."
-    return f"{head} {how} Expires in {ttl // 60} min."
+    return f"{head} Key held by TPM: {_yes(key_in_tpm)}. {how} Expires in {ttl // 60} min."
 
 
 def enrolled_text(
-    source_ip: str, hostname: str, host_id: str, at: float, replaced: Sequence[str]
+    source_ip: str,
+    hostname: str,
+    host_id: str,
+    at: float,
+    replaced: Sequence[str],
+    key_in_tpm: bool = False,
 ) -> str:
     """A notice, not a question: the owner's invite already admitted the host."""
     succeeds = f", replacing {', '.join(h[:8] for h in replaced)}" if replaced else ""
     return (
         f"zkv: from {source_ip}, host {_bounded(hostname, HOST_SHOWN)} (id {host_id[:8]}) "
-        f"enrolled with your invite at {_utc(at)}{succeeds}. "
+        f"enrolled with your invite at {_utc(at)}{succeeds}; "
+        f"key held by TPM: {_yes(key_in_tpm)}. "
         f"Not expected? zkv-gateway hosts revoke {host_id}"
     )
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
 
 
 def suspended_text(hostnames: Sequence[str], at: float) -> str:

@@ -46,6 +46,7 @@ class DecideView:
     factor: str  # what approving asks for: "passkey", or "totp" for an owner without one
     ayes: int = 0  # owners who approved so far
     quorum: int = 1  # owners who must
+    key_in_tpm: bool = False  # the host's key is held by its TPM
 
 
 class Owners:
@@ -184,7 +185,15 @@ class Owners:
             quorum = db.quorum_of(conn, row.host_id) or self.gateway.settings.APPROVAL_QUORUM
         enrolled_as = host.hostname if host else row.hostname
         return DecideView(
-            owner.name, row, enrolled_as, others, link.expires_at, factor, ayes, quorum
+            owner.name,
+            row,
+            enrolled_as,
+            others,
+            link.expires_at,
+            factor,
+            ayes,
+            quorum,
+            bool(host and host.key_in_tpm),
         )
 
     def decide_options(self, token: str) -> str:

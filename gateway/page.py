@@ -162,6 +162,7 @@ def decide_page(token: str) -> tuple[str, int]:
         ayes=view.ayes,
         quorum=view.quorum,
         boot=boot,
+        key_in_tpm=view.key_in_tpm,
     ), 200
 
 

@@ -66,6 +66,7 @@ class Rotations:
         text = unlock_text(
             ip, req.hostname, host.hostname, (), now, a.pin, s.REQUEST_TTL, links,
             s.APPROVAL_POLICY == "sms-pin", asks="asks to rotate its repository key",
+            key_in_tpm=host.key_in_tpm,
         )  # fmt: skip
         gw._notify(row, text)
         return UnlockCreated(a.request_id, a.pin, int(a.expires_at))

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from zkv import crypto, protocol
@@ -30,11 +31,23 @@ from zkv.protocol import (
     Heartbeat,
     HeartbeatAnswer,
     PollResult,
+    TpmCredential,
+    TpmCredentialRequest,
     UnlockCreated,
     UnlockRequest,
 )
 
-from . import approvals, audit, boot_store, challenges, invites, liveness, owner_store, ratelimit
+from . import (
+    approvals,
+    attestation,
+    audit,
+    boot_store,
+    challenges,
+    invites,
+    liveness,
+    owner_store,
+    ratelimit,
+)
 from .approvals import KIND_UNLOCK, Approval, NotAllowed, Reply
 from .boot_context import BootView, audit_note, refusal
 from .config import Settings, refused_boot_flags
@@ -50,6 +63,7 @@ from .store import Host, Invite, RequestRow, Store, Tx
 log = logging.getLogger("zkv.gateway")
 
 HOST_PENDING, HOST_APPROVED, HOST_REVOKED = "pending", "approved", "revoked"
+T = TypeVar("T")
 
 
 class _Unauthorized(Exception):
@@ -77,6 +91,7 @@ class Gateway:
         self.clock = clock
         self._changed = threading.Condition()  # wakes this process's long-polls early
         self._challenge_key: bytes | None = None  # read on first use: the CLI never needs it
+        self._tpm_cas: list[attestation.Certificate] | None = None  # TPM_CA_BUNDLE, when used
         from .owners import Owners  # owners.py builds on this class
         from .rotations import Rotations  # so does rotations.py
 
@@ -96,6 +111,36 @@ class Gateway:
         return self._challenge_key
 
     # --- enrolment ---------------------------------------------------------------------------
+
+    def tpm_credential(self, req: TpmCredentialRequest, ip: str) -> TpmCredential:
+        """A TPM enrolment's first round trip (attestation.py): nothing stored, nothing sent
+        to the owner; only a refusal is counted."""
+        now = self.clock()
+        with self._refusals(ip):
+            try:
+                challenges.check(self._key(), req.challenge, now)
+            except challenges.BadChallenge as exc:
+                raise _Unauthorized(f"challenge: {exc}") from None
+            return self._attested(lambda b: attestation.issue_credential(req, self._key(), b))
+
+    def _key_store_ok(self, req: EnrollRequest) -> None:
+        """A TPM key needs its evidence to hold; a file key is refused under REQUIRE_TPM."""
+        if req.tpm is None:
+            if self.settings.REQUIRE_TPM:
+                raise _Unauthorized("REQUIRE_TPM and the host has a file key")
+            return
+        evidence, challenge = req.tpm, req.challenge
+        held = self._attested(lambda b: attestation.check(evidence, challenge, self._key(), b))
+        if held.point != req.public_key:
+            raise _Unauthorized("TPM evidence is of another key")
+
+    def _attested(self, step: Callable[[list[attestation.Certificate]], T]) -> T:
+        if self._tpm_cas is None:
+            self._tpm_cas = attestation.bundle_file(self.settings.TPM_CA_BUNDLE)
+        try:
+            return step(self._tpm_cas)
+        except attestation.Refused as exc:
+            raise _Unauthorized(f"tpm: {exc}") from None
 
     def invite(
         self, hostname: str, ttl: int, secret_name: str | None = None, replace: bool = False
@@ -145,6 +190,7 @@ class Gateway:
             with self.store.read() as conn:  # a made-up token never waits for the writer
                 if self.store.invite_by_hash(conn, invites.token_hash(req.token)) is None:
                     raise _Unauthorized("no valid invite token")
+            self._key_store_ok(req)
             with self.store.write() as conn:
                 invite = self.store.invite_by_hash(conn, invites.token_hash(req.token))
                 if invite is None or invite.expires_at <= now:
@@ -205,7 +251,7 @@ class Gateway:
                 )
         self._wake()
         names = [h.host_id for h in replaced]
-        self._inform(enrolled_text(ip, req.hostname, req.host_id, now, names))
+        self._inform(enrolled_text(ip, req.hostname, req.host_id, now, names, req.tpm is not None))
         return EnrollAccepted(req.host_id, HOST_APPROVED)
 
     # --- unlock requests ----------------------------------------------------------------------
@@ -214,6 +260,8 @@ class Gateway:
         now = self.clock()
         with self._refusals(ip):
             host, nonce = self._approved_signer(req.host_id, req.challenge, req.verify, now)
+            if self.settings.REQUIRE_TPM and not host.key_in_tpm:
+                raise _Unauthorized("REQUIRE_TPM and the host has a file key")
             self._refuse_unless_alive(host)
             refused = refusal(req.boot, refused_boot_flags(self.settings))
             with self.store.write(locks=()) as conn:
@@ -233,7 +281,7 @@ class Gateway:
         sms_pin = self.settings.APPROVAL_POLICY == "sms-pin"
         text = unlock_text(
             ip, req.hostname, host.hostname, req.datasets, now, a.pin, ttl, links, sms_pin,
-            boot.message(),
+            boot.message(), key_in_tpm=host.key_in_tpm,
         )  # fmt: skip
         self._notify(row, text)
         if req.boot is None:  # a version 1 client takes exactly these fields

@@ -65,6 +65,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from zkv import protocol
+from zkv.encoding import unb64
 from zkv.protocol import STATE_PENDING
 
 from .approvals import Approval
@@ -216,6 +218,14 @@ class Host:
     source_ip: str
     enrolled_at: float
     decided_at: float | None
+
+    @property
+    def key_in_tpm(self) -> bool:
+        """Its key was admitted with a TPM's evidence: a copied disk cannot sign as it."""
+        try:
+            return protocol.key_in_tpm(unb64(self.public_key))
+        except ValueError:  # a damaged row: not vouched for
+            return False
 
 
 @dataclass(frozen=True)

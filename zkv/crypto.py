@@ -132,6 +132,32 @@ def ed25519_verify(public_raw: bytes, signature: bytes, message: bytes) -> None:
         raise BadSignature from None
 
 
+P256_POINT = 33  # SEC1 compressed: a TPM-held host key (zkv/tpm.py) on the wire
+
+
+def p256_verify(point: bytes, r: int, s: int, message: bytes) -> None:
+    """ECDSA P-256 with SHA-256: the TPM's signatures (host key, attestation key)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+    try:
+        key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+        key.verify(utils.encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError):
+        raise BadSignature from None
+
+
+def host_verify(public: bytes, signature: bytes, message: bytes) -> None:
+    """A host's signature, by its key's kind: a 32-byte Ed25519 file key, or a 33-byte P-256
+    point of a TPM-held key with the 64-byte r||s that TPM2_Sign returns."""
+    if len(public) == P256_POINT and len(signature) == 64:
+        r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+        p256_verify(public, r, s, message)
+    else:
+        ed25519_verify(public, signature, message)
+
+
 # --- X25519 sealed box: release a secret to one boot's ephemeral key -------------------------
 
 

@@ -273,6 +273,18 @@ class PassphraseRetriesExceeded(ZkvError):
     exit_code = 41
 
 
+class TpmError(ZkvError):
+    """TPM: {detail}"""
+
+    exit_code = 42
+
+
+class TpmKeyMissing(TpmError):
+    """the host key is not in this TPM (cleared, replaced, or another machine's disk): re-enrol with 'zkv enroll', or unlock with the recovery passphrase"""  # noqa: E501
+
+    exit_code = 49
+
+
 class UnlockTimeout(ZkvError):
     """no approval and no recovery passphrase within {seconds} s"""
 

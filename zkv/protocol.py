@@ -1,9 +1,11 @@
 """Wire protocol v1 between the boot client (and ``zkv enroll``) and the gateway.
 
 Defined once here and imported by both sides; gateway/openapi.yaml describes the same shapes.
-JSON over HTTPS. Requests that prove a host's identity are signed with its Ed25519 key over
+JSON over HTTPS. Requests that prove a host's identity are signed with its host key over
 ``CONTEXT + canonical(body without "signature")``; the context strings keep a signature for one
-message type from being replayed as another.
+message type from being replayed as another. A host key is an Ed25519 file key (32-byte public
+key) or an ECC P-256 key held by the host's TPM (33-byte compressed point, ECDSA-SHA256, r||s),
+admitted only with the TPM's evidence (TpmEvidence); the key's length says which.
 
 Freshness does not depend on the host's clock (an initramfs has no NTP): every signed request
 carries a challenge the gateway issued moments before, which the gateway can check without
@@ -11,6 +13,7 @@ having stored it (gateway/challenges.py) and accepts once. The answer also carri
 time, so the client can tell how far off its own clock is.
 
     POST /v1/challenges                                 -> 201 Challenge
+    POST /v1/tpm-credentials             TpmCredentialRequest -> 201 TpmCredential
     POST /v1/hosts                       EnrollRequest  -> 202 EnrollAccepted
     POST /v1/unlock-requests             UnlockRequest  -> 201 UnlockCreated
     GET  /v1/unlock-requests/<id>?wait=N                -> 200 PollResult (long-poll, N <= 25 s)
@@ -41,7 +44,7 @@ import base64
 import hashlib
 import os
 import re
-from typing import Any, NamedTuple, Self
+from typing import Any, NamedTuple, Protocol, Self
 
 from zkv import crypto
 from zkv.encoding import b64, canonical, unb64
@@ -51,6 +54,7 @@ VERSION = 1
 VERSION_BOOT = 2  # an unlock request that reports its boot context (boot_flags, cmdline_sha256)
 PATH_CHALLENGES = "/v1/challenges"
 PATH_HOSTS = "/v1/hosts"
+PATH_TPM_CREDENTIALS = "/v1/tpm-credentials"
 PATH_UNLOCK = "/v1/unlock-requests"
 PATH_HEARTBEAT = "/v1/heartbeats"
 PATH_REPOSITORY_KEY = "/v1/repository-key"
@@ -68,6 +72,10 @@ CONTEXT_HEARTBEAT = b"zkv-v1 heartbeat\n"
 CONTEXT_KEY_QUERY = b"zkv-v1 repository-key-query\n"
 CONTEXT_ROTATION = b"zkv-v1 repository-key-rotation\n"
 CONTEXT_KEY_DELIVERY = b"zkv-v1 repository-key-delivery\n"
+CONTEXT_CERTIFY = b"zkv-v1 tpm certify\n"
+
+ALG_ED25519 = "ed25519"  # a file key in /boot
+ALG_P256_TPM = "p256-tpm"  # a key that never leaves the host's TPM
 
 ACTION_NONE = "none"
 ACTION_WIPE = "wipe"  # destroy the keystore's repository slot (never the recovery slot)
@@ -177,9 +185,37 @@ def _signed_body(
     return _exact(raw, {"v", "signature", *names, *extra.get(v, set())})
 
 
-def _sign(private_key: bytes, context: bytes, body: dict[str, Any]) -> bytes:
-    """Ed25519 over the context string and the canonical JSON of the body (no signature)."""
-    return crypto.ed25519_sign(private_key, context + canonical(body))
+class Signer(Protocol):
+    """A host key that signs where it lives (zkv/hostkey.py's TpmKey)."""
+
+    @property
+    def public_key(self) -> bytes: ...
+
+    def sign(self, message: bytes) -> bytes: ...
+
+
+HostKey = bytes | Signer  # bytes: an Ed25519 private key
+
+
+def public_of(key: HostKey) -> bytes:
+    return crypto.ed25519_public(key) if isinstance(key, bytes) else key.public_key
+
+
+def _sign(key: HostKey, context: bytes, body: dict[str, Any]) -> bytes:
+    """The host key's signature over the context string and the canonical JSON of the body
+    (without signature)."""
+    message = context + canonical(body)
+    return crypto.ed25519_sign(key, message) if isinstance(key, bytes) else key.sign(message)
+
+
+def key_in_tpm(public_key: bytes) -> bool:
+    """A P-256 host key: admitted only with its TPM's evidence (gateway/attestation.py)."""
+    return len(public_key) == crypto.P256_POINT
+
+
+def certify_nonce(challenge: str) -> bytes:
+    """The qualifying data of the enrolment's TPM2_Certify: binds it to one gateway challenge."""
+    return hashlib.sha256(CONTEXT_CERTIFY + challenge.encode("ascii")).digest()
 
 
 def check_hostname(value: str) -> str:
@@ -240,24 +276,34 @@ class EnrollRequest(NamedTuple):
     token: str
     challenge: str
     signature: bytes = b""
+    tpm: TpmEvidence | None = None  # present for a TPM-held key (ALG_P256_TPM), signed too
 
     def body(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "v": VERSION,
             "hostname": self.hostname,
             "public_key": b64(self.public_key),
             "token": self.token,
             "challenge": self.challenge,
         }
+        if self.tpm is not None:  # an Ed25519 enrolment stays what older gateways know
+            body |= {"algorithm": ALG_P256_TPM, "tpm": self.tpm.to_json()}
+        return body
 
     @property
     def host_id(self) -> str:
         return host_id_of(self.public_key)
 
     @classmethod
-    def create(cls, hostname: str, private_key: bytes, token: str, challenge: str) -> EnrollRequest:
-        public = crypto.ed25519_public(private_key)
-        unsigned = cls(hostname, public, token, _challenge(challenge))
+    def create(
+        cls,
+        hostname: str,
+        private_key: HostKey,
+        token: str,
+        challenge: str,
+        tpm: TpmEvidence | None = None,
+    ) -> EnrollRequest:
+        unsigned = cls(hostname, public_of(private_key), token, _challenge(challenge), tpm=tpm)
         return unsigned._replace(signature=_sign(private_key, CONTEXT_ENROLL, unsigned.body()))
 
     def to_json(self) -> dict[str, Any]:
@@ -265,22 +311,28 @@ class EnrollRequest(NamedTuple):
 
     @classmethod
     def from_json(cls, raw: Any) -> EnrollRequest:
-        body = _signed_body(raw, {"hostname", "public_key", "token", "challenge"})
+        names = {"hostname", "public_key", "token", "challenge"}
+        tpm_held = isinstance(raw, dict) and "algorithm" in raw
+        body = _signed_body(raw, names | {"algorithm", "tpm"} if tpm_held else names)
         if not is_invite_token(_field(body, "token", str)):
             raise ProtocolViolation("token is not an invite token")
+        if tpm_held and body["algorithm"] != ALG_P256_TPM:
+            raise ProtocolViolation("unknown host key algorithm")
+        public = _b64_field(body, "public_key")
+        if len(public) != (crypto.P256_POINT if tpm_held else 32):
+            raise ProtocolViolation("public_key has the wrong length for its algorithm")
         return cls(
             hostname=check_hostname(_field(body, "hostname", str)),
-            public_key=_key32(_field(body, "public_key", str), "public_key"),
+            public_key=public,
             token=body["token"],
             challenge=_challenge(_field(body, "challenge", str)),
             signature=_signature(_field(body, "signature", str)),
+            tpm=TpmEvidence.from_json(body["tpm"]) if tpm_held else None,
         )
 
     def verify(self) -> None:
         """Proof of possession of the private key; raises crypto.BadSignature."""
-        crypto.ed25519_verify(
-            self.public_key, self.signature, CONTEXT_ENROLL + canonical(self.body())
-        )
+        crypto.host_verify(self.public_key, self.signature, CONTEXT_ENROLL + canonical(self.body()))
 
 
 class EnrollAccepted(NamedTuple):
@@ -356,14 +408,14 @@ class UnlockRequest(NamedTuple):
     @classmethod
     def create(
         cls,
-        private_key: bytes,
+        private_key: HostKey,
         hostname: str,
         datasets: list[str] | tuple[str, ...],
         ephemeral_key: bytes,
         challenge: str,
         boot: BootContext | None = None,
     ) -> UnlockRequest:
-        host_id = host_id_of(crypto.ed25519_public(private_key))
+        host_id = host_id_of(public_of(private_key))
         unsigned = cls(
             host_id, hostname, tuple(datasets), ephemeral_key, _challenge(challenge), boot=boot
         )
@@ -398,7 +450,7 @@ class UnlockRequest(NamedTuple):
         """Raises crypto.BadSignature unless signed by ``public_key`` (the enrolled host key)."""
         if host_id_of(public_key) != self.host_id:
             raise crypto.BadSignature
-        crypto.ed25519_verify(public_key, self.signature, CONTEXT_UNLOCK + canonical(self.body()))
+        crypto.host_verify(public_key, self.signature, CONTEXT_UNLOCK + canonical(self.body()))
 
 
 class UnlockCreated(NamedTuple):
@@ -465,7 +517,7 @@ class Heartbeat(NamedTuple):
         return {"v": VERSION, "host_id": self.host_id, "challenge": self.challenge}
 
     @classmethod
-    def create(cls, private_key: bytes, challenge: str) -> Self:
+    def create(cls, private_key: HostKey, challenge: str) -> Self:
         unsigned = cls(_host_id(private_key), _challenge(challenge))
         return unsigned._replace(signature=_sign(private_key, cls.context(), unsigned.body()))
 
@@ -585,7 +637,7 @@ class RotationRequest(NamedTuple):
         }
 
     @classmethod
-    def create(cls, private_key: bytes, hostname: str, challenge: str) -> RotationRequest:
+    def create(cls, private_key: HostKey, hostname: str, challenge: str) -> RotationRequest:
         unsigned = cls(_host_id(private_key), check_hostname(hostname), _challenge(challenge))
         return unsigned._replace(signature=_sign(private_key, CONTEXT_ROTATION, unsigned.body()))
 
@@ -630,7 +682,7 @@ class RepositoryKeyDelivery(NamedTuple):
 
     @classmethod
     def create(
-        cls, private_key: bytes, request_id: str, key: bytes, challenge: str
+        cls, private_key: HostKey, request_id: str, key: bytes, challenge: str
     ) -> RepositoryKeyDelivery:
         if len(key) != 32:
             raise ProtocolViolation("a repository key is 32 bytes")
@@ -679,8 +731,8 @@ class RepositoryKeyStatus(NamedTuple):
         return cls(key_id)
 
 
-def _host_id(private_key: bytes) -> str:
-    return host_id_of(crypto.ed25519_public(private_key))
+def _host_id(private_key: HostKey) -> str:
+    return host_id_of(public_of(private_key))
 
 
 def _challenge_and_signature(body: dict[str, Any]) -> tuple[str, bytes]:
@@ -693,7 +745,7 @@ def _verify_host(
     """Raises crypto.BadSignature unless signed by ``public_key`` (the enrolled host key)."""
     if host_id_of(public_key) != host_id:
         raise crypto.BadSignature
-    crypto.ed25519_verify(public_key, signature, context + canonical(body))
+    crypto.host_verify(public_key, signature, context + canonical(body))
 
 
 def error_body(code: str) -> dict[str, str]:
@@ -710,3 +762,81 @@ def _signature(value: str) -> bytes:
     if len(raw) != 64:
         raise ProtocolViolation("signature must be 64 bytes")
     return raw
+
+
+def _b64_field(body: dict[str, Any], name: str, limit: int = 4096) -> bytes:
+    value = _field(body, name, str)
+    if len(value) > limit * 4 // 3 + 4:
+        raise ProtocolViolation(f"{name} too large")
+    try:
+        return unb64(value)
+    except ValueError:
+        raise ProtocolViolation(f"{name} is not base64") from None
+
+
+# --- TPM enrolment evidence (zkv/tpm.py makes it, gateway/attestation.py checks it) ------------
+
+
+class TpmCredentialRequest(NamedTuple):
+    """First round trip of a TPM enrolment: the TPM's endorsement key certificate and a fresh
+    attestation key (TPM2B_PUBLIC), for the gateway to encrypt a credential to that pair."""
+
+    challenge: str
+    ek_cert: bytes  # DER, as the manufacturer stored it in the TPM's NV
+    ak_public: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "v": VERSION,
+            "challenge": self.challenge,
+            "ek_cert": b64(self.ek_cert),
+            "ak_public": b64(self.ak_public),
+        }
+
+    @classmethod
+    def from_json(cls, raw: Any) -> TpmCredentialRequest:
+        body = _exact(raw, {"v", "challenge", "ek_cert", "ak_public"})
+        if body["v"] != VERSION:
+            raise ProtocolViolation("unsupported protocol version")
+        return cls(
+            _challenge(_field(body, "challenge", str)),
+            _b64_field(body, "ek_cert"),
+            _b64_field(body, "ak_public", 512),
+        )
+
+
+class TpmCredential(NamedTuple):
+    """TPM2_MakeCredential's output: only the TPM holding that EK, with that AK loaded, can
+    recover the secret (TPM2_ActivateCredential)."""
+
+    credential_blob: bytes  # TPM2B_ID_OBJECT's contents
+    encrypted_secret: bytes  # TPM2B_ENCRYPTED_SECRET's contents
+
+    def to_json(self) -> dict[str, Any]:
+        return {"credential_blob": b64(self.credential_blob), "secret": b64(self.encrypted_secret)}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> TpmCredential:
+        body = _exact(raw, {"credential_blob", "secret"})
+        return cls(_b64_field(body, "credential_blob", 512), _b64_field(body, "secret", 1024))
+
+
+class TpmEvidence(NamedTuple):
+    """What makes the gateway believe a host key lives in a TPM: the EK certificate (chains to
+    a CA it trusts), the AK that activated the credential (so it sits in that TPM), and the
+    AK's TPM2_Certify of the host key over certify_nonce(challenge)."""
+
+    ek_cert: bytes
+    ak_public: bytes
+    credential: bytes  # the activated secret
+    key_public: bytes  # the host key's TPM2B_PUBLIC (attributes: never left the TPM)
+    attest: bytes  # TPMS_ATTEST
+    attest_signature: bytes  # TPMT_SIGNATURE by the AK
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: b64(value) for name, value in self._asdict().items()}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> TpmEvidence:
+        body = _exact(raw, set(cls._fields))
+        return cls(*(_b64_field(body, name) for name in cls._fields))

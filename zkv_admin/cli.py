@@ -141,6 +141,15 @@ def _add_commands(sub: argparse._SubParsersAction[Parser], seed: bool) -> None:
     enrol.add_argument(
         "--token", action="store_true", help="ask for the invite token (the default)"
     )
+    enrol.add_argument(
+        "--tpm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the host key in the TPM 2.0 (default: when /dev/tpmrm0 exists)",
+    )
+    enrol.add_argument(
+        "--tcti", default=enroll.TCTI, help=f"how tpm2-tools reach the TPM ({enroll.TCTI})"
+    )
 
     plain = _parents(seed_spellings=False)  # rotate's --repository-key is a flag
     rotate = command(

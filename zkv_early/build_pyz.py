@@ -49,6 +49,8 @@ PACKAGES: dict[str, tuple[str, ...]] = {
         "openssl_evp",
         "paths",
         "protocol",
+        "tpm",  # a TPM-held host key signs through it (no tpm2-tools in the image)
+        "tpm_format",
         "zfs",
     ),
     "zkv_early": (

@@ -73,6 +73,8 @@ class GatewayUnlock:
 
     def run(self, sealed: SealedKeystore, cancel: threading.Event) -> OpenKeystore:
         host_private = hostkey.load(self.config.host_key)
+        if isinstance(host_private, hostkey.TpmKey):
+            host_private.check()
         self.wait_network(
             self.config.gateway_host,
             Url(self.config.gateway_url).port,
@@ -125,7 +127,7 @@ class GatewayUnlock:
 
     def _create(
         self,
-        host_private: bytes,
+        host_private: protocol.HostKey,
         sealed: SealedKeystore,
         ephemeral_public: bytes,
         cancel: threading.Event,

@@ -31,6 +31,13 @@ zkv_set_up() {
     [ -f "$ZKV_CONF" ] && [ -f "$ZKV_KEYSTORE" ] && [ -f "$ZKV_HOSTKEY" ]
 }
 
+# zkv_hostkey_in_tpm: true when the host key is held by the TPM (zkv/hostkey.py's
+# zkv-host-key-tpm-v1 line): the image then needs the kernel's TPM drivers, and nothing else
+# (the boot client sends its few TPM commands itself).
+zkv_hostkey_in_tpm() {
+    read -r zkv_magic _ <"$ZKV_HOSTKEY" 2>/dev/null && [ "$zkv_magic" = zkv-host-key-tpm-v1 ]
+}
+
 # zkv_root_dataset ROOT: the dataset of a root= value OpenZFS accepts (zfs:pool/ds, ZFS=pool/ds,
 # zfs:ZFS=pool/ds) in $zkv_root; empty for AUTO and anything else (the client then takes every
 # keystore entry whose pool is imported).

@@ -43,6 +43,15 @@ depends() {
     echo zfs network-legacy network systemd
 }
 
+installkernel() {
+    # A TPM-held host key signs through /dev/tpmrm0: the kernel's TPM drivers (udev loads the
+    # one the firmware describes), or no new image.
+    if zkv_hostkey_in_tpm; then
+        instmods tpm_tis tpm_crb \
+            || zkv_fatal "no TPM drivers (tpm_tis, tpm_crb): the TPM-held host key could not sign"
+    fi
+}
+
 install() {
     local files ca src dst
 

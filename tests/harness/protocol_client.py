@@ -15,11 +15,11 @@ Headers = Mapping[str, str] | None  # e.g. X-Forwarded-For, as a proxy in front 
 @dataclass
 class Host:
     hostname: str = "db01"
-    private_key: bytes = field(default_factory=lambda: crypto.ed25519_generate()[0])
+    private_key: protocol.HostKey = field(default_factory=lambda: crypto.ed25519_generate()[0])
 
     @property
     def host_id(self) -> str:
-        return protocol.host_id_of(crypto.ed25519_public(self.private_key))
+        return protocol.host_id_of(protocol.public_of(self.private_key))
 
 
 @dataclass

@@ -178,6 +178,20 @@ def test_dracut_install_fails_the_build_when_a_piece_is_missing(tmp_path: Path) 
     assert "dfatal zkv:" in (tmp_path / "calls.log").read_text()
 
 
+@pytest.mark.parametrize("in_tpm", [True, False])
+def test_dracut_adds_the_tpm_drivers_for_a_tpm_held_host_key(tmp_path: Path, in_tpm: bool) -> None:
+    line = "zkv-host-key-tpm-v1 0x817a6b76 AAAA" if in_tpm else "zkv-host-key-v1 AAAA"
+    stub = 'instmods() { echo "instmods $*" >>"$log"; }'
+    done = _dracut(tmp_path, f'echo "{line}" >"$ZKV_HOSTKEY"; {stub}; installkernel')
+    assert done.returncode == 0, done.stderr
+    calls = (tmp_path / "calls.log").read_text() if (tmp_path / "calls.log").exists() else ""
+    assert ("instmods tpm_tis tpm_crb" in calls) == in_tpm
+    # A kernel without them: no image, rather than a boot that cannot sign.
+    missing = _dracut(tmp_path, f'echo "{line}" >"$ZKV_HOSTKEY"; instmods() {{ return 1; }}; '
+                      "installkernel; echo returned")  # fmt: skip
+    assert (missing.returncode == 1 and "returned" not in missing.stdout) == in_tpm
+
+
 def test_dracut_unit_starts_early_and_never_reaches_the_real_root() -> None:
     unit: dict[str, list[str]] = {}
     for line in (REPO / "dracut/50zkv/zkv-early.service").read_text().splitlines():
