@@ -41,20 +41,25 @@ def unlock_text(
     ttl: int,
     links: Mapping[str, str] | None = None,
     sms_pin: bool = True,
+    ahead: int = 0,
 ) -> str:
     """The owner's notification. ``links``: owner name -> their approval page (passkey);
-    ``sms_pin``: a PIN reply approves (policy sms-pin), else a reply can only deny."""
+    ``sms_pin``: a PIN reply approves (policy sms-pin), else a reply can only deny;
+    ``ahead``: a running host asks approval for a planned reboot within that many seconds."""
     host = _bounded(hostname, HOST_SHOWN)
     if hostname != enrolled_as:
         host += f" (enrolled as {_bounded(enrolled_as, HOST_SHOWN)})"
-    head = f"zkv: from {source_ip}, host {host} asks to unlock {_names(datasets)} at {_utc(at)}."
+    what = f"unlock {_names(datasets)}"
+    if ahead:
+        what = f"approve ahead a planned reboot within {duration(ahead)}"
+    head = f"zkv: from {source_ip}, host {host} asks to {what} at {_utc(at)}."
     how = f"Reply {pin} to approve, NO {pin} to deny." if sms_pin else f"Code {pin}."
     if links:
         pages = [url if len(links) == 1 else f"{name}: {url}" for name, url in links.items()]
         how += f" Approve or deny: {' '.join(pages)}"
     elif not sms_pin:
         how += f" Approve with zkv-gateway approve; deny: reply NO {pin}."
-    return f"{head} {how} Expires in {ttl // 60} min."
+    return f"{head} {how} Expires in {duration(ttl)}."
 
 
 def enrolled_text(
@@ -91,6 +96,15 @@ def _names(datasets: Sequence[str]) -> str:
         shown.append(text)
     more = len(datasets) - len(shown)
     return (", ".join(shown) or "its datasets") + (f" and {more} more" if more else "")
+
+
+def duration(seconds: int) -> str:
+    """30 min, 2 h, 1 h 30 min, 45 s: as the owner would say it."""
+    if seconds < 60:
+        return f"{seconds} s"
+    hours, minutes = divmod(seconds // 60, 60)
+    parts = [f"{hours} h"] * bool(hours) + [f"{minutes} min"] * bool(minutes)
+    return " ".join(parts) or "0 min"
 
 
 def _bounded(text: str, limit: int) -> str:

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
 
+from .approvals import KIND_AHEAD
+from .notify import duration
 from .owners import PATH_DECIDE, PATH_ENROL, LinkInvalid, Owners
 from .service import Gateway
 from .store import RequestRow
@@ -158,7 +160,14 @@ def decide_page(token: str) -> tuple[str, int]:
         factor=view.factor,
         ayes=view.ayes,
         quorum=view.quorum,
+        ahead=_ahead(row),
     ), 200
+
+
+def _ahead(row: RequestRow) -> str:
+    """For an approval asked ahead of a planned reboot: its window, as the owner reads it."""
+    a = row.approval
+    return duration(int(a.expires_at - a.created_at)) if a.kind == KIND_AHEAD else ""
 
 
 @bp.post(f"{PATH_DECIDE}<token>/options")

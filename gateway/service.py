@@ -23,6 +23,7 @@ from zkv.protocol import (
     ACTION_WIPE,
     STATE_APPROVED,
     STATE_PENDING,
+    AheadRequest,
     Challenge,
     EnrollAccepted,
     EnrollRequest,
@@ -34,7 +35,7 @@ from zkv.protocol import (
 )
 
 from . import approvals, audit, challenges, invites, liveness, owner_store, ratelimit
-from .approvals import KIND_UNLOCK, Approval, NotAllowed, Reply
+from .approvals import KIND_AHEAD, KIND_UNLOCK, Approval, NotAllowed, Reply
 from .config import Settings
 from .errors import ApiError, GatewayCliError, NotifyFailed, SecretUnavailable
 from .liveness import Liveness
@@ -200,34 +201,86 @@ class Gateway:
     # --- unlock requests ----------------------------------------------------------------------
 
     def create_unlock(self, req: UnlockRequest, ip: str) -> UnlockCreated:
+        """A boot asks. An approval its owners gave ahead (a planned reboot, create_ahead) is
+        used up by it at once, in the same transaction; otherwise the owners are asked."""
+        row, ahead = self._ask(
+            req.host_id, req.hostname, req.challenge, req.verify, ip,
+            KIND_UNLOCK, req.datasets, b64(req.ephemeral_key), self.settings.REQUEST_TTL,
+        )  # fmt: skip
+        a = row.approval
+        return UnlockCreated(a.request_id, a.pin, int(a.expires_at), ahead)
+
+    def create_ahead(self, req: AheadRequest, ip: str) -> UnlockCreated:
+        """`zkv reboot --approve-ahead`: the owners decide now, through the same approval as a
+        boot's, on the host's next boot within ``req.within`` s. Nothing that approves goes
+        back: the host learns only the request's state."""
+        row, _ = self._ask(
+            req.host_id, req.hostname, req.challenge, req.verify, ip,
+            KIND_AHEAD, (), None, req.within,
+        )  # fmt: skip
+        a = row.approval
+        return UnlockCreated(a.request_id, a.pin, int(a.expires_at))
+
+    def _ask(
+        self,
+        host_id: str,
+        hostname: str,
+        challenge: str,
+        verify: Callable[[bytes], None],
+        ip: str,
+        kind: str,
+        datasets: tuple[str, ...],
+        ephemeral_key: str | None,
+        ttl: float,
+    ) -> tuple[RequestRow, bool]:
+        """A signed request of an approved, live host becomes an open request and the owners
+        are told; (the row, whether an approval given ahead approved it at once)."""
         now = self.clock()
         with self._refusals(ip):
-            host, nonce = self._approved_signer(req.host_id, req.challenge, req.verify, now)
+            host, nonce = self._approved_signer(host_id, challenge, verify, now)
             self._refuse_unless_alive(host)
             with self.store.write() as conn:
-                self._limit(conn, now, req.host_id)
-                self._use_nonce(conn, req.host_id, nonce, now)
+                self._limit(conn, now, host_id)
+                self._use_nonce(conn, host_id, nonce, now)
                 row = self._new_request(
-                    conn,
-                    KIND_UNLOCK,
-                    req.host_id,
-                    req.hostname,
-                    ip,
-                    req.datasets,
-                    b64(req.ephemeral_key),
+                    conn, kind, host_id, hostname, ip, datasets, ephemeral_key, ttl
                 )
+                used = kind == KIND_UNLOCK and self._use_ahead(conn, row, now)
                 # The owners' links go into the notification only, never to the requester.
-                links = self.owners.decision_links(
+                links = {} if used else self.owners.decision_links(
                     conn, row.approval.request_id, row.approval.expires_at
-                )
+                )  # fmt: skip
+        if used:
+            self._wake()
+            return row, True
         a = row.approval
-        ttl = self.settings.REQUEST_TTL
         sms_pin = self.settings.APPROVAL_POLICY == "sms-pin"
+        ahead = int(ttl) if kind == KIND_AHEAD else 0
         text = unlock_text(
-            ip, req.hostname, host.hostname, req.datasets, now, a.pin, ttl, links, sms_pin
+            ip, hostname, host.hostname, datasets, now, a.pin, int(ttl), links, sms_pin, ahead
         )
         self._notify(row, text)
-        return UnlockCreated(a.request_id, a.pin, int(a.expires_at))
+        return row, False
+
+    def _use_ahead(self, conn: Tx, row: RequestRow, now: float) -> bool:
+        """Approve this boot with the host's oldest approval given ahead, if one is still in
+        its window; that approval is used up (single use: the rows are locked)."""
+        for armed in self.store.armed_ahead(conn, row.host_id):
+            try:
+                used = approvals.release(armed.approval, now)
+            except NotAllowed:  # its window ended: expired, audited, never used
+                self._update(conn, armed, approvals.observe(armed.approval, now), "unused")
+                continue
+            self.store.save(conn, used)
+            ahead_id = armed.approval.request_id
+            audit.record(
+                conn, "ahead_used", now, request_id=ahead_id, host_id=row.host_id,
+                source_ip=row.source_ip, detail=f"by request {row.approval.request_id}",
+            )  # fmt: skip
+            approved = approvals.owner_decides(row.approval, True, now, f"ahead {ahead_id}")
+            self._update(conn, row, approved, "planned reboot")
+            return True
+        return False
 
     def poll(self, request_id: str, wait: float, ip: str) -> PollResult:
         deadline = self.clock() + min(wait, self.settings.MAX_WAIT)
@@ -245,7 +298,7 @@ class Gateway:
             row = self.store.request(conn, request_id)
         if (
             row is None
-            or row.approval.kind != KIND_UNLOCK
+            or row.approval.kind not in (KIND_UNLOCK, KIND_AHEAD)
             or (row.approval.released and row.approval.state == STATE_APPROVED)
         ):
             # Unknown, or already released: either way this id opens nothing any more.
@@ -254,9 +307,9 @@ class Gateway:
         a = approvals.observe(row.approval, now)
         if a != row.approval:
             self._observe_expiry(request_id)
-        if a.state == STATE_APPROVED:
+        if a.state == STATE_APPROVED and a.kind == KIND_UNLOCK:
             return self._release(request_id)
-        return PollResult(a.state)
+        return PollResult(a.state)  # an approval given ahead stays here: nothing to release
 
     def _release(self, request_id: str) -> PollResult | None:
         """Release once; None means another poll got there first (the caller re-reads)."""
@@ -454,7 +507,8 @@ class Gateway:
     def housekeep(self) -> None:
         """What the schedule runs (housekeeping.py): refusal counters of closed intervals summed
         up into the audit log, expired invites and stale pending hosts removed (audited), old
-        nonces, rate events, MessageSids and refusal counters dropped; then the dead-man sweep."""
+        nonces, rate events, MessageSids and refusal counters dropped, approvals given ahead
+        whose window ended unused expired (audited); then the dead-man sweep."""
         s, now = self.settings, self.clock()
         with self.store.write() as conn:
             self._report_refusals(conn, now - now % s.REFUSAL_INTERVAL)
@@ -466,6 +520,8 @@ class Gateway:
                 detail = f"hostname={host.hostname} pending since enrolment, never admitted"
                 audit.record(conn, "host_expired", now, host_id=host.host_id, detail=detail)
             self.store.purge(conn, now, 2 * protocol.REPLAY_WINDOW + 60, HOUR)
+            for row in self.store.lapsed_ahead(conn, now):  # a window that ended unused
+                self._update(conn, row, approvals.observe(row.approval, now), "unused")
         self.sweep_liveness()  # the dead-man switch's schedule: silent hosts suspended, owners told
 
     def report_refusals(self) -> None:
@@ -744,6 +800,7 @@ class Gateway:
         ip: str,
         datasets: tuple[str, ...],
         ephemeral_key: str | None,
+        ttl: float,
     ) -> RequestRow:
         now = self.clock()
         taken = self.store.open_pins(conn)
@@ -751,7 +808,7 @@ class Gateway:
         pin = f"{secrets.randbelow(10**n):0{n}d}"
         while pin in taken:  # a PIN names one open request, so it must be unique among them
             pin = f"{secrets.randbelow(10**n):0{n}d}"
-        a = approvals.new(secrets.token_hex(16), kind, pin, now, self.settings.REQUEST_TTL)
+        a = approvals.new(secrets.token_hex(16), kind, pin, now, ttl)
         row = RequestRow(a, host_id, hostname, ip, datasets, ephemeral_key)
         self.store.add_request(conn, row)
         audit.record(
@@ -761,7 +818,8 @@ class Gateway:
             request_id=a.request_id,
             host_id=host_id,
             source_ip=ip,
-            detail=f"hostname={hostname} datasets={len(datasets)}",
+            detail=f"hostname={hostname} "
+            + (f"within={ttl:g}s" if kind == KIND_AHEAD else f"datasets={len(datasets)}"),
         )
         return row
 
@@ -795,7 +853,7 @@ class Gateway:
         self.store.save(conn, new)
         now = self.clock()
         if new.state != old.state:
-            event = new.state if new.kind == KIND_UNLOCK else f"enroll_{new.state}"
+            event = new.state if new.kind == KIND_UNLOCK else f"{new.kind}_{new.state}"
             reason = " ".join(x for x in (new.reason, detail) if x)
             audit.record(
                 conn,

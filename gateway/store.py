@@ -43,7 +43,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from zkv.protocol import STATE_PENDING
+from zkv.protocol import STATE_APPROVED, STATE_PENDING
 
 from .approvals import Approval
 from .liveness import Liveness
@@ -73,7 +73,7 @@ requests = Table(
     "requests",
     metadata,
     Column("request_id", String(32), primary_key=True),
-    Column("kind", String(8), nullable=False),  # unlock | enroll
+    Column("kind", String(8), nullable=False),  # unlock | enroll | ahead
     Column("host_id", String(32), nullable=False, index=True),
     Column("hostname", String(253), nullable=False),
     Column("source_ip", String(64), nullable=False),
@@ -348,6 +348,28 @@ class Store:
             query = query.where(requests.c.host_id == host_id)
         rows = conn.execute(query.order_by(requests.c.created_at).with_for_update()).mappings()
         return [_request_row(row) for row in rows]
+
+    def armed_ahead(self, conn: Connection, host_id: str) -> list[RequestRow]:
+        """The host's approvals given ahead of a reboot and not used yet (locked: one boot
+        uses one, once)."""
+        query = select(requests).where(
+            requests.c.host_id == host_id,
+            requests.c.kind == "ahead",
+            requests.c.state == STATE_APPROVED,
+            requests.c.released.is_(False),
+        )
+        rows = conn.execute(query.order_by(requests.c.created_at).with_for_update()).mappings()
+        return [_request_row(row) for row in rows]
+
+    def lapsed_ahead(self, conn: Connection, now: float) -> list[RequestRow]:
+        """Approvals asked ahead whose window ended unused (to expire and audit)."""
+        query = select(requests).where(
+            requests.c.kind == "ahead",
+            requests.c.state.in_((STATE_PENDING, STATE_APPROVED)),
+            requests.c.released.is_(False),
+            requests.c.expires_at <= now,
+        )
+        return [_request_row(row) for row in conn.execute(query.with_for_update()).mappings()]
 
     def save(self, conn: Connection, a: Approval, **extra: Any) -> None:
         values = {k: v for k, v in a.__dict__.items() if k not in ("request_id", "kind", "pin")}

@@ -14,6 +14,8 @@ time, so the client can tell how far off its own clock is.
     POST /v1/hosts                       EnrollRequest  -> 202 EnrollAccepted
     POST /v1/unlock-requests             UnlockRequest  -> 201 UnlockCreated
     GET  /v1/unlock-requests/<id>?wait=N                -> 200 PollResult (long-poll, N <= 25 s)
+    POST /v1/ahead-approvals             AheadRequest   -> 201 UnlockCreated (poll it as above;
+                                                           its answer never carries a release)
     POST /v1/heartbeats                  Heartbeat      -> 200 HeartbeatAnswer (dead-man switch)
     GET  /healthz                                       -> 200 {"status": "ok"}
 
@@ -42,16 +44,20 @@ PATH_CHALLENGES = "/v1/challenges"
 PATH_HOSTS = "/v1/hosts"
 PATH_UNLOCK = "/v1/unlock-requests"
 PATH_HEARTBEAT = "/v1/heartbeats"
+PATH_AHEAD = "/v1/ahead-approvals"
 PATH_HEALTH = "/healthz"
 MAX_BODY = 16 * 1024
 MAX_WAIT = 25  # seconds one long-poll call may be held open
 REPLAY_WINDOW = 120  # seconds a challenge stays acceptable (either side of its issue time)
 MAX_DATASETS = 64
 MAX_SECRET = 4096
+AHEAD_DEFAULT = 30 * 60  # seconds an approval asked ahead of a planned reboot is good for
+AHEAD_MAX = 24 * 3600
 
 CONTEXT_ENROLL = b"zkv-v1 enroll\n"
 CONTEXT_UNLOCK = b"zkv-v1 unlock-request\n"
 CONTEXT_HEARTBEAT = b"zkv-v1 heartbeat\n"
+CONTEXT_AHEAD = b"zkv-v1 ahead-approval\n"
 
 ACTION_NONE = "none"
 ACTION_WIPE = "wipe"  # destroy the keystore's repository slot (never the recovery slot)
@@ -128,6 +134,15 @@ def _signed_body(raw: Any, names: set[str]) -> dict[str, Any]:
     if body["v"] != VERSION:
         raise ProtocolViolation("unsupported protocol version")
     return body
+
+
+def _verify_host(
+    public_key: bytes, host_id: str, signature: bytes, context: bytes, body: dict[str, Any]
+) -> None:
+    """A host's signature: by the key its id derives from; raises crypto.BadSignature."""
+    if host_id_of(public_key) != host_id:
+        raise crypto.BadSignature
+    crypto.ed25519_verify(public_key, signature, context + canonical(body))
 
 
 def _sign(private_key: bytes, context: bytes, body: dict[str, Any]) -> bytes:
@@ -309,22 +324,32 @@ class UnlockRequest(NamedTuple):
 
     def verify(self, public_key: bytes) -> None:
         """Raises crypto.BadSignature unless signed by ``public_key`` (the enrolled host key)."""
-        if host_id_of(public_key) != self.host_id:
-            raise crypto.BadSignature
-        crypto.ed25519_verify(public_key, self.signature, CONTEXT_UNLOCK + canonical(self.body()))
+        _verify_host(public_key, self.host_id, self.signature, CONTEXT_UNLOCK, self.body())
 
 
 class UnlockCreated(NamedTuple):
     request_id: str
     pin: str
     expires_at: int
+    approved_ahead: bool = False  # an owner approved ahead of this (planned) reboot
 
     def to_json(self) -> dict[str, Any]:
-        return {"request_id": self.request_id, "pin": self.pin, "expires_at": self.expires_at}
+        out: dict[str, Any] = {
+            "request_id": self.request_id,
+            "pin": self.pin,
+            "expires_at": self.expires_at,
+        }
+        if self.approved_ahead:
+            out["approved_ahead"] = True
+        return out
 
     @classmethod
     def from_json(cls, raw: Any) -> UnlockCreated:
-        body = _exact(raw, {"request_id", "pin", "expires_at"})
+        names = {"request_id", "pin", "expires_at"}
+        ahead = isinstance(raw, dict) and "approved_ahead" in raw
+        body = _exact(raw, names | {"approved_ahead"} if ahead else names)
+        if ahead and body["approved_ahead"] is not True:
+            raise ProtocolViolation("approved_ahead is true when present")
         pin = _field(body, "pin", str)
         if not _PIN_RE.fullmatch(pin):
             raise ProtocolViolation("invalid pin")
@@ -332,7 +357,63 @@ class UnlockCreated(NamedTuple):
             _hex32(_field(body, "request_id", str), "request_id"),
             pin,
             _field(body, "expires_at", int),
+            ahead,
         )
+
+
+# --- approval ahead of a planned reboot -------------------------------------------------------
+
+
+class AheadRequest(NamedTuple):
+    """A running host asks the owners, before a planned reboot, to approve its next boot within
+    ``within`` seconds; signed and fresh like an unlock request. The approval stays at the
+    gateway: the boot that uses it still signs its unlock request and gets the secret sealed
+    to its own ephemeral key."""
+
+    host_id: str
+    hostname: str
+    within: int
+    challenge: str
+    signature: bytes = b""
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "v": VERSION,
+            "host_id": self.host_id,
+            "hostname": self.hostname,
+            "within": self.within,
+            "challenge": self.challenge,
+        }
+
+    @classmethod
+    def create(cls, private_key: bytes, hostname: str, within: int, challenge: str) -> AheadRequest:
+        host_id = host_id_of(crypto.ed25519_public(private_key))
+        unsigned = cls(host_id, hostname, _within(within), _challenge(challenge))
+        return unsigned._replace(signature=_sign(private_key, CONTEXT_AHEAD, unsigned.body()))
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.body(), "signature": b64(self.signature)}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> AheadRequest:
+        body = _signed_body(raw, {"host_id", "hostname", "within", "challenge"})
+        return cls(
+            host_id=_hex32(_field(body, "host_id", str), "host_id"),
+            hostname=check_hostname(_field(body, "hostname", str)),
+            within=_within(_field(body, "within", int)),
+            challenge=_challenge(_field(body, "challenge", str)),
+            signature=_signature(_field(body, "signature", str)),
+        )
+
+    def verify(self, public_key: bytes) -> None:
+        """Raises crypto.BadSignature unless signed by ``public_key`` (the enrolled host key)."""
+        _verify_host(public_key, self.host_id, self.signature, CONTEXT_AHEAD, self.body())
+
+
+def _within(value: int) -> int:
+    if not 1 <= value <= AHEAD_MAX:
+        raise ProtocolViolation(f"within must be 1 to {AHEAD_MAX} seconds")
+    return value
 
 
 # --- heartbeat (dead-man switch) --------------------------------------------------------------
@@ -369,11 +450,7 @@ class Heartbeat(NamedTuple):
 
     def verify(self, public_key: bytes) -> None:
         """Raises crypto.BadSignature unless signed by ``public_key`` (the enrolled host key)."""
-        if host_id_of(public_key) != self.host_id:
-            raise crypto.BadSignature
-        crypto.ed25519_verify(
-            public_key, self.signature, CONTEXT_HEARTBEAT + canonical(self.body())
-        )
+        _verify_host(public_key, self.host_id, self.signature, CONTEXT_HEARTBEAT, self.body())
 
 
 class HeartbeatAnswer(NamedTuple):
