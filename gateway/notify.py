@@ -55,11 +55,35 @@ def unlock_text(
     head = f"zkv: from {source_ip}, host {host} asks to {what} at {_utc(at)}."
     how = f"Reply {pin} to approve, NO {pin} to deny." if sms_pin else f"Code {pin}."
     if links:
-        pages = [url if len(links) == 1 else f"{name}: {url}" for name, url in links.items()]
-        how += f" Approve or deny: {' '.join(pages)}"
+        how += f" Approve or deny: {_pages(links)}"
     elif not sms_pin:
         how += f" Approve with zkv-gateway approve; deny: reply NO {pin}."
     return f"{head} {how} Expires in {duration(ttl)}."
+
+
+FLEET_SHOWN = 5  # hosts named in a coalesced notification, then "and N more"
+
+
+def fleet_text(
+    requests: Sequence[tuple[str, str, str]], at: float, links: Mapping[str, str], ttl: int
+) -> str:
+    """One message for many requests at once (a power cut; fleet.py): (source IP, enrolled
+    host name, code) of each, and one page per owner that lists and decides them all."""
+    shown = "; ".join(
+        f"from {ip}, {_bounded(host, HOST_SHOWN)} (code {pin})"
+        for ip, host, pin in requests[:FLEET_SHOWN]
+    )
+    more = f"; and {len(requests) - FLEET_SHOWN} more" if len(requests) > FLEET_SHOWN else ""
+    how = f" Approve or deny: {_pages(links)}" if links else " Approve with zkv-gateway approve."
+    return (
+        f"zkv: {len(requests)} hosts ask to unlock at {_utc(at)}: {shown}{more}.{how} "
+        f"Expires in {duration(ttl)}."
+    )
+
+
+def _pages(links: Mapping[str, str]) -> str:
+    """The owners' links: the URL alone for one owner, "name: URL" each for several."""
+    return " ".join(url if len(links) == 1 else f"{name}: {url}" for name, url in links.items())
 
 
 def enrolled_text(

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from fnmatch import fnmatchcase
 
 from zkv import crypto, protocol
 from zkv.encoding import b64, unb64
@@ -35,7 +36,7 @@ from zkv.protocol import (
 )
 
 from . import approvals, audit, challenges, invites, liveness, owner_store, ratelimit
-from .approvals import KIND_AHEAD, KIND_UNLOCK, Approval, NotAllowed, Reply
+from .approvals import KIND_AHEAD, KIND_ENROLL, KIND_UNLOCK, Approval, NotAllowed, Reply
 from .config import Settings
 from .errors import ApiError, GatewayCliError, NotifyFailed, SecretUnavailable
 from .liveness import Liveness
@@ -72,9 +73,10 @@ class Gateway:
         self.clock = clock
         self._changed = threading.Condition()  # wakes this process's long-polls early
         self._challenge_key: bytes | None = None  # read on first use: the CLI never needs it
-        from .owners import Owners  # owners.py builds on this class
+        from .fleet import Fleet  # fleet.py and owners.py build on this class
+        from .owners import Owners
 
-        self.owners = Owners(self)
+        self.owners, self.fleet = Owners(self), Fleet(self)
 
     # --- challenges ---------------------------------------------------------------------------
 
@@ -239,28 +241,48 @@ class Gateway:
         with self._refusals(ip):
             host, nonce = self._approved_signer(host_id, challenge, verify, now)
             self._refuse_unless_alive(host)
+            coalesce, opened, text = self.settings.NOTIFY_COALESCE > 0, False, ""
             with self.store.write() as conn:
-                self._limit(conn, now, host_id)
+                batch = self.store.open_batch(conn, now) if coalesce else None
+                self._limit(conn, now, host_id, notifies=batch is None)
                 self._use_nonce(conn, host_id, nonce, now)
                 row = self._new_request(
                     conn, kind, host_id, hostname, ip, datasets, ephemeral_key, ttl
                 )
                 used = kind == KIND_UNLOCK and self._use_ahead(conn, row, now)
-                # The owners' links go into the notification only, never to the requester.
-                links = {} if used else self.owners.decision_links(
-                    conn, row.approval.request_id, row.approval.expires_at
-                )  # fmt: skip
+                if coalesce and not used:
+                    opened = self.fleet.join(conn, row, batch, now)
+                elif not used:
+                    # The owners' links go into the notification only, never to the requester.
+                    a = row.approval
+                    links = self.owners.decision_links(conn, a.request_id, a.expires_at)
+                    text = self.request_text(conn, row, links)
         if used:
             self._wake()
-            return row, True
-        a = row.approval
-        sms_pin = self.settings.APPROVAL_POLICY == "sms-pin"
-        ahead = int(ttl) if kind == KIND_AHEAD else 0
-        text = unlock_text(
-            ip, hostname, host.hostname, datasets, now, a.pin, int(ttl), links, sms_pin, ahead
-        )
-        self._notify(row, text)
-        return row, False
+        if opened:
+            self.fleet.schedule()
+        if text:
+            self.tell(row, text)
+        return row, used
+
+    def request_text(self, conn: Tx, row: RequestRow, links: dict[str, str]) -> str:
+        """The owners' notification of one request (notify.unlock_text)."""
+        a, host = row.approval, self.store.host(conn, row.host_id)
+        ttl = int(a.expires_at - a.created_at)
+        return unlock_text(
+            row.source_ip, row.hostname, host.hostname if host else row.hostname,
+            row.datasets, a.created_at, a.pin, ttl, links,
+            self.settings.APPROVAL_POLICY == "sms-pin", ttl if a.kind == KIND_AHEAD else 0,
+        )  # fmt: skip
+
+    def fail_open(self, rows: list[RequestRow], reason: str) -> None:
+        """The requests still open fail (their notification could not be sent)."""
+        with self.store.write() as conn:
+            for row in rows:
+                fresh = self.store.request(conn, row.approval.request_id, lock=True)
+                if fresh is not None and self.still_open(fresh):
+                    self._update(conn, fresh, approvals.fail(fresh.approval, self.clock(), reason))
+        self._wake()
 
     def _use_ahead(self, conn: Tx, row: RequestRow, now: float) -> bool:
         """Approve this boot with the host's oldest approval given ahead, if one is still in
@@ -437,8 +459,33 @@ class Gateway:
             raise GatewayCliError(problem)
         return a.state
 
+    def approve_pending(self, pattern: str, dry_run: bool = False) -> list[RequestRow]:
+        """`zkv-gateway approve --pending --host GLOB`: every open request (a boot's, or one
+        asked ahead) of an approved host whose enrolled name matches ``pattern`` (fnmatch) is
+        approved by the operator on the gateway machine, trusted as an owner; each is audited
+        with the factor "cli". Returns them (``dry_run``: only lists them)."""
+        now, matched = self.clock(), []
+        with self.store.write() as conn:
+            names = {
+                h.host_id: h.hostname
+                for h in self.store.all_hosts(conn)
+                if h.status == HOST_APPROVED
+            }
+            for row in self.store.open_requests(conn):
+                a = approvals.observe(row.approval, now)
+                name = names.get(row.host_id)
+                if a != row.approval:  # expired meanwhile: saved and audited on the way
+                    self._update(conn, row, a)
+                elif a.kind != KIND_ENROLL and name is not None and fnmatchcase(name, pattern):
+                    matched.append(row)
+                    if not dry_run:
+                        yes = approvals.owner_decides(a, True, now, "operator with cli")
+                        self._update(conn, row, yes, "via cli --pending")
+        self._wake()
+        return matched
+
     def decide_as_owner(
-        self, conn: Tx, request_id: str, owner: Owner, approve: bool, factor: str
+        self, conn: Tx, request_id: str, owner: Owner, approve: bool, factor: str, note: str = ""
     ) -> str:
         """An owner's vote (owners.py checked who and how), inside the caller's transaction:
         a denial denies, approvals approve once the host's quorum of distinct owners is met
@@ -449,7 +496,7 @@ class Gateway:
         now = self.clock()
         ayes = owner_store.add_vote(conn, request_id, owner.owner_id, approve, factor, now)
         quorum = owner_store.quorum_of(conn, row.host_id) or self.settings.APPROVAL_QUORUM
-        reason = f"{owner.name} with {factor}"
+        reason = f"{owner.name} with {factor}{note}"  # the vote keeps the factor (16 chars)
         decided = approvals.owner_decides(row.approval, approve, now, reason, ayes, quorum)
         if decided == row.approval:
             audit.record(
@@ -522,6 +569,8 @@ class Gateway:
             self.store.purge(conn, now, 2 * protocol.REPLAY_WINDOW + 60, HOUR)
             for row in self.store.lapsed_ahead(conn, now):  # a window that ended unused
                 self._update(conn, row, approvals.observe(row.approval, now), "unused")
+        if s.NOTIFY_COALESCE:
+            self.fleet.send_due()  # a batch whose process stopped before its timer
         self.sweep_liveness()  # the dead-man switch's schedule: silent hosts suspended, owners told
 
     def report_refusals(self) -> None:
@@ -776,12 +825,13 @@ class Gateway:
         if not self.store.use_nonce(conn, host_id, nonce, now):
             raise _Unauthorized("replayed nonce")
 
-    def _limit(self, conn: Tx, now: float, host_id: str | None) -> None:
+    def _limit(self, conn: Tx, now: float, host_id: str | None, notifies: bool = True) -> None:
         """An authenticated host's own budget (requests, and so notifications: one each), then
         the fleet's notification cap, which only authenticated callers can spend. An enrolment
-        (host_id None) spends only the cap: its single-use invite is its budget."""
+        (host_id None) spends only the cap: its single-use invite is its budget. A request
+        that joins a batch already open (fleet.py) adds no message, so spends no cap."""
         s = self.settings
-        limits = [Limit("notifications", s.SMS_PER_HOUR, HOUR)]
+        limits = [Limit("notifications", s.SMS_PER_HOUR, HOUR)] if notifies else []
         if host_id is not None:
             limits[:0] = [
                 Limit(f"host:{host_id}", s.RATE_PER_SECOND, 1.0),
@@ -823,7 +873,7 @@ class Gateway:
         )
         return row
 
-    def _notify(self, row: RequestRow, text: str) -> None:
+    def tell(self, row: RequestRow, text: str) -> None:
         try:
             reply = self.notifier.notify(text, row.approval.pin)
         except NotifyFailed as exc:
