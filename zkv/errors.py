@@ -205,6 +205,18 @@ class GatewayBusy(GatewayError):  # 503, or 502/504 from a proxy in front: worth
     """the gateway cannot serve unlocks right now ({detail})"""
 
 
+class AheadNotApproved(GatewayError):
+    """the owners did not approve the planned reboot ahead (the request is {state}): not rebooted"""
+
+    exit_code = 37
+
+
+class RebootFailed(ZkvError):  # zkv reboot; the admin range (50-59) is full
+    """approved ahead, but the reboot did not start: {detail}"""
+
+    exit_code = 38
+
+
 class ProtocolError(GatewayError):
     """unexpected answer from the gateway: {detail}"""
 

@@ -492,7 +492,7 @@ class PollResult(NamedTuple):
         if not isinstance(raw, dict) or raw.get("state") not in STATES:
             raise ProtocolViolation("unknown state")
         state = raw["state"]
-        if state != STATE_APPROVED:
+        if state != STATE_APPROVED or "release" not in raw:  # approved ahead: nothing released
             _exact(raw, {"state"})
             return cls(state)
         body = _exact(raw, {"state", "release"})

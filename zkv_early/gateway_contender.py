@@ -135,6 +135,12 @@ class GatewayUnlock:
             if self.deadline.clock.wait(cancel, delay):
                 raise Cancelled
             delay = min(delay * 2, RETRY_MAX)
+        if created.approved_ahead:  # zkv reboot --approve-ahead: the owners said yes before
+            self.console.say(
+                f"unlock request sent to {self.config.gateway_host}: approved ahead of this "
+                "planned reboot"
+            )
+            return created
         left = min(self._left(), created.expires_at - self._gateway_time())
         self.console.say(
             f"unlock request sent to {self.config.gateway_host}: approve PIN {created.pin} "
@@ -167,7 +173,9 @@ class GatewayUnlock:
                 if stopped:
                     raise Cancelled from None
                 continue
-            if result.state == protocol.STATE_APPROVED and result.release is not None:
+            if result.state == protocol.STATE_APPROVED:
+                if result.release is None:  # only an approval asked ahead has none
+                    raise ProtocolError("approved without a release")
                 return result.release
             if result.state == protocol.STATE_DENIED:
                 raise ApprovalDenied
