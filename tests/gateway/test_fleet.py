@@ -183,3 +183,18 @@ def test_cli_approves_the_matching_pending_requests(
     bad = gw.cli("approve", "--pending", check=False)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     gw.deny(boots["web01"].created.request_id)
+
+
+def test_the_page_of_an_approval_asked_ahead_says_so(
+    gw: RunningGateway, owners: pyotp.TOTP, fleet: dict[str, client.Host]
+) -> None:
+    before = len(gw.notifications())
+    asked = client.ahead(gw.url, fleet["web01"], 1800)
+    assert asked.status_code == 201
+    time.sleep(WINDOW + 1.5)  # a batch of one: told as any request, with its own links
+    (text,) = gw.notifications()[before:]
+    assert "web01 asks to approve ahead a planned reboot within 30 min" in text
+    page = requests.get(links_in(text)["bob"], timeout=10).text
+    assert "Planned reboot" in page and 'within <strong id="within">30 min</strong>' in page
+    assert "tank/" not in page  # no datasets: nothing is unlocked by it
+    gw.deny(asked.json()["request_id"])
