@@ -133,7 +133,16 @@ def test_one_message_and_one_page_for_a_power_cut(
         )
     assert state(gw, boots["db03"]) == protocol.STATE_PENDING  # not ticked
     assert decide(owners.at(time.time() + 30), picked).status_code == 403  # the link is spent
-    gw.deny(boots["db03"].created.request_id)
+    # alice's own link still decides what is open: a denial needs the link alone.
+    alice, db03 = links["alice"], boots["db03"].created.request_id
+    denied = requests.post(
+        alice + "/decide",
+        json={"verdict": "deny", "requests": [db03, picked[0]]},
+        headers={"X-ZKV-CSRF": csrf_value(alice.rsplit("/", 1)[1])},
+        timeout=10,
+    )
+    assert denied.json()["states"] == {db03: protocol.STATE_DENIED}  # the approved one is closed
+    assert state(gw, boots["db03"]) == protocol.STATE_DENIED
 
 
 def test_the_page_approves_the_ticked_after_one_passkey_check(
