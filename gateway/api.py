@@ -13,6 +13,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from zkv import protocol
 from zkv.encoding import is_digits
 from zkv.protocol import (
+    AheadRequest,
     EnrollRequest,
     Heartbeat,
     PollResult,
@@ -71,6 +72,12 @@ def tpm_credential() -> tuple[Response, int]:
 @bp.post(protocol.PATH_UNLOCK)
 def create_unlock_request() -> tuple[Response, int]:
     created = gateway().create_unlock(_parse(UnlockRequest.from_json), client_ip())
+    return jsonify(created.to_json()), 201
+
+
+@bp.post(protocol.PATH_AHEAD)
+def create_ahead_approval() -> tuple[Response, int]:
+    created = gateway().create_ahead(_parse(AheadRequest.from_json), client_ip())
     return jsonify(created.to_json()), 201
 
 

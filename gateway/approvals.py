@@ -7,6 +7,9 @@
     pending --now >= expires_at------------------> expired
     pending|approved (unreleased) --error--------> failed   (SMS or secret source down)
 
+An "ahead" request (a planned reboot) runs the same machine; its expiry is the end of its
+window, and "released" means that the next boot inside the window used it up (once).
+
 Default deny: nothing but an explicit matching reply approves, and an approval is good for one
 release before the request's own expiry. Every function returns a new value or raises
 ``NotAllowed``; the store persists what comes back.
@@ -29,6 +32,7 @@ from zkv.protocol import (
 KIND_UNLOCK = "unlock"
 KIND_ENROLL = "enroll"
 KIND_REPOKEY = "repokey"  # a repository key rotation (rotations.py): approved like an unlock
+KIND_AHEAD = "ahead"  # asked by a running host before a planned reboot; its next boot uses it
 
 # fullmatch; the second number is the owner's TOTP code (policy sms+totp)
 _REPLY = re.compile(

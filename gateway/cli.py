@@ -196,6 +196,22 @@ def _explain_invite(settings: Settings, invite: Invite, replaced: list[Host]) ->
 
 
 def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
+    if args.pending:
+        if args.request_id or args.pin or not args.host:
+            raise GatewayCliError("approve --pending takes --host GLOB and no request id or PIN")
+        rows = _service(settings).approve_pending(args.host, args.dry_run)
+        verb = "would approve" if args.dry_run else "approved"
+        for row in rows:
+            a = row.approval
+            print(
+                f"{verb} {a.request_id}  {a.kind:6}  {row.hostname}  from {row.source_ip}  "
+                f"code {a.pin}  {_when(a.created_at)}"
+            )
+        if not rows:
+            print(f"no pending request of a host matching {args.host}")
+        return 0
+    if not (args.request_id and args.pin) or args.host or args.dry_run:
+        raise GatewayCliError("approve REQUEST_ID PIN, or approve --pending --host GLOB")
     print(_service(settings).decide(args.request_id, args.pin, approve=True))
     return 0
 
@@ -281,9 +297,16 @@ def parser() -> argparse.ArgumentParser:
     quorum.add_argument("host_id", metavar="HOST_ID")
     quorum.add_argument("owners", metavar="M", type=int)
     quorum.set_defaults(func=cmd_quorum)
-    approve = sub.add_parser("approve", help="approve an unlock request (console approver)")
-    approve.add_argument("request_id")
-    approve.add_argument("pin")
+    approve = sub.add_parser(
+        "approve", help="approve an unlock request (console approver), or the pending ones"
+    )
+    approve.add_argument("request_id", nargs="?")
+    approve.add_argument("pin", nargs="?")
+    approve.add_argument(
+        "--pending", action="store_true", help="every pending request of the hosts --host names"
+    )
+    approve.add_argument("--host", metavar="GLOB", help="enrolled host names (fnmatch: 'db*')")
+    approve.add_argument("--dry-run", action="store_true", help="list, approve nothing")
     approve.set_defaults(func=cmd_approve)
     deny = sub.add_parser("deny", help="deny an unlock request")
     deny.add_argument("request_id")

@@ -95,6 +95,9 @@ class Settings:
     # What the boot console says after "approve at" (bounded, control characters dropped);
     # empty: "the link sent to the owner" when the page links go out, else APPROVAL_URL's host.
     APPROVE_AT: str = ""
+    # Seconds a request's notification waits for others (a power cut: many hosts at once),
+    # all then told in one message with one page; 0: each request is told at once.
+    NOTIFY_COALESCE: float = 0.0
     # rate limits, counted in the database so they hold across workers and instances
     RATE_PER_SECOND: int = 1
     RATE_HOST_PER_HOUR: int = 10  # an approved host's requests, and so its notifications
@@ -229,6 +232,7 @@ def validate(s: Settings) -> None:
         ("MAX_WAIT", 0, protocol.MAX_WAIT),
         ("POLL_INTERVAL", 0.05, 5),
         ("MAX_WRONG_PINS", 1, 100),
+        ("NOTIFY_COALESCE", 0, 300),
         ("APPROVAL_QUORUM", 1, 20),
         ("KEY_VAULT_TIMEOUT", 0.1, 120),
         ("KEY_VAULT_RETRIES", 0, 10),

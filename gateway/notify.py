@@ -44,26 +44,54 @@ def unlock_text(
     boot: str = "",
     asks: str = "",
     key_in_tpm: bool = False,
+    ahead: int = 0,
 ) -> str:
     """The owner's notification. ``links``: owner name -> their approval page (passkey);
     ``sms_pin``: a PIN reply approves (policy sms-pin), else a reply can only deny; ``boot``:
     the sentence on the boot's flags (boot_context.BootView.message, bounded there); ``asks``:
     what the host asks for, if not to unlock ``datasets``; ``key_in_tpm``: the host's key is
-    held by its TPM (else a copied disk could ask too)."""
+    held by its TPM (else a copied disk could ask too); ``ahead``: a running host asks approval
+    for a planned reboot within that many seconds."""
     host = _bounded(hostname, HOST_SHOWN)
     if hostname != enrolled_as:
         host += f" (enrolled as {_bounded(enrolled_as, HOST_SHOWN)})"
+    if ahead:
+        asks = f"asks to approve ahead a planned reboot within {duration(ahead)}"
     asks = asks or f"asks to unlock {_names(datasets)}"
     head = f"zkv: from {source_ip}, host {host} {asks} at {_utc(at)}."
     if boot:
         head += f" {boot}"
     how = f"Reply {pin} to approve, NO {pin} to deny." if sms_pin else f"Code {pin}."
     if links:
-        pages = [url if len(links) == 1 else f"{name}: {url}" for name, url in links.items()]
-        how += f" Approve or deny: {' '.join(pages)}"
+        how += f" Approve or deny: {_pages(links)}"
     elif not sms_pin:
         how += f" Approve with zkv-gateway approve; deny: reply NO {pin}."
-    return f"{head} Key held by TPM: {_yes(key_in_tpm)}. {how} Expires in {ttl // 60} min."
+    return f"{head} Key held by TPM: {_yes(key_in_tpm)}. {how} Expires in {duration(ttl)}."
+
+
+FLEET_SHOWN = 5  # hosts named in a coalesced notification, then "and N more"
+
+
+def fleet_text(
+    requests: Sequence[tuple[str, str, str]], at: float, links: Mapping[str, str], ttl: int
+) -> str:
+    """One message for many requests at once (a power cut; fleet.py): (source IP, enrolled
+    host name, code) of each, and one page per owner that lists and decides them all."""
+    shown = "; ".join(
+        f"from {ip}, {_bounded(host, HOST_SHOWN)} (code {pin})"
+        for ip, host, pin in requests[:FLEET_SHOWN]
+    )
+    more = f"; and {len(requests) - FLEET_SHOWN} more" if len(requests) > FLEET_SHOWN else ""
+    how = f" Approve or deny: {_pages(links)}" if links else " Approve with zkv-gateway approve."
+    return (
+        f"zkv: {len(requests)} hosts ask to unlock at {_utc(at)}: {shown}{more}.{how} "
+        f"Expires in {duration(ttl)}."
+    )
+
+
+def _pages(links: Mapping[str, str]) -> str:
+    """The owners' links: the URL alone for one owner, "name: URL" each for several."""
+    return " ".join(url if len(links) == 1 else f"{name}: {url}" for name, url in links.items())
 
 
 def enrolled_text(
@@ -110,6 +138,15 @@ def _names(datasets: Sequence[str]) -> str:
         shown.append(text)
     more = len(datasets) - len(shown)
     return (", ".join(shown) or "its datasets") + (f" and {more} more" if more else "")
+
+
+def duration(seconds: int) -> str:
+    """30 min, 2 h, 1 h 30 min, 45 s: as the owner would say it."""
+    if seconds < 60:
+        return f"{seconds} s"
+    hours, minutes = divmod(seconds // 60, 60)
+    parts = [f"{hours} h"] * bool(hours) + [f"{minutes} min"] * bool(minutes)
+    return " ".join(parts) or "0 min"
 
 
 def _bounded(text: str, limit: int) -> str:

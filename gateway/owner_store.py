@@ -39,9 +39,9 @@ links = Table(
     "owner_links",
     metadata,
     Column("token_hash", String(64), primary_key=True),
-    Column("purpose", String(8), nullable=False),  # enrol | decide
+    Column("purpose", String(8), nullable=False),  # enrol | decide | batch
     Column("owner_id", String(32), nullable=False),
-    Column("request_id", String(32), index=True),  # decide links only
+    Column("request_id", String(32), index=True),  # decide: the request; batch: the batch
     Column("challenge", String(200)),  # base64url, between options and answer
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False, index=True),
@@ -65,7 +65,7 @@ quorums = Table(  # hosts whose requests need more than one owner (APPROVAL_QUOR
     Column("quorum", Integer, nullable=False),
 )
 
-PURPOSE_ENROL, PURPOSE_DECIDE = "enrol", "decide"
+PURPOSE_ENROL, PURPOSE_DECIDE, PURPOSE_BATCH = "enrol", "decide", "batch"
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,13 @@ from zkv.protocol import STATE_PENDING
 from . import audit, totp
 from . import owner_store as db
 from .errors import GatewayCliError
-from .owner_store import PURPOSE_DECIDE, PURPOSE_ENROL, Link, Owner
+from .owner_store import PURPOSE_BATCH, PURPOSE_DECIDE, PURPOSE_ENROL, Link, Owner
 from .service import Gateway
 from .store import RequestRow, Tx
 from .webauthn_rp import CeremonyFailed, RelyingParty, challenge_of, credential_id_of
 
 ENROL_TTL = 24 * 3600
-PATH_ENROL, PATH_DECIDE = "/o/enrol/", "/o/r/"
+PATH_ENROL, PATH_DECIDE, PATH_BATCH = "/o/enrol/", "/o/r/", "/o/b/"
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
 
 
@@ -47,6 +47,16 @@ class DecideView:
     ayes: int = 0  # owners who approved so far
     quorum: int = 1  # owners who must
     key_in_tpm: bool = False  # the host's key is held by its TPM
+
+
+@dataclass(frozen=True)
+class BatchView:
+    """What the page of a batch shows: its open requests, each with its enrolled host name."""
+
+    owner: str
+    requests: tuple[tuple[RequestRow, str], ...]
+    expires_at: float
+    factor: str
 
 
 class Owners:
@@ -113,19 +123,27 @@ class Owners:
     # --- links for a new request (inside its transaction) ---------------------------------------
 
     def decision_links(self, conn: Tx, request_id: str, expires_at: float) -> dict[str, str]:
-        """owner name -> link, for every owner who has a passkey."""
+        """owner name -> link, for every owner who has a passkey or TOTP."""
+        return self._links(conn, PURPOSE_DECIDE, request_id, expires_at)
+
+    def batch_links(self, conn: Tx, batch_id: str, expires_at: float) -> dict[str, str]:
+        """owner name -> the link to the page that decides a whole batch (fleet.py)."""
+        return self._links(conn, PURPOSE_BATCH, batch_id, expires_at)
+
+    def _links(self, conn: Tx, purpose: str, about: str, expires_at: float) -> dict[str, str]:
         if not self.base:
             return {}
         now, out = self.clock(), {}
+        path = PATH_DECIDE if purpose == PURPOSE_DECIDE else PATH_BATCH
         for owner in db.all_owners(conn):
             if owner.totp_secret or db.passkeys_of(conn, owner.owner_id):
                 token = secrets.token_urlsafe(32)
                 row = Link(
-                    db.token_hash(token), PURPOSE_DECIDE, owner.owner_id, request_id, None,
+                    db.token_hash(token), purpose, owner.owner_id, about, None,
                     now, expires_at, None,
                 )  # fmt: skip
                 db.add_link(conn, row)
-                out[owner.name] = f"{self.base}{PATH_DECIDE}{token}"
+                out[owner.name] = f"{self.base}{path}{token}"
         return out
 
     # --- the enrolment page -------------------------------------------------------------------
@@ -197,10 +215,16 @@ class Owners:
         )
 
     def decide_options(self, token: str) -> str:
+        """The WebAuthn challenge for a decision link, or a batch link (its purpose says)."""
         rp = self._rp()
         with self.store.write() as conn:
-            link, owner = self._usable(conn, token, PURPOSE_DECIDE)
-            self._open_request(conn, link)
+            found = db.link(conn, token) if token else None
+            purpose = PURPOSE_BATCH if found and found.purpose == PURPOSE_BATCH else PURPOSE_DECIDE
+            link, owner = self._usable(conn, token, purpose)
+            if purpose == PURPOSE_BATCH:
+                self._open_batch(conn, link)
+            else:
+                self._open_request(conn, link)
             keys = [k.credential_id for k in db.passkeys_of(conn, owner.owner_id)]
             options = rp.authentication_options(keys)
             db.update_link(conn, token, challenge=challenge_of(options))
@@ -214,27 +238,85 @@ class Owners:
         with self.store.write() as conn:
             link, owner = self._usable(conn, token, PURPOSE_DECIDE, lock=True)
             row = self._open_request(conn, link)
-            db.update_link(conn, token, challenge=None)
-            factor, refused = "link", ""
-            if approve and db.passkeys_of(conn, owner.owner_id):
-                factor, refused = "passkey", self._refused_assertion(conn, link, owner, answer, now)
-            elif approve:
-                factor = "totp"
-                if not self._spend_totp(conn, owner, otp or "", now):
-                    refused = "no valid TOTP code"
-                    audit.record(conn, "totp_refused", now, request_id=link.request_id,
-                                 detail=f"owner={owner.name}")  # fmt: skip
+            factor, refused = self._proof(conn, token, link, owner, approve, answer, otp, now)
             if not refused:
-                request_id = row.approval.request_id
+                state = self._vote(conn, row.approval.request_id, owner, approve, factor)
                 db.update_link(conn, token, used_at=now)
-                state = self.gateway.decide_as_owner(
-                    conn, request_id, owner, approve, f"{factor} via page"
-                )
-                if state != STATE_PENDING:  # decided: the other owners' links open nothing
-                    db.close_links(conn, request_id, now)
         if refused:
             raise LinkInvalid(refused)
         self.gateway.wake()
+        return state
+
+    # --- the page that decides a batch (many hosts at once; fleet.py) -------------------------
+
+    def batch_view(self, token: str) -> BatchView:
+        with self.store.read() as conn:
+            link, owner = self._usable(conn, token, PURPOSE_BATCH)
+            rows = self._open_batch(conn, link)
+            names = {h.host_id: h.hostname for h in self.store.all_hosts(conn)}
+            factor = "passkey" if db.passkeys_of(conn, owner.owner_id) else "totp"
+        listed = tuple((row, names.get(row.host_id, row.hostname)) for row in rows)
+        return BatchView(owner.name, listed, link.expires_at, factor)
+
+    def batch_decide(
+        self, token: str, approve: bool, picked: list[str], answer: Any = None,
+        otp: str | None = None,
+    ) -> dict[str, str]:  # fmt: skip
+        """One proof of the owner (as for one request) decides the picked open requests of the
+        batch: each is this owner's vote, audited apart, towards its own host's quorum.
+        Returns request id -> its state."""
+        now = self.clock()
+        with self.store.write() as conn:
+            link, owner = self._usable(conn, token, PURPOSE_BATCH, lock=True)
+            rows = {r.approval.request_id: r for r in self._open_batch(conn, link)}
+            chosen = [request_id for request_id in dict.fromkeys(picked) if request_id in rows]
+            if not chosen:
+                raise LinkInvalid("no open request of the batch picked")
+            factor, refused = self._proof(conn, token, link, owner, approve, answer, otp, now)
+            states = {}
+            if not refused:
+                for request_id in chosen:
+                    states[request_id] = self._vote(
+                        conn, request_id, owner, approve, factor, f" (batch of {len(chosen)})"
+                    )
+                db.update_link(conn, token, used_at=now)
+        if refused:
+            raise LinkInvalid(refused)
+        self.gateway.wake()
+        return states
+
+    def _open_batch(self, conn: Tx, link: Link) -> list[RequestRow]:
+        rows = [
+            r for r in self.store.batch_requests(conn, link.request_id or "")
+            if self.gateway.still_open(r)
+        ]  # fmt: skip
+        if not rows:
+            raise LinkInvalid("no request of the batch is open")
+        return rows
+
+    def _proof(
+        self, conn: Tx, token: str, link: Link, owner: Owner, approve: bool, answer: Any,
+        otp: str | None, now: float,
+    ) -> tuple[str, str]:  # fmt: skip
+        """(the factor, why it is refused or ""): approving needs the owner's passkey (TOTP
+        without one), denying the link alone. The link's challenge is spent either way."""
+        db.update_link(conn, token, challenge=None)
+        if approve and db.passkeys_of(conn, owner.owner_id):
+            return "passkey", self._refused_assertion(conn, link, owner, answer, now)
+        if approve and not self._spend_totp(conn, owner, otp or "", now):
+            audit.record(conn, "totp_refused", now, request_id=link.request_id,
+                         detail=f"owner={owner.name}")  # fmt: skip
+            return "totp", "no valid TOTP code"
+        return ("totp" if approve else "link"), ""
+
+    def _vote(
+        self, conn: Tx, request_id: str, owner: Owner, approve: bool, factor: str, note: str = ""
+    ) -> str:
+        state = self.gateway.decide_as_owner(
+            conn, request_id, owner, approve, f"{factor} via page", note
+        )
+        if state != STATE_PENDING:  # decided: the other owners' links open nothing
+            db.close_links(conn, request_id, self.clock())
         return state
 
     # --- helpers ------------------------------------------------------------------------------

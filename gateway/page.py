@@ -19,8 +19,9 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
 
-from .approvals import KIND_REPOKEY
-from .owners import PATH_DECIDE, PATH_ENROL, LinkInvalid, Owners
+from .approvals import KIND_AHEAD, KIND_REPOKEY
+from .notify import duration
+from .owners import PATH_BATCH, PATH_DECIDE, PATH_ENROL, LinkInvalid, Owners
 from .service import Gateway
 from .store import RequestRow
 
@@ -163,7 +164,14 @@ def decide_page(token: str) -> tuple[str, int]:
         quorum=view.quorum,
         boot=boot,
         key_in_tpm=view.key_in_tpm,
+        ahead=_ahead(row),
     ), 200
+
+
+def _ahead(row: RequestRow) -> str:
+    """For an approval asked ahead of a planned reboot: its window, as the owner reads it."""
+    a = row.approval
+    return duration(int(a.expires_at - a.created_at)) if a.kind == KIND_AHEAD else ""
 
 
 @bp.post(f"{PATH_DECIDE}<token>/options")
@@ -177,18 +185,74 @@ def decide_options(token: str) -> tuple[Response, int]:
 
 @bp.post(f"{PATH_DECIDE}<token>/decide")
 def decide(token: str) -> tuple[Response, int]:
+    approve, credential, otp, _ = _verdict(token)
+    try:
+        state = _owners().decide(token, approve, credential, otp)
+    except LinkInvalid:
+        return _refused()
+    return jsonify({"state": state}), 200
+
+
+def _verdict(token: str) -> tuple[bool, Any, str | None, dict[str, Any]]:
+    """(approve?, the passkey assertion, the TOTP code, the body) of a checked POST, or
+    abort."""
     body = _checked_post(token)
     verdict = body.get("verdict") if isinstance(body, dict) else None
     if verdict not in ("approve", "deny"):
         abort(400)
     otp = body.get("totp")
+    totp = otp if isinstance(otp, str) else None
+    return verdict == "approve", body.get("credential"), totp, body
+
+
+# --- the page of a batch: many hosts at once (fleet.py) ------------------------------------------
+
+
+@bp.get(f"{PATH_BATCH}<token>")
+def batch_page(token: str) -> tuple[str, int]:
     try:
-        state = _owners().decide(
-            token,
-            verdict == "approve",
-            body.get("credential"),
-            otp if isinstance(otp, str) else None,
-        )
+        if not _well_formed(token):
+            raise LinkInvalid("malformed")
+        view = _owners().batch_view(token)
+    except LinkInvalid:
+        return _invalid()
+    listed = [
+        {
+            **_brief(row),
+            "request_id": row.approval.request_id,
+            "hostname": row.hostname,
+            "enrolled_as": enrolled_as,
+            "datasets": row.datasets,
+            "ahead": _ahead(row),
+        }
+        for row, enrolled_as in view.requests
+    ]
+    return render_template(
+        "batch.html",
+        page="batch",
+        csrf=csrf_value(token),
+        owner=view.owner,
+        requests=listed,
+        expires=_utc(view.expires_at),
+        factor=view.factor,
+    ), 200
+
+
+@bp.post(f"{PATH_BATCH}<token>/options")
+def batch_options(token: str) -> tuple[Response, int]:
+    return decide_options(token)
+
+
+@bp.post(f"{PATH_BATCH}<token>/decide")
+def batch_decide(token: str) -> tuple[Response, int]:
+    approve, credential, otp, body = _verdict(token)
+    picked = body.get("requests")
+    if not isinstance(picked, list) or not all(isinstance(x, str) for x in picked):
+        abort(400)
+    try:
+        states = _owners().batch_decide(token, approve, picked[:1000], credential, otp)
     except LinkInvalid:
         return _refused()
-    return jsonify({"state": state}), 200
+    decided = sum(state != "pending" for state in states.values())
+    summary = f"{len(states)} requests, {decided} decided"
+    return jsonify({"state": summary, "states": states}), 200

@@ -58,7 +58,16 @@ class Rotations:
                     raise _SecretShared
                 gw._limit(conn, now, req.host_id)
                 gw._use_nonce(conn, req.host_id, nonce, now)
-                row = gw._new_request(conn, KIND_REPOKEY, req.host_id, req.hostname, ip, (), None)
+                row = gw._new_request(
+                    conn,
+                    KIND_REPOKEY,
+                    req.host_id,
+                    req.hostname,
+                    ip,
+                    (),
+                    None,
+                    gw.settings.REQUEST_TTL,
+                )
                 links = gw.owners.decision_links(
                     conn, row.approval.request_id, row.approval.expires_at
                 )
@@ -68,7 +77,7 @@ class Rotations:
             s.APPROVAL_POLICY == "sms-pin", asks="asks to rotate its repository key",
             key_in_tpm=host.key_in_tpm,
         )  # fmt: skip
-        gw._notify(row, text)
+        gw.tell(row, text)
         return UnlockCreated(a.request_id, a.pin, int(a.expires_at))
 
     def poll(self, request_id: str, wait: float, ip: str) -> PollResult:

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from fnmatch import fnmatchcase
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -25,6 +26,8 @@ from zkv.protocol import (
     ACTION_WIPE,
     STATE_APPROVED,
     STATE_PENDING,
+    AheadRequest,
+    BootContext,
     Challenge,
     EnrollAccepted,
     EnrollRequest,
@@ -48,7 +51,7 @@ from . import (
     owner_store,
     ratelimit,
 )
-from .approvals import KIND_UNLOCK, Approval, NotAllowed, Reply
+from .approvals import KIND_AHEAD, KIND_ENROLL, KIND_UNLOCK, Approval, NotAllowed, Reply
 from .boot_context import BootView, audit_note, refusal
 from .config import Settings, refused_boot_flags
 from .errors import ApiError, GatewayCliError, NotifyFailed, SecretUnavailable
@@ -92,11 +95,11 @@ class Gateway:
         self._changed = threading.Condition()  # wakes this process's long-polls early
         self._challenge_key: bytes | None = None  # read on first use: the CLI never needs it
         self._tpm_cas: list[attestation.Certificate] | None = None  # TPM_CA_BUNDLE, when used
-        from .owners import Owners  # owners.py builds on this class
-        from .rotations import Rotations  # so does rotations.py
+        from .fleet import Fleet  # fleet.py, owners.py and rotations.py build on this class
+        from .owners import Owners
+        from .rotations import Rotations
 
-        self.owners = Owners(self)
-        self.rotations = Rotations(self)
+        self.owners, self.fleet, self.rotations = Owners(self), Fleet(self), Rotations(self)
 
     # --- challenges ---------------------------------------------------------------------------
 
@@ -257,63 +260,144 @@ class Gateway:
     # --- unlock requests ----------------------------------------------------------------------
 
     def create_unlock(self, req: UnlockRequest, ip: str) -> UnlockCreated:
+        """A boot asks. An approval its owners gave ahead (a planned reboot, create_ahead) is
+        used up by it at once, in the same transaction; otherwise the owners are asked."""
+        row, ahead, linked = self._ask(
+            req.host_id, req.hostname, req.challenge, req.verify, ip,
+            KIND_UNLOCK, req.datasets, b64(req.ephemeral_key), self.settings.REQUEST_TTL, req.boot,
+        )  # fmt: skip
+        a = row.approval
+        if req.boot is None:  # a version 1 client takes exactly these fields (and the flag)
+            return UnlockCreated(a.request_id, a.pin, int(a.expires_at), approved_ahead=ahead)
+        sms_pin = self.settings.APPROVAL_POLICY == "sms-pin"
+        kind = protocol.CODE_PIN if sms_pin else protocol.CODE_REQUEST
+        where = self._approve_at(linked)
+        return UnlockCreated(a.request_id, a.pin, int(a.expires_at), kind, where, ahead)
+
+    def create_ahead(self, req: AheadRequest, ip: str) -> UnlockCreated:
+        """`zkv reboot --approve-ahead`: the owners decide now, through the same approval as a
+        boot's, on the host's next boot within ``req.within`` s. Nothing that approves goes
+        back: the host learns only the request's state."""
+        row, _, _ = self._ask(
+            req.host_id, req.hostname, req.challenge, req.verify, ip,
+            KIND_AHEAD, (), None, req.within,
+        )  # fmt: skip
+        a = row.approval
+        return UnlockCreated(a.request_id, a.pin, int(a.expires_at))
+
+    def _ask(
+        self,
+        host_id: str,
+        hostname: str,
+        challenge: str,
+        verify: Callable[[bytes], None],
+        ip: str,
+        kind: str,
+        datasets: tuple[str, ...],
+        ephemeral_key: str | None,
+        ttl: float,
+        boot: BootContext | None = None,
+    ) -> tuple[RequestRow, bool, bool]:
+        """A signed request of an approved, live host becomes an open request and the owners
+        are told: (the row, whether an approval given ahead approved it at once, whether the
+        owners get links to the page). A boot whose flags the policy refuses is audited and
+        refused like any unauthorized call."""
         now = self.clock()
         with self._refusals(ip):
-            host, nonce = self._approved_signer(req.host_id, req.challenge, req.verify, now)
+            host, nonce = self._approved_signer(host_id, challenge, verify, now)
             if self.settings.REQUIRE_TPM and not host.key_in_tpm:
                 raise _Unauthorized("REQUIRE_TPM and the host has a file key")
             self._refuse_unless_alive(host)
-            refused = refusal(req.boot, refused_boot_flags(self.settings))
-            with self.store.write(locks=()) as conn:
-                self._limit(conn, now, req.host_id)
-                self._use_nonce(conn, req.host_id, nonce, now)
+            refused = (
+                refusal(boot, refused_boot_flags(self.settings)) if kind == KIND_UNLOCK else ""
+            )
+            coalesce, opened, text, used = self.settings.NOTIFY_COALESCE > 0, False, "", False
+            links: dict[str, str] = {}
+            # A batch is one row every joining request updates: its writers go one at a time.
+            with self.store.write(locks=None if coalesce else ()) as conn:
+                batch = self.store.open_batch(conn, now) if coalesce and not refused else None
+                self._limit(conn, now, host_id, notifies=batch is None)
+                self._use_nonce(conn, host_id, nonce, now)
                 if refused:  # audited with the host's id; the host hears only "unauthorized"
-                    detail = f"{refused}; {audit_note(req.boot)}"
+                    detail = f"{refused}; {audit_note(boot)}"
                     audit.record(
-                        conn, "boot_refused", now, host_id=req.host_id, source_ip=ip, detail=detail
+                        conn, "boot_refused", now, host_id=host_id, source_ip=ip, detail=detail
                     )
                 else:
-                    row, boot, links = self._new_unlock(conn, req, ip)
+                    note = audit_note(boot) if kind == KIND_UNLOCK else ""
+                    row = self._new_request(
+                        conn, kind, host_id, hostname, ip, datasets, ephemeral_key, ttl, note
+                    )
+                    if boot is not None:
+                        boot_store.add(conn, row.approval.request_id, boot)
+                    used = kind == KIND_UNLOCK and self._use_ahead(conn, row, now)
+                    if coalesce and not used:
+                        opened = self.fleet.join(conn, row, batch, now)
+                    elif not used:
+                        # The owners' links go into the notification only, never the requester.
+                        a = row.approval
+                        links = self.owners.decision_links(conn, a.request_id, a.expires_at)
+                        text = self.request_text(conn, row, links)
             if refused:
                 raise _Unauthorized(refused)
-        a = row.approval
-        ttl = self.settings.REQUEST_TTL
-        sms_pin = self.settings.APPROVAL_POLICY == "sms-pin"
-        text = unlock_text(
-            ip, req.hostname, host.hostname, req.datasets, now, a.pin, ttl, links, sms_pin,
-            boot.message(), key_in_tpm=host.key_in_tpm,
+        if used:
+            self._wake()
+        if opened:
+            self.fleet.schedule()
+        if text:
+            self.tell(row, text)
+        return row, used, bool(links) or coalesce
+
+    def request_text(self, conn: Tx, row: RequestRow, links: dict[str, str]) -> str:
+        """The owners' notification of one request (notify.unlock_text)."""
+        a, host = row.approval, self.store.host(conn, row.host_id)
+        ttl = int(a.expires_at - a.created_at)
+        boot = ""
+        if a.kind == KIND_UNLOCK:
+            view = BootView(
+                boot_store.of(conn, a.request_id), boot_store.last_approved(conn, row.host_id)
+            )
+            boot = view.message()
+        return unlock_text(
+            row.source_ip, row.hostname, host.hostname if host else row.hostname,
+            row.datasets, a.created_at, a.pin, ttl, links,
+            self.settings.APPROVAL_POLICY == "sms-pin", boot=boot,
+            key_in_tpm=bool(host and host.key_in_tpm), ahead=ttl if a.kind == KIND_AHEAD else 0,
         )  # fmt: skip
-        self._notify(row, text)
-        if req.boot is None:  # a version 1 client takes exactly these fields
-            return UnlockCreated(a.request_id, a.pin, int(a.expires_at))
-        kind = protocol.CODE_PIN if sms_pin else protocol.CODE_REQUEST
-        return UnlockCreated(a.request_id, a.pin, int(a.expires_at), kind, self._approve_at(links))
 
-    def _new_unlock(
-        self, conn: Tx, req: UnlockRequest, ip: str
-    ) -> tuple[RequestRow, BootView, dict[str, str]]:
-        """The request row, its boot context, and the owners' links (the notification's only:
-        never the requester's)."""
-        row = self._new_request(
-            conn,
-            KIND_UNLOCK,
-            req.host_id,
-            req.hostname,
-            ip,
-            req.datasets,
-            b64(req.ephemeral_key),
-            audit_note(req.boot),
-        )
-        a = row.approval
-        if req.boot is not None:
-            boot_store.add(conn, a.request_id, req.boot)
-        boot = BootView(req.boot, boot_store.last_approved(conn, req.host_id))
-        return row, boot, self.owners.decision_links(conn, a.request_id, a.expires_at)
+    def fail_open(self, rows: list[RequestRow], reason: str) -> None:
+        """The requests still open fail (their notification could not be sent)."""
+        with self.store.write() as conn:
+            for row in rows:
+                fresh = self.store.request(conn, row.approval.request_id, lock=True)
+                if fresh is not None and self.still_open(fresh):
+                    self._update(conn, fresh, approvals.fail(fresh.approval, self.clock(), reason))
+        self._wake()
 
-    def _approve_at(self, links: dict[str, str]) -> str:
+    def _use_ahead(self, conn: Tx, row: RequestRow, now: float) -> bool:
+        """Approve this boot with the host's oldest approval given ahead, if one is still in
+        its window; that approval is used up (single use: the rows are locked)."""
+        for armed in self.store.armed_ahead(conn, row.host_id):
+            try:
+                used = approvals.release(armed.approval, now)
+            except NotAllowed:  # its window ended: expired, audited, never used
+                self._update(conn, armed, approvals.observe(armed.approval, now), "unused")
+                continue
+            self.store.save(conn, used)
+            ahead_id = armed.approval.request_id
+            audit.record(
+                conn, "ahead_used", now, request_id=ahead_id, host_id=row.host_id,
+                source_ip=row.source_ip, detail=f"by request {row.approval.request_id}",
+            )  # fmt: skip
+            approved = approvals.owner_decides(row.approval, True, now, f"ahead {ahead_id}")
+            self._update(conn, row, approved, "planned reboot")
+            return True
+        return False
+
+    def _approve_at(self, linked: bool) -> str:
         """Where the console sends the person at it (never a link: that is the owners')."""
         where = self.settings.APPROVE_AT
-        if not where and links:
+        if not where and linked:
             where = "the link sent to the owner"
         elif not where:
             where = urlsplit(self.settings.APPROVAL_URL).hostname or ""
@@ -348,7 +432,7 @@ class Gateway:
             row = self.store.request(conn, request_id)
         if (
             row is None
-            or row.approval.kind != KIND_UNLOCK
+            or row.approval.kind not in (KIND_UNLOCK, KIND_AHEAD)
             or (row.approval.released and row.approval.state == STATE_APPROVED)
         ):
             # Unknown, or already released: either way this id opens nothing any more.
@@ -357,9 +441,9 @@ class Gateway:
         a = approvals.observe(row.approval, now)
         if a != row.approval:
             self._observe_expiry(request_id)
-        if a.state == STATE_APPROVED:
+        if a.state == STATE_APPROVED and a.kind == KIND_UNLOCK:
             return self._release(request_id)
-        return PollResult(a.state)
+        return PollResult(a.state)  # an approval given ahead stays here: nothing to release
 
     def _release(self, request_id: str) -> PollResult | None:
         """Release once; None means another poll got there first (the caller re-reads)."""
@@ -490,8 +574,33 @@ class Gateway:
             raise GatewayCliError(problem)
         return a.state
 
+    def approve_pending(self, pattern: str, dry_run: bool = False) -> list[RequestRow]:
+        """`zkv-gateway approve --pending --host GLOB`: every open request (a boot's, or one
+        asked ahead) of an approved host whose enrolled name matches ``pattern`` (fnmatch) is
+        approved by the operator on the gateway machine, trusted as an owner; each is audited
+        with the factor "cli". Returns them (``dry_run``: only lists them)."""
+        now, matched = self.clock(), []
+        with self.store.write() as conn:
+            names = {
+                h.host_id: h.hostname
+                for h in self.store.all_hosts(conn)
+                if h.status == HOST_APPROVED
+            }
+            for row in self.store.open_requests(conn):
+                a = approvals.observe(row.approval, now)
+                name = names.get(row.host_id)
+                if a != row.approval:  # expired meanwhile: saved and audited on the way
+                    self._update(conn, row, a)
+                elif a.kind != KIND_ENROLL and name is not None and fnmatchcase(name, pattern):
+                    matched.append(row)
+                    if not dry_run:
+                        yes = approvals.owner_decides(a, True, now, "operator with cli")
+                        self._update(conn, row, yes, "via cli --pending")
+        self._wake()
+        return matched
+
     def decide_as_owner(
-        self, conn: Tx, request_id: str, owner: Owner, approve: bool, factor: str
+        self, conn: Tx, request_id: str, owner: Owner, approve: bool, factor: str, note: str = ""
     ) -> str:
         """An owner's vote (owners.py checked who and how), inside the caller's transaction:
         a denial denies, approvals approve once the host's quorum of distinct owners is met
@@ -502,7 +611,7 @@ class Gateway:
         now = self.clock()
         ayes = owner_store.add_vote(conn, request_id, owner.owner_id, approve, factor, now)
         quorum = owner_store.quorum_of(conn, row.host_id) or self.settings.APPROVAL_QUORUM
-        reason = f"{owner.name} with {factor}"
+        reason = f"{owner.name} with {factor}{note}"  # the vote keeps the factor (16 chars)
         decided = approvals.owner_decides(row.approval, approve, now, reason, ayes, quorum)
         if decided == row.approval:
             audit.record(
@@ -560,7 +669,8 @@ class Gateway:
     def housekeep(self) -> None:
         """What the schedule runs (housekeeping.py): refusal counters of closed intervals summed
         up into the audit log, expired invites and stale pending hosts removed (audited), old
-        nonces, rate events, MessageSids and refusal counters dropped; then the dead-man sweep."""
+        nonces, rate events, MessageSids and refusal counters dropped, approvals given ahead
+        whose window ended unused expired (audited); then the dead-man sweep."""
         s, now = self.settings, self.clock()
         with self.store.write() as conn:
             self._report_refusals(conn, now - now % s.REFUSAL_INTERVAL)
@@ -572,6 +682,10 @@ class Gateway:
                 detail = f"hostname={host.hostname} pending since enrolment, never admitted"
                 audit.record(conn, "host_expired", now, host_id=host.host_id, detail=detail)
             self.store.purge(conn, now, 2 * protocol.REPLAY_WINDOW + 60, HOUR)
+            for row in self.store.lapsed_ahead(conn, now):  # a window that ended unused
+                self._update(conn, row, approvals.observe(row.approval, now), "unused")
+        if s.NOTIFY_COALESCE:
+            self.fleet.send_due()  # a batch whose process stopped before its timer
         self.sweep_liveness()  # the dead-man switch's schedule: silent hosts suspended, owners told
 
     def report_refusals(self) -> None:
@@ -827,10 +941,11 @@ class Gateway:
         if not self.store.use_nonce(conn, host_id, nonce, now):
             raise _Unauthorized("replayed nonce")
 
-    def _limit(self, conn: Tx, now: float, host_id: str | None) -> None:
+    def _limit(self, conn: Tx, now: float, host_id: str | None, notifies: bool = True) -> None:
         """An authenticated host's own budget (requests, and so notifications: one each), then
         the fleet's notification cap, which only authenticated callers can spend. An enrolment
-        (host_id None) spends only the cap: its single-use invite is its budget."""
+        (host_id None) spends only the cap: its single-use invite is its budget. A request
+        that joins a batch already open (fleet.py) adds no message, so spends no cap."""
         s = self.settings
         if host_id is not None:
             own = Limit(f"host:{host_id}", s.RATE_PER_SECOND, 1.0)
@@ -838,7 +953,8 @@ class Gateway:
             if hit is not None:
                 raise _over(hit)
         # Fleet-wide, so spent at commit (store.py: the commit lock); over it, nothing is written.
-        ratelimit.hit_at_commit(conn, now, Limit("notifications", s.SMS_PER_HOUR, HOUR), _over)
+        if notifies:
+            ratelimit.hit_at_commit(conn, now, Limit("notifications", s.SMS_PER_HOUR, HOUR), _over)
 
     def _new_request(
         self,
@@ -849,15 +965,17 @@ class Gateway:
         ip: str,
         datasets: tuple[str, ...],
         ephemeral_key: str | None,
+        ttl: float,
         note: str = "",
     ) -> RequestRow:
         now, n = self.clock(), self.settings.PIN_LENGTH
         while True:  # a PIN names one open request: drawn again while another open one has it
             pin = f"{secrets.randbelow(10**n):0{n}d}"
-            a = approvals.new(secrets.token_hex(16), kind, pin, now, self.settings.REQUEST_TTL)
+            a = approvals.new(secrets.token_hex(16), kind, pin, now, ttl)
             row = RequestRow(a, host_id, hostname, ip, datasets, ephemeral_key)
             if self.store.add_request(conn, row):
                 break
+        what = f"within={ttl:g}s" if kind == KIND_AHEAD else f"datasets={len(datasets)}"
         audit.record(
             conn,
             f"{kind}_requested",
@@ -865,11 +983,11 @@ class Gateway:
             request_id=a.request_id,
             host_id=host_id,
             source_ip=ip,
-            detail=" ".join(filter(None, [f"hostname={hostname} datasets={len(datasets)}", note])),
+            detail=" ".join(filter(None, [f"hostname={hostname}", what, note])),
         )
         return row
 
-    def _notify(self, row: RequestRow, text: str) -> None:
+    def tell(self, row: RequestRow, text: str) -> None:
         try:
             reply = self.notifier.notify(text, row.approval.pin)
         except NotifyFailed as exc:

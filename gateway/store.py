@@ -67,7 +67,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from zkv import protocol
 from zkv.encoding import unb64
-from zkv.protocol import STATE_PENDING
+from zkv.protocol import STATE_APPROVED, STATE_PENDING
 
 from .approvals import Approval
 from .liveness import Liveness
@@ -101,7 +101,7 @@ requests = Table(
     "requests",
     metadata,
     Column("request_id", String(32), primary_key=True),
-    Column("kind", String(8), nullable=False),  # unlock | enroll
+    Column("kind", String(8), nullable=False),  # unlock | enroll | ahead
     Column("host_id", String(32), nullable=False, index=True),
     Column("hostname", String(253), nullable=False),
     Column("source_ip", String(64), nullable=False),
@@ -188,6 +188,22 @@ refusals = Table(  # refused calls counted per source, reason and interval (rate
     Column("detail", String(REASON_LEN), primary_key=True),
     Column("count", Integer, nullable=False),  # for the lockout
     Column("unreported", Integer, nullable=False),  # not yet summed up in the audit log
+)
+
+batches = Table(  # requests told to the owners in one notification (NOTIFY_COALESCE)
+    "notice_batches",
+    metadata,
+    Column("batch_id", String(32), primary_key=True),
+    Column("opened_at", Float, nullable=False),
+    Column("due_at", Float, nullable=False, index=True),  # when the notification goes out
+    Column("sent_at", Float),
+)
+
+batch_members = Table(
+    "notice_batch_requests",
+    metadata,
+    Column("batch_id", String(32), primary_key=True),
+    Column("request_id", String(32), primary_key=True),
 )
 
 audit_log = Table(
@@ -412,6 +428,28 @@ class Store:
         rows = conn.execute(query.order_by(requests.c.created_at).with_for_update()).mappings()
         return [_request_row(row) for row in rows]
 
+    def armed_ahead(self, conn: Connection, host_id: str) -> list[RequestRow]:
+        """The host's approvals given ahead of a reboot and not used yet (locked: one boot
+        uses one, once)."""
+        query = select(requests).where(
+            requests.c.host_id == host_id,
+            requests.c.kind == "ahead",
+            requests.c.state == STATE_APPROVED,
+            requests.c.released.is_(False),
+        )
+        rows = conn.execute(query.order_by(requests.c.created_at).with_for_update()).mappings()
+        return [_request_row(row) for row in rows]
+
+    def lapsed_ahead(self, conn: Connection, now: float) -> list[RequestRow]:
+        """Approvals asked ahead whose window ended unused (to expire and audit)."""
+        query = select(requests).where(
+            requests.c.kind == "ahead",
+            requests.c.state.in_((STATE_PENDING, STATE_APPROVED)),
+            requests.c.released.is_(False),
+            requests.c.expires_at <= now,
+        )
+        return [_request_row(row) for row in conn.execute(query.with_for_update()).mappings()]
+
     def save(self, conn: Connection, a: Approval, **extra: Any) -> None:
         values = {k: v for k, v in a.__dict__.items() if k not in ("request_id", "kind", "pin")}
         values["reason"] = a.reason[:REASON_LEN]
@@ -422,6 +460,37 @@ class Store:
     def recent_requests(self, conn: Connection, limit: int) -> list[RequestRow]:
         query = select(requests).order_by(requests.c.created_at.desc()).limit(limit)
         return [_request_row(row) for row in conn.execute(query).mappings()]
+
+    # --- coalesced notifications -------------------------------------------------------------
+
+    def open_batch(self, conn: Connection, now: float) -> str | None:
+        """The batch still gathering requests (not sent, not due), if any."""
+        query = select(batches.c.batch_id).where(
+            batches.c.sent_at.is_(None), batches.c.due_at > now
+        )
+        return conn.execute(query.order_by(batches.c.opened_at)).scalars().first()
+
+    def add_batch(self, conn: Connection, batch_id: str, now: float, due_at: float) -> None:
+        conn.execute(batches.insert().values(batch_id=batch_id, opened_at=now, due_at=due_at))
+
+    def add_to_batch(self, conn: Connection, batch_id: str, request_id: str) -> None:
+        conn.execute(batch_members.insert().values(batch_id=batch_id, request_id=request_id))
+
+    def take_due_batches(self, conn: Connection, now: float) -> list[str]:
+        """The batches due and not sent, marked sent (the caller sends them: once)."""
+        query = select(batches.c.batch_id).where(
+            batches.c.sent_at.is_(None), batches.c.due_at <= now
+        )
+        due = list(conn.execute(query.with_for_update()).scalars())
+        if due:
+            conn.execute(batches.update().where(batches.c.batch_id.in_(due)).values(sent_at=now))
+        return due
+
+    def batch_requests(self, conn: Connection, batch_id: str) -> list[RequestRow]:
+        ids = select(batch_members.c.request_id).where(batch_members.c.batch_id == batch_id)
+        query = select(requests).where(requests.c.request_id.in_(ids))
+        rows = conn.execute(query.order_by(requests.c.created_at)).mappings()
+        return [_request_row(row) for row in rows]
 
     # --- replay protection --------------------------------------------------------------------
 
@@ -458,6 +527,9 @@ class Store:
         conn.execute(nonces.delete().where(nonces.c.at < now - nonce_age))
         conn.execute(rate_events.delete().where(rate_events.c.at < now - event_age))
         conn.execute(messages.delete().where(messages.c.at < now - 30 * 86400))
+        old = select(batches.c.batch_id).where(batches.c.opened_at < now - 2 * 86400)
+        conn.execute(batch_members.delete().where(batch_members.c.batch_id.in_(old)))
+        conn.execute(batches.delete().where(batches.c.opened_at < now - 2 * 86400))
 
 
 def lock(conn: Connection, *names: str) -> None:

@@ -252,6 +252,18 @@ class GatewayBusy(GatewayError):  # 503, or 502/504 from a proxy in front: worth
     """the gateway cannot serve unlocks right now ({detail})"""
 
 
+class AheadNotApproved(GatewayError):
+    """the owners did not approve the planned reboot ahead (the request is {state}): not rebooted"""
+
+    exit_code = 39
+
+
+class RebootFailed(ZkvError):  # zkv reboot; the admin range goes on past 59
+    """approved ahead, but the reboot did not start: {detail}"""
+
+    exit_code = 60
+
+
 class ProtocolError(GatewayError):
     """unexpected answer from the gateway: {detail}"""
 
@@ -327,7 +339,7 @@ class Interrupted(ZkvError):
     exit_code = 130
 
 
-# --- admin CLI (50-59) ----------------------------------------------------------------------
+# --- admin CLI (50-69) ----------------------------------------------------------------------
 
 
 class EntryExists(ZkvError):
@@ -397,7 +409,7 @@ class NoTerminal(UsageError):
 # --- the catalogue --------------------------------------------------------------------------
 
 
-ADMIN_CODES = 50  # 50-59: the admin CLI's own; the boot client never ends with them
+ADMIN_CODES = 50  # 50-69: the admin CLI's own; the boot client never ends with them
 SIGNAL_CODES = 128
 
 

@@ -17,6 +17,8 @@ time, so the client can tell how far off its own clock is.
     POST /v1/hosts                       EnrollRequest  -> 202 EnrollAccepted
     POST /v1/unlock-requests             UnlockRequest  -> 201 UnlockCreated
     GET  /v1/unlock-requests/<id>?wait=N                -> 200 PollResult (long-poll, N <= 25 s)
+    POST /v1/ahead-approvals             AheadRequest   -> 201 UnlockCreated (poll it as above;
+                                                           its answer never carries a release)
     POST /v1/heartbeats                  Heartbeat      -> 200 HeartbeatAnswer (dead-man switch)
     POST /v1/repository-key              RepositoryKeyQuery -> 200 RepositoryKeyStatus
     POST /v1/repository-key-rotations    RotationRequest    -> 201 UnlockCreated (owner approves)
@@ -59,12 +61,15 @@ PATH_UNLOCK = "/v1/unlock-requests"
 PATH_HEARTBEAT = "/v1/heartbeats"
 PATH_REPOSITORY_KEY = "/v1/repository-key"
 PATH_ROTATIONS = "/v1/repository-key-rotations"
+PATH_AHEAD = "/v1/ahead-approvals"
 PATH_HEALTH = "/healthz"
 MAX_BODY = 16 * 1024
 MAX_WAIT = 25  # seconds one long-poll call may be held open
 REPLAY_WINDOW = 120  # seconds a challenge stays acceptable (either side of its issue time)
 MAX_DATASETS = 64
 MAX_SECRET = 4096
+AHEAD_DEFAULT = 30 * 60  # seconds an approval asked ahead of a planned reboot is good for
+AHEAD_MAX = 24 * 3600
 
 CONTEXT_ENROLL = b"zkv-v1 enroll\n"
 CONTEXT_UNLOCK = b"zkv-v1 unlock-request\n"
@@ -76,6 +81,7 @@ CONTEXT_CERTIFY = b"zkv-v1 tpm certify\n"
 
 ALG_ED25519 = "ed25519"  # a file key in /boot
 ALG_P256_TPM = "p256-tpm"  # a key that never leaves the host's TPM
+CONTEXT_AHEAD = b"zkv-v1 ahead-approval\n"
 
 ACTION_NONE = "none"
 ACTION_WIPE = "wipe"  # destroy the keystore's repository slot (never the recovery slot)
@@ -448,9 +454,7 @@ class UnlockRequest(NamedTuple):
 
     def verify(self, public_key: bytes) -> None:
         """Raises crypto.BadSignature unless signed by ``public_key`` (the enrolled host key)."""
-        if host_id_of(public_key) != self.host_id:
-            raise crypto.BadSignature
-        crypto.host_verify(public_key, self.signature, CONTEXT_UNLOCK + canonical(self.body()))
+        _verify_host(public_key, self.host_id, self.signature, CONTEXT_UNLOCK, self.body())
 
 
 class UnlockCreated(NamedTuple):
@@ -464,6 +468,7 @@ class UnlockCreated(NamedTuple):
     expires_at: int
     code_kind: str | None = None
     approve_at: str = ""
+    approved_ahead: bool = False  # an owner approved ahead of this (planned) reboot
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -473,13 +478,19 @@ class UnlockCreated(NamedTuple):
         }
         if self.code_kind is not None:
             out["code_kind"], out["approve_at"] = self.code_kind, self.approve_at
+        if self.approved_ahead:
+            out["approved_ahead"] = True
         return out
 
     @classmethod
     def from_json(cls, raw: Any) -> UnlockCreated:
         names = {"request_id", "pin", "expires_at"}
         extended = isinstance(raw, dict) and "code_kind" in raw
-        body = _exact(raw, names | {"code_kind", "approve_at"} if extended else names)
+        ahead = isinstance(raw, dict) and "approved_ahead" in raw
+        wanted = names | ({"code_kind", "approve_at"} if extended else set())
+        body = _exact(raw, wanted | ({"approved_ahead"} if ahead else set()))
+        if ahead and body["approved_ahead"] is not True:
+            raise ProtocolViolation("approved_ahead is true when present")
         pin = _field(body, "pin", str)
         if not _PIN_RE.fullmatch(pin):
             raise ProtocolViolation("invalid pin")
@@ -494,7 +505,65 @@ class UnlockCreated(NamedTuple):
             _field(body, "expires_at", int),
             kind,
             where,
+            ahead,
         )
+
+
+# --- approval ahead of a planned reboot -------------------------------------------------------
+
+
+class AheadRequest(NamedTuple):
+    """A running host asks the owners, before a planned reboot, to approve its next boot within
+    ``within`` seconds; signed and fresh like an unlock request. The approval stays at the
+    gateway: the boot that uses it still signs its unlock request and gets the secret sealed
+    to its own ephemeral key."""
+
+    host_id: str
+    hostname: str
+    within: int
+    challenge: str
+    signature: bytes = b""
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "v": VERSION,
+            "host_id": self.host_id,
+            "hostname": self.hostname,
+            "within": self.within,
+            "challenge": self.challenge,
+        }
+
+    @classmethod
+    def create(
+        cls, private_key: HostKey, hostname: str, within: int, challenge: str
+    ) -> AheadRequest:
+        host_id = _host_id(private_key)
+        unsigned = cls(host_id, hostname, _within(within), _challenge(challenge))
+        return unsigned._replace(signature=_sign(private_key, CONTEXT_AHEAD, unsigned.body()))
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.body(), "signature": b64(self.signature)}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> AheadRequest:
+        body = _signed_body(raw, {"host_id", "hostname", "within", "challenge"})
+        return cls(
+            host_id=_hex32(_field(body, "host_id", str), "host_id"),
+            hostname=check_hostname(_field(body, "hostname", str)),
+            within=_within(_field(body, "within", int)),
+            challenge=_challenge(_field(body, "challenge", str)),
+            signature=_signature(_field(body, "signature", str)),
+        )
+
+    def verify(self, public_key: bytes) -> None:
+        """Raises crypto.BadSignature unless signed by ``public_key`` (the enrolled host key)."""
+        _verify_host(public_key, self.host_id, self.signature, CONTEXT_AHEAD, self.body())
+
+
+def _within(value: int) -> int:
+    if not 1 <= value <= AHEAD_MAX:
+        raise ProtocolViolation(f"within must be 1 to {AHEAD_MAX} seconds")
+    return value
 
 
 # --- heartbeat (dead-man switch) --------------------------------------------------------------
@@ -573,7 +642,7 @@ class PollResult(NamedTuple):
         if not isinstance(raw, dict) or raw.get("state") not in STATES:
             raise ProtocolViolation("unknown state")
         state = raw["state"]
-        if state != STATE_APPROVED:
+        if state != STATE_APPROVED or "release" not in raw:  # approved ahead: nothing released
             _exact(raw, {"state"})
             return cls(state)
         body = _exact(raw, {"state", "release"})

@@ -16,7 +16,7 @@ from typing import NoReturn
 
 from zkv import __version__, keystore, paths
 from zkv.errors import Interrupted, UsageError, ZkvError
-from zkv_admin import common, doctor, enroll, heartbeat, keycmds, rotation, zfscmds
+from zkv_admin import common, doctor, enroll, heartbeat, keycmds, reboot, rotation, zfscmds
 
 Handler = Callable[[argparse.Namespace], int]
 KEYFORMATS = keystore.KEYFORMATS
@@ -186,6 +186,25 @@ def _add_commands(sub: argparse._SubParsersAction[Parser], seed: bool) -> None:
         [p["store"]],
     )
     _config_option(beat)
+    planned = command(
+        "reboot",
+        reboot.cmd_reboot,
+        "before a planned reboot: ask the owners to approve its boot ahead, then reboot",
+        [p["store"]],
+    )
+    planned.add_argument(
+        "--approve-ahead", action="store_true", help="ask now; the next boot does not wait"
+    )
+    planned.add_argument(
+        "--within",
+        metavar="DURATION",
+        default="30m",
+        help="the window for that boot: 90s, 30m, 2h; at most 24h (default %(default)s)",
+    )
+    planned.add_argument(
+        "--no-reboot", action="store_true", help="only obtain the approval; reboot yourself"
+    )
+    _config_option(planned)
 
 
 def _config_option(parser: Parser) -> None:

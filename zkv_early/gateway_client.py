@@ -66,6 +66,11 @@ class GatewayClient:
         path = f"{protocol.PATH_UNLOCK}/{request_id}?wait={wait}"
         return self._call("GET", path, None, 200, protocol.PollResult.from_json, wait)
 
+    def ahead(self, request: protocol.AheadRequest) -> protocol.UnlockCreated:
+        """`zkv reboot --approve-ahead` (zkv_admin/reboot.py); poll it with ``poll``."""
+        body = json.dumps(request.to_json()).encode()
+        return self._call("POST", protocol.PATH_AHEAD, body, 201, protocol.UnlockCreated.from_json)
+
     def heartbeat(self, beat: protocol.Heartbeat) -> protocol.HeartbeatAnswer:
         """`zkv heartbeat` (zkv_admin/heartbeat.py): the same TLS trust as the boot."""
         body = json.dumps(beat.to_json()).encode()

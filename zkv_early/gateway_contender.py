@@ -162,6 +162,8 @@ class GatewayUnlock:
             f"unlock request sent to {self.config.gateway_host}; boot flags: "
             f"{', '.join(flags) or 'none'}"
         )
+        if created.approved_ahead:  # zkv reboot --approve-ahead: the owners said yes before
+            self.console.say("approved ahead of this planned reboot: no wait")
         return created
 
     def _waiting(self, created: protocol.UnlockCreated, left: float) -> str:
@@ -202,7 +204,9 @@ class GatewayUnlock:
                 if stopped:
                     raise Cancelled from None
                 continue
-            if result.state == protocol.STATE_APPROVED and result.release is not None:
+            if result.state == protocol.STATE_APPROVED:
+                if result.release is None:  # only an approval asked ahead has none
+                    raise ProtocolError("approved without a release")
                 return result.release
             if result.state == protocol.STATE_DENIED:
                 raise ApprovalDenied

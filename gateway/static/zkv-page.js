@@ -22,6 +22,14 @@
     if (!r.ok) throw new Error(data.message || "refused");
     return data;
   }
+  // The page of a batch decides the ticked requests; an approval page its one request.
+  function picked() {
+    if (document.body.dataset.page !== "batch") return {};
+    const ids = Array.from(document.querySelectorAll('input[name="pick"]:checked'))
+      .map((box) => box.value);
+    if (!ids.length) throw new Error("no request ticked");
+    return { requests: ids };
+  }
   function buttons(disabled) {
     document.querySelectorAll("button").forEach((b) => { b.disabled = disabled; });
   }
@@ -42,11 +50,13 @@
     return "Passkey added. You can close this page.";
   }
   async function approve() {
+    const chosen = picked();
     const o = await post("/options");
     o.challenge = bytes(o.challenge);
     (o.allowCredentials || []).forEach((c) => { c.id = bytes(c.id); });
     const a = await navigator.credentials.get({ publicKey: o });
     const r = await post("/decide", {
+      ...chosen,
       verdict: "approve",
       credential: {
         id: a.id, rawId: b64u(a.rawId), type: a.type,
@@ -62,11 +72,11 @@
   }
   async function approveTotp() {
     const code = document.getElementById("totp").value.trim();
-    const r = await post("/decide", { verdict: "approve", totp: code });
+    const r = await post("/decide", { ...picked(), verdict: "approve", totp: code });
     return "Approved (" + r.state + "). The server unlocks now.";
   }
   async function deny() {
-    const r = await post("/decide", { verdict: "deny" });
+    const r = await post("/decide", { ...picked(), verdict: "deny" });
     return "Denied (" + r.state + "). The server will not get the key.";
   }
   function wire(id, action) {

@@ -71,6 +71,18 @@ def send(url: str, req: protocol.UnlockRequest, headers: Headers = None) -> requ
     )
 
 
+def ahead(url: str, host: Host, within: int = protocol.AHEAD_DEFAULT) -> requests.Response:
+    """`zkv reboot --approve-ahead`'s request: approve the host's next boot within ``within``."""
+    req = protocol.AheadRequest.create(
+        host.private_key, host.hostname, within, challenge(url).challenge
+    )
+    return send_ahead(url, req)
+
+
+def send_ahead(url: str, req: protocol.AheadRequest) -> requests.Response:
+    return requests.post(url + protocol.PATH_AHEAD, json=req.to_json(), timeout=10)
+
+
 def heartbeat(url: str, host: Host) -> requests.Response:
     req = protocol.Heartbeat.create(host.private_key, challenge(url).challenge)
     return requests.post(url + protocol.PATH_HEARTBEAT, json=req.to_json(), timeout=10)

@@ -15,7 +15,7 @@ DOC = Path(__file__).parents[2] / "docs" / "exit-codes.md"
 SECTIONS = {  # block name -> exit code range
     "shared": range(1, 40),
     "boot": range(40, 50),
-    "admin": range(50, 60),
+    "admin": range(50, 70),
     "signals": range(128, 256),
 }
 
