@@ -8,7 +8,9 @@ the test checked the page's request code against the guest console's. The other 
 the sms-pin policy: the test replies as the owner with a correctly signed inbound-SMS webhook
 (`PIN` approves, `NO PIN` denies), the PIN read off the guest console.
 
-Four boots per flavour: approved (then the leftover checks in the same boot), gateway down
+Five boots per flavour: approved (then the leftover checks in the same boot, then `zkv reboot
+--approve-ahead` approved on the page and the boot of that planned reboot, which does not wait:
+one more boot of the same disk), gateway down
 (recovery passphrase at zkv's prompt), denied (zkv announces it, its prompt takes the recovery
 passphrase), and a released key that does not open the keystore (zkv gives up after the short
 `[timeouts] fallback` of the e2e early.conf, OpenZFS's own prompt takes the root passphrase).
@@ -17,6 +19,8 @@ One more on initramfs-tools: a host past its dead-man window is refused, the pas
 
 from __future__ import annotations
 
+import base64
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -28,12 +32,21 @@ from tests.e2e.conftest import record_boot
 from tests.vm import testbed, zkv_image
 from tests.vm.driver import BootResult, Guest, Timings
 from tests.vm.testbed import Channel, Flavour, Image
-from tests.vm.zkv_boot import Outcome, gateway, no_leftovers, run_boot, unreachable_port
+from tests.vm.zkv_boot import (
+    Gateway,
+    Outcome,
+    gateway,
+    no_leftovers,
+    run_boot,
+    unreachable_port,
+)
 from tests.vm.zkv_image import RECOVERY_PASSPHRASE, ZkvImage
 
 pytestmark = pytest.mark.e2e
 
 CHANNEL: Channel = testbed.default_channel()
+AHEAD_CODE = re.compile(r"request code (\d{4,12})\. They approve")  # zkv reboot's own line
+AHEAD_APPROVED = re.compile(r"approved ahead: the next boot of")
 GuestFactory = Callable[..., Guest]
 
 
@@ -57,6 +70,25 @@ def _record(image: Image, scenario: str, out: Outcome) -> None:
 
 
 @pytest.mark.parametrize("flavour", testbed.FLAVOURS)
+def _reboot_approved_ahead(guest: Guest, gw: Gateway, zimg: ZkvImage) -> dict[str, str]:
+    """`zkv reboot --approve-ahead` on the running guest (its network up, the host key given
+    to it through a pipe of the console), the owner's passkey approves it on the page, the guest
+    reboots; returns what the page showed. QEMU runs with -no-reboot: boot_again starts the
+    next boot on the same disk."""
+    key = base64.b64encode(zimg.host_key.read_bytes()).decode()
+    guest.check(
+        "ip link set enp0s1 up && dhclient -1 -4 enp0s1 && install -d -m 0700 /root/zkv"
+        f" && (umask 077; echo {key} | base64 -d > /root/zkv/host.key)",
+        timeout=180,
+    )
+    guest.child.sendline("zkv --keystore /root/zkv/keystore reboot --approve-ahead --within 30m")
+    guest._expect([AHEAD_CODE], time.monotonic() + 120, "zkv reboot's request code")
+    gw.approve_on_page(guest.child.match.group(1))
+    guest._expect([AHEAD_APPROVED], time.monotonic() + 120, "zkv reboot to be approved")
+    guest.boot_again(timeout=300)
+    return gw.page
+
+
 def test_approved_boot_unlocks_everything_and_leaves_nothing(
     flavour: Flavour,
     zkv_images: Callable[..., ZkvImage],
@@ -86,6 +118,19 @@ def test_approved_boot_unlocks_everything_and_leaves_nothing(
             "systemd-analyze critical-chain zkv-load-keys.service | cat;"
             " journalctl -b -o short-monotonic --no-pager -u zkv-load-keys.service"
         )
+        # The same disk, a planned reboot: approved ahead on the page, its boot does not wait.
+        ahead, told = _reboot_approved_ahead(guest, gw, zimg), len(gw.gw.notifications())
+        again = run_boot(guest)
+        _record(zimg.image, "zkv-approved-ahead", again)
+        states = [row[2] for row in gw.requests() if len(row) >= 3 and row[1] == "unlock"]
+        audit = gw.gw.audit()
+    assert ahead["within"] == "30 min" and ahead["status"].startswith("Approved"), ahead
+    assert "approved ahead of this planned reboot" in guest.console_log_path.read_text()
+    assert states == ["approved", "approved"], states  # the second one by the approval ahead
+    assert any("ahead_used" in line for line in audit), "the approval ahead was not used"
+    assert len(gw.gw.notifications()) == told, "the boot approved ahead told the owner again"
+    assert again.root == testbed.ROOT_DATASET and again.data_mounted, again.events
+    assert again.stock_prompts == [] and again.recovery_prompts_answered == [], again.events
     assert left["run_zkv"] == "0", left
     assert left["secrets_in_run"] == "0", left
     assert left["global_addresses"] == "0", left
