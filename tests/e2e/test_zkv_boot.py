@@ -69,7 +69,6 @@ def _record(image: Image, scenario: str, out: Outcome) -> None:
     record_boot(image, scenario, BootResult(out.root, out.data_mounted, timings))
 
 
-@pytest.mark.parametrize("flavour", testbed.FLAVOURS)
 def _reboot_approved_ahead(guest: Guest, gw: Gateway, zimg: ZkvImage) -> dict[str, str]:
     """`zkv reboot --approve-ahead` on the running guest (its network up, the host key given
     to it through a pipe of the console), the owner's passkey approves it on the page, the guest
@@ -89,6 +88,7 @@ def _reboot_approved_ahead(guest: Guest, gw: Gateway, zimg: ZkvImage) -> dict[st
     return gw.page
 
 
+@pytest.mark.parametrize("flavour", testbed.FLAVOURS)
 def test_approved_boot_unlocks_everything_and_leaves_nothing(
     flavour: Flavour,
     zkv_images: Callable[..., ZkvImage],
