@@ -80,7 +80,7 @@ def _reboot_approved_ahead(guest: Guest, gw: Gateway, zimg: ZkvImage) -> dict[st
         f" && (umask 077; echo {key} | base64 -d > /root/zkv/host.key)",
         timeout=180,
     )
-    guest.child.sendline("zkv --keystore /root/zkv/keystore reboot --approve-ahead --within 30m")
+    guest.child.sendline("zkv reboot --keystore /root/zkv/keystore --approve-ahead --within 30m")
     guest._expect([AHEAD_CODE], time.monotonic() + 120, "zkv reboot's request code")
     gw.approve_on_page(guest.child.match.group(1))
     guest._expect([AHEAD_APPROVED], time.monotonic() + 120, "zkv reboot to be approved")
