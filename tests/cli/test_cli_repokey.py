@@ -38,7 +38,9 @@ def enrolled(zkv: Zkv, gw: RunningGateway) -> tuple[bytes, Path]:
 
 
 def start(zkv: Zkv, *env: str) -> subprocess.Popen[bytes]:
-    zkv.extra_env.update(e.split("=", 1) for e in env)
+    for setting in env:
+        name, value = setting.split("=", 1)
+        zkv.extra_env[name] = value
     conf = str(zkv.tmp / "early.conf")
     args = ["--config", conf, "--recovery-passphrase-file", str(zkv.passphrase_file)]
     return zkv.popen(
