@@ -75,8 +75,11 @@ def _reboot_approved_ahead(guest: Guest, gw: Gateway, zimg: ZkvImage) -> dict[st
     reboots; returns what the page showed. QEMU runs with -no-reboot: boot_again starts the
     next boot on the same disk."""
     key = base64.b64encode(zimg.host_key.read_bytes()).decode()
+    # tank into the cache file, as a host's data pools are: the test bed ships none, and once the
+    # first boot left one (rpool only) Debian's zfs-import-scan stands down for zfs-import-cache.
     guest.check(
-        "ip link set enp0s1 up && dhclient -1 -4 enp0s1 && install -d -m 0700 /root/zkv"
+        "zpool set cachefile=/etc/zfs/zpool.cache tank"
+        " && ip link set enp0s1 up && dhclient -1 -4 enp0s1 && install -d -m 0700 /root/zkv"
         f" && (umask 077; echo {key} | base64 -d > /root/zkv/host.key)",
         timeout=180,
     )
