@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.vm import driver, qemu
+from tests.vm import driver, own_boot, qemu
 
 
 def test_boot_again_starts_on_the_same_overlay(
@@ -52,3 +52,48 @@ def test_boot_again_starts_on_the_same_overlay(
         < text.index("--- boot again on")
         < text.index("boots before: 1")
     )
+
+
+def test_boot_again_from_its_own_boot_runs_what_the_guest_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    booted: list[tuple[Path, Path]] = []
+    read: list[tuple[Path, Path]] = []
+
+    def overlay(base: Path, target: Path, base_format: str = "raw") -> Path:
+        target.write_text("")
+        return target
+
+    def command(*, kernel: Path, initrd: Path, **_kw: Any) -> list[str]:
+        booted.append((kernel, initrd))
+        return ["true"]
+
+    def boot_files(disk: Path, dest: Path) -> own_boot.BootFiles:
+        read.append((disk, dest))
+        dest.mkdir(parents=True)  # as read_boot_files does
+        return own_boot.BootFiles(dest / "vmlinuz-6.1", dest / "initrd.img-6.1", "6.1")
+
+    monkeypatch.setattr(qemu, "overlay", overlay)
+    monkeypatch.setattr(qemu, "command", command)
+    monkeypatch.setattr(driver, "own_boot_files", boot_files)
+    image = SimpleNamespace(
+        disk=tmp_path / "base.raw",
+        disk_format="raw",
+        kernel=tmp_path / "k",
+        initrd=tmp_path / "i",
+        flavour="dracut",
+    )
+    with driver.Guest(image, console_log=tmp_path / "console.log") as guest:  # type: ignore[arg-type]
+        guest.boot_again(timeout=10, own_boot=True)
+        guest.boot_again(timeout=10, own_boot=True)  # read again: the guest may have rebuilt
+        guest.boot_again(timeout=10)  # and kept for a plain boot_again
+        disk = guest.disk
+    first, second = (dest for _, dest in read)
+    assert [d for d, _ in read] == [disk, disk] and first != second
+    assert booted == [
+        (image.kernel, image.initrd),
+        (first / "vmlinuz-6.1", first / "initrd.img-6.1"),
+        (second / "vmlinuz-6.1", second / "initrd.img-6.1"),
+        (second / "vmlinuz-6.1", second / "initrd.img-6.1"),
+    ]
+    assert "with its own /boot 6.1" in (tmp_path / "console.log").read_text()

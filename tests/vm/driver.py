@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import pexpect
 
-from tests.vm import qemu, testbed
+from tests.vm import own_boot, qemu, testbed
 from tests.vm.testbed import Image
 
 # dracut's console agent, then initramfs-tools' plain `zfs load-key`. The TAB hint keeps the
@@ -47,6 +47,7 @@ _RC = re.compile(r"ZKV-RC=(\d+)\r*\n")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 TAIL_LINES = 60
+own_boot_files = own_boot.read_boot_files  # a name the unit tests can replace
 
 
 class BootFailure(AssertionError):
@@ -125,7 +126,9 @@ class Guest:
 
     ``boot_again()`` boots the same disk once more: QEMU runs with -no-reboot, so the guest's
     own ``systemctl reboot`` ends it; the next QEMU starts on the same overlay, which lives
-    until ``close()`` (what the first boot wrote, the second one finds).
+    until ``close()`` (what the first boot wrote, the second one finds). With
+    ``own_boot=True`` that boot, and every later one, runs the kernel and initrd the guest
+    wrote to its own /boot (tests/vm/own_boot.py), as a real reboot would.
     """
 
     def __init__(
@@ -148,6 +151,7 @@ class Guest:
         self._log = _ConsoleLog(log_path)
         self._child: pexpect.spawn | None = None
         self._started = 0.0
+        self.boot_files: own_boot.BootFiles | None = None  # None: the image's kernel and initrd
 
     def __enter__(self) -> Guest:
         self.start()
@@ -177,9 +181,10 @@ class Guest:
         if not self.disk.exists():
             qemu.overlay(self.image.disk, self.disk, self.image.disk_format)
         overlay = self.disk
+        files = self.boot_files
         command = qemu.command(
-            kernel=self.image.kernel,
-            initrd=self.image.initrd,
+            kernel=self.image.kernel if files is None else files.kernel,
+            initrd=self.image.initrd if files is None else files.initrd,
             cmdline=self.cmdline(),
             drives=[f"file={overlay},format=qcow2,if=virtio,cache=unsafe"],
             serial="stdio",
@@ -198,14 +203,21 @@ class Guest:
         )
         self._child.logfile_read = self._log
 
-    def boot_again(self, timeout: float = 120) -> None:
+    def boot_again(self, timeout: float = 120, *, own_boot: bool = False) -> None:
         """Wait up to ``timeout`` for this boot's QEMU to exit (the guest rebooted or powered
-        off: -no-reboot), stop it if it did not, then start QEMU again on the same disk."""
+        off: -no-reboot), stop it if it did not, then start QEMU again on the same disk;
+        ``own_boot``: from the kernel and initrd now in the guest's /boot."""
         if self._child is not None:
             if self._child.isalive():
                 self._child.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=timeout)
             self._stop_qemu()
-            self._log.write(f"--- boot again on {self.disk} ---\n")
+        if own_boot:
+            # A fresh folder per boot: a later boot reads what the guest wrote since.
+            boots = Path(self._workdir.name) / "own-boot"
+            count = len(list(boots.iterdir())) if boots.exists() else 0
+            self.boot_files = own_boot_files(self.disk, boots / str(count))
+        where = "" if self.boot_files is None else f" with its own /boot {self.boot_files.version}"
+        self._log.write(f"--- boot again on {self.disk}{where} ---\n")
         self.start()
 
     def _stop_qemu(self) -> None:
