@@ -39,14 +39,17 @@ lint:
 unit:
 	$(NICE) $(VPY) -m pytest -q tests
 
+# Two workers, a guest each: a TCG guest keeps one core busy, and the niced unit suite beside
+# takes what they leave (which tests share a worker: tests/e2e/conftest.py).
+E2E_WORKERS ?= 2
 e2e: pyz
-	$(VPY) -m pytest -m e2e tests/e2e -v
+	$(VPY) -m pytest -m e2e tests/e2e -v -n $(E2E_WORKERS) --dist loadscope
 
 images:
 	$(VPY) -m tests.vm.build_images
 
-# The whole suite: lint, then the unit and integration tests beside the VM boot tests. A TCG
-# guest keeps about one core busy, so the rest runs niced on the other one: the whole suite
+# The whole suite: lint, then the unit and integration tests beside the VM boot tests. TCG
+# guests keep the cores busy, so the rest runs niced in what they leave: the whole suite
 # takes about as long as the boots. Each part prints its report when it ends.
 test:
 	$(MAKE) deps

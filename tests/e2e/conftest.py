@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,11 +26,39 @@ REQUIRED_TOOLS = (
     "debugfs",
     "socat",
 )
-_TIMINGS: list[str] = []
+# Boot timings of this run, for the terminal summary: a file, because under pytest-xdist the
+# boots happen in worker processes and the summary is printed by the controller.
+_TIMINGS_ENV = "ZKV_E2E_TIMINGS"
+
+
+# `make e2e` runs two workers (pytest-xdist, --dist loadscope): every test is a unit of its
+# own, except these modules, whose tests share a module-scoped guest, chroot or container
+# that each worker would otherwise set up again. (xdist's loadgroup would say this with marks,
+# but with pytest 9 it ignores them.)
+_ONE_WORKER_MODULES = frozenset(
+    {"test_baseline.py", "test_container.py", "test_deb_gateway.py", "test_dracut_stock.py"}
+)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduler(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if Path(module).name in _ONE_WORKER_MODULES else nodeid
+
+    return Scheduler(config, log)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "e2e: boots QEMU guests with real OpenZFS (slow)")
+    if not hasattr(config, "workerinput"):  # the controller, or a run without xdist
+        handle, path = tempfile.mkstemp(prefix="zkv-e2e-timings-", suffix=".tsv")
+        os.close(handle)
+        os.environ[_TIMINGS_ENV] = path  # the workers, started after this, inherit it
 
 
 def _missing_prerequisites() -> list[str]:
@@ -117,7 +147,10 @@ def booted_guest(
 def record_boot(image: Image, scenario: str, result: BootResult) -> None:
     """Remember boot timings for the terminal summary and <cache>/logs/timings.tsv."""
     line = f"{image.flavour}\t{image.channel}\t{scenario}\t{result.timings.summary()}"
-    _TIMINGS.append(line)
+    this_run = os.environ.get(_TIMINGS_ENV)
+    if this_run:
+        with open(this_run, "a") as handle:  # one short append per line: no interleaving
+            handle.write(line + "\n")
     path = testbed.cache_dir() / "logs" / "timings.tsv"
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
@@ -125,9 +158,15 @@ def record_boot(image: Image, scenario: str, result: BootResult) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if _TIMINGS:
+    this_run = os.environ.get(_TIMINGS_ENV)
+    if not this_run or hasattr(terminalreporter.config, "workerinput"):
+        return
+    path = Path(this_run)
+    lines = path.read_text().splitlines() if path.exists() else []
+    path.unlink(missing_ok=True)
+    if lines:
         terminalreporter.section("zkv e2e boot timings (seconds since QEMU start)")
-        for line in _TIMINGS:
+        for line in lines:
             terminalreporter.write_line(line)
 
 
@@ -137,5 +176,5 @@ def console_logs() -> Path:
 
 @pytest.fixture(scope="session")
 def debs(prerequisites: None) -> packages.Debs:
-    """`make deb`, once per session (PyPI for the gateway's venv)."""
-    return packages.build()
+    """`make deb` (PyPI for the gateway's venv), once for all workers: cached by its inputs."""
+    return packages.cached_build()

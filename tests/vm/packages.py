@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.vm import chroot_run
+from tests.vm import cache, chroot_run
 from zkv import __version__
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,17 +31,52 @@ def build() -> Debs:
     done = subprocess.run(["make", "-s", "deb"], cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"make deb failed:\n{done.stdout[-4000:]}{done.stderr[-4000:]}")
-    arch = subprocess.run(
-        ["dpkg", "--print-architecture"], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    debs = Debs(
-        REPO / "dist" / f"zkv_{__version__}_all.deb",
-        REPO / "dist" / f"zkv-gateway_{__version__}_{arch}.deb",
-    )
+    debs = build_names()
     for deb in (debs.zkv, debs.gateway):
         if not deb.is_file():
             raise FileNotFoundError(f"make deb did not write {deb}")
     return debs
+
+
+def build_names() -> Debs:
+    """Where `make deb` writes the two packages."""
+    arch = subprocess.run(
+        ["dpkg", "--print-architecture"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    return Debs(
+        REPO / "dist" / f"zkv_{__version__}_all.deb",
+        REPO / "dist" / f"zkv-gateway_{__version__}_{arch}.deb",
+    )
+
+
+def cached_build() -> Debs:
+    """``build()`` once per state of the sources: parallel test workers (and later runs) share
+    the result, and nobody rewrites dist/ while another worker installs from it."""
+
+    def make(work: Path) -> None:
+        built = build()
+        for deb in (built.zkv, built.gateway):
+            shutil.copyfile(deb, work / deb.name)
+
+    entry = cache.entry("debs", {"sources": _sources_digest()}, make)
+    built = build_names()
+    return Debs(entry / built.zkv.name, entry / built.gateway.name)
+
+
+def _sources_digest() -> str:
+    """Every tracked file a package could hold (the tests and CI scripts cannot), as they are
+    in the working tree."""
+    names = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True
+    ).stdout.split(b"\0")
+    digest = hashlib.sha256()
+    for name in sorted(n.decode() for n in names if n):
+        path = REPO / name
+        if name.startswith(("tests/", ".ci/")) or not path.is_file():
+            continue
+        digest.update(f"{name}\0{path.stat().st_mode & 0o111}\0".encode())
+        digest.update(cache.file_digest(path).encode() + b"\n")
+    return digest.hexdigest()
 
 
 def copy_in(root: Path, deb: Path) -> str:
