@@ -52,11 +52,23 @@ class Swtpm:
             for name in ("swtpm-localca-rootca-cert.pem", "issuercert.pem")
         )
 
-    def start(self) -> None:
+    def start(self, qemu: bool = False) -> None:
+        """``qemu``: ``socket`` is the control channel QEMU's tpm emulator backend connects
+        to (it passes the data channel over it and starts the TPM as a machine would);
+        otherwise a command socket for the host's tools, the TPM started at once."""
         for stale in (self.socket, self.ctrl):
             stale.unlink(missing_ok=True)
-        pidfile = self.state.parent / "swtpm.pid"
+        pidfile = self.socket.parent / "swtpm.pid"
         pidfile.unlink(missing_ok=True)
+        if qemu:
+            channels = ["--ctrl", f"type=unixio,path={self.socket}"]
+        else:
+            channels = [
+                *("--server", f"type=unixio,path={self.socket}"),
+                # tpm2-tss's swtpm TCTI expects <path>.ctrl
+                *("--ctrl", f"type=unixio,path={self.ctrl}"),
+                *("--flags", "startup-clear,not-need-init"),
+            ]
         subprocess.run(
             [
                 str(SWTPM),
@@ -64,12 +76,7 @@ class Swtpm:
                 "--tpm2",
                 "--tpmstate",
                 f"dir={self.state}",
-                "--server",
-                f"type=unixio,path={self.socket}",
-                "--ctrl",
-                f"type=unixio,path={self.ctrl}",  # tpm2-tss's swtpm TCTI expects <path>.ctrl
-                "--flags",
-                "startup-clear,not-need-init",
+                *channels,
                 "--pid",
                 f"file={pidfile}",
                 "--daemon",

@@ -123,6 +123,7 @@ class Guest:
     ``host_port``: the guest reaches 127.0.0.1:<host_port> as 10.0.2.100:80.
     ``extra_cmdline``: appended to the kernel command line (e.g. ``rd.zkv=0``).
     ``icount``: QEMU's -icount (see qemu.command): the guest's clock counts instructions.
+    ``devices``: more QEMU device arguments (qemu.command), the same for every boot.
 
     ``boot_again()`` boots the same disk once more: QEMU runs with -no-reboot, so the guest's
     own ``systemctl reboot`` ends it; the next QEMU starts on the same overlay, which lives
@@ -139,8 +140,10 @@ class Guest:
         extra_cmdline: Sequence[str] = (),
         console_log: Path | None = None,
         icount: str | None = None,
+        devices: Sequence[str] = (),
     ) -> None:
         self.image = image
+        self.devices = tuple(devices)
         self.host_port = host_port
         self.icount = icount
         self.extra_cmdline = tuple(extra_cmdline)
@@ -190,6 +193,7 @@ class Guest:
             serial="stdio",
             host_port=self.host_port,
             icount=self.icount,
+            devices=self.devices,
         )
         self._started = self._log.started = time.monotonic()
         self._log.write(f"$ {shlex.join(command)}\n")

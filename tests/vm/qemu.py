@@ -22,6 +22,7 @@ def command(
     serial: str,
     host_port: int | None = None,
     icount: str | None = None,
+    devices: Sequence[str] = (),
 ) -> list[str]:
     """A TCG machine booting ``kernel``/``initrd`` directly.
 
@@ -34,6 +35,8 @@ def command(
     (2**shift ns each) instead of the host's time, so its timestamps do not depend on how fast
     or how loaded the host is (bench/boot_time.py). icount needs single-threaded TCG, and a
     second vCPU does not come up under it: one vCPU.
+
+    ``devices``: more QEMU arguments for devices (a TPM: tests/vm/guest_tpm.py).
     """
     netdev = "user,id=net0,restrict=on"
     if host_port is not None:
@@ -74,7 +77,7 @@ def command(
         args += ["-drive", drive]
     if icount is not None:
         args += ["-icount", icount]
-    return args
+    return [*args, *devices]
 
 
 def overlay(base: Path, target: Path, base_format: str = "raw") -> Path:

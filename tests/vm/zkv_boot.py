@@ -23,6 +23,7 @@ from tests.harness.gateway import tls_front as harness_tls_front
 from tests.vm import driver, testbed
 from tests.vm.driver import Guest
 from tests.vm.zkv_image import HOSTNAME, RECOVERY_PASSPHRASE, ZkvImage, test_ca
+from zkv import protocol
 
 # The client's countdown line (zkv_early/console.py waiting_text), rewritten in place:
 # "zkv: request code 482913 - approve at <where> - waiting, 4:58 left" (PIN under sms-pin).
@@ -145,6 +146,7 @@ def gateway(
     approver: str = "twilio",
     secret: str | None = None,
     policy: str = "sms-pin",
+    host_key: protocol.HostKey | None = None,
 ) -> Iterator[Gateway]:
     """The real gateway releasing ``secret`` (default: the image's repository key), the
     image's host invited by the owner and enrolled (its own secret, zkv-HOSTNAME-...), and the TLS
@@ -154,7 +156,9 @@ def gateway(
     Twilio API stand-in, and approve_pin/deny_pin answer through the signed SMS webhook.
     ``"console"``: the owner's CLI (`zkv-gateway approve ID PIN`), as in `make demo`.
     ``policy="page"`` (twilio): the owner "alice" enrols a passkey in headless chromium first,
-    and approve_on_page approves through the link in her message."""
+    and approve_on_page approves through the link in her message.
+    ``host_key``: the key to enrol in place of the image's file key (a TPM-held one, signing
+    through a swtpm the host can reach: guest_tpm.serving)."""
     released = (secret or zimg.repository_key).encode()
     page = policy == "page"
     settings = {"APPROVAL_POLICY": policy} if approver == "twilio" else {}
@@ -168,7 +172,7 @@ def gateway(
         if page:
             browser = stack.enter_context(browsers.chromium())
             browsers.enrol_owner(gw, browser, "alice")
-        gw.admit(client.Host(hostname=HOSTNAME, private_key=zimg.host_private_key))
+        gw.admit(client.Host(hostname=HOSTNAME, private_key=host_key or zimg.host_private_key))
         port = int(gw.url.rsplit(":", 1)[1])
         front = stack.enter_context(tls_front(port))
         yield Gateway(gw, front, approver, browser)

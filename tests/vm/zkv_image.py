@@ -72,6 +72,9 @@ class ZkvImage:
     base: Image  # the same disk with the payload's initrd (zkv installed, not set up)
     repository_key: str  # 64 hex: what the gateway must release
     host_key: Path
+    # With a TPM-held host key: the swtpm state that holds it (tests/vm/guest_tpm.py); the
+    # EK certificate's CA beside it.
+    tpm_state: Path | None = None
 
     @property
     def host_private_key(self) -> bytes:
@@ -172,8 +175,11 @@ def _stage_payload(work: Path) -> Payload:
     return Payload(overlay=overlay)
 
 
-def build(flavour: Flavour, channel: Channel) -> ZkvImage:
-    """The cached zkv image for this flavour and channel, built as needed (minutes)."""
+def build(flavour: Flavour, channel: Channel, *, tpm: bool = False) -> ZkvImage:
+    """The cached zkv image for this flavour and channel, built as needed (minutes).
+
+    ``tpm``: the host key is made in a software TPM (the image's hooks then add the kernel's
+    TPM drivers); boot it with that TPM attached (guest_tpm.attached(image.tpm_state))."""
     with tempfile.TemporaryDirectory(prefix="zkv-payload-") as tmp:
         payload = _stage_payload(Path(tmp))
         base = builder.build(flavour, channel, payload)
@@ -186,17 +192,21 @@ def build(flavour: Flavour, channel: Channel) -> ZkvImage:
         "early_conf": _EARLY_CONF,
         "ca": cache.file_digest(test_ca().cert),
     }
+    if tpm:
+        inputs["host_key"] = "tpm"
 
     def make(work: Path) -> None:
-        _make(base, chroot_dir, work)
+        _make(base, chroot_dir, work, tpm)
 
-    directory = cache.entry(f"zkv-{flavour}-{channel}", inputs, make)
+    name = f"zkv-{flavour}-{channel}" + ("-tpm" if tpm else "")
+    directory = cache.entry(name, inputs, make)
     image = Image(flavour, channel, directory)
     return ZkvImage(
         image=image,
         base=base,
         repository_key=(directory / "repository.key").read_text().strip(),
         host_key=directory / "host.key",
+        tpm_state=directory / "tpm" / "state" if tpm else None,
     )
 
 
@@ -207,11 +217,17 @@ def _payload_chroot(flavour: Flavour, channel: Channel, payload: Payload) -> Pat
     return chroot_layers.with_payload(base, payload, f"{flavour}-{channel}-payload").root
 
 
-def _make(base: Image, chroot_root: Path, work: Path) -> None:
+def _make(base: Image, chroot_root: Path, work: Path, tpm: bool) -> None:
     repository_key = keystore.new_repository_key()
     (work / "repository.key").write_text(keystore.format_repository_key(repository_key) + "\n")
     host_key = work / "host.key"
-    hostkey.generate(host_key)
+    if tpm:
+        from tests.vm import guest_tpm
+
+        held = guest_tpm.make_host_key(work / "tpm" / "state", work / "tpm" / "ca")
+        hostkey.save_tpm(host_key, held)
+    else:
+        hostkey.generate(host_key)
     store = keystore.create(repository_key, RECOVERY_PASSPHRASE.encode())
     store.put(keystore.Entry(testbed.ROOT_DATASET, "passphrase"), testbed.ROOT_PASSPHRASE.encode())
     store.put(keystore.Entry(testbed.DATA_DATASET, "hex"), base.data_key().encode())
