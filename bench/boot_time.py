@@ -48,7 +48,6 @@ from tests.vm import guest_tpm, testbed, zkv_image
 from tests.vm.driver import Guest
 from tests.vm.trace import ZFS_LOADED, guest_times, stamp_of
 from tests.vm.zkv_boot import gateway, run_boot
-from zkv import hostkey, tpm
 
 ICOUNT = "shift=0,sleep=on"
 
@@ -80,8 +79,7 @@ def zkv_boot(zimg: zkv_image.ZkvImage, icount: str | None) -> Run:
         else:  # this boot's own copy of the TPM; the host enrols through it, then the guest
             state = guest_tpm.copy_state(zimg.tpm_state, Path(tmp) / "tpm" / "state")
             with guest_tpm.serving(state, zimg.tpm_state.parent / "ca") as chip:
-                key = hostkey.TpmKey(tpm.HOST_KEY_HANDLE, _tpm_point(zimg), str(chip.socket))
-                gw = stack.enter_context(gateway(zimg, Path(tmp), approver="auto", host_key=key))
+                gw = stack.enter_context(gateway(zimg, Path(tmp), approver="auto", tpm=chip))
             devices = stack.enter_context(guest_tpm.attached(state))
         with Guest(
             zimg.image, host_port=gw.guest_port, console_log=log, icount=icount, devices=devices
@@ -90,12 +88,6 @@ def zkv_boot(zimg: zkv_image.ZkvImage, icount: str | None) -> Run:
         assert out.data_mounted and out.kernel is not None and out.root_at is not None
         assert out.switched_at is not None, "no real-root systemd greeting on the console"
         return _run(log, icount, out.kernel, out.switched_at, out.root_at)
-
-
-def _tpm_point(zimg: zkv_image.ZkvImage) -> bytes:
-    held = hostkey.load(zimg.host_key)
-    assert isinstance(held, hostkey.TpmKey), f"{zimg.host_key} is not a TPM-held key"
-    return held.public_key
 
 
 def baseline_boot(zimg: zkv_image.ZkvImage, icount: str | None) -> Run:

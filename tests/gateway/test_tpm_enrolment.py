@@ -9,7 +9,6 @@ import dataclasses
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 import requests
@@ -21,7 +20,8 @@ from gateway import attestation
 from tests.harness import protocol_client as client
 from tests.harness.gateway import RunningGateway, running_gateway
 from tests.harness.swtpm import Swtpm, running_swtpm
-from zkv import hostkey, protocol, tpm, tpm_format, tpm_tools
+from tests.harness.tpm_enrol import Enrolment, credential, enrol, evidence
+from zkv import protocol, tpm_format, tpm_tools
 from zkv.protocol import TpmEvidence
 
 UNAUTHORIZED = (401, {"error": "unauthorized"})
@@ -40,44 +40,6 @@ def gw(tmp_path_factory: pytest.TempPathFactory, chip: Swtpm) -> Iterator[Runnin
     bundle.write_bytes(chip.ca_bundle)
     with running_gateway(directory, settings={"TPM_CA_BUNDLE": str(bundle)}) as gateway:
         yield gateway
-
-
-class Enrolment(NamedTuple):
-    key: hostkey.TpmKey
-    challenge: str
-    evidence: TpmEvidence
-
-
-def evidence(
-    gw: RunningGateway, chip: Swtpm, nonce: Callable[[str], bytes] = protocol.certify_nonce
-) -> Enrolment:
-    """What `zkv enroll --tpm` gathers: the TPM's key, its EK certificate, a fresh AK, the
-    gateway's credential activated, the AK's certify of the key over ``nonce(challenge)``."""
-    with tpm_tools.tools(chip.tcti) as tools:
-        held = tools.host_key()
-        ek_cert, ak_public = tools.ek_certificate(), tools.attestation_key()
-        challenge = client.challenge(gw.url).challenge
-        issued = credential(gw, protocol.TpmCredentialRequest(challenge, ek_cert, ak_public))
-        assert issued.status_code == 201, issued.text
-        made = protocol.TpmCredential.from_json(issued.json())
-        activated = tools.activate(made.credential_blob, made.encrypted_secret)
-        attest, signature = tools.certify(nonce(challenge))
-    key = hostkey.TpmKey(tpm.HOST_KEY_HANDLE, held.point, str(chip.socket))
-    public = tpm_format.tpm2b(held.area)
-    found = TpmEvidence(ek_cert, ak_public, activated, public, attest, signature)
-    return Enrolment(key, challenge, found)
-
-
-def credential(gw: RunningGateway, req: protocol.TpmCredentialRequest) -> requests.Response:
-    url = gw.url + protocol.PATH_TPM_CREDENTIALS
-    return requests.post(url, json=req.to_json(), timeout=10)
-
-
-def enrol(
-    gw: RunningGateway, hostname: str, key: protocol.HostKey, token: str, found: Enrolment
-) -> requests.Response:
-    req = protocol.EnrollRequest.create(hostname, key, token, found.challenge, tpm=found.evidence)
-    return requests.post(gw.url + protocol.PATH_HOSTS, json=req.to_json(), timeout=10)
 
 
 def refused(gw: RunningGateway, response: requests.Response, before: int) -> None:

@@ -18,12 +18,13 @@ import pexpect
 
 from tests.harness import browser as browsers
 from tests.harness import protocol_client as client
+from tests.harness import tpm_enrol
 from tests.harness.gateway import RunningGateway, free_port, running_gateway
 from tests.harness.gateway import tls_front as harness_tls_front
+from tests.harness.swtpm import Swtpm
 from tests.vm import driver, testbed
 from tests.vm.driver import Guest
 from tests.vm.zkv_image import HOSTNAME, RECOVERY_PASSPHRASE, ZkvImage, test_ca
-from zkv import protocol
 
 # The client's countdown line (zkv_early/console.py waiting_text), rewritten in place:
 # "zkv: request code 482913 - approve at <where> - waiting, 4:58 left" (PIN under sms-pin).
@@ -146,7 +147,7 @@ def gateway(
     approver: str = "twilio",
     secret: str | None = None,
     policy: str = "sms-pin",
-    host_key: protocol.HostKey | None = None,
+    tpm: Swtpm | None = None,
 ) -> Iterator[Gateway]:
     """The real gateway releasing ``secret`` (default: the image's repository key), the
     image's host invited by the owner and enrolled (its own secret, zkv-HOSTNAME-...), and the TLS
@@ -157,11 +158,15 @@ def gateway(
     ``"console"``: the owner's CLI (`zkv-gateway approve ID PIN`), as in `make demo`.
     ``policy="page"`` (twilio): the owner "alice" enrols a passkey in headless chromium first,
     and approve_on_page approves through the link in her message.
-    ``host_key``: the key to enrol in place of the image's file key (a TPM-held one, signing
-    through a swtpm the host can reach: guest_tpm.serving)."""
+    ``tpm``: enrol the key this TPM holds, with its evidence (the gateway trusts its EK
+    certificate's CA), in place of the image's file key (guest_tpm.serving)."""
     released = (secret or zimg.repository_key).encode()
     page = policy == "page"
-    settings = {"APPROVAL_POLICY": policy} if approver == "twilio" else {}
+    settings: dict[str, object] = {"APPROVAL_POLICY": policy} if approver == "twilio" else {}
+    if tpm is not None:
+        bundle = tmp / "tpm-cas.pem"
+        bundle.write_bytes(tpm.ca_bundle)
+        settings["TPM_CA_BUNDLE"] = str(bundle)
     with contextlib.ExitStack() as stack:
         gw = stack.enter_context(
             running_gateway(
@@ -172,7 +177,10 @@ def gateway(
         if page:
             browser = stack.enter_context(browsers.chromium())
             browsers.enrol_owner(gw, browser, "alice")
-        gw.admit(client.Host(hostname=HOSTNAME, private_key=host_key or zimg.host_private_key))
+        if tpm is None:
+            gw.admit(client.Host(hostname=HOSTNAME, private_key=zimg.host_private_key))
+        else:
+            tpm_enrol.admit(gw, HOSTNAME, tpm)
         port = int(gw.url.rsplit(":", 1)[1])
         front = stack.enter_context(tls_front(port))
         yield Gateway(gw, front, approver, browser)
