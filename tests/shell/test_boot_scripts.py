@@ -738,29 +738,30 @@ def test_dracut_wait_devices_unit_script(tmp_path: Path) -> None:
     assert (done.returncode, done.stdout) == (0, "") and time.monotonic() - started < 3
 
 
+def _initramfs_tools_luks(tmp: Path, body: str, **extra: str) -> str:
+    """zkv-functions on an image with LUKS entries, its warnings on stdout."""
+    (tmp / "image-devices").write_text(LUKS_ENTRY + "\n")
+    stub = 'log_warning_msg() { echo "warn $*"; }\n'
+    return _initramfs_tools(tmp, stub + body, ZKV_IMAGE_DEVICES=str(tmp / "image-devices"), **extra)
+
+
 def test_initramfs_tools_holds_the_import_until_the_devices_are_open(tmp_path: Path) -> None:
-    (tmp_path / "image-devices").write_text(LUKS_ENTRY + "\n")
-    out = _initramfs_tools(
+    out = _initramfs_tools_luks(
         tmp_path,
-        'log_warning_msg() { echo "warn $*"; }\n'
         'zkv_start rpool/ROOT/debian && zkv_devices; [ -e "$ZKV_RUN/devices" ] && echo opened\n'
         '[ -e "$ZKV_RUN/go" ] || echo no-go-yet\n'
         'zkv_unlock rpool/ROOT/debian; echo "rc=$?"',
-        ZKV_IMAGE_DEVICES=str(tmp_path / "image-devices"),
         FAKE_DEVICES="0.5",
     )
     assert "opened" in out and "no-go-yet" in out and "rc=0" in out and "warn" not in out
 
 
 def test_initramfs_tools_stops_a_client_that_never_opens_the_devices(tmp_path: Path) -> None:
-    (tmp_path / "image-devices").write_text(LUKS_ENTRY + "\n")
-    out = _initramfs_tools(
+    out = _initramfs_tools_luks(
         tmp_path,
-        'log_warning_msg() { echo "warn $*"; }\n'
         "zkv_start rpool/ROOT/debian && zkv_devices; n=0\n"
         'until zkv_status || [ "$n" -gt 50 ]; do n=$((n + 1)); sleep 0.1; done\n'
         'echo "status=$zkv_rc"; : >"$ZKV_RUN/go"',
-        ZKV_IMAGE_DEVICES=str(tmp_path / "image-devices"),
         FAKE_WAIT_LIMIT="1",
     )
     assert "warn zkv: the boot client did not open the LUKS devices in time" in out
