@@ -190,17 +190,14 @@ def _add_commands(sub: argparse._SubParsersAction[Parser], seed: bool) -> None:
 
     command("doctor", doctor.cmd_doctor, "check the installation", [p["store"]])
 
-    pools = sub.add_parser("filepool", help="pools on LUKS-encrypted sparse files (seed 004)")
-    pools_sub = pools.add_subparsers(dest="filepool_command", metavar="COMMAND", required=True)
-    create = pools_sub.add_parser(
-        "create",
-        help="sparse files, each a LUKS2 image with its own key (kept in the keystore) on a loop "
-        "device, and a pool over them, imported at boot",
-        description="sparse files, each a LUKS2 image with its own key (kept in the keystore) "
-        "on a loop device, and a pool over them, imported at boot",
-        parents=both,
+    create = command(
+        "filepool",
+        filepool.cmd_create,
+        "create: sparse files, each a LUKS2 image with its own key (kept in the keystore) on a "
+        "loop device, and a pool over them, imported at boot",
+        both,
     )
-    create.set_defaults(handler=filepool.cmd_create)
+    create.add_argument("action", choices=("create",), help="what to do (create)")
     create.add_argument("name", metavar="NAME", help="the pool's name")
     create.add_argument("dir", metavar="DIR", help="where the files go (NAME-0.img ...)")
     create.add_argument("--files", type=int, required=True, metavar="N", help="how many files")
