@@ -135,6 +135,9 @@ def _open_devices(store: OpenKeystore, zfs: Zfs, after: str, console: Console) -
     ]
     opened: set[str] = set()
     give_up = time.monotonic() + DEVICE_WAIT
+    held = bool(early)
+    if held:
+        _set_priority(0)  # the import waits for these: the root's critical path
     while early:
         report = load_entries(store, zfs, only=early)
         opened |= {r.target for r in report.results if r.ok}
@@ -146,6 +149,8 @@ def _open_devices(store: OpenKeystore, zfs: Zfs, after: str, console: Console) -
             break
         if early:
             time.sleep(DEVICE_POLL)
+    if held:
+        _set_priority(AHEAD_NICE)  # until the go, the import and udev come first again
     if opened:
         console.say(f"LUKS devices opened: {', '.join(sorted(opened))}")
     try:

@@ -18,6 +18,7 @@ from tests.harness.gateway import running_gateway
 from zkv import keystore, paths
 from zkv.keyload.luks import mapping_name
 from zkv_early import handover
+from zkv_early.boot_unlock import AHEAD_NICE
 
 ROOT_UUID = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"
 ROOT_LUKS = f"luks:UUID={ROOT_UUID}"
@@ -80,6 +81,9 @@ def test_luks_root_opened_before_the_import_then_data_pools_in_the_real_root(
         assert (run / paths.DEVICES_NAME).read_text() == "0\n"
         assert crypt.state()["mappings"] == {mapping_name(ROOT_LUKS): "/dev/vda3"}
         assert machine.zfs.calls() == []
+        # Devices open: back to yielding the CPU to the import until the go.
+        stat = Path(f"/proc/{proc.pid}/stat").read_text()
+        assert stat.rsplit(")", 1)[1].split()[16] == str(AHEAD_NICE)
         time.sleep(0.3)
         assert proc.poll() is None, "the client still waits for the go"
         machine.zfs.write(pools)

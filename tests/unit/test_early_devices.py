@@ -80,6 +80,8 @@ def test_initramfs_opens_the_luks_devices_then_lets_the_import_go(
     clock = types.SimpleNamespace(monotonic=lambda: float(next(ticks)), sleep=lambda _s: None)
     monkeypatch.setattr(boot_unlock, "time", clock)
     monkeypatch.setattr(boot_unlock, "DEVICE_WAIT", 2.5)
+    priorities: list[int] = []
+    monkeypatch.setattr(boot_unlock, "_set_priority", priorities.append)
     con, out = console()
     after = tmp_path / "run" / "go"
     after.parent.mkdir()
@@ -97,19 +99,27 @@ def test_initramfs_opens_the_luks_devices_then_lets_the_import_go(
     touched = " ".join(" ".join(c["argv"]) for c in fake.calls())
     assert "losetup" not in touched and "/dev/zvol" not in touched
     fake.argv_never_holds(KEY, OTHER)
+    # The import waits for the devices: opened at normal priority, then back to yielding.
+    assert priorities == [0, boot_unlock.AHEAD_NICE]
 
 
-def test_no_luks_entry_still_says_done(fake: FakeCrypt, tmp_path: Path) -> None:
+def test_no_luks_entry_still_says_done(
+    fake: FakeCrypt, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    priorities: list[int] = []
+    monkeypatch.setattr(boot_unlock, "_set_priority", priorities.append)
     s = keystore.create(bytes(32), b"recovery words", kdf=keystore.WEAK_KDF)
     s.put(keystore.Entry("tank", "passphrase"), TANK)
     boot_unlock._open_devices(s, Zfs(), str(tmp_path / "go"), console()[0])
     assert (tmp_path / paths.DEVICES_NAME).exists() and fake.calls() == []
+    assert priorities == [], "nothing held: the client keeps yielding"
 
 
 def test_opened_devices_are_not_handed_over(
     fake: FakeCrypt, tmp_path: Path, shm: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(boot_unlock, "DEVICE_WAIT", 0.0)
+    monkeypatch.setattr(boot_unlock, "_set_priority", lambda _nice: None)
     s = store(tmp_path)
     con = console()[0]
     opened = boot_unlock._open_devices(s, Zfs(), str(tmp_path / "go"), con)
