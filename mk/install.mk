@@ -46,7 +46,9 @@ install-files:
 	install -d -m 0755 $(DESTDIR)$(ZKV_LIBDIR) $(DESTDIR)$(ZKV_LIBDIR)/python \
 		$(DESTDIR)$(ZKV_SBINDIR) $(DESTDIR)$(ZKV_UNITDIR) \
 		$(DESTDIR)$(ZKV_UNITDIR)/zfs-load-key@.service.d \
+		$(DESTDIR)$(ZKV_UNITDIR)/systemd-cryptsetup@.service.d \
 		$(DESTDIR)/etc/systemd/system/zfs-mount.service.wants \
+		$(DESTDIR)/etc/systemd/system/zfs-import.target.wants \
 		$(DESTDIR)/etc/systemd/system/timers.target.wants \
 		$(DESTDIR)$(ZKV_DRACUTDIR) $(DESTDIR)$(dir $(ZKV_DRACUTCONF)) $(DESTDIR)$(ZKV_ITDIR)/hooks \
 		$(DESTDIR)$(ZKV_ITDIR)/conf-hooks.d $(DESTDIR)$(ZKV_ITDIR)/scripts/local-top \
@@ -70,9 +72,11 @@ install-files:
 	$(call ZKV_WRAPPER,zkv_early.initramfs_files,$(DESTDIR)$(ZKV_LIBDIR)/initramfs-files)
 	# dracut module.
 	install -m 0755 dracut/50zkv/module-setup.sh $(DESTDIR)$(ZKV_DRACUTDIR)/module-setup.sh
-	install -m 0755 dracut/50zkv/zkv-early.sh $(DESTDIR)$(ZKV_DRACUTDIR)/zkv-early.sh
+	install -m 0755 dracut/50zkv/zkv-early.sh dracut/50zkv/zkv-wait-devices.sh \
+		$(DESTDIR)$(ZKV_DRACUTDIR)/
 	install -m 0644 dracut/50zkv/zkv-load-key.sh dracut/50zkv/zkv-cleanup.sh \
-		dracut/50zkv/zkv-early.service $(DESTDIR)$(ZKV_DRACUTDIR)/
+		dracut/50zkv/zkv-early.service dracut/50zkv/zkv-wait-devices.service \
+		$(DESTDIR)$(ZKV_DRACUTDIR)/
 	install -m 0644 dracut/zkv.conf $(DESTDIR)$(ZKV_DRACUTCONF)
 	# initramfs-tools hook, boot scripts and the OpenZFS >= 2.2 load-key drop-in.
 	install -m 0755 initramfs-tools/hooks/zkv $(DESTDIR)$(ZKV_ITDIR)/hooks/zkv
@@ -89,6 +93,14 @@ install-files:
 		$(DESTDIR)$(ZKV_UNITDIR)/zfs-load-key@.service.d/50-zkv.conf
 	ln -sf $(ZKV_UNITDIR)/zkv-load-keys.service \
 		$(DESTDIR)/etc/systemd/system/zfs-mount.service.wants/zkv-load-keys.service
+	# Real root: the handed-over LUKS devices and loop files, opened before the pool import;
+	# the stock cryptsetup units wait for zkv's open (initrd and real root).
+	install -m 0644 systemd/zkv-open-devices.service \
+		$(DESTDIR)$(ZKV_UNITDIR)/zkv-open-devices.service
+	install -m 0644 systemd/systemd-cryptsetup@.service.d/50-zkv.conf \
+		$(DESTDIR)$(ZKV_UNITDIR)/systemd-cryptsetup@.service.d/50-zkv.conf
+	ln -sf $(ZKV_UNITDIR)/zkv-open-devices.service \
+		$(DESTDIR)/etc/systemd/system/zfs-import.target.wants/zkv-open-devices.service
 	# Real root: the heartbeat (dead-man switch, remote wipe), enabled; it runs only once
 	# the host key exists (zkv enroll).
 	sed 's|@ZKV_SBINDIR@|$(ZKV_SBINDIR)|' systemd/zkv-heartbeat.service \
@@ -116,10 +128,14 @@ uninstall:
 		$(DESTDIR)/etc/zfs/initramfs-tools-load-key.d/zkv
 	rm -f $(DESTDIR)/etc/systemd/system/zfs-mount.service.wants/zkv-load-keys.service \
 		$(DESTDIR)$(ZKV_UNITDIR)/zkv-load-keys.service \
+		$(DESTDIR)/etc/systemd/system/zfs-import.target.wants/zkv-open-devices.service \
+		$(DESTDIR)$(ZKV_UNITDIR)/zkv-open-devices.service \
+		$(DESTDIR)$(ZKV_UNITDIR)/systemd-cryptsetup@.service.d/50-zkv.conf \
 		$(DESTDIR)/etc/systemd/system/timers.target.wants/zkv-heartbeat.timer \
 		$(DESTDIR)$(ZKV_UNITDIR)/zkv-heartbeat.service $(DESTDIR)$(ZKV_UNITDIR)/zkv-heartbeat.timer \
 		$(DESTDIR)$(ZKV_UNITDIR)/zfs-load-key@.service.d/50-zkv.conf
 	-rmdir $(DESTDIR)$(ZKV_UNITDIR)/zfs-load-key@.service.d 2>/dev/null
+	-rmdir $(DESTDIR)$(ZKV_UNITDIR)/systemd-cryptsetup@.service.d 2>/dev/null
 	rm -f $(DESTDIR)$(ZKV_MANDIR)/man8/zkv.8 $(DESTDIR)$(ZKV_MANDIR)/man8/zkv-early.8 \
 		$(DESTDIR)$(ZKV_MANDIR)/man8/zkv-gateway.8 $(DESTDIR)$(ZKV_MANDIR)/man5/zkv-early.conf.5
 	@echo "zkv: kept /etc/zkv (settings) and /boot/zkv (keystore, host key); remove them by hand"

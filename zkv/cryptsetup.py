@@ -110,6 +110,13 @@ class Cryptsetup:
         """Does a keyslot of ``device`` open with ``key``? CryptKeyRejected if not."""
         self._luks(["open", "--test-passphrase", "--key-file=-", device], device, key)
 
+    def format(self, device: str, key: bytes) -> None:
+        """A new LUKS2 header on ``device`` (a file or block device) with one keyslot for ``key``
+        (on stdin). Destroys what was there: callers format only what they just created."""
+        weak = _WEAK_PBKDF if os.environ.get("ZKV_TESTONLY_WEAKEN_KDF") == "1" else []
+        args = ["luksFormat", "-q", "--type", "luks2", *weak, "--key-file=-", device]
+        self._luks(args, device, key)
+
     def add_key(self, device: str, existing: bytes, new: bytes) -> None:
         """A new keyslot for ``new``; ``existing`` (any key it has) on stdin, ``new`` on a pipe."""
         read_end, write_end = os.pipe()

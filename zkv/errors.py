@@ -132,6 +132,10 @@ class ZfsError(ZkvError):
     exit_code = 20
 
 
+class ZpoolError(ZfsError):
+    """zpool: {detail}"""
+
+
 class ZfsKeyRejected(ZfsError):
     """zfs rejected the key for {dataset}"""
 

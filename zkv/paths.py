@@ -25,24 +25,31 @@ EARLY_CONF = f"{ETC_DIR}/early.conf"
 # Inside the initramfs: the build copies the keystore and the host key beside early.conf.
 IMAGE_KEYSTORE = f"{ETC_DIR}/keystore"
 IMAGE_HOST_KEY = f"{ETC_DIR}/{HOST_KEY_NAME}"
+# Written by the image build when the keystore has LUKS entries (their names, one a line): the
+# hooks then hold the pool import until the client has opened them.
+IMAGE_DEVICES = f"{ETC_DIR}/luks-devices"
 
 LIB_DIR = "/usr/lib/zkv"
 PYZ = f"{LIB_DIR}/zkv-early.pyz"
 INITRAMFS_FILES = f"{LIB_DIR}/initramfs-files"
 SHELL_LIB = f"{LIB_DIR}/zkv-lib.sh"  # zkv_early/zkv-lib.sh with shell_fragment() in front
 DRACUT_CLIENT_SH = f"{LIB_DIR}/zkv-early.sh"  # dracut: zkv-early.service's ExecStart
+DRACUT_DEVICES_SH = f"{LIB_DIR}/zkv-wait-devices.sh"  # dracut: zkv-wait-devices.service's
 
 # At boot (tmpfs, folder 0700): the handshake between the hooks and the client (go, status,
 # started, ... beside the --after file) and the data-pool keys handed over to the real root.
 RUN_DIR = "/run/zkv"
 HANDOVER = f"{RUN_DIR}/handover"
 WAIT_LIMIT_NAME = "wait-limit"  # beside the --after file: how long the hooks wait after the go
+DEVICES_NAME = "devices"  # beside the --after file: the client is done opening LUKS devices
 
 # Not ours, but facts the client and the build share.
 CMDLINE = "/proc/cmdline"
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 DIST_PACKAGES = "/usr/lib/python3/dist-packages"  # Debian's python3-cryptography
 ZFS_LOAD_KEY_DROPIN = "/etc/zfs/initramfs-tools-load-key.d/zkv"  # OpenZFS >= 2.2 sources it
+# The stock cryptsetup units wait for zkv's open (real root; dracut copies it into the initrd).
+CRYPTSETUP_DROPIN = "/usr/lib/systemd/system/systemd-cryptsetup@.service.d/50-zkv.conf"
 
 # What the shell hooks need, by variable name.
 SHELL = {
@@ -54,8 +61,11 @@ SHELL = {
     "ZKV_HOSTKEY": HOST_KEY,
     "ZKV_IMAGE_KEYSTORE": IMAGE_KEYSTORE,
     "ZKV_IMAGE_HOSTKEY": IMAGE_HOST_KEY,
+    "ZKV_IMAGE_DEVICES": IMAGE_DEVICES,
     "ZKV_LOADKEY_DROPIN": ZFS_LOAD_KEY_DROPIN,
+    "ZKV_CRYPTSETUP_DROPIN": CRYPTSETUP_DROPIN,
     "ZKV_DRACUT_CLIENT_SH": DRACUT_CLIENT_SH,
+    "ZKV_DRACUT_DEVICES_SH": DRACUT_DEVICES_SH,
     "ZKV_RUN": RUN_DIR,
 }
 

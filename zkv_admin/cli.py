@@ -16,7 +16,18 @@ from typing import NoReturn
 
 from zkv import __version__, keystore, paths
 from zkv.errors import Interrupted, UsageError, ZkvError
-from zkv_admin import common, doctor, enroll, heartbeat, keycmds, reboot, rotation, zfscmds
+from zkv.zpool import LAYOUTS
+from zkv_admin import (
+    common,
+    doctor,
+    enroll,
+    filepool,
+    heartbeat,
+    keycmds,
+    reboot,
+    rotation,
+    zfscmds,
+)
 
 Handler = Callable[[argparse.Namespace], int]
 KEYFORMATS = keystore.KEYFORMATS
@@ -178,6 +189,29 @@ def _add_commands(sub: argparse._SubParsersAction[Parser], seed: bool) -> None:
     _config_option(reconcile)
 
     command("doctor", doctor.cmd_doctor, "check the installation", [p["store"]])
+
+    create = command(
+        "filepool",
+        filepool.cmd_create,
+        "create: sparse files, each a LUKS2 image with its own key (kept in the keystore) on a "
+        "loop device, and a pool over them, imported at boot",
+        both,
+    )
+    create.add_argument("action", choices=("create",), help="what to do (create)")
+    create.add_argument("name", metavar="NAME", help="the pool's name")
+    create.add_argument("dir", metavar="DIR", help="where the files go (NAME-0.img ...)")
+    create.add_argument("--files", type=int, required=True, metavar="N", help="how many files")
+    create.add_argument("--size", required=True, metavar="S", help="each file's size: 1G, 512M")
+    layout = create.add_mutually_exclusive_group()
+    layout.add_argument(
+        "--raidz2",
+        dest="layout",
+        action="store_const",
+        const="raidz2",
+        help="RAID-Z2 over the files (any two may be lost)",
+    )
+    layout.add_argument("--layout", choices=LAYOUTS, help="the vdev layout (default: raidz2)")
+    create.set_defaults(layout="raidz2")
 
     beat = command(
         "heartbeat",

@@ -6,7 +6,9 @@ keystore -> which encryption roots matter -> already loaded? done
 
 With ``--after FILE`` the client starts before the pools are imported (Python's start, the
 network and the owner's approval then overlap the import) and looks at the pools only once the
-hook, after the import, creates FILE.
+hook, after the import, creates FILE. Before that, once the keystore is open, it opens the
+LUKS devices (a root pool may sit on them) and says so in ``devices`` beside FILE: the hooks
+hold the import until then when the image has LUKS entries (docs/luks.md).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from zkv.errors import (
 )
 from zkv.fsutil import atomic_write
 from zkv.keyload import Outcome, load_entries
-from zkv.keystore import OpenKeystore, SealedKeystore
+from zkv.keystore import KIND_LUKS, OpenKeystore, SealedKeystore
 from zkv.zfs import KeyInfo, Zfs, root_status
 from zkv_early import config as configmod
 from zkv_early import handover, passphrase_contender, passphrase_prompt
@@ -42,6 +44,8 @@ FRESH_LISTING = 5.0  # seconds: a zfs listing older than this is taken again bef
 AFTER_POLL = 0.1  # seconds between looks for the --after file
 AHEAD_NICE = 10  # the client's priority until the go (see _set_priority)
 LOAD_MARGIN = 30  # seconds the hooks allow for loading the keys after the client's own limit
+DEVICE_WAIT = 10.0  # seconds a missing LUKS device may take to appear (udev) once the store is open
+DEVICE_POLL = 0.5
 
 
 class Options(NamedTuple):
@@ -98,13 +102,14 @@ def _unlock_ahead(
 ) -> None:
     """No pool to look at yet: open the keystore first, then wait for the hook's go."""
     after = options.after or ""
-    if not sealed.datasets():
+    if not sealed.targets():
         console.say("the keystore has no entry: nothing to unlock")
         return
     _say_plan(config, options, console, set(options.roots))
     deadline = Deadline(SystemClock(), config.total_timeout)
     _set_priority(AHEAD_NICE)
     store = _open(config, options, console, sealed)
+    opened = _open_devices(store, zfs, after, console)
     if not os.path.exists(after):
         console.say("keystore open; waiting for the pools to be imported")
     while not os.path.exists(after):
@@ -114,7 +119,45 @@ def _unlock_ahead(
     _set_priority(0)
     listing = zfs.key_infos()
     required = _required(options.roots, sealed, zfs, listing)
-    _load(store, zfs, listing, required, options, console)
+    _load(store, zfs, listing, required, options, console, opened)
+
+
+def _open_devices(store: OpenKeystore, zfs: Zfs, after: str, console: Console) -> set[str]:
+    """The LUKS devices first: the pool the import is held for may sit on them. A device not
+    there yet gets DEVICE_WAIT (udev may still be at it); one still missing, and every loop
+    file and zvol (on file systems and pools imported later), is the real root's, through the
+    handover. ``devices`` beside the --after file then lets the hooks import. The entries
+    opened are returned."""
+    early = [
+        e.target
+        for e in store.entries()
+        if e.kind == KIND_LUKS and not e.locator.startswith("/dev/zvol/")
+    ]
+    opened: set[str] = set()
+    give_up = time.monotonic() + DEVICE_WAIT
+    held = bool(early)
+    if held:
+        _set_priority(0)  # the import waits for these: the root's critical path
+    while early:
+        report = load_entries(store, zfs, only=early)
+        opened |= {r.target for r in report.results if r.ok}
+        for failed in report.failed:
+            console.say(f"{failed.target}: {failed.detail}")
+        early = [r.target for r in report.results if r.outcome is Outcome.ABSENT]
+        if early and time.monotonic() >= give_up:
+            console.say(f"not found, left to the real root: {', '.join(early)}")
+            break
+        if early:
+            time.sleep(DEVICE_POLL)
+    if held:
+        _set_priority(AHEAD_NICE)  # until the go, the import and udev come first again
+    if opened:
+        console.say(f"LUKS devices opened: {', '.join(sorted(opened))}")
+    try:
+        atomic_write(os.path.join(os.path.dirname(after) or ".", paths.DEVICES_NAME), b"0\n")
+    except ZkvError as exc:  # the hooks then wait for the status instead
+        console.say(exc.message)
+    return opened
 
 
 def _set_priority(nice: int) -> None:
@@ -143,15 +186,17 @@ def _load(
     required: set[str],
     options: Options,
     console: Console,
+    opened: set[str] | None = None,
 ) -> None:
     """Load the keys the root needs here; every other key goes to the real root's unit.
 
     With --root, only the entries in the root's pools are loaded in the initramfs (the data
     pools' keys are handed over, to load before zfs-mount.service, even where the initramfs
     imported those pools too, as dracut does): the root mounts sooner. Without --root, every
-    entry of an imported pool is loaded here.
+    entry of an imported pool is loaded here. ``opened``: block devices already open.
     """
-    targets = [e.target for e in store.entries()]
+    opened = opened or set()
+    targets = [e.target for e in store.entries() if e.target not in opened]
     pools = {_pool(root) for root in required}
     here = [t for t in targets if _pool(t) in pools] if options.roots else targets
     # No read-back after each load: OpenZFS's boot scripts look at the root's keystatus next

@@ -85,6 +85,14 @@ def build_parser() -> Parser:
         "file is wiped in every case.",
         [Option("--handover", "PATH", "the handover file", handover.DEFAULT_PATH)],
     )
+    devices = Command(
+        "handover-open",
+        "in the real root, before the pool import: open the LUKS devices and loop files handed "
+        "over",
+        "Exit 0 when every handed-over device is open or not there (handover-load then says so); "
+        "the file stays for handover-load.",
+        [Option("--handover", "PATH", "the handover file", handover.DEFAULT_PATH)],
+    )
     return Parser(
         "zkv-early.pyz",
         DESCRIPTION,
@@ -93,7 +101,7 @@ def build_parser() -> Parser:
             Option("--config", "PATH", "settings file", configmod.DEFAULT_PATH),
             Option("--cmdline", "PATH", "kernel command line", cmdline.DEFAULT_PATH),
         ],
-        [unlock, load],
+        [unlock, devices, load],
     )
 
 
@@ -135,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "handover-load":
             return handover_load(args.handover, console)
+        if args.command == "handover-open":
+            return handover_open(args.handover, console)
         # Imported here: handover-load (zkv-load-keys.service in the real root) needs no gateway
         # client, TLS or prompt, and under TCG each import costs a multiple in CPU time.
         from zkv_early.boot_unlock import Options, unlock
@@ -178,6 +188,18 @@ def handover_load(path: str, console: Console) -> int:
     absent = [r.target for r in report.results if r.outcome is Outcome.ABSENT]
     if absent:
         raise KeysDropped(datasets=" ".join(absent))
+    return 0
+
+
+def handover_open(path: str, console: Console) -> int:
+    report = handover.open_devices(path, Zfs())
+    if report.loaded:
+        console.say(f"devices opened: {', '.join(r.target for r in report.loaded)}")
+    for result in report.results:
+        if not result.ok:
+            console.say(f"{result.target}: {result.detail}")
+    if report.failed:
+        raise KeysNotLoaded(datasets=", ".join(r.target for r in report.failed))
     return 0
 
 

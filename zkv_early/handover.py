@@ -6,7 +6,9 @@ touch a disk; a file anywhere else is refused. In the real root, ``zkv-load-keys
 ``zkv-early.pyz handover-load`` after the pools are imported: it loads what it can, then wipes
 the file and removes the folder, whatever happened. Keys for pools still not imported are
 dropped, and handover-load fails (exit 48, KeysDropped: zkv-load-keys.service shows as failed)
-naming them; ``zkv unlock`` loads them later with the recovery passphrase.
+naming them; ``zkv unlock`` loads them later with the recovery passphrase. Before that, ahead
+of the pool import, ``zkv-open-devices.service`` runs ``handover-load --devices``: it opens the
+LUKS devices and loop files (the data pools may sit on them) and leaves the file in place.
 
 File: one line of canonical JSON, ``{"entries": [{"keyformat", "keys": [b64...], "target"}],
 "format": "zkv-handover", "version": 1}``.
@@ -21,10 +23,10 @@ from typing import Any
 
 from zkv import paths
 from zkv.encoding import b64, canonical, unb64
-from zkv.errors import HandoverError
+from zkv.errors import HandoverError, ZkvError
 from zkv.fsutil import atomic_write, read_limited, wipe_file
 from zkv.keyload import UnlockReport, load_entries
-from zkv.keystore import Entry, OpenKeystore
+from zkv.keystore import BLOCK_KINDS, Entry, OpenKeystore, kind_of
 from zkv.zfs import Zfs
 
 DEFAULT_PATH = paths.HANDOVER
@@ -79,8 +81,13 @@ def read(path: str) -> OpenKeystore:
     """The handed-over entries as an in-memory keystore (no slots: it is never written)."""
     doc = _document(path)
     try:
-        entries = {e["target"]: Entry(e["target"], e["keyformat"]) for e in doc["entries"]}
+        entries = {
+            e["target"]: Entry(e["target"], e["keyformat"], kind_of(e["target"]))
+            for e in doc["entries"]
+        }
         keys = {e["target"]: [unb64(k) for k in e["keys"]] for e in doc["entries"]}
+    except ZkvError:
+        raise HandoverError(path=path, detail="unreadable (an entry name)") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise HandoverError(path=path, detail=f"unreadable ({type(exc).__name__})") from None
     return OpenKeystore(host_id="", data_key=b"", slots=[], entries=entries, keys=keys)
@@ -109,6 +116,20 @@ def load(path: str, zfs: Zfs) -> UnlockReport:
         return load_entries(read(path), zfs)
     finally:
         discard(path)
+
+
+def open_devices(path: str, zfs: Zfs) -> UnlockReport:
+    """Before the pool import: open the handed-over LUKS devices and loop files only, and keep
+    the file for ``load`` after the import (which finds them open). A garbled file is wiped."""
+    if not os.path.exists(path):
+        return UnlockReport()
+    try:
+        store = read(path)
+    except HandoverError:
+        discard(path)
+        raise
+    block = [e.target for e in store.entries() if e.kind in BLOCK_KINDS]
+    return load_entries(store, zfs, only=block)
 
 
 def discard(path: str) -> None:

@@ -15,6 +15,9 @@ interpreter subset. Nothing here runs at boot.
                                  when only pin_sha256 is set); fails when early.conf names
                                  neither, so an image never boots trusting the system's CAs
                                  by default
+    initramfs-files luks KEYSTORE  the keystore's LUKS entries, one a line (its header, in the
+                                 clear): the image then needs cryptsetup and dm-crypt, and its
+                                 hooks hold the pool import until the client has opened them
 
 Exit 1 with one sentence on stderr when something is missing: the hooks turn that into a failed
 image build (the old image stays), never into a failed boot.
@@ -32,7 +35,7 @@ import sys
 import types
 import zipfile
 
-from zkv import paths
+from zkv import keystore, paths
 from zkv.errors import ZkvError
 from zkv_early import config
 
@@ -198,6 +201,15 @@ def ca_file(conf: str) -> str:
     return path
 
 
+def luks_entries(path: str) -> list[str]:
+    """The LUKS entries the boot client opens in the initramfs (boot_unlock._open_devices)."""
+    try:
+        sealed = keystore.read(path)
+    except ZkvError as exc:
+        fail(exc.message)
+    return [e.target for e in sealed.entries if e.kind == keystore.KIND_LUKS]
+
+
 def main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "python":
         print("\n".join(f"{src} {dst}" for src, dst in python_files(argv[1])))
@@ -205,8 +217,11 @@ def main(argv: list[str]) -> int:
         path = ca_file(argv[1])
         if path:
             print(path)
+    elif len(argv) == 2 and argv[0] == "luks":
+        for target in luks_entries(argv[1]):
+            print(target)
     else:
-        print("usage: initramfs-files python PYZ | ca CONF", file=sys.stderr)
+        print("usage: initramfs-files python PYZ | ca CONF | luks KEYSTORE", file=sys.stderr)
         return 2
     return 0
 

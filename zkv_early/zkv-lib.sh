@@ -61,16 +61,31 @@ zkv_status() {
 }
 
 # zkv_go_and_wait [PID]: the pools are imported: tell the client to load the keys
-# ($ZKV_RUN/go) and wait for its status (in $zkv_rc). The bound is the one the client wrote
-# when it read its settings ($ZKV_RUN/wait-limit: its overall limit, zkv.timeout= included,
-# plus the time to load the keys), 330 s until it has. Status 0: the client finished; 1: out of
+# ($ZKV_RUN/go) and wait for its status (in $zkv_rc). Status 0: the client finished; 1: out of
 # time (the caller stops it, its own way); 2: PID is gone without a status.
 zkv_go_and_wait() {
     : >"$ZKV_RUN/go"
+    zkv_wait_for "" "${1:-}"
+}
+
+# zkv_wait_devices [PID]: before the pool import, on an image with LUKS entries
+# ($ZKV_IMAGE_DEVICES, written by the build): wait until the client has opened them
+# ($ZKV_RUN/devices) or has given up (its status); the import then finds the pool, or cryptsetup
+# and OpenZFS ask as without zkv. Status as zkv_go_and_wait's; 0 at once on other images.
+zkv_wait_devices() {
+    [ -f "$ZKV_IMAGE_DEVICES" ] || return 0
+    zkv_wait_for "$ZKV_RUN/devices" "${1:-}"
+}
+
+# zkv_wait_for FILE [PID]: until FILE (none: "") or the client's status (in $zkv_rc) exists. The bound is the one the
+# client wrote when it read its settings ($ZKV_RUN/wait-limit: its overall limit, zkv.timeout=
+# included, plus the time to load the keys), 330 s until it has. 0: there; 1: out of time; 2:
+# PID is gone without a status.
+zkv_wait_for() {
     zkv_n=0
     zkv_limit=""
-    until zkv_status; do
-        if [ -n "${1:-}" ] && ! kill -0 "$1" 2>/dev/null; then
+    until zkv_status || { [ -n "$1" ] && [ -e "$1" ]; }; do
+        if [ -n "${2:-}" ] && ! kill -0 "$2" 2>/dev/null; then
             zkv_status && return 0
             return 2
         fi

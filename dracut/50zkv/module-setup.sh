@@ -16,6 +16,12 @@ zkv_fatal() {
     exit 1
 }
 
+# The keystore's LUKS entries (header, in the clear) in $zkv_luks; empty when it has none.
+zkv_luks_entries() {
+    zkv_luks=$("$ZKV_INITRAMFS_FILES" luks "$ZKV_KEYSTORE") \
+        || zkv_fatal "cannot read the entries of $ZKV_KEYSTORE"
+}
+
 check() {
     if [ -z "$zkv_lib_sh" ]; then
         derror "zkv: ${ZKV_LIB_SH:-/usr/lib/zkv/zkv-lib.sh} is missing (reinstall zkv)"
@@ -31,6 +37,11 @@ check() {
         || zkv_fatal "python3 or zfs is missing: apt install python3 zfsutils-linux"
     # network-legacy by name: dracut's "network" alone picks systemd-networkd where dbus is
     # installed (no ifup then) and cannot be installed at all without dbus.
+    zkv_luks_entries
+    if [ -n "$zkv_luks" ]; then
+        require_binaries cryptsetup blkid \
+            || zkv_fatal "the keystore has LUKS entries but cryptsetup is missing: apt install cryptsetup-bin"
+    fi
     set -- "${dracutbasedir:-/usr/lib/dracut}"/modules.d/[0-9][0-9]network-legacy
     if ! { [ -d "$1" ] && require_binaries dhclient && require_any_binary arping arping2; }; then
         zkv_fatal "dracut's network-legacy module cannot be installed: apt install dracut-network"
@@ -50,6 +61,31 @@ installkernel() {
         instmods tpm_tis tpm_crb \
             || zkv_fatal "no TPM drivers (tpm_tis, tpm_crb): the TPM-held host key could not sign"
     fi
+    # LUKS entries: the client opens them before the import, with dm-crypt and its ciphers.
+    zkv_luks_entries
+    if [ -n "$zkv_luks" ]; then
+        instmods dm_crypt =crypto \
+            || zkv_fatal "no dm_crypt module: the keystore's LUKS devices could not be opened"
+    fi
+}
+
+# LUKS entries: cryptsetup, the list the hooks look for, and the unit holding the import (and
+# any systemd-cryptsetup unit) until the client has opened them.
+zkv_install_luks() {
+    zkv_luks_entries
+    [ -n "$zkv_luks" ] || return 0
+    inst_multiple cryptsetup blkid || zkv_fatal "cryptsetup or blkid is missing: apt install cryptsetup-bin"
+    mkdir -p "$initdir${ZKV_IMAGE_DEVICES%/*}"
+    echo "$zkv_luks" >"$initdir$ZKV_IMAGE_DEVICES" || zkv_fatal "cannot write $ZKV_IMAGE_DEVICES"
+    inst_script "$moddir/zkv-wait-devices.sh" "$ZKV_DRACUT_DEVICES_SH" \
+        || zkv_fatal "cannot install zkv-wait-devices.sh"
+    inst_simple "$moddir/zkv-wait-devices.service" "$systemdsystemunitdir/zkv-wait-devices.service" \
+        || zkv_fatal "cannot install zkv-wait-devices.service"
+    inst_simple "$ZKV_CRYPTSETUP_DROPIN" \
+        "$systemdsystemunitdir/systemd-cryptsetup@.service.d/50-zkv.conf" \
+        || zkv_fatal "cannot install $ZKV_CRYPTSETUP_DROPIN"
+    systemctl -q --root "$initdir" add-wants sysinit.target zkv-wait-devices.service \
+        || zkv_fatal "cannot enable zkv-wait-devices.service"
 }
 
 install() {
@@ -89,6 +125,7 @@ install() {
     systemctl -q --root "$initdir" add-wants sysinit.target zkv-early.service \
         || zkv_fatal "cannot enable zkv-early.service"
     inst_hook pre-mount 50 "$moddir/zkv-load-key.sh"
+    zkv_install_luks
     inst_hook cleanup 50 "$moddir/zkv-cleanup.sh"
 
     # The network: zkv-early.sh brings it up itself with network-legacy's ifup, not through

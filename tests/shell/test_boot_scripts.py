@@ -19,6 +19,7 @@ SH_FILES = [
     "dracut/50zkv/zkv-early.sh",
     "dracut/50zkv/zkv-load-key.sh",
     "dracut/50zkv/zkv-cleanup.sh",
+    "dracut/50zkv/zkv-wait-devices.sh",
     "initramfs-tools/hooks/zkv",
     "initramfs-tools/scripts/zkv-functions",
     "initramfs-tools/scripts/local-top/zkv",
@@ -70,7 +71,7 @@ def _dracut(
     (lib / "initramfs-files").write_text(
         "#!/bin/sh\ncase $1 in python) printf '%s\\n' '/usr/bin/python3.11 /usr/bin/python3.11'"
         " '/x/__pycache__/os.cpython-311.pyc /x/os.pyc' ;;"
-        ' ca) echo "${FAKE_CA-/etc/ssl/ca.pem}" ;; esac\n'
+        ' ca) echo "${FAKE_CA-/etc/ssl/ca.pem}" ;; luks) printf %s "${FAKE_LUKS-}" ;; esac\n'
     )
     (lib / "initramfs-files").chmod(0o755)
     if configured:
@@ -81,7 +82,7 @@ def _dracut(
 set -u
 log=$1
 dfatal() {{ echo "dfatal $*" >>"$log"; }}
-require_binaries() {{ return 0; }}
+require_binaries() {{ case " $* " in *" ${{FAKE_MISSING:-none}} "*) return 1 ;; esac; }}
 require_any_binary() {{ return 0; }}
 dracutbasedir={tmp}/dracut
 inst_multiple() {{ echo "inst_multiple $*" >>"$log"; }}
@@ -98,7 +99,7 @@ moddir={REPO}/dracut/50zkv
 derror() {{ echo "derror $*" >>"$log"; }}
 export ZKV_LIB_SH={zkv_lib(tmp)} ZKV_PYZ={lib}/zkv-early.pyz ZKV_CONF={etc}/early.conf
 export ZKV_INITRAMFS_FILES={lib}/initramfs-files ZKV_KEYSTORE={boot}/keystore
-export ZKV_HOSTKEY={boot}/host.key
+export ZKV_HOSTKEY={boot}/host.key ZKV_IMAGE_DEVICES=/etc/zkv/luks-devices
 . {REPO}/dracut/50zkv/module-setup.sh
 {body}
 """
@@ -218,6 +219,9 @@ def _fake_bin(tmp: Path) -> Path:
         # As the client does once it has read its settings: the hooks' bound, beside the go.
         'if [ -n "$after" ] && [ -n "$FAKE_WAIT_LIMIT" ]; then'
         ' echo "$FAKE_WAIT_LIMIT" >"${after%/*}/wait-limit"; fi\n'
+        # As the client does once the keystore is open and the LUKS devices are.
+        'if [ -n "$after" ] && [ -n "$FAKE_DEVICES" ]; then'
+        ' sleep "$FAKE_DEVICES"; echo 0 >"${after%/*}/devices"; fi\n'
         'if [ -n "$after" ]; then while [ ! -e "$after" ]; do sleep 0.05; done; fi\n'
         'sleep "${FAKE_SLEEP:-0.3}"\n'
         'exit "${FAKE_RC:-0}"\n'
@@ -597,3 +601,168 @@ def test_initramfs_tools_zkv_off_starts_nothing(tmp_path: Path) -> None:
     assert "start=1" in out and "unlock=1" in out
     assert "network-started" not in out
     assert not (tmp_path / "python3.log").exists()
+
+
+# --- LUKS devices at boot (docs/luks.md) --------------------------------------------------
+
+LUKS_ENTRY = "luks:UUID=0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"
+
+
+def test_dracut_with_luks_entries_installs_cryptsetup_and_the_wait(tmp_path: Path) -> None:
+    stub = 'instmods() { echo "instmods $*" >>"$log"; }'
+    done = _dracut(tmp_path, f"export FAKE_LUKS={LUKS_ENTRY}; {stub}; installkernel; install")
+    assert done.returncode == 0, done.stderr
+    calls = (tmp_path / "calls.log").read_text()
+    assert "instmods dm_crypt =crypto" in calls
+    assert "inst_multiple cryptsetup blkid" in calls
+    assert (tmp_path / "initdir/etc/zkv/luks-devices").read_text() == LUKS_ENTRY + "\n"
+    assert (
+        f"inst_script {REPO}/dracut/50zkv/zkv-wait-devices.sh /usr/lib/zkv/zkv-wait-devices.sh"
+        in calls
+    )
+    assert "/usr/lib/systemd/system/systemd-cryptsetup@.service.d/50-zkv.conf" in calls
+    assert "add-wants sysinit.target zkv-wait-devices.service" in calls
+
+
+def test_dracut_without_luks_entries_adds_none_of_it(tmp_path: Path) -> None:
+    stub = 'instmods() { echo "instmods $*" >>"$log"; }'
+    done = _dracut(tmp_path, f"{stub}; installkernel; install")
+    assert done.returncode == 0, done.stderr
+    calls = (tmp_path / "calls.log").read_text()
+    assert "dm_crypt" not in calls and "cryptsetup" not in calls and "wait-devices" not in calls
+    assert not (tmp_path / "initdir/etc/zkv/luks-devices").exists()
+
+
+def test_dracut_with_luks_entries_ends_the_build_without_cryptsetup(tmp_path: Path) -> None:
+    done = _dracut(
+        tmp_path, f"export FAKE_LUKS={LUKS_ENTRY} FAKE_MISSING=cryptsetup; check; echo returned"
+    )
+    assert done.returncode == 1 and "returned" not in done.stdout
+    calls = (tmp_path / "calls.log").read_text()
+    assert "dfatal zkv: the keystore has LUKS entries but cryptsetup is missing" in calls
+    no_dm = _dracut(
+        tmp_path,
+        f"export FAKE_LUKS={LUKS_ENTRY}; instmods() {{ return 1; }}; installkernel; echo r",
+    )
+    assert no_dm.returncode == 1 and "r" not in no_dm.stdout.split()
+
+
+def _unit(path: Path) -> dict[str, list[str]]:
+    unit: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            unit.setdefault(key, []).extend(value.split())
+    return unit
+
+
+@pytest.mark.parametrize(
+    "path", ["dracut/50zkv/zkv-wait-devices.service", "systemd/zkv-open-devices.service"]
+)
+def test_devices_open_before_the_import_and_the_stock_cryptsetup_units(path: str) -> None:
+    unit = _unit(REPO / path)
+    assert unit["DefaultDependencies"] == ["no"]
+    imports = {"zfs-import-cache.service", "zfs-import-scan.service", "zfs-import.target"}
+    assert {"cryptsetup.target", *imports} <= set(unit["Before"])
+    dropin = _unit(REPO / "systemd/systemd-cryptsetup@.service.d/50-zkv.conf")
+    assert Path(path).stem + ".service" in dropin["After"]
+
+
+def test_real_root_opens_what_was_handed_over_and_keeps_it_for_the_load() -> None:
+    unit = _unit(REPO / "systemd/zkv-open-devices.service")
+    assert unit["ExecStart"][-3:] == ["handover-open", "--handover", "/run/zkv/handover"]
+    assert "ExecStopPost" not in unit, "zkv-load-keys.service wipes the handover, after the import"
+    assert unit["WantedBy"] == ["zfs-import.target"]
+    assert "systemd-remount-fs.service" in unit["After"]
+
+
+def _wait_devices(tmp: Path, body: str, marker: bool = True) -> str:
+    image = tmp / "image-devices"
+    if marker:
+        image.write_text(LUKS_ENTRY + "\n")
+    (tmp / "run").mkdir(exist_ok=True)
+    script = f'. "$ZKV_LIB_SH"\n{body}\n'
+    env = _env(tmp, ZKV_IMAGE_DEVICES=str(image))
+    done = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_wait_devices_until_opened_or_given_up_bounded(tmp_path: Path) -> None:
+    # No LUKS entries in the image: no wait at all.
+    assert "rc=0" in _wait_devices(tmp_path, 'zkv_wait_devices; echo "rc=$?"', marker=False)
+    # Opened a moment later: done, no status needed.
+    out = _wait_devices(
+        tmp_path,
+        '(sleep 0.3; echo 0 >"$ZKV_RUN/devices") &\n'
+        'zkv_wait_devices; echo "rc=$? $(cat "$ZKV_RUN/devices")"',
+    )
+    assert "rc=0 0" in out
+    (tmp_path / "run" / "devices").unlink()
+    # The client gave up (denied, ...): its status ends the wait, the stock prompts follow.
+    out = _wait_devices(
+        tmp_path, 'echo 44 >"$ZKV_RUN/status"; zkv_wait_devices; echo "rc=$? status=$zkv_rc"'
+    )
+    assert "rc=0 status=44" in out
+    (tmp_path / "run" / "status").unlink()
+    # Bounded by the client's own limit; a client gone without a word ends it too.
+    started = time.monotonic()
+    out = _wait_devices(tmp_path, 'echo 1 >"$ZKV_RUN/wait-limit"; zkv_wait_devices; echo "rc=$?"')
+    assert "rc=1" in out and time.monotonic() - started < 5
+    out = _wait_devices(tmp_path, 'sleep 0 & gone=$!; wait; zkv_wait_devices "$gone"; echo "rc=$?"')
+    assert "rc=2" in out
+
+
+def test_dracut_wait_devices_unit_script(tmp_path: Path) -> None:
+    (tmp_path / "image-devices").write_text(LUKS_ENTRY + "\n")
+    (tmp_path / "run").mkdir()
+    env = _env(
+        tmp_path,
+        ZKV_IMAGE_DEVICES=str(tmp_path / "image-devices"),
+        ZKV_DRACUT_LIB=str(_dracut_lib(tmp_path)),
+        FAKE_CMDLINE="root=zfs:rpool/ROOT/debian",
+    )
+    script = REPO / "dracut/50zkv/zkv-wait-devices.sh"
+    (tmp_path / "run" / "started").write_text(f"{os.getpid()}\n")
+    (tmp_path / "run" / "status").write_text("44\n")
+    done = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and "LUKS devices not opened (exit 44)" in done.stdout
+    (tmp_path / "run" / "status").unlink()
+    (tmp_path / "run" / "devices").write_text("0\n")
+    done = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (0, "")
+    off = {**env, "FAKE_CMDLINE": "root=zfs:rpool/ROOT/debian rd.zkv=0"}
+    (tmp_path / "run" / "started").unlink()
+    started = time.monotonic()
+    done = subprocess.run(["sh", str(script)], env=off, capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (0, "") and time.monotonic() - started < 3
+
+
+def _initramfs_tools_luks(tmp: Path, body: str, **extra: str) -> str:
+    """zkv-functions on an image with LUKS entries, its warnings on stdout."""
+    (tmp / "image-devices").write_text(LUKS_ENTRY + "\n")
+    stub = 'log_warning_msg() { echo "warn $*"; }\n'
+    return _initramfs_tools(tmp, stub + body, ZKV_IMAGE_DEVICES=str(tmp / "image-devices"), **extra)
+
+
+def test_initramfs_tools_holds_the_import_until_the_devices_are_open(tmp_path: Path) -> None:
+    out = _initramfs_tools_luks(
+        tmp_path,
+        'zkv_start rpool/ROOT/debian && zkv_devices; [ -e "$ZKV_RUN/devices" ] && echo opened\n'
+        '[ -e "$ZKV_RUN/go" ] || echo no-go-yet\n'
+        'zkv_unlock rpool/ROOT/debian; echo "rc=$?"',
+        FAKE_DEVICES="0.5",
+    )
+    assert "opened" in out and "no-go-yet" in out and "rc=0" in out and "warn" not in out
+
+
+def test_initramfs_tools_stops_a_client_that_never_opens_the_devices(tmp_path: Path) -> None:
+    out = _initramfs_tools_luks(
+        tmp_path,
+        "zkv_start rpool/ROOT/debian && zkv_devices; n=0\n"
+        'until zkv_status || [ "$n" -gt 50 ]; do n=$((n + 1)); sleep 0.1; done\n'
+        'echo "status=$zkv_rc"; : >"$ZKV_RUN/go"',
+        FAKE_WAIT_LIMIT="1",
+    )
+    assert "warn zkv: the boot client did not open the LUKS devices in time" in out
+    assert "status=143" in out
