@@ -30,6 +30,7 @@ FILES = (
     "usr/share/initramfs-tools/hooks/zkv",
     "usr/share/initramfs-tools/scripts/local-top/zkv",
     "lib/systemd/system/zkv-load-keys.service",
+    "lib/systemd/system/zkv-open-devices.service",
     "usr/share/man/man8/zkv.8.gz",
     "usr/share/man/man8/zkv-early.8.gz",
     "usr/share/man/man5/zkv-early.conf.5.gz",
@@ -95,8 +96,11 @@ def test_install_upgrade_remove_purge(chroot: Path, debs: Debs) -> None:
     assert (chroot / "etc/zkv").stat().st_mode & 0o777 == 0o700
     conffiles = packages.run(chroot, "dpkg-query", "-W", "-f=${Conffiles}", "zkv").stdout
     assert "/" + EARLY_CONF in conffiles
-    wants = chroot / "etc/systemd/system/zfs-mount.service.wants/zkv-load-keys.service"
-    assert wants.is_symlink(), "enabled by the package (deb-systemd-helper)"
+    for wants in (
+        "zfs-mount.service.wants/zkv-load-keys.service",
+        "zfs-import.target.wants/zkv-open-devices.service",
+    ):
+        assert (chroot / "etc/systemd/system" / wants).is_symlink(), f"{wants}: not enabled"
     done = packages.run(chroot, "zkv", "--help")
     assert done.returncode == 0 and "zkv" in done.stdout, done.stderr
 
