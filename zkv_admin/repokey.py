@@ -22,6 +22,7 @@ import argparse
 import os
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from zkv_early.gateway_client import GatewayClient
 
 POLL = 25  # seconds per long-poll, as the boot client's
 CRASH_ENV = "ZKV_TESTONLY_CRASH_AT"  # tests cut the power at a named step (SIGKILL)
+CRASH_MARKER = "zkv: test-only crash point"  # the VM test powers the guest off when it sees it
 
 
 class Host:
@@ -89,7 +91,7 @@ def rotate(host: Host, path: Path, store: keystore.OpenKeystore) -> str:
     new = keystore.new_repository_key()
     new_id = store.add_repository_key(new)
     _write(path, store)
-    _crash_point("prepared")
+    crash_point("prepared")
     try:
         created, state = _approval(host)
     except (ZkvError, KeyboardInterrupt):  # the new key never left this host: forget it
@@ -98,7 +100,7 @@ def rotate(host: Host, path: Path, store: keystore.OpenKeystore) -> str:
     if state != protocol.STATE_APPROVED:
         _forget(path, store, new_id)
         raise RepositoryKeyNotRotated(detail=f"the request was {state}; the old key stays")
-    _crash_point("approved")
+    crash_point("approved")
     try:
         delivery = protocol.RepositoryKeyDelivery.create(
             host.private, created.request_id, new, host.fresh()
@@ -108,7 +110,7 @@ def rotate(host: Host, path: Path, store: keystore.OpenKeystore) -> str:
         if settle(host, path, store) != new_id:
             raise RepositoryKeyNotRotated(detail=f"{exc.message}; the old key stays") from None
         return new_id
-    _crash_point("confirmed")
+    crash_point("confirmed")
     if confirmed != new_id:
         raise RepositoryKeyNotRotated(detail="the gateway confirmed another key; both kept")
     store.keep_repository_key(new_id)
@@ -149,7 +151,7 @@ def _approval(host: Host) -> tuple[protocol.UnlockCreated, str]:
     request = protocol.RotationRequest.create(host.private, host.hostname, challenge.challenge)
     created = host.gateway.rotation(request)
     say(f"PIN {created.pin}: waiting for the owner to approve the repository key rotation")
-    _crash_point("requested")
+    crash_point("requested")
     deadline = time.monotonic() + max(0, created.expires_at - challenge.now) + 2 * POLL
     while time.monotonic() < deadline:
         state = host.gateway.poll_rotation(created.request_id, POLL).state
@@ -168,6 +170,9 @@ def _write(path: Path, store: keystore.OpenKeystore) -> None:
     bootimage.rebuild()
 
 
-def _crash_point(step: str) -> None:
+def crash_point(step: str) -> None:
+    """Stop dead at ``step`` if the test asked to (also rotation.py's steps). The marker line
+    first, so that the VM test can cut the power right there (tests/e2e/test_rotation_boot.py)."""
     if os.environ.get(CRASH_ENV) == step:
+        print(f"{CRASH_MARKER} {step}", file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)

@@ -12,6 +12,10 @@ after 2.4. So the rotation has two phases, and the key that ZFS accepts tells wh
    that ``zfs load-key -n`` accepts wins; ``NAME=<its epoch>`` and ``NAME:time``, in one
    ``zfs set``; ``NAME:pending`` cleared; the keystore holds only the winner; images rebuilt.
 
+``ZKV_TESTONLY_CRASH_AT=STEP`` stops the command dead (a marker line, then SIGKILL) at
+``staged``, ``rebuilt``, ``begun``, ``changed`` and, in a finish with two keys, ``settled`` and
+``committed``: tests/e2e/test_rotation_boot.py cuts the VM's power there.
+
 A power cut anywhere leaves ZFS with one of the two keys, and the keystore and every boot
 image hold it (the boot loader tries the newer key first); the next ``zkv rotate`` or
 ``zkv reconcile`` settles the property and the keystore. tests/cli/test_cli_rotate.py cuts
@@ -209,8 +213,10 @@ def settle(thing: Rotatable, path: Path, store: keystore.OpenKeystore, target: s
         )
     epoch = thing.settle(keys, winner, epochs[winner])
     if len(keys) > 1:
+        repokey.crash_point("settled")  # the property agrees, the keystore holds both
         store.commit(target, keys[winner], thing.keyformat(keys[winner]), epochs[winner])
         save(path, store, remind=False)
+        repokey.crash_point("committed")  # the keystore holds the winner, the images both
         bootimage.rebuild()
     return epoch
 
@@ -227,13 +233,17 @@ def rotate_key(
     old, new = store.candidates(target)[0], generate_key(keyformat)
     store.stage(target, new, keyformat, epoch)
     save(path, store, remind=False)
+    repokey.crash_point("staged")  # the keystore holds both keys, the images the old one
     bootimage.rebuild()  # before the change: every image holds the key about to be valid
+    repokey.crash_point("rebuilt")
     thing.begin(epoch)
+    repokey.crash_point("begun")  # the pending property is set
     try:
         thing.change(old, new, keyformat)
         failure = ""
     except thing.failure as exc:  # it may still have changed (e.g. a timeout): look, don't guess
         failure = exc.message
+    repokey.crash_point("changed")  # the new key is in force, nothing settled
     settle(thing, path, store, target)
     if store.candidates(target) != [new]:
         raise RotationFailed(dataset=target, detail=failure or f"{thing.tool} kept the old key")

@@ -19,7 +19,7 @@ from tests.fakes.fakezfs import BINARY
 from zkv import keystore
 from zkv.keyload import Outcome, load_entries
 from zkv.zfs import Zfs
-from zkv_admin import cli
+from zkv_admin import cli, repokey
 
 DS = "tank/d"
 # A clean rotation of DS from epoch 1, call by call (what the crash points below walk).
@@ -184,3 +184,33 @@ def test_one_rotation_at_a_time(zkv: Zkv) -> None:
         result = zkv.with_pass("rotate", DS)
     assert result.code == 58 and "another 'zkv rotate'" in result.error_line
     assert zkv.fake.steps() == [] and zkv.fake.key(DS) == PASS_D
+
+
+# The named crash points the VM test cuts the power at: how many calls ran before each.
+NAMED = {
+    "staged": STEPS.index("update-initramfs"),
+    "rebuilt": STEPS.index("update-initramfs") + 1,
+    "begun": STEPS.index("set") + 1,
+    "changed": STEPS.index("change-key") + 1,
+    "settled": STEPS.index("inherit") + 1,
+    "committed": len(STEPS) - 1,
+}
+
+
+@pytest.mark.parametrize("step", list(NAMED))
+def test_named_crash_point_stops_there_and_reconciles(
+    zkv: Zkv, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    prepare(zkv)
+    zkv.extra_env[repokey.CRASH_ENV] = step
+    result = zkv.with_pass("rotate", DS)
+    del zkv.extra_env[repokey.CRASH_ENV]
+    assert result.code == -9 and f"{repokey.CRASH_MARKER} {step}\n" in result.stderr
+    assert zkv.fake.steps() == STEPS[: NAMED[step]]
+    zkv.fake.reboot()
+    monkeypatch.setenv("ZKV_FAKE_ZFS_STATE", str(zkv.fake.state_dir))
+    boot(zkv)
+    reconcile(zkv, monkeypatch)
+    epoch = 1 if zkv.fake.key(DS) == PASS_D else 2
+    assert epoch == (2 if NAMED[step] > STEPS.index("change-key") else 1)
+    assert zkv.open().epochs(DS) == [epoch] and props(zkv)["zkv:epoch"] == str(epoch)
