@@ -97,3 +97,34 @@ def test_boot_again_from_its_own_boot_runs_what_the_guest_wrote(
         (second / "vmlinuz-6.1", second / "initrd.img-6.1"),
     ]
     assert "with its own /boot 6.1" in (tmp_path / "console.log").read_text()
+
+
+def test_power_off_quits_qemu_at_once_and_the_next_boot_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """power_off() does not wait for the guest: it quits QEMU (SIGTERM, which QEMU handles by
+    closing its disks) while the guest would still run, and boot_again() starts the next one."""
+
+    def overlay(base: Path, target: Path, base_format: str = "raw") -> Path:
+        target.write_text("")
+        return target
+
+    def command(*, drives: list[str], **_kw: Any) -> list[str]:
+        disk = drives[0].split(",")[0].removeprefix("file=")
+        script = f"trap 'echo quit >> {disk}; exit 0' TERM; echo up; while :; do sleep 0.1; done"
+        return ["sh", "-c", script]
+
+    monkeypatch.setattr(qemu, "overlay", overlay)
+    monkeypatch.setattr(qemu, "command", command)
+    image = SimpleNamespace(
+        disk=tmp_path / "base.raw", disk_format="raw", kernel=tmp_path / "k",
+        initrd=tmp_path / "i", flavour="dracut",
+    )  # fmt: skip
+    with driver.Guest(image, console_log=tmp_path / "console.log") as guest:  # type: ignore[arg-type]
+        guest.child.expect("up")
+        first = guest.child
+        guest.power_off(timeout=10)
+        assert not first.isalive() and guest.disk.read_text() == "quit\n"
+        guest.boot_again(timeout=0)
+        guest.child.expect("up")
+    assert "--- power off ---" in (tmp_path / "console.log").read_text()
