@@ -1,0 +1,97 @@
+"""The pure parts of tests/vm/clean_debian.py: its cache key, its commands, its tree copy."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.vm import cache, clean_debian
+
+
+def _repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    for name in clean_debian.DEPS_INPUTS:
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(clean_debian.REPO / name, repo / name)
+    return repo
+
+
+@pytest.mark.parametrize("name", clean_debian.DEPS_INPUTS)
+def test_what_make_deps_reads_is_in_the_key(tmp_path: Path, name: str) -> None:
+    repo = _repo(tmp_path)
+    before = cache.key_of(clean_debian.inputs(repo))
+    assert cache.key_of(clean_debian.inputs(repo)) == before  # stable for the same inputs
+    with (repo / name).open("a") as handle:
+        handle.write("\n# changed\n")
+    assert cache.key_of(clean_debian.inputs(repo)) != before
+
+
+def test_the_host_trust_anchors_are_in_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = _repo(tmp_path)
+    cas = tmp_path / "cas"
+    cas.mkdir()
+    monkeypatch.setattr(clean_debian, "LOCAL_CAS", cas)
+    monkeypatch.setattr(clean_debian, "PIP_CONF", tmp_path / "no-pip.conf")
+    without = cache.key_of(clean_debian.inputs(repo))
+    (cas / "egress.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    assert cache.key_of(clean_debian.inputs(repo)) != without
+    argv = clean_debian.mmdebstrap_argv(tmp_path / "root")
+    assert f"--customize-hook=copy-in {cas / 'egress.crt'} {cas}" in argv
+
+
+def test_the_bootstrap_is_minbase_with_only_what_make_deps_needs() -> None:
+    argv = clean_debian.mmdebstrap_argv(Path("/var/tmp/x/root"))
+    assert argv[:2] == ["mmdebstrap", "--mode=root"]
+    assert "--variant=minbase" in argv
+    assert "--include=make,git,python3,ca-certificates" in argv
+    assert argv[-3:] == ["bookworm", "/var/tmp/x/root", "http://deb.debian.org/debian"]
+    # update-ca-certificates runs after the host's anchors are in place
+    hooks = [arg for arg in argv if arg.startswith("--customize-hook=")]
+    assert hooks[-1] == '--customize-hook=chroot "$1" update-ca-certificates --fresh'
+
+
+def test_the_inner_script_runs_make_deps_first() -> None:
+    assert clean_debian.inner_script([]) == "set -eu\ncd /src/zkv\nmake deps\n"
+    script = clean_debian.inner_script(["unit", "NICE=nice -n 10", "X='y'"])
+    assert script.splitlines()[2:] == [
+        "make deps",
+        "exec make 'unit' 'NICE=nice -n 10' 'X='\\''y'\\'''",
+    ]
+    assert subprocess.run(["sh", "-nc", script], check=False).returncode == 0  # valid sh
+
+
+def test_the_copy_is_the_tracked_files_as_they_are_now(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "kept.py").write_text("old\n")
+    (repo / "gone.py").write_text("x\n")
+    (repo / "sub").mkdir()
+    (repo / "sub" / "a b.txt").write_text("spaces\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "c"], check=True)
+    (repo / "kept.py").write_text("edited\n")  # an uncommitted edit is copied
+    (repo / "gone.py").unlink()  # a deleted file is not
+    (repo / "untracked.py").write_text("no\n")  # nor an untracked one (a venv, caches)
+    assert sorted(clean_debian.tracked_files(repo)) == ["kept.py", "sub/a b.txt"]
+    target = tmp_path / "root" / "src" / "zkv"
+    target.mkdir(parents=True)
+    (target / "stale").write_text("from an earlier run\n")
+    clean_debian.copy_tree(repo, target)
+    copied = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+    assert copied == ["kept.py", "sub/a b.txt"]
+    assert (target / "kept.py").read_text() == "edited\n"
+
+
+def test_only_ci_is_passed_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setenv("ZKV_E2E_CACHE", "/var/tmp/elsewhere")  # a host path: meaningless inside
+    assert clean_debian.passed_env() == {}
+    monkeypatch.setenv("CI", "true")
+    assert clean_debian.passed_env() == {"CI": "true"}
