@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.vm import cache, clean_debian
+from tests.vm import cache, chroot_run, clean_debian
 
 
 def _repo(tmp_path: Path) -> Path:
@@ -95,3 +96,31 @@ def test_only_ci_is_passed_in(monkeypatch: pytest.MonkeyPatch) -> None:
     assert clean_debian.passed_env() == {}
     monkeypatch.setenv("CI", "true")
     assert clean_debian.passed_env() == {"CI": "true"}
+
+
+def _mounts_below(path: Path) -> list[str]:
+    prefix = str(path.resolve()) + "/"
+    with open("/proc/self/mounts") as mounts:
+        return [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
+
+
+def test_a_failed_run_leaves_no_mount_and_no_scratch(tmp_path: Path) -> None:
+    """The overlay and the API file systems in it go away when the run fails (root only: mounts)."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("needs root (mount)")
+        pytest.skip("needs root (mount)")
+    lower = tmp_path / "entry" / "root"
+    for directory in ("proc", "sys", "dev", "run", "usr/sbin", "etc", "tmp"):
+        (lower / directory).mkdir(parents=True)
+    (lower / "etc/resolv.conf").write_text("nameserver 192.0.2.1\n")
+    with pytest.raises(RuntimeError, match="a test failed"):
+        with clean_debian.overlay(lower) as root:
+            with chroot_run.prepared(root):
+                assert len(_mounts_below(tmp_path)) >= 5  # overlay, proc, sys, dev, run
+                (root / "tmp" / "written").write_text("by the run\n")
+                raise RuntimeError("a test failed")
+    assert _mounts_below(tmp_path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry"]  # the scratch is gone
+    assert sorted(p.name for p in (lower / "tmp").iterdir()) == []  # the cache is untouched
+    assert (lower / "etc/resolv.conf").read_text() == "nameserver 192.0.2.1\n"
