@@ -90,12 +90,14 @@ def test_the_copy_is_the_tracked_files_as_they_are_now(tmp_path: Path) -> None:
     assert (target / "kept.py").read_text() == "edited\n"
 
 
-def test_only_ci_is_passed_in(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_only_ci_and_pytest_options_are_passed_in(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
     monkeypatch.setenv("ZKV_E2E_CACHE", "/var/tmp/elsewhere")  # a host path: meaningless inside
     assert clean_debian.passed_env() == {}
     monkeypatch.setenv("CI", "true")
-    assert clean_debian.passed_env() == {"CI": "true"}
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-rs")
+    assert clean_debian.passed_env() == {"CI": "true", "PYTEST_ADDOPTS": "-rs"}
 
 
 def _mounts_below(path: Path) -> list[str]:

@@ -195,8 +195,9 @@ def _end_processes_inside(root: Path) -> None:
 
 
 def passed_env() -> dict[str, str]:
-    """The caller's settings that the suite reads (CI=true turns skips into failures)."""
-    return {"CI": os.environ["CI"]} if "CI" in os.environ else {}
+    """The caller's settings that the suite reads: CI=true turns skips into failures, and
+    PYTEST_ADDOPTS (say -rs, -x) reaches pytest as in `make unit`."""
+    return {name: os.environ[name] for name in ("CI", "PYTEST_ADDOPTS") if name in os.environ}
 
 
 def _terminated(signum: int, frame: FrameType | None) -> None:
