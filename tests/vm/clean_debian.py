@@ -84,16 +84,11 @@ def mmdebstrap_argv(root: Path) -> list[str]:
     ]
 
 
-def inner_script(make_args: Sequence[str]) -> str:
-    """What runs inside: `make deps`, then `make` with ``make_args`` (nothing: deps only)."""
-    lines = ["set -eu", f"cd {TREE}", "make deps"]
-    if make_args:
-        lines.append("exec make " + " ".join(_quoted(arg) for arg in make_args))
-    return "\n".join(lines) + "\n"
-
-
-def _quoted(arg: str) -> str:
-    return "'" + arg.replace("'", "'\\''") + "'"
+def commands(make_args: Sequence[str]) -> list[list[str]]:
+    """What runs inside, in the tree's copy: `make deps`, then `make` with ``make_args``
+    (none: deps only). No shell between: the arguments reach make as they are."""
+    steps = [["make", "deps"], *([["make", *make_args]] if make_args else [])]
+    return [["env", "-C", TREE, *step] for step in steps]
 
 
 def tracked_files(repo: Path = REPO) -> list[str]:
@@ -136,19 +131,20 @@ def entry() -> Path:
 
 
 def _run_inside(root: Path, make_args: Sequence[str], env: dict[str, str]) -> None:
+    """Each command in the chroot, timed; CalledProcessError on the first that fails."""
     copy_tree(REPO, root / TREE.lstrip("/"))
-    script = root / "tmp" / "zkv-clean-run.sh"
-    script.write_text(inner_script(make_args))
     debs = testbed.cache_dir() / "debs"  # the test bed's .deb cache: no download twice
     debs.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         stack.enter_context(chroot_run.prepared(root))
         stack.enter_context(_bound(debs, root / "var/cache/apt/archives"))
-        subprocess.run(
-            ["chroot", str(root), "/bin/sh", "/tmp/zkv-clean-run.sh"],
-            check=True,
-            env={**_ENV, **env},
-        )
+        for argv in commands(make_args):
+            started = time.monotonic()
+            try:
+                subprocess.run(["chroot", str(root), *argv], check=True, env={**_ENV, **env})
+            finally:
+                step = " ".join(argv[3:])
+                cache.log(f"clean chroot: {step}: {time.monotonic() - started:.0f} s")
 
 
 @contextmanager
@@ -214,18 +210,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminated)
     started = time.monotonic()
     lower = entry()
+    cache.log(f"clean chroot: {lower} ready in {time.monotonic() - started:.0f} s")
     with overlay(lower) as root:
-        ready = time.monotonic()
         try:
             _run_inside(root, args.make_args, passed_env())
         except subprocess.CalledProcessError as exc:
-            cache.log(f"clean chroot: make {' '.join(args.make_args)} failed ({exc.returncode})")
+            cache.log(f"clean chroot: {' '.join(exc.cmd[5:])} failed ({exc.returncode})")
             return 1
-        finally:
-            cache.log(
-                f"clean chroot: set-up {ready - started:.0f} s, "
-                f"make deps + make {' '.join(args.make_args)} {time.monotonic() - ready:.0f} s"
-            )
     return 0
 
 
