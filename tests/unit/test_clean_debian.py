@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -124,3 +126,25 @@ def test_a_failed_run_leaves_no_mount_and_no_scratch(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["entry"]  # the scratch is gone
     assert sorted(p.name for p in (lower / "tmp").iterdir()) == []  # the cache is untouched
     assert (lower / "etc/resolv.conf").read_text() == "nameserver 192.0.2.1\n"
+
+
+def test_a_process_left_running_inside_is_ended(tmp_path: Path) -> None:
+    """A daemon a failed test never stopped would keep the chroot's files busy: it is ended."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("needs root (mount, chroot)")
+        pytest.skip("needs root (mount, chroot)")
+    lower = tmp_path / "entry" / "root"
+    (lower / "usr").mkdir(parents=True)
+    for name in ("bin", "lib", "lib64"):  # merged /usr, as Debian 12 has it
+        (lower / name).symlink_to(f"usr/{name}")
+    with clean_debian.overlay(lower) as root:
+        subprocess.run(["mount", "--bind", "-o", "ro", "/usr", str(root / "usr")], check=True)
+        sleeper = subprocess.Popen(["chroot", str(root), "sleep", "600"])
+        deadline = time.monotonic() + 10
+        while os.readlink(f"/proc/{sleeper.pid}/root") != str(root.resolve()):
+            assert time.monotonic() < deadline, "the process never entered the chroot"
+            time.sleep(0.05)
+    assert sleeper.wait(timeout=10) == -signal.SIGKILL
+    assert _mounts_below(tmp_path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry"]

@@ -181,7 +181,7 @@ def _end_processes_inside(root: Path) -> None:
         if not proc.name.isdigit():
             continue
         try:
-            inside = os.readlink(proc / "root") == str(root)
+            inside = os.readlink(proc / "root") == str(root.resolve())
         except OSError:  # gone already, or not ours to read
             continue
         if inside:
