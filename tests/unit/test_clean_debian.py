@@ -100,18 +100,23 @@ def test_only_ci_and_pytest_options_are_passed_in(monkeypatch: pytest.MonkeyPatc
     assert clean_debian.passed_env() == {"CI": "true", "PYTEST_ADDOPTS": "-rs"}
 
 
+@pytest.fixture
+def as_root() -> None:
+    """Mounts and chroot need root: a skip locally, a failure under CI."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("needs root (mount, chroot)")
+        pytest.skip("needs root (mount, chroot)")
+
+
 def _mounts_below(path: Path) -> list[str]:
     prefix = str(path.resolve()) + "/"
     with open("/proc/self/mounts") as mounts:
         return [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
 
 
-def test_a_failed_run_leaves_no_mount_and_no_scratch(tmp_path: Path) -> None:
+def test_a_failed_run_leaves_no_mount_and_no_scratch(tmp_path: Path, as_root: None) -> None:
     """The overlay and the API file systems in it go away when the run fails (root only: mounts)."""
-    if os.geteuid() != 0:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("needs root (mount)")
-        pytest.skip("needs root (mount)")
     lower = tmp_path / "entry" / "root"
     for directory in ("proc", "sys", "dev", "run", "usr/sbin", "etc", "tmp"):
         (lower / directory).mkdir(parents=True)
@@ -128,12 +133,8 @@ def test_a_failed_run_leaves_no_mount_and_no_scratch(tmp_path: Path) -> None:
     assert (lower / "etc/resolv.conf").read_text() == "nameserver 192.0.2.1\n"
 
 
-def test_a_process_left_running_inside_is_ended(tmp_path: Path) -> None:
+def test_a_process_left_running_inside_is_ended(tmp_path: Path, as_root: None) -> None:
     """A daemon a failed test never stopped would keep the chroot's files busy: it is ended."""
-    if os.geteuid() != 0:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("needs root (mount, chroot)")
-        pytest.skip("needs root (mount, chroot)")
     lower = tmp_path / "entry" / "root"
     (lower / "usr").mkdir(parents=True)
     for name in ("bin", "lib", "lib64"):  # merged /usr, as Debian 12 has it
