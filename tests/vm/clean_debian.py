@@ -9,8 +9,9 @@ pip settings (the way out to the registries, copied in as the host has them).
 
 Every run works on an overlay of the cached root, so nothing a run writes survives it: a fresh
 copy of the tree's tracked files, `make deps` again (now a check), then `make unit`. The API
-file systems (/proc, /sys, /dev with /dev/shm, /run) are mounted for the run and unmounted on
-the way out, also after a failure or SIGTERM.
+file systems (/proc, /sys, /dev with /dev/shm, /run) and a tmpfs /tmp are mounted for the run
+and unmounted on the way out, also after a failure or SIGTERM; what the run left running inside
+is ended first.
 """
 
 from __future__ import annotations
@@ -137,7 +138,10 @@ def _run_inside(root: Path, make_args: Sequence[str], env: dict[str, str]) -> No
     debs.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         stack.enter_context(chroot_run.prepared(root))
-        stack.enter_context(_bound(debs, root / "var/cache/apt/archives"))
+        stack.enter_context(_mounted(["--bind", str(debs)], root / "var/cache/apt/archives"))
+        # The tests' own overlays (test_clean_debian.py) cannot have their upper layer on this
+        # overlay; a tmpfs /tmp, as Debian 13 has by default, is also the fast place for them.
+        stack.enter_context(_mounted(["-t", "tmpfs", "-o", "mode=1777", "tmpfs"], root / "tmp"))
         for argv in commands(make_args):
             started = time.monotonic()
             try:
@@ -148,9 +152,9 @@ def _run_inside(root: Path, make_args: Sequence[str], env: dict[str, str]) -> No
 
 
 @contextmanager
-def _bound(source: Path, target: Path) -> Iterator[None]:
+def _mounted(how: Sequence[str], target: Path) -> Iterator[None]:
     target.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "--bind", str(source), str(target)], check=True)
+    subprocess.run(["mount", *how, str(target)], check=True)
     try:
         yield
     finally:
