@@ -52,7 +52,13 @@ def test_the_bootstrap_is_minbase_with_only_what_make_deps_needs() -> None:
     assert argv[:2] == ["mmdebstrap", "--mode=root"]
     assert "--variant=minbase" in argv
     assert "--include=make,git,python3,ca-certificates" in argv
-    assert argv[-3:] == ["bookworm", "/var/tmp/x/root", "http://deb.debian.org/debian"]
+    assert argv[-5:] == [
+        "bookworm",
+        "/var/tmp/x/root",
+        "deb http://deb.debian.org/debian bookworm main contrib",
+        "deb http://deb.debian.org/debian bookworm-updates main contrib",
+        "deb http://deb.debian.org/debian-security bookworm-security main contrib",
+    ]
     # update-ca-certificates runs after the host's anchors are in place
     hooks = [arg for arg in argv if arg.startswith("--customize-hook=")]
     assert hooks[-1] == '--customize-hook=chroot "$1" update-ca-certificates --fresh'

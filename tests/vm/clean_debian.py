@@ -53,8 +53,7 @@ def inputs(repo: Path = REPO) -> cache.Inputs:
     """Everything the cached chroot is made of (its cache key)."""
     return {
         "layer": "clean-debian",
-        "suite": rootfs.SUITE,
-        "mirror": rootfs.MIRROR,
+        "sources": rootfs.sources("bookworm"),
         "packages": list(PACKAGES),
         "deps": {name: cache.file_digest(repo / name) for name in DEPS_INPUTS},
         "host": {str(path): cache.file_digest(path) for path in _host_files()},
@@ -81,7 +80,7 @@ def mmdebstrap_argv(root: Path) -> list[str]:
         '--customize-hook=chroot "$1" update-ca-certificates --fresh',
         rootfs.SUITE,
         str(root),
-        rootfs.MIRROR,
+        *rootfs.sources("bookworm"),  # as a Debian 12 install has them: with security updates
     ]
 
 
