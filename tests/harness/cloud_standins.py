@@ -7,7 +7,9 @@ Tests steer failures through ``vault_mode`` ("ok", "403", "404", "timeout") and
 ``twilio_mode`` ("ok", "fail"), and read what was sent in ``sms_sent``. The vault also lists a
 secret's versions and disables them (update_secret_properties), after which get_secret is
 refused as Key Vault refuses it (``vault_disabled``); set_secret adds a version
-(``vault_versions`` counts them), which get_secret returns from then on.
+(``vault_versions`` counts them), which get_secret returns from then on. The managed-identity
+endpoint knows the system-assigned identity and one user-assigned one (``USER_ASSIGNED_ID``),
+and keeps each token request's query in ``identity_queries``.
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ CLIENT_SECRET = "test-aad-client-secret"
 SECRET_NAME = "zkv-repository-key"
 PATH_SMS = "/v1/twilio/sms"
 VAULT_VERSION = "0123456789abcdef"
-# The managed-identity endpoint as App Service and Azure Arc hand it to a process: a local URL
+# The managed-identity endpoint as App Service hands it to a process: a local URL
 # in IDENTITY_ENDPOINT, and a per-process secret in IDENTITY_HEADER that must come back.
 IDENTITY_PATH = "/msi/token"
+USER_ASSIGNED_ID = "99999999-8888-4777-8666-555555555555"  # the one user-assigned identity
 VAULT_RESOURCE = "https://vault.azure.net"
 
 
@@ -59,6 +62,7 @@ class Standins:
     seen: list[str] = field(default_factory=list)  # "HOST METHOD PATH" of every call
     tokens: set[str] = field(default_factory=set)
     identity_header: str = field(default_factory=lambda: secrets.token_hex(16))
+    identity_queries: list[dict[str, str]] = field(default_factory=list)  # each token request
 
     def managed_identity_env(self) -> dict[str, str]:
         """What the platform puts in the gateway's environment for its managed identity."""
@@ -233,11 +237,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _managed_identity(self, state: Standins, method: str) -> None:
         """App Service's token endpoint (api-version 2019-08-01), as the SDK calls it."""
         query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
+        state.identity_queries.append(query)
         if self.headers.get("X-IDENTITY-HEADER") != state.identity_header or method != "GET":
             self._reply(401, {"error": "invalid_request", "error_description": "bad header"})
             return
         if query.get("api-version") != "2019-08-01" or query.get("resource") != VAULT_RESOURCE:
             self._reply(400, {"error": "invalid_resource", "error_description": repr(query)})
+            return
+        if query.get("client_id", USER_ASSIGNED_ID) != USER_ASSIGNED_ID:  # none: system-assigned
+            self._reply(400, {"error": "invalid_request", "error_description": "no such identity"})
             return
         token = secrets.token_hex(16)
         state.tokens.add(token)
