@@ -12,6 +12,17 @@ import pytest
 from tests.vm import driver, own_boot, qemu
 
 
+def _image(tmp_path: Path) -> SimpleNamespace:
+    """What Guest reads of a testbed.Image."""
+    return SimpleNamespace(
+        disk=tmp_path / "base.raw",
+        disk_format="raw",
+        kernel=tmp_path / "k",
+        initrd=tmp_path / "i",
+        flavour="dracut",
+    )
+
+
 def test_boot_again_starts_on_the_same_overlay(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -29,13 +40,7 @@ def test_boot_again_starts_on_the_same_overlay(
 
     monkeypatch.setattr(qemu, "overlay", overlay)
     monkeypatch.setattr(qemu, "command", command)
-    image = SimpleNamespace(
-        disk=tmp_path / "base.raw",
-        disk_format="raw",
-        kernel=tmp_path / "k",
-        initrd=tmp_path / "i",
-        flavour="dracut",
-    )
+    image = _image(tmp_path)
     log = tmp_path / "console.log"
     with driver.Guest(image, console_log=log) as guest:  # type: ignore[arg-type]
         guest.child.expect("boots before: 0")
@@ -76,13 +81,7 @@ def test_boot_again_from_its_own_boot_runs_what_the_guest_wrote(
     monkeypatch.setattr(qemu, "overlay", overlay)
     monkeypatch.setattr(qemu, "command", command)
     monkeypatch.setattr(driver, "own_boot_files", boot_files)
-    image = SimpleNamespace(
-        disk=tmp_path / "base.raw",
-        disk_format="raw",
-        kernel=tmp_path / "k",
-        initrd=tmp_path / "i",
-        flavour="dracut",
-    )
+    image = _image(tmp_path)
     with driver.Guest(image, console_log=tmp_path / "console.log") as guest:  # type: ignore[arg-type]
         guest.boot_again(timeout=10, own_boot=True)
         guest.boot_again(timeout=10, own_boot=True)  # read again: the guest may have rebuilt

@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import re
 import shlex
+import signal
 import tempfile
 import time
 from collections.abc import Sequence
@@ -223,6 +224,16 @@ class Guest:
         where = "" if self.boot_files is None else f" with its own /boot {self.boot_files.version}"
         self._log.write(f"--- boot again on {self.disk}{where} ---\n")
         self.start()
+
+    def power_off(self, timeout: float = 60) -> None:
+        """Cut the power now: QEMU quits at once (SIGTERM: it closes its disk files, so its
+        qcow2 stays whole), and what the guest had not written out is lost, as in a power
+        cut. ``boot_again()`` then starts the next boot."""
+        if self._child is not None and self._child.isalive():
+            self._child.kill(signal.SIGTERM)
+            self._child.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=timeout)
+        self._log.write("--- power off ---\n")
+        self._stop_qemu()
 
     def _stop_qemu(self) -> None:
         if self._child is not None:
