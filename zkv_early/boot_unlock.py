@@ -266,12 +266,13 @@ def _open(
 
         def passphrase(cancel: threading.Event) -> OpenKeystore:
             return passphrase_contender.unlock_with_passphrase(
-                sealed, ask, console, config.attempts, cancel
+                sealed, ask, console, config.attempts, cancel, typed.busy
             )
 
         # No stop hook: both prompts notice the cancel event within a tick; closing the
         # terminal under a thread still in select() would be a race.
-        contenders.append(Contender("passphrase", passphrase))
+        typed = Contender("passphrase", passphrase)
+        contenders.append(typed)
     try:
         outcome = race(contenders, config.total_timeout)
     finally:

@@ -17,7 +17,11 @@ def unlock_with_passphrase(
     console: Console,
     attempts: int,
     cancel: threading.Event,
+    checking: threading.Event | None = None,
 ) -> OpenKeystore:
+    """``checking`` is set while a typed passphrase is checked (race.Contender.busy): the
+    check finishes even when the gateway's fallback time runs out meanwhile."""
+    checking = checking or threading.Event()
     for attempt in range(attempts):
         left = attempts - attempt
         suffix = "" if left == attempts else f" ({left} attempts left)"
@@ -25,10 +29,11 @@ def unlock_with_passphrase(
         if passphrase is None or cancel.is_set():
             raise Cancelled
         if passphrase:
+            checking.set()  # cleared only once it is known wrong: a success ends the race
             try:
                 store = sealed.open_with_passphrase(passphrase)
             except KeystoreLocked:
-                pass
+                checking.clear()
             else:
                 console.say("recovery passphrase accepted")
                 return store

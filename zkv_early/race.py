@@ -58,6 +58,9 @@ class Deadline:
         return self.remaining() <= 0
 
 
+BUSY_TICK = 0.1  # how often a race past its grace looks whether a busy contender is done
+
+
 class Contender(Generic[T]):
     def __init__(
         self,
@@ -68,6 +71,9 @@ class Contender(Generic[T]):
     ) -> None:
         self.name, self.run, self.stop = name, run, stop
         self.grace = grace  # when this one fails, the others' time left is capped to this
+        # Set while it checks an answer already given (a typed passphrase in its KDF): a grace
+        # that runs out then waits for the check, within the overall limit.
+        self.busy = threading.Event()
         # Called from the main thread when this one fails while others go on: (error, time left).
         self.on_failure: Callable[[BaseException, float], None] = lambda _error, _left: None
 
@@ -97,13 +103,17 @@ def race(contenders: Sequence[Contender[T]], timeout: float) -> Winner[T]:
     for thread in threads:
         thread.start()
     errors: dict[int, BaseException] = {}
-    end = time.monotonic() + timeout
+    limit = end = time.monotonic() + timeout
     graced: BaseException | None = None  # the error that shortened the race
     try:
         while len(errors) < len(contenders):
             try:
                 index, value, error = results.get(timeout=max(0.0, end - time.monotonic()))
             except queue.Empty:
+                checking = any(c.busy.is_set() for i, c in enumerate(contenders) if i not in errors)
+                if graced is not None and checking and time.monotonic() < limit:
+                    end = min(limit, time.monotonic() + BUSY_TICK)
+                    continue
                 if graced is not None:
                     raise graced from None
                 raise UnlockTimeout(seconds=f"{timeout:g}") from None

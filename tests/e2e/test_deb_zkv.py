@@ -36,6 +36,11 @@ FILES = (
     "usr/share/man/man5/zkv-early.conf.5.gz",
 )
 EARLY_CONF = "etc/zkv/early.conf"
+# The units the package enables (deb-systemd-helper), and removal disables.
+WANTS = (
+    "etc/systemd/system/zfs-mount.service.wants/zkv-load-keys.service",
+    "etc/systemd/system/zfs-import.target.wants/zkv-open-devices.service",
+)
 # Not set up (no host key): the image stays without zkv, whatever the keystore holds.
 KEYSTORE = "boot/zkv/keystore"
 # What makes an image boot through zkv (zkv_installed in the boot scripts): the client and the
@@ -96,11 +101,8 @@ def test_install_upgrade_remove_purge(chroot: Path, debs: Debs) -> None:
     assert (chroot / "etc/zkv").stat().st_mode & 0o777 == 0o700
     conffiles = packages.run(chroot, "dpkg-query", "-W", "-f=${Conffiles}", "zkv").stdout
     assert "/" + EARLY_CONF in conffiles
-    for wants in (
-        "zfs-mount.service.wants/zkv-load-keys.service",
-        "zfs-import.target.wants/zkv-open-devices.service",
-    ):
-        assert (chroot / "etc/systemd/system" / wants).is_symlink(), f"{wants}: not enabled"
+    for wants in WANTS:
+        assert (chroot / wants).is_symlink(), f"{wants}: not enabled by the package"
     done = packages.run(chroot, "zkv", "--help")
     assert done.returncode == 0 and "zkv" in done.stdout, done.stderr
 
@@ -112,7 +114,8 @@ def test_install_upgrade_remove_purge(chroot: Path, debs: Debs) -> None:
     rebuilds.check("remove", packages.apt(chroot, "remove", "zkv"))
     for path in FILES:
         assert not (chroot / path).exists(), path
-    assert not wants.exists()
+    for wants in WANTS:
+        assert not (chroot / wants).exists(), wants
     assert (chroot / EARLY_CONF).read_text() == edited
 
     output = packages.apt(chroot, "purge", "zkv")

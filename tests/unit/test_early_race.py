@@ -198,3 +198,30 @@ def test_ask_password_answer(tmp_path: object) -> None:
         handle.write('#!/bin/sh\n[ "$1" = --no-tty ] || exit 3\necho "typed words"\n')
     os.chmod(fake, 0o755)
     assert AskPasswordPrompt(fake, 30).ask("pw: ", threading.Event()) == b"typed words"
+
+
+def test_a_passphrase_being_checked_when_the_grace_ends_is_checked_to_the_end() -> None:
+    # Typed in time, its KDF still running when the grace is over (a slow machine): it wins.
+    def typed_then_slow_check(cancel: threading.Event) -> str:
+        passphrase.busy.set()
+        time.sleep(0.6)  # past the 0.2 s grace
+        passphrase.busy.clear()
+        return "opened"
+
+    gateway = Contender("gateway", denied_now, grace=0.2)
+    passphrase = Contender("passphrase", typed_then_slow_check)
+    assert race([gateway, passphrase], 30).value == "opened"
+
+
+def test_a_check_never_outlasts_the_overall_limit() -> None:
+    def endless_check(cancel: threading.Event) -> str:
+        passphrase.busy.set()
+        cancel.wait(30)
+        raise Cancelled
+
+    gateway = Contender("gateway", denied_now, grace=0.1)
+    passphrase = Contender("passphrase", endless_check)
+    started = time.monotonic()
+    with pytest.raises(ApprovalDenied):  # the grace's error, once the overall 0.5 s is over
+        race([gateway, passphrase], 0.5)
+    assert 0.4 < time.monotonic() - started < 2
