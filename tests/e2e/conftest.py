@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from tests.vm import builder, packages, testbed
-from tests.vm.driver import BootResult, Guest
+from tests.vm.driver import BootResult, Guest, Timings
 from tests.vm.testbed import Channel, Flavour, Image
+from tests.vm.zkv_boot import Outcome
 
 REQUIRED_TOOLS = (
     "qemu-system-x86_64",
@@ -155,6 +156,14 @@ def record_boot(image: Image, scenario: str, result: BootResult) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         handle.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\t{line}\n")
+
+
+def record_outcome(image: Image, scenario: str, out: Outcome) -> None:
+    """record_boot for a zkv boot driven by zkv_boot.run_boot."""
+    timings = Timings(
+        kernel=out.kernel, prompts=out.stock_prompts, root=out.root_at, switched=out.switched_at
+    )
+    record_boot(image, scenario, BootResult(out.root, out.data_mounted, timings))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

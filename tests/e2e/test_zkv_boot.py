@@ -28,13 +28,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import record_boot
+from tests.e2e.conftest import record_outcome as _record
 from tests.vm import testbed, zkv_image
-from tests.vm.driver import BootResult, Guest, Timings
-from tests.vm.testbed import Channel, Flavour, Image
+from tests.vm.driver import Guest
+from tests.vm.testbed import Channel, Flavour
 from tests.vm.zkv_boot import (
     Gateway,
-    Outcome,
     gateway,
     no_leftovers,
     run_boot,
@@ -60,13 +59,6 @@ def zkv_images(prerequisites: None) -> Callable[..., ZkvImage]:
         return built[flavour, channel]
 
     return get
-
-
-def _record(image: Image, scenario: str, out: Outcome) -> None:
-    timings = Timings(
-        kernel=out.kernel, prompts=out.stock_prompts, root=out.root_at, switched=out.switched_at
-    )
-    record_boot(image, scenario, BootResult(out.root, out.data_mounted, timings))
 
 
 def _reboot_approved_ahead(guest: Guest, gw: Gateway, zimg: ZkvImage) -> dict[str, str]:

@@ -46,6 +46,9 @@ def tree_digest(root: Path) -> str:
 
 def _walk(root: Path) -> Iterator[Path]:
     for directory, dirs, files in os.walk(root):
+        # Python writes bytecode caches as it imports: they are no input, and would change
+        # the key of every image after each run.
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
         for name in [*dirs, *files]:
             yield Path(directory, name)
 

@@ -35,7 +35,17 @@ QEMU_SMP: Final = 2
 
 
 # Under TCG on a loaded host the kernel's IO-APIC timer check can fail and panic the boot.
-BASE_CMDLINE: Final = ("console=ttyS0", "panic=-1", "no_timer_check")
+# TCG runs the kernel's page zeroing slowly (rep stos), and Debian's kernel zeroes every page it
+# hands out (CONFIG_INIT_ON_ALLOC_DEFAULT_ON) and faults huge pages (2 MiB each to zero): under
+# load the real root then stalls for minutes in clear_page_rep (soft lockups), long enough for
+# systemd-udev-settle to give up. Both off: the guests do what they do with less zeroing.
+BASE_CMDLINE: Final = (
+    "console=ttyS0",
+    "panic=-1",
+    "no_timer_check",
+    "init_on_alloc=0",
+    "transparent_hugepage=never",
+)
 
 
 def cache_dir() -> Path:

@@ -104,14 +104,14 @@ class Gateway:
 
     def approve_on_page(self, code: str) -> None:
         """As the owner under the page policy: open the link of the message for ``code`` in the
-        browser, note what the page shows (``page``: a boot's flags and command line, or a
-        planned reboot's window), approve with the passkey."""
+        browser, note what the page shows (``page``: a boot's flags and command line, whether its
+        key is held by a TPM, or a planned reboot's window), approve with the passkey."""
         assert self.browser is not None, "gateway(policy='page') enrols the owner's passkey"
         link = PAGE_LINK.search(self._message_with(code))
         assert link, "the message carries no approval link"
         self.browser.open(link[0])
         self.page = {"code": self.browser.text("code")}
-        for name in ("boot-flags", "cmdline", "within"):
+        for name in ("boot-flags", "cmdline", "within", "key-in-tpm"):
             if self.browser.exists(name):
                 self.page[name.replace("-", "_")] = self.browser.text(name)
         self.browser.click("approve")
