@@ -756,6 +756,18 @@ def test_initramfs_tools_holds_the_import_until_the_devices_are_open(tmp_path: P
     assert "opened" in out and "no-go-yet" in out and "rc=0" in out and "warn" not in out
 
 
+def test_initramfs_tools_says_nothing_of_devices_on_an_image_without_luks(tmp_path: Path) -> None:
+    # Every boot without LUKS entries once warned "LUKS devices not opened (exit ?)".
+    out = _initramfs_tools(
+        tmp_path,
+        'log_warning_msg() { echo "warn $*"; }\n'
+        'zkv_start rpool/ROOT/debian && zkv_devices; echo "rc=$?"\n'
+        'zkv_unlock rpool/ROOT/debian; echo "unlock=$?"',
+        ZKV_IMAGE_DEVICES=str(tmp_path / "no-such-file"),
+    )
+    assert "rc=0" in out and "unlock=0" in out and "warn" not in out, out
+
+
 def test_initramfs_tools_stops_a_client_that_never_opens_the_devices(tmp_path: Path) -> None:
     out = _initramfs_tools_luks(
         tmp_path,
