@@ -26,7 +26,7 @@ from tests.harness.swtpm import manufacture
 from tests.vm import guest_tpm, testbed, zkv_image
 from tests.vm.driver import Guest
 from tests.vm.testbed import Channel, Flavour
-from tests.vm.zkv_boot import gateway, run_boot
+from tests.vm.zkv_boot import gateway, keep_tank_in_the_cache_file, run_boot
 from tests.vm.zkv_image import RECOVERY_PASSPHRASE, ZkvImage
 
 pytestmark = pytest.mark.e2e
@@ -65,6 +65,8 @@ def test_a_tpm_held_key_unlocks_and_a_copied_disk_cannot_ask(
         assert out.root == testbed.ROOT_DATASET and out.data_mounted, out.events
         assert out.stock_prompts == [], out.events
         requests = len(gw.requests())
+        guest.login()
+        keep_tank_in_the_cache_file(guest)
 
         # The copied disk: a fresh TPM, from the same trusted CA (a copy of it: manufacturing
         # a TPM changes the CA's serial file, and the cached one must stay as it is).

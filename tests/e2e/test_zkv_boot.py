@@ -35,6 +35,7 @@ from tests.vm.testbed import Channel, Flavour
 from tests.vm.zkv_boot import (
     Gateway,
     gateway,
+    keep_tank_in_the_cache_file,
     no_leftovers,
     run_boot,
     unreachable_port,
@@ -67,11 +68,9 @@ def _reboot_approved_ahead(guest: Guest, gw: Gateway, zimg: ZkvImage) -> dict[st
     reboots; returns what the page showed. QEMU runs with -no-reboot: boot_again starts the
     next boot on the same disk."""
     key = base64.b64encode(zimg.host_key.read_bytes()).decode()
-    # tank into the cache file, as a host's data pools are: the test bed ships none, and once the
-    # first boot left one (rpool only) Debian's zfs-import-scan stands down for zfs-import-cache.
+    keep_tank_in_the_cache_file(guest)
     guest.check(
-        "zpool set cachefile=/etc/zfs/zpool.cache tank"
-        " && ip link set enp0s1 up && dhclient -1 -4 enp0s1 && install -d -m 0700 /root/zkv"
+        "ip link set enp0s1 up && dhclient -1 -4 enp0s1 && install -d -m 0700 /root/zkv"
         f" && (umask 077; echo {key} | base64 -d > /root/zkv/host.key)",
         timeout=180,
     )

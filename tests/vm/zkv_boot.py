@@ -321,6 +321,14 @@ def run_boot(
             note(f"client reports boot flags: {out.boot_flags}")
 
 
+def keep_tank_in_the_cache_file(guest: Guest) -> None:
+    """In the booted guest (logged in): tank into the cache file, as a host's data pools are,
+    and written out. The test bed ships no cache file; once the first boot left one (rpool
+    only), Debian's zfs-import-scan stands down for zfs-import-cache, and the next boot of the
+    same disk would not import tank."""
+    guest.check("zpool set cachefile=/etc/zfs/zpool.cache tank && sync", timeout=180)
+
+
 def no_leftovers(guest: Guest, zimg: ZkvImage) -> dict[str, str]:
     """After boot: what is under /run/zkv, which key material /run holds, the boot network."""
     guest.login()
