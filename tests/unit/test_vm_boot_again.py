@@ -127,3 +127,26 @@ def test_power_off_quits_qemu_at_once_and_the_next_boot_runs(
         guest.boot_again(timeout=0)
         guest.child.expect("up")
     assert "--- power off ---" in (tmp_path / "console.log").read_text()
+
+
+def test_close_ends_a_qemu_that_ignores_every_polite_signal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() kills QEMU and waits until it is gone (pexpect's terminate() only pauses a
+    moment, and close() then raises "Could not terminate the child")."""
+
+    def overlay(base: Path, target: Path, base_format: str = "raw") -> Path:
+        target.write_text("")
+        return target
+
+    def command(**_kw: Any) -> list[str]:
+        return ["sh", "-c", "trap '' HUP INT TERM; echo up; while :; do sleep 0.1; done"]
+
+    monkeypatch.setattr(qemu, "overlay", overlay)
+    monkeypatch.setattr(qemu, "command", command)
+    guest = driver.Guest(_image(tmp_path), console_log=tmp_path / "console.log")  # type: ignore[arg-type]
+    guest.start()
+    guest.child.expect("up")
+    child = guest.child
+    guest.close()
+    assert not child.isalive()

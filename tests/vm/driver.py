@@ -6,6 +6,7 @@ Every wait has a timeout; on failure a ``BootFailure`` carries the last console 
 from __future__ import annotations
 
 import collections
+import contextlib
 import re
 import shlex
 import signal
@@ -238,7 +239,13 @@ class Guest:
     def _stop_qemu(self) -> None:
         if self._child is not None:
             if self._child.isalive():
-                self._child.terminate(force=True)
+                # SIGKILL, then wait until it is gone: on a loaded host QEMU can outlive the
+                # short pauses of pexpect's terminate(), and close() then raises "Could not
+                # terminate the child" in a test's teardown.
+                self._child.kill(signal.SIGKILL)
+                self._child.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=60)
+                with contextlib.suppress(pexpect.ExceptionPexpect):
+                    self._child.wait()
             self._child.close()
             self._child = None
 
