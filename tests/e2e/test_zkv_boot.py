@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import record_outcome as _record
+from tests.e2e.conftest import record_outcome
 from tests.vm import testbed, zkv_image
 from tests.vm.driver import Guest
 from tests.vm.testbed import Channel, Flavour
@@ -93,7 +93,7 @@ def test_approved_boot_unlocks_everything_and_leaves_nothing(
     with gateway(zimg, tmp_path, policy="page") as gw:
         guest = guest_factory(zimg.image, gw.guest_port)
         out = run_boot(guest, on_pin=gw.approve_on_page)
-        _record(zimg.image, "zkv-approved", out)
+        record_outcome(zimg.image, "zkv-approved", out)
         assert gw.last_unlock_state() == "approved"
         # The console shows a request code (it approves nothing) and where to approve; the
         # page shows the same code, and the boot's flags as the client reported them.
@@ -115,7 +115,7 @@ def test_approved_boot_unlocks_everything_and_leaves_nothing(
         # The same disk, a planned reboot: approved ahead on the page, its boot does not wait.
         ahead, told = _reboot_approved_ahead(guest, gw, zimg), len(gw.gw.notifications())
         again = run_boot(guest)
-        _record(zimg.image, "zkv-approved-ahead", again)
+        record_outcome(zimg.image, "zkv-approved-ahead", again)
         states = [row[2] for row in gw.requests() if len(row) >= 3 and row[1] == "unlock"]
         audit = gw.gw.audit()
     assert ahead["within"] == "30 min" and ahead["status"].startswith("Approved"), ahead
@@ -150,7 +150,7 @@ def test_approved_boot_on_the_other_openzfs(
         guest = guest_factory(zimg.image, gw.guest_port)
         out = run_boot(guest, on_pin=gw.approve_pin)
         assert gw.last_unlock_state() == "approved"
-    _record(zimg.image, "zkv-approved", out)
+    record_outcome(zimg.image, "zkv-approved", out)
     assert out.root == testbed.ROOT_DATASET
     assert out.stock_prompts == []
     assert out.data_mounted
@@ -167,7 +167,7 @@ def test_gateway_down_recovery_passphrase_boots(
         guest = guest_factory(zimg.image, port)
         # The prompt races the gateway: answer it at once, as a person at the console would.
         out = run_boot(guest, recovery=RECOVERY_PASSPHRASE, answer_after_gateway_gave_up=False)
-    _record(zimg.image, "zkv-gateway-down", out)
+    record_outcome(zimg.image, "zkv-gateway-down", out)
     assert out.pin is None
     assert out.recovery_prompts_answered
     assert out.stock_prompts == []
@@ -188,7 +188,7 @@ def test_denied_falls_back_to_a_prompt(
         # The recovery passphrase is typed only once the client said the owner denied.
         out = run_boot(guest, on_pin=gw.deny_pin, recovery=RECOVERY_PASSPHRASE)
         assert gw.last_unlock_state() == "denied"
-    _record(zimg.image, "zkv-denied", out)
+    record_outcome(zimg.image, "zkv-denied", out)
     assert out.gateway_gave_up is not None and "denied" in out.gateway_gave_up, out.events
     assert out.recovery_prompts_answered
     assert out.stock_prompts == []
@@ -209,7 +209,7 @@ def test_released_key_that_does_not_open_the_keystore_falls_back(
         # Nobody types at zkv's prompt: after [timeouts] fallback the client exits and
         # OpenZFS's own prompt takes the dataset passphrase.
         out = run_boot(guest, on_pin=gw.approve_pin, stock=testbed.ROOT_PASSPHRASE)
-    _record(zimg.image, "zkv-wrong-key", out)
+    record_outcome(zimg.image, "zkv-wrong-key", out)
     assert out.gateway_gave_up is not None, out.events
     assert "does not open the keystore" in out.gateway_gave_up, out.events
     assert out.recovery_prompts_answered == []
@@ -234,7 +234,7 @@ def test_host_past_its_deadman_window_is_refused_and_the_passphrase_boots(
         listing = gw.gw.cli("hosts", "list").stdout
         refusals = [line for line in gw.gw.audit() if "auth_failed" in line]
         texts = gw.gw.notifications()
-    _record(zimg.image, "zkv-deadman-suspended", out)
+    record_outcome(zimg.image, "zkv-deadman-suspended", out)
     assert f"{zimg.host_id}  suspended" in listing, listing
     assert any("host is suspended" in line for line in refusals), refusals
     assert gw.last_unlock_state() == ""  # refused before any request existed
