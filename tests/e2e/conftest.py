@@ -33,11 +33,11 @@ _TIMINGS_ENV = "ZKV_E2E_TIMINGS"
 
 
 # `make e2e` runs two workers (pytest-xdist, --dist loadscope): every test is a unit of its
-# own, except these modules, whose tests share a module-scoped guest, chroot or container
+# own, except these modules, whose tests share a module-scoped chroot or container
 # that each worker would otherwise set up again. (xdist's loadgroup would say this with marks,
 # but with pytest 9 it ignores them.)
 _ONE_WORKER_MODULES = frozenset(
-    {"test_baseline.py", "test_container.py", "test_deb_gateway.py", "test_dracut_stock.py"}
+    {"test_container.py", "test_deb_gateway.py", "test_dracut_stock.py"}
 )
 
 
@@ -112,36 +112,6 @@ def guest_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., Gues
 
     yield start
     for guest in guests:
-        guest.close()
-
-
-@pytest.fixture(scope="module")
-def booted_guest(
-    images: Callable[[Flavour, Channel], Image],
-) -> Iterator[Callable[[Flavour, Channel], tuple[Guest, BootResult]]]:
-    """A guest per flavour/channel booted with the right passphrase, shared by a module's tests.
-
-    A TCG boot costs a minute or more, so tests that only look at a booted system share one.
-    """
-    booted: dict[tuple[Flavour, Channel], tuple[Guest, BootResult]] = {}
-
-    def get(flavour: Flavour, channel: Channel) -> tuple[Guest, BootResult]:
-        if (flavour, channel) not in booted:
-            image = images(flavour, channel)
-            log = testbed.cache_dir() / "logs" / f"booted-{flavour}-{channel}.log"
-            guest = Guest(image, console_log=log)
-            try:
-                guest.start()
-                result = guest.boot()
-            except BaseException:
-                guest.close()
-                raise
-            record_boot(image, "passphrase", result)
-            booted[(flavour, channel)] = (guest, result)
-        return booted[(flavour, channel)]
-
-    yield get
-    for guest, _ in booted.values():
         guest.close()
 
 
