@@ -75,7 +75,6 @@ def fleet(hosts: int) -> dict[str, Any]:
     """What an owner of ``hosts`` hosts behind one address must raise; the rest stays default."""
     return {
         "RATE_PER_SECOND": max(100, hosts),
-        "RATE_IP_PER_HOUR": 10 * hosts,
         "SMS_PER_HOUR": 2 * hosts,  # each unlock is one notification, with room to spare
         "MAX_POLLS_PER_SOURCE": 10**5,  # the threads bound the long-polls (server.py)
     }

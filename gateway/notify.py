@@ -45,13 +45,15 @@ def unlock_text(
     asks: str = "",
     key_in_tpm: bool = False,
     ahead: int = 0,
+    others: int = 0,
 ) -> str:
     """The owner's notification. ``links``: owner name -> their approval page (passkey);
     ``sms_pin``: a PIN reply approves (policy sms-pin), else a reply can only deny; ``boot``:
     the sentence on the boot's flags (boot_context.BootView.message, bounded there); ``asks``:
     what the host asks for, if not to unlock ``datasets``; ``key_in_tpm``: the host's key is
     held by its TPM (else a copied disk could ask too); ``ahead``: a running host asks approval
-    for a planned reboot within that many seconds."""
+    for a planned reboot within that many seconds; ``others``: how many other requests of the
+    same host are open (one of them may be a thief's, timed to look like this boot)."""
     host = _bounded(hostname, HOST_SHOWN)
     if hostname != enrolled_as:
         host += f" (enrolled as {_bounded(enrolled_as, HOST_SHOWN)})"
@@ -61,6 +63,8 @@ def unlock_text(
     head = f"zkv: from {source_ip}, host {host} {asks} at {_utc(at)}."
     if boot:
         head += f" {boot}"
+    if others:
+        head += f" WARNING: {others} other open request{'s' if others > 1 else ''} for this host."
     how = f"Reply {pin} to approve, NO {pin} to deny." if sms_pin else f"Code {pin}."
     if links:
         how += f" Approve or deny: {_pages(links)}"

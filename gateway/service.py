@@ -358,11 +358,17 @@ class Gateway:
                 boot_store.of(conn, a.request_id), boot_store.last_approved(conn, row.host_id)
             )
             boot = view.message()
+        others = sum(
+            1
+            for other in self.store.open_requests(conn, row.host_id)
+            if other.approval.request_id != a.request_id
+        )
         return unlock_text(
             row.source_ip, row.hostname, host.hostname if host else row.hostname,
             row.datasets, a.created_at, a.pin, ttl, links,
             self.settings.APPROVAL_POLICY == "sms-pin", boot=boot,
             key_in_tpm=bool(host and host.key_in_tpm), ahead=ttl if a.kind == KIND_AHEAD else 0,
+            others=others,
         )  # fmt: skip
 
     def fail_open(self, rows: list[RequestRow], reason: str) -> None:

@@ -4,6 +4,7 @@ re-split into new MessageSids, PINs in other scripts."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -62,6 +63,26 @@ def test_the_sms_shows_the_source_ip_first_and_stays_short(
     assert "and 13 more" in text and boot.created.pin in text
     assert len(text) <= 320 and "\n" not in text and " " * 3 not in text
     gw.deny(boot.created.request_id)
+
+
+def test_a_second_open_request_of_a_host_is_flagged_in_the_owners_message(
+    gw: RunningGateway,
+) -> None:
+    """A thief with a copy of the host's key times a request to look like its boot: the owner
+    is told that another request of the host is open, in the message itself."""
+    host = client.Host(hostname="twice02")
+    gw.admit(host)
+    first = client.unlock(gw.url, host)
+    assert first.response.status_code == 201
+    assert "WARNING" not in gw.notifications()[-1]
+    time.sleep(1.1)  # past the host's one request a second
+    second = client.unlock(gw.url, host)
+    assert second.response.status_code == 201
+    text = gw.notifications()[-1]
+    assert second.created.pin in text and "WARNING: 1 other open request for this host." in text
+    assert len(text) <= 320, text
+    for boot in (first, second):
+        gw.deny(boot.created.request_id)
 
 
 def test_a_captured_webhook_cannot_be_resplit_into_new_message_sids(

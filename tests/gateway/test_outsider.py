@@ -4,6 +4,8 @@ nothing that stops a real host's unlock, even from the same address (one NAT, on
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tests.harness import protocol_client as client
@@ -86,3 +88,24 @@ def test_a_second_host_of_one_name_needs_replace_and_revokes_the_first(tmp_path:
         assert f"replaces {first.host_id}" in " ".join(gw.audit())
         assert client.unlock(gw.url, first).response.status_code == 401
         unlocks(gw, second, gw.secret)
+
+
+def test_two_hosts_behind_one_nat_booting_in_the_same_second_both_unlock(
+    tmp_path: Path,
+) -> None:
+    """Both from 127.0.0.1 at once, with one request a second allowed: per host, so neither
+    is refused for the other's request (once limited by address, the second got 429)."""
+    # The default notification cap (the module's small one would be spent by the enrolments).
+    with running_gateway(tmp_path, settings={**PRODUCTION_LIMITS, "SMS_PER_HOUR": 30}) as gw:
+        hosts = [client.Host(hostname=f"nat{i}") for i in range(2)]
+        for host in hosts:
+            gw.admit(host)
+        for _ in range(3):  # three power cuts: both boot together each time
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                boots = list(pool.map(lambda h: client.unlock(gw.url, h), hosts))
+            assert [b.response.status_code for b in boots] == [201, 201], boots[1].response.text
+            for boot in boots:
+                gw.approve(boot.created.request_id, boot.created.pin)
+                final = client.poll(gw.url, boot.created.request_id, wait=5)
+                assert client.opened(boot, final) == gw.secret
+            time.sleep(1.1)  # the next boot of each host: past its one request a second

@@ -96,8 +96,19 @@ class Browser:
     def run_async(self, script: str, *args: Any) -> Any:
         return self.driver.execute_async_script(script, *args)
 
-    def screenshot(self, path: str) -> None:
-        self.driver.save_screenshot(path)
+    def screenshot(self, path: str, width: int = 390) -> None:
+        """The page as a phone of ``width`` CSS pixels shows it, whole (headless chromium
+        keeps its windows at least 500 px wide: the device metrics say what a phone says)."""
+        height = int(self.driver.execute_script("return document.documentElement.scrollHeight"))
+        metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": True}
+        self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+        try:
+            height = int(self.driver.execute_script("return document.documentElement.scrollHeight"))
+            metrics["height"] = height
+            self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+            self.driver.save_screenshot(path)
+        finally:
+            self.driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
 def enrol_owner(gw: RunningGateway, browser: Browser, name: str) -> str:
