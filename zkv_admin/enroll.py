@@ -35,10 +35,9 @@ from zkv_admin.secret_input import STDIN, ask, read_secret
 if TYPE_CHECKING:
     from pathlib import Path
 
-    import requests
-
 T = TypeVar("T")
 TIMEOUT = 30.0
+MAX_ANSWER = 1 << 20  # the gateway's answers are small JSON documents
 CLOCK_SLACK = 30  # seconds off the gateway's clock worth saying (nothing depends on it)
 TCTI = f"device:{tpm.DEVICE}"
 
@@ -127,31 +126,47 @@ def _token(source: str | None) -> str:
 
 
 def _post(url: str, body: dict[str, Any] | None, ca: str | None, parse: Callable[[Any], T]) -> T:
-    import requests  # only here: importing it doubles the start-up time of every command
+    """POST ``body`` as JSON with the standard library only: the zkv package depends on python3
+    and python3-cryptography, nothing else (a stock host has no python3-requests)."""
+    import json
+    import ssl
+    import urllib.error
+    import urllib.request
 
+    if not url.startswith(("https://", "http://")):  # urllib would open file: and ftp: too
+        raise InputError("the gateway URL starts with https:// (or http:// on a test bed)")
+    data = b"" if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="POST")  # noqa: S310 (checked)
+    request.add_header("Content-Type", "application/json")
+    context = ssl.create_default_context(cafile=ca) if ca else ssl.create_default_context()
     try:
-        response = requests.post(url, json=body, timeout=TIMEOUT, verify=ca if ca else True)
-    except requests.RequestException as exc:
+        with urllib.request.urlopen(request, timeout=TIMEOUT, context=context) as response:  # noqa: S310
+            status, payload = response.status, response.read(MAX_ANSWER)
+    except urllib.error.HTTPError as exc:
+        status, payload = exc.code, b""
+    except (OSError, ValueError) as exc:  # URLError, TLS, timeouts, refused; a malformed URL
         raise GatewayUnreachable(url=url, detail=_reason(exc)) from None
-    if response.status_code == 429:
+    if status == 429:
         raise RateLimited
-    if response.status_code in (401, 403):  # an unknown, used or expired token among others
+    if status in (401, 403):  # an unknown, used or expired token among others
         raise GatewayRefused
-    if response.status_code not in (200, 201, 202):
-        raise ProtocolError(detail=f"HTTP {response.status_code} from {url}")
+    if status not in (200, 201, 202):
+        raise ProtocolError(detail=f"HTTP {status} from {url}")
     try:
-        return parse(response.json())
+        return parse(json.loads(payload))
     except (ValueError, protocol.ProtocolViolation) as exc:
         raise ProtocolError(detail=f"not the gateway's answer ({exc})") from None
 
 
-def _reason(exc: requests.RequestException) -> str:
-    import requests
+def _reason(exc: Exception) -> str:
+    import ssl
+    import urllib.error
 
-    if isinstance(exc, requests.exceptions.SSLError):
+    cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(cause, ssl.SSLError):
         return "TLS verification failed (wrong --ca?)"
-    if isinstance(exc, requests.exceptions.Timeout):
+    if isinstance(cause, TimeoutError):
         return f"no answer within {TIMEOUT:g} s"
-    if isinstance(exc, requests.exceptions.ConnectionError):
+    if isinstance(cause, OSError):
         return "connection failed"
-    return exc.__class__.__name__
+    return cause.__class__.__name__ if isinstance(cause, Exception) else str(cause)
