@@ -136,6 +136,10 @@ class ZpoolError(ZfsError):
     """zpool: {detail}"""
 
 
+class DevicePoolsNotImported(ZpoolError):  # handover-load; a zpool error's 20: 40-49 are taken
+    """the pools on {devices} were not imported: {detail}"""
+
+
 class ZfsKeyRejected(ZfsError):
     """zfs rejected the key for {dataset}"""
 

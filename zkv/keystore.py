@@ -95,6 +95,7 @@ _LOCATOR_RE = {
     KIND_LOOPFILE: re.compile(rf"(?:/{_COMPONENT})+"),
 }
 MAX_LOCATOR = 1024
+ZVOL_DIR = "/dev/zvol/"  # udev's links to the zvols of the imported pools
 _KEY_ID_RE = re.compile(r"[0-9a-f]{16}")
 MAX_REPOSITORY_SLOTS = 2  # the current key, plus the new one while its rotation is in flight
 
@@ -130,6 +131,12 @@ class Entry(NamedTuple):
     def locator(self) -> str:
         """What a block entry names (``UUID=...``, a path); a zfs entry's dataset."""
         return self.target.split(":", 1)[1] if self.kind in BLOCK_KINDS else self.target
+
+    @property
+    def on_zvol(self) -> bool:
+        """A LUKS device on a zvol: it exists only once its pool is imported, so both boot
+        stages leave it to ``handover-load``, which opens it after the import."""
+        return self.kind == KIND_LUKS and self.locator.startswith(ZVOL_DIR)
 
 
 class Slot(NamedTuple):

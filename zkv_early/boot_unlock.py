@@ -128,11 +128,7 @@ def _open_devices(store: OpenKeystore, zfs: Zfs, after: str, console: Console) -
     file and zvol (on file systems and pools imported later), is the real root's, through the
     handover. ``devices`` beside the --after file then lets the hooks import. The entries
     opened are returned."""
-    early = [
-        e.target
-        for e in store.entries()
-        if e.kind == KIND_LUKS and not e.locator.startswith("/dev/zvol/")
-    ]
+    early = [e.target for e in store.entries() if e.kind == KIND_LUKS and not e.on_zvol]
     opened: set[str] = set()
     give_up = time.monotonic() + DEVICE_WAIT
     held = bool(early)

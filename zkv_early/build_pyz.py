@@ -52,6 +52,7 @@ PACKAGES: dict[str, tuple[str, ...]] = {
         "tpm",  # a TPM-held host key signs through it (no tpm2-tools in the image)
         "tpm_format",
         "zfs",
+        "zpool",  # handover-load imports the pools on the LUKS zvols it opens
     ),
     "zkv_early": (
         "__init__",

@@ -81,15 +81,18 @@ def build_parser() -> Parser:
     load = Command(
         "handover-load",
         "in the real root: load the keys handed over, then wipe the file",
-        "Exit 0 when nothing was handed over or every key for an imported pool loaded; the "
-        "file is wiped in every case.",
+        "First the LUKS devices still closed (those on zvols, one that came late) and the "
+        "pools on them (zpool import), then the ZFS keys. Exit 0 when nothing was handed over, "
+        "or those pools imported and every key for an imported pool loaded; the file is wiped "
+        "in every case.",
         [Option("--handover", "PATH", "the handover file", handover.DEFAULT_PATH)],
     )
     devices = Command(
         "handover-open",
         "in the real root, before the pool import: open the LUKS devices and loop files handed "
         "over",
-        "Exit 0 when every handed-over device is open or not there (handover-load then says so); "
+        "LUKS devices on zvols are left to handover-load (their pool is not imported yet). Exit "
+        "0 when every handed-over device is open or not there (handover-load then says so); "
         "the file stays for handover-load.",
         [Option("--handover", "PATH", "the handover file", handover.DEFAULT_PATH)],
     )
@@ -181,14 +184,24 @@ def handover_load(path: str, console: Console) -> int:
     report = handover.load(path, Zfs())
     if report.loaded:
         console.say(f"keys loaded: {', '.join(r.target for r in report.loaded)}")
-    if report.failed:
-        raise KeysNotLoaded(datasets=", ".join(r.target for r in report.failed))
+    # Said on its own line: the keys' errors below, a consequence, take the exit code first; a
+    # pool without native keys (ZFS on LUKS) has only this one to show for it.
+    if report.not_imported is not None:
+        console.say(report.not_imported.message)
     # The key is gone for this boot (the file is wiped whatever happens): fail the unit, so
     # that `systemctl --failed` and monitoring see a pool left locked, and say what to run.
     absent = [r.target for r in report.results if r.outcome is Outcome.ABSENT]
+    if report.failed:
+        # Each its own reason (a rejected key, a missing device): the exit line names only
+        # the entries, and the keys dropped with them (their pool sat on such a device).
+        for result in report.failed:
+            console.say(f"{result.target}: {result.detail or result.outcome}")
+        if absent:
+            console.say(KeysDropped(datasets=" ".join(absent)).message)
+        raise KeysNotLoaded(datasets=", ".join(r.target for r in report.failed))
     if absent:
         raise KeysDropped(datasets=" ".join(absent))
-    return 0
+    return 0 if report.not_imported is None else report.not_imported.exit_code
 
 
 def handover_open(path: str, console: Console) -> int:

@@ -2,13 +2,17 @@
 
 The boot client writes them to ``/run/zkv/handover`` (folder 0700, file 0600, root only): /run
 is a tmpfs that both dracut and initramfs-tools carry over into the real root, so the keys never
-touch a disk; a file anywhere else is refused. In the real root, ``zkv-load-keys.service`` runs
-``zkv-early.pyz handover-load`` after the pools are imported: it loads what it can, then wipes
-the file and removes the folder, whatever happened. Keys for pools still not imported are
-dropped, and handover-load fails (exit 48, KeysDropped: zkv-load-keys.service shows as failed)
-naming them; ``zkv unlock`` loads them later with the recovery passphrase. Before that, ahead
-of the pool import, ``zkv-open-devices.service`` runs ``handover-load --devices``: it opens the
-LUKS devices and loop files (the data pools may sit on them) and leaves the file in place.
+touch a disk; a file anywhere else is refused. In the real root, ahead of the pool import,
+``zkv-open-devices.service`` runs ``zkv-early.pyz handover-open``: it opens the LUKS devices and
+loop files (the data pools may sit on them), but not the LUKS devices on zvols (their pool is
+not imported yet), and leaves the file in place. After the import ``zkv-load-keys.service``
+runs ``handover-load``: the block devices not open yet (the zvols, a device that came late),
+then ``zpool import`` of the pools on the mappings it just opened (the boot's import ran before
+they existed), then the ZFS keys; then it wipes the file and removes the folder, whatever
+happened. Keys for pools still not imported are dropped, and handover-load fails (exit 48,
+KeysDropped: zkv-load-keys.service shows as failed) naming them; ``zkv unlock`` loads them
+later with the recovery passphrase. A failed import of those pools is said on its own line
+(DevicePoolsNotImported), and the other keys are still loaded.
 
 File: one line of canonical JSON, ``{"entries": [{"keyformat", "keys": [b64...], "target"}],
 "format": "zkv-handover", "version": 1}``.
@@ -23,11 +27,13 @@ from typing import Any
 
 from zkv import paths
 from zkv.encoding import b64, canonical, unb64
-from zkv.errors import HandoverError, ZkvError
+from zkv.errors import DevicePoolsNotImported, HandoverError, ZkvError, ZpoolError
 from zkv.fsutil import atomic_write, read_limited, wipe_file
-from zkv.keyload import UnlockReport, load_entries
+from zkv.keyload import EntryResult, UnlockReport, load_entries
+from zkv.keyload.luks import mapping_name
 from zkv.keystore import BLOCK_KINDS, Entry, OpenKeystore, kind_of
 from zkv.zfs import Zfs
+from zkv.zpool import Zpool
 
 DEFAULT_PATH = paths.HANDOVER
 FORMAT = "zkv-handover"
@@ -108,12 +114,32 @@ def _document(path: str) -> dict[str, Any]:
         raise HandoverError(path=path, detail=f"unreadable ({type(exc).__name__})") from None
 
 
-def load(path: str, zfs: Zfs) -> UnlockReport:
-    """Load what was handed over, then wipe it. An absent file is an empty report."""
+class LoadReport(UnlockReport):
+    """``load``'s report: every entry's result, and the import of the pools on the devices it
+    opened, when that failed (the keys were still loaded where they could be)."""
+
+    def __init__(
+        self,
+        results: list[EntryResult] | None = None,
+        not_imported: DevicePoolsNotImported | None = None,
+    ) -> None:
+        super().__init__(results)
+        self.not_imported = not_imported
+
+
+def load(path: str, zfs: Zfs, zpool: Zpool | None = None) -> LoadReport:
+    """After the boot's pool import: the block devices not open yet, the pools on them, the ZFS
+    keys; then wipe the file. An absent file is an empty report."""
     if not os.path.exists(path):
-        return UnlockReport()
+        return LoadReport()
     try:
-        return load_entries(read(path), zfs)
+        store = read(path)
+        devices = load_entries(store, zfs, only=_block_targets(store, zvols=True))
+        not_imported = _import_pools(devices, zpool or Zpool())
+        keys = load_entries(
+            store, zfs, only=[e.target for e in store.entries() if e.kind not in BLOCK_KINDS]
+        )
+        return LoadReport(devices.results + keys.results, not_imported)
     finally:
         discard(path)
 
@@ -128,8 +154,27 @@ def open_devices(path: str, zfs: Zfs) -> UnlockReport:
     except HandoverError:
         discard(path)
         raise
-    block = [e.target for e in store.entries() if e.kind in BLOCK_KINDS]
-    return load_entries(store, zfs, only=block)
+    return load_entries(store, zfs, only=_block_targets(store, zvols=False))
+
+
+def _block_targets(store: OpenKeystore, zvols: bool) -> list[str]:
+    """The LUKS devices and loop files; a zvol's only after the import (``zvols``): until its
+    pool is imported there is no such device."""
+    return [e.target for e in store.entries() if e.kind in BLOCK_KINDS and (zvols or not e.on_zvol)]
+
+
+def _import_pools(devices: UnlockReport, zpool: Zpool) -> DevicePoolsNotImported | None:
+    """Import the pools on the mappings opened just now: the boot's import (zfs-import-cache,
+    -scan) ran before they existed. Mappings opened by handover-open were there for it."""
+    opened = {f"/dev/mapper/{mapping_name(r.target)}": r.target for r in devices.loaded}
+    if not opened:
+        return None
+    try:
+        zpool.import_from(list(opened))
+    except ZpoolError as exc:
+        named = ", ".join(f"{mapper} ({target})" for mapper, target in opened.items())
+        return DevicePoolsNotImported(devices=named, detail=exc.message)
+    return None
 
 
 def discard(path: str) -> None:

@@ -12,6 +12,19 @@ from typing import Any
 BINARY = Path(__file__).with_name("zfs")
 
 
+def encode(datasets: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Datasets as the fake stores them: keys in base64, each its own encryption root unless
+    told otherwise (tests/fakes/zpool adds such datasets on an import)."""
+    encoded = {}
+    for name, ds in datasets.items():
+        ds = dict(ds)
+        if "key" in ds:
+            ds["key"] = base64.b64encode(ds["key"]).decode()
+        ds.setdefault("encryptionroot", name)
+        encoded[name] = ds
+    return encoded
+
+
 @dataclass
 class FakeZfs:
     state_dir: Path
@@ -21,14 +34,7 @@ class FakeZfs:
         """datasets: name -> {"encryptionroot", "keyformat", "key" (bytes), "keystatus"}."""
         state_dir.mkdir(parents=True, exist_ok=True)
         fake = cls(state_dir)
-        encoded = {}
-        for name, ds in datasets.items():
-            ds = dict(ds)
-            if "key" in ds:
-                ds["key"] = base64.b64encode(ds["key"]).decode()
-            ds.setdefault("encryptionroot", name)
-            encoded[name] = ds
-        fake.write({"datasets": encoded})
+        fake.write({"datasets": encode(datasets)})
         return fake
 
     def write(self, state: dict[str, Any]) -> None:

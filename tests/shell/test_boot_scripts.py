@@ -778,3 +778,29 @@ def test_initramfs_tools_stops_a_client_that_never_opens_the_devices(tmp_path: P
     )
     assert "warn zkv: the boot client did not open the LUKS devices in time" in out
     assert "status=143" in out
+
+
+def test_initramfs_tools_a_root_that_needs_no_key_still_gets_the_data_keys_handed_over(
+    tmp_path: Path,
+) -> None:
+    """A root pool on LUKS without native encryption: OpenZFS's load-key hook never runs, so
+    local-bottom (and 2.1's local-top) give the go; the client finishes (writing the handover)
+    instead of being killed."""
+    out = _initramfs_tools_luks(
+        tmp_path,
+        "zkv_start rpool/ROOT/debian && zkv_devices; zkv_root_needs_no_key\n"
+        '[ -e "$ZKV_RUN/go" ] && echo go; zkv_status && echo "status=$zkv_rc"',
+        FAKE_DEVICES="0.2",
+    )
+    assert "go" in out.split() and "status=0" in out, out
+
+
+def test_initramfs_tools_a_client_that_opened_nothing_gets_no_go(tmp_path: Path) -> None:
+    """Without the devices file (the keystore is not open: approval pending, stock prompt used)
+    there is nothing to hand over yet: no go; local-bottom stops the client as before."""
+    out = _initramfs_tools(
+        tmp_path,
+        "zkv_start rpool/ROOT/debian; sleep 0.2; zkv_root_needs_no_key\n"
+        '[ -e "$ZKV_RUN/go" ] || echo no-go; zkv_stop',
+    )
+    assert "no-go" in out, out

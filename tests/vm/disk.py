@@ -23,8 +23,9 @@ MiB = 1 << 20
 # GPT: p1 ext4 /boot, p2 rpool, p3 tank. The raw file is sparse. own_boot.py reads p1 back.
 BOOT_OFFSET_MIB = 1
 BOOT_MIB = 256
-_RPOOL_MIB = 4608
-_DISK_MIB = BOOT_OFFSET_MIB + BOOT_MIB + _RPOOL_MIB + 512 + 1
+RPOOL_MIB = 4608
+TANK_MIB = 512
+_DISK_MIB = BOOT_OFFSET_MIB + BOOT_MIB + RPOOL_MIB + TANK_MIB + 1
 
 
 def inputs(chroot: Chroot) -> cache.Inputs:
@@ -32,7 +33,7 @@ def inputs(chroot: Chroot) -> cache.Inputs:
         "layer": "image",
         "parent": chroot.key,
         "helper": cache.file_digest(_HELPER),
-        "layout": [BOOT_MIB, _RPOOL_MIB, _DISK_MIB],
+        "layout": [BOOT_MIB, RPOOL_MIB, _DISK_MIB],
         "passphrase": testbed.ROOT_PASSPHRASE,
     }
 
@@ -53,32 +54,52 @@ def only_file(directory: Path, pattern: str) -> Path:
 
 
 def _make(root: Path, helper_initrd: Path, image: Image) -> None:
+    make_full(root, helper_initrd, image, _HELPER, [f"zkv.rootpass={testbed.ROOT_PASSPHRASE}"])
+
+
+def make_full(
+    root: Path,
+    helper_initrd: Path,
+    image: Image,
+    helper: Path,
+    args: list[str],
+    rpool_mib: int = RPOOL_MIB,
+) -> None:
+    """A whole disk from ``root``: kernel, initrd, a new tank key, the partitions and /boot,
+    then ``helper`` as the helper VM's init writes the pools (``args`` and ``zkv.datakey=``
+    on its command line)."""
     work = image.directory
     shutil.copyfile(only_file(root / "boot", "vmlinuz-*"), image.kernel)
     shutil.copyfile(only_file(root / "boot", "initrd.img-*"), image.initrd)
     image.data_key_file.touch(mode=0o600)
     image.data_key_file.write_text(secrets.token_hex(32) + "\n")
 
-    _partition(image.disk)
+    partition(image.disk, rpool_mib)
     make_boot_fs(root / "boot", image.disk)
     helper_root = work / "helper-root.ext4"
     try:
-        make_helper_root(root, helper_root, _HELPER)
-        _run_full_helper(image, helper_initrd, helper_root, work / "helper-console.log")
+        make_helper_root(root, helper_root, helper)
+        drives = [
+            f"file={image.disk},format=raw,if=virtio,cache=unsafe",
+            f"file={helper_root},format=raw,if=virtio,readonly=on",
+        ]
+        args = [*args, f"zkv.datakey={image.data_key()}"]
+        run_helper(image, helper_initrd, drives, args, work / "helper-console.log")
     finally:
         helper_root.unlink(missing_ok=True)
 
 
-def _partition(disk: Path) -> None:
+def partition(disk: Path, rpool_mib: int = RPOOL_MIB, tank_mib: int = TANK_MIB) -> None:
+    """GPT on a new sparse ``disk``: p1 /boot, p2 rpool's ``rpool_mib``, p3 tank's."""
     with disk.open("wb") as handle:
-        handle.truncate(_DISK_MIB * MiB)
+        handle.truncate((BOOT_OFFSET_MIB + BOOT_MIB + rpool_mib + tank_mib + 1) * MiB)
     subprocess.run(
         [
             "sgdisk",
             f"--new=1:{BOOT_OFFSET_MIB}M:+{BOOT_MIB}M",
             "--typecode=1:8300",
             "--change-name=1:zkv-boot",
-            f"--new=2:0:+{_RPOOL_MIB}M",
+            f"--new=2:0:+{rpool_mib}M",
             "--typecode=2:bf00",
             "--change-name=2:rpool",
             "--new=3:0:0",
@@ -155,12 +176,3 @@ def run_helper(
         tail = "\n".join(output.splitlines()[-40:])
         raise RuntimeError(f"helper VM failed; last console lines:\n{tail}")
     cache.log(f"helper VM done in {time.monotonic() - started:.0f} s")
-
-
-def _run_full_helper(image: Image, initrd: Path, helper_root: Path, console: Path) -> None:
-    drives = [
-        f"file={image.disk},format=raw,if=virtio,cache=unsafe",
-        f"file={helper_root},format=raw,if=virtio,readonly=on",
-    ]
-    args = [f"zkv.rootpass={testbed.ROOT_PASSPHRASE}", f"zkv.datakey={image.data_key()}"]
-    run_helper(image, initrd, drives, args, console)

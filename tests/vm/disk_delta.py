@@ -29,9 +29,19 @@ _HELPER = testbed.GUEST_DIR / "helper-delta.sh"
 REMOVED_LIST = "zkv-e2e-removed"  # helper-delta.sh reads it from the root of the tar
 
 
-def build(chroot: Chroot, base_chroot: Chroot, base: Image, helper_initrd: Path) -> Image:
-    """The derived image of ``chroot`` (a payload on ``base_chroot``, whose image is ``base``)."""
-    inputs = {
+def build(
+    chroot: Chroot,
+    base_chroot: Chroot,
+    base: Image,
+    helper_initrd: Path,
+    root_args: list[str] | None = None,
+) -> Image:
+    """The derived image of ``chroot`` (a payload on ``base_chroot``, whose image is ``base``).
+
+    ``root_args``: how helper-delta.sh opens the root (kernel command line), by default the
+    ZFS layout's passphrase; the LUKS layout's: ``zkv.rootluks=UUID zkv.rootkey=KEY``."""
+    args = root_args if root_args is not None else [f"zkv.rootpass={testbed.ROOT_PASSPHRASE}"]
+    inputs: dict[str, object] = {
         "layer": "image-delta",
         "parent": chroot.key,
         "base_chroot": base_chroot.key,
@@ -41,10 +51,12 @@ def build(chroot: Chroot, base_chroot: Chroot, base: Image, helper_initrd: Path)
         "helper": cache.file_digest(_HELPER),
         "passphrase": testbed.ROOT_PASSPHRASE,
     }
+    if root_args is not None:
+        inputs["root_args"] = root_args
 
     def make(work: Path) -> None:
         image = Image(base.flavour, base.channel, work)
-        _make(chroot.root, base_chroot.root, base, image, helper_initrd)
+        _make(chroot.root, base_chroot.root, base, image, helper_initrd, args)
 
     directory = cache.entry(f"image-{chroot.directory.name}", inputs, make)
     return Image(base.flavour, base.channel, directory)
@@ -87,7 +99,9 @@ def _signature(path: str) -> tuple[object, ...]:
     return (kind, info.st_mode, info.st_uid, info.st_gid, info.st_rdev, *size_time, target)
 
 
-def _make(root: Path, base_root: Path, base: Image, image: Image, helper_initrd: Path) -> None:
+def _make(
+    root: Path, base_root: Path, base: Image, image: Image, helper_initrd: Path, args: list[str]
+) -> None:
     work = image.directory
     shutil.copyfile(disk.only_file(root / "boot", "vmlinuz-*"), image.kernel)
     shutil.copyfile(disk.only_file(root / "boot", "initrd.img-*"), image.initrd)
@@ -110,7 +124,6 @@ def _make(root: Path, base_root: Path, base: Image, image: Image, helper_initrd:
             f"file={tar},format=raw,if=virtio,readonly=on",
             f"file={boot},format=raw,if=virtio,readonly=on",
         ]
-        args = [f"zkv.rootpass={testbed.ROOT_PASSPHRASE}"]
         disk.run_helper(base, helper_initrd, drives, args, work / "helper-console.log")
     finally:
         for path in scratch:

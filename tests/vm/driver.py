@@ -339,13 +339,19 @@ class Guest:
             raise self.fail(f"`{command}` exited {status}")
         return output
 
+    def answer(
+        self, command: str, prompt: re.Pattern[str], secret: str, timeout: float = 180
+    ) -> int:
+        """Run ``command`` in the root shell, type ``secret`` at its ``prompt``; its status."""
+        self.child.sendline(f"{command}; echo ZKV-RC''=$?")
+        self._expect([prompt], time.monotonic() + timeout, f"the prompt of `{command}`")
+        self.child.send(secret + "\r")
+        self._expect([_RC], time.monotonic() + timeout, f"`{command}` to finish")
+        return int(self.child.match.group(1))
+
     def load_data_key(self, key: str, timeout: float = 180) -> None:
         """Type ``zfs load-key tank/secure`` and the key at its prompt, then mount it."""
-        self.child.sendline(f"zfs load-key {testbed.DATA_DATASET}; echo ZKV-RC''=$?")
         prompt = re.compile(rf"Enter hex key for '{re.escape(testbed.DATA_DATASET)}':")
-        self._expect([prompt], time.monotonic() + timeout, "the data key prompt")
-        self.child.send(key + "\r")
-        self._expect([_RC], time.monotonic() + timeout, "zfs load-key to finish")
-        if self.child.match.group(1) != "0":
+        if self.answer(f"zfs load-key {testbed.DATA_DATASET}", prompt, key, timeout) != 0:
             raise self.fail("zfs load-key tank/secure failed")
         self.check(f"zfs mount {testbed.DATA_DATASET}", timeout)

@@ -10,7 +10,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -329,14 +329,16 @@ def keep_tank_in_the_cache_file(guest: Guest) -> None:
     guest.check("zpool set cachefile=/etc/zfs/zpool.cache tank && sync", timeout=180)
 
 
-def no_leftovers(guest: Guest, zimg: ZkvImage) -> dict[str, str]:
-    """After boot: what is under /run/zkv, which key material /run holds, the boot network."""
+def no_leftovers(guest: Guest, zimg: ZkvImage, more_secrets: Sequence[str] = ()) -> dict[str, str]:
+    """After boot: what is under /run/zkv, which key material /run holds (the test bed's
+    secrets and ``more_secrets``), the boot network."""
     guest.login()
     secrets = (
         testbed.ROOT_PASSPHRASE,
         zimg.image.data_key(),
         zimg.repository_key,
         RECOVERY_PASSPHRASE,
+        *more_secrets,
     )
     patterns = " ".join(f"-e {s}" for s in secrets)
     return {
@@ -360,6 +362,22 @@ def no_leftovers(guest: Guest, zimg: ZkvImage) -> dict[str, str]:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_FACT = re.compile(r"^ZKV-FACT (\w+)=(.*)$", re.M)
+
+
+def facts(guest: Guest, commands: Mapping[str, str], timeout: float = 180) -> dict[str, str]:
+    """In the logged-in guest: the output of each shell command (one line, newlines turned to
+    spaces) under its name, all in one round trip over the console."""
+    script = "; ".join(
+        f"printf 'ZKV-FACT {name}=%s\\n' \"$( ({command}) 2>&1 | tr '\\n' ' ')\""
+        for name, command in commands.items()
+    )
+    output = _ANSI.sub("", guest.check(script, timeout)).replace("\r", "")
+    found = {m.group(1): m.group(2).strip() for m in _FACT.finditer(output)}
+    missing = set(commands) - set(found)
+    if missing:
+        raise guest.fail(f"no answer for {sorted(missing)}")
+    return found
 
 
 def _last_output(guest: Guest, command: str) -> str:
@@ -372,4 +390,13 @@ def have_tools() -> bool:
     return all(shutil.which(tool) for tool in ("socat", "qemu-system-x86_64"))
 
 
-__all__ = ["Gateway", "Outcome", "gateway", "no_leftovers", "pexpect", "run_boot", "tls_front"]
+__all__ = [
+    "Gateway",
+    "Outcome",
+    "facts",
+    "gateway",
+    "no_leftovers",
+    "pexpect",
+    "run_boot",
+    "tls_front",
+]

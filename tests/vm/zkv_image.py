@@ -24,14 +24,16 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from tests.vm import builder, cache, chroot_run, testbed
+from tests.vm import builder, cache, chroot_run, luks_layout, testbed
 from tests.vm.chroot_layers import Payload
 from tests.vm.disk import only_file
 from tests.vm.testbed import Channel, Flavour, Image
 from zkv import crypto, hostkey, keystore, protocol
 
 REPO = Path(__file__).resolve().parents[2]
+Layout = Literal["zfs", "luks"]
 RECOVERY_PASSPHRASE = "zkv-e2e-recovery-passphrase"
 # QEMU's guestfwd forwards port 80 only, so TLS runs on port 80.
 GATEWAY_URL = "https://10.0.2.100:80/"
@@ -161,7 +163,7 @@ def install_files(
     shutil.copyfile(test_ca().cert, destdir / GUEST_CA.lstrip("/"))
 
 
-def _stage_payload(work: Path) -> Payload:
+def _stage_payload(work: Path, layout: Layout = "zfs") -> Payload:
     overlay = work / "overlay"
     # The real root runs the code under test too (zkv heartbeat, zkv reboot, handover-load): a
     # payload image is cheap since it is derived from the base image (disk_delta.py).
@@ -172,18 +174,32 @@ def _stage_payload(work: Path) -> Payload:
             shutil.rmtree(target)
         else:
             target.unlink(missing_ok=True)
-    return Payload(overlay=overlay)
+    script = luks_layout.PACKAGES_SCRIPT if layout == "luks" else None
+    return Payload(overlay=overlay, script=script)
 
 
-def build(flavour: Flavour, channel: Channel, *, tpm: bool = False) -> ZkvImage:
+def build(
+    flavour: Flavour,
+    channel: Channel,
+    *,
+    tpm: bool = False,
+    layout: Layout = "zfs",
+    faulty: bool = False,
+) -> ZkvImage:
     """The cached zkv image for this flavour and channel, built as needed (minutes).
 
     ``tpm``: the host key is made in a software TPM (the image's hooks then add the kernel's
-    TPM drivers); boot it with that TPM attached (guest_tpm.attached(image.tpm_state))."""
+    TPM drivers); boot it with that TPM attached (guest_tpm.attached(image.tpm_state)).
+    ``layout="luks"``: the pools on LUKS (tests/vm/luks_layout.py); ``faulty`` gives that
+    keystore a wrong key for the zvol and a loop file that does not exist."""
     with tempfile.TemporaryDirectory(prefix="zkv-payload-") as tmp:
-        payload = _stage_payload(Path(tmp))
-        base = builder.build(flavour, channel, payload)
-        chroot_dir = _payload_chroot(flavour, channel, payload)
+        payload = _stage_payload(Path(tmp), layout)
+        if layout == "luks":
+            base = luks_layout.build(flavour, channel, payload)
+            chroot_dir = luks_layout.payload_chroot(flavour, channel, payload).root
+        else:
+            base = builder.build(flavour, channel, payload)
+            chroot_dir = _payload_chroot(flavour, channel, payload)
     inputs = {
         "layer": "zkv-initrd",
         "image": base.directory.name,
@@ -194,11 +210,15 @@ def build(flavour: Flavour, channel: Channel, *, tpm: bool = False) -> ZkvImage:
     }
     if tpm:
         inputs["host_key"] = "tpm"
+    if layout == "luks":
+        inputs["layout"] = "luks-faulty" if faulty else "luks"
+    store_entries = _entries(base, layout, faulty)
 
     def make(work: Path) -> None:
-        _make(base, chroot_dir, work, tpm)
+        _make(base, chroot_dir, work, tpm, store_entries)
 
     name = f"zkv-{flavour}-{channel}" + ("-tpm" if tpm else "")
+    name += {"zfs": "", "luks": "-luks-faulty" if faulty else "-luks"}[layout]
     directory = cache.entry(name, inputs, make)
     image = Image(flavour, channel, directory)
     return ZkvImage(
@@ -217,7 +237,22 @@ def _payload_chroot(flavour: Flavour, channel: Channel, payload: Payload) -> Pat
     return chroot_layers.with_payload(base, payload, f"{flavour}-{channel}-payload").root
 
 
-def _make(base: Image, chroot_root: Path, work: Path, tpm: bool) -> None:
+def _entries(base: Image, layout: Layout, faulty: bool) -> list[tuple[keystore.Entry, bytes]]:
+    if layout == "luks":
+        return luks_layout.entries(base.data_key(), faulty=faulty)
+    return [
+        (keystore.Entry(testbed.ROOT_DATASET, "passphrase"), testbed.ROOT_PASSPHRASE.encode()),
+        (keystore.Entry(testbed.DATA_DATASET, "hex"), base.data_key().encode()),
+    ]
+
+
+def _make(
+    base: Image,
+    chroot_root: Path,
+    work: Path,
+    tpm: bool,
+    store_entries: list[tuple[keystore.Entry, bytes]],
+) -> None:
     repository_key = keystore.new_repository_key()
     (work / "repository.key").write_text(keystore.format_repository_key(repository_key) + "\n")
     host_key = work / "host.key"
@@ -229,8 +264,8 @@ def _make(base: Image, chroot_root: Path, work: Path, tpm: bool) -> None:
     else:
         hostkey.generate(host_key)
     store = keystore.create(repository_key, RECOVERY_PASSPHRASE.encode())
-    store.put(keystore.Entry(testbed.ROOT_DATASET, "passphrase"), testbed.ROOT_PASSPHRASE.encode())
-    store.put(keystore.Entry(testbed.DATA_DATASET, "hex"), base.data_key().encode())
+    for entry, material in store_entries:
+        store.put(entry, material)
     with overlay_view(chroot_root, work / "overlay") as root:
         install_files(root, build_pyz(work / "zkv-early.pyz"))
         boot_zkv = root / "boot" / "zkv"
