@@ -14,6 +14,7 @@ import os
 import subprocess
 from collections.abc import Sequence
 
+from zkv import zvol
 from zkv.errors import (
     CryptDeviceNotFound,
     CryptKeyRejected,
@@ -200,9 +201,11 @@ class Cryptsetup:
         CryptDeviceNotFound if there is none."""
         tag, sep, value = locator.partition("=")
         if not sep or tag not in BY_ID:
-            if not os.path.exists(locator):
+            # A zvol without udev's link is still found by its kernel node (zvol.py).
+            node = zvol.node_of(locator) if locator.startswith(zvol.PREFIX) else None
+            if node is None and not os.path.exists(locator):
                 raise CryptDeviceNotFound(device=locator)
-            return locator
+            return node or locator
         link = os.path.join(BY_ID[tag], value)
         if os.path.exists(link):
             return link

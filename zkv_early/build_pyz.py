@@ -53,6 +53,7 @@ PACKAGES: dict[str, tuple[str, ...]] = {
         "tpm_format",
         "zfs",
         "zpool",  # handover-load imports the pools on the LUKS zvols it opens
+        "zvol",  # ... and finds those zvols without udev's links
     ),
     "zkv_early": (
         "__init__",

@@ -25,7 +25,7 @@ import json
 import os
 from typing import Any
 
-from zkv import paths
+from zkv import paths, zvol
 from zkv.encoding import b64, canonical, unb64
 from zkv.errors import DevicePoolsNotImported, HandoverError, ZkvError, ZpoolError
 from zkv.fsutil import atomic_write, read_limited, wipe_file
@@ -39,6 +39,7 @@ DEFAULT_PATH = paths.HANDOVER
 FORMAT = "zkv-handover"
 VERSION = 1
 MAX_SIZE = 1 << 20
+ZVOL_WAIT_S = 30.0  # for a zvol's device after its pool's import
 MEMORY_FILESYSTEMS = ("tmpfs", "ramfs", "rootfs")
 
 
@@ -134,6 +135,7 @@ def load(path: str, zfs: Zfs, zpool: Zpool | None = None) -> LoadReport:
         return LoadReport()
     try:
         store = read(path)
+        _await_zvols(store, zfs)
         devices = load_entries(store, zfs, only=_block_targets(store, zvols=True))
         not_imported = _import_pools(devices, zpool or Zpool())
         keys = load_entries(
@@ -142,6 +144,20 @@ def load(path: str, zfs: Zfs, zpool: Zpool | None = None) -> LoadReport:
         return LoadReport(devices.results + keys.results, not_imported)
     finally:
         discard(path)
+
+
+def _await_zvols(store: OpenKeystore, zfs: Zfs) -> None:
+    """The zvols under LUKS entries whose pool is imported: wait (bounded) for their devices,
+    which come a moment after the import. Not zfs-volume-wait.service: it waits for udev's
+    links, and for 10 minutes when udev lost one (zkv/zvol.py finds the device without it)."""
+    links = [e.locator for e in store.entries() if e.on_zvol]
+    if not links:
+        return
+    try:
+        present = zfs.key_infos()
+    except ZkvError:
+        return  # zfs cannot say: the loader reports each device as it finds it
+    zvol.await_nodes([link for link in links if link[len(zvol.PREFIX) :] in present], ZVOL_WAIT_S)
 
 
 def open_devices(path: str, zfs: Zfs) -> UnlockReport:
