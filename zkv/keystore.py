@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 if TYPE_CHECKING:
     from pathlib import Path
 
-from zkv import crypto, paths
+from zkv import crypto, paths, zvol
 from zkv.encoding import b64 as _b64
 from zkv.encoding import canonical
 from zkv.encoding import unb64 as _unb64
@@ -95,7 +95,6 @@ _LOCATOR_RE = {
     KIND_LOOPFILE: re.compile(rf"(?:/{_COMPONENT})+"),
 }
 MAX_LOCATOR = 1024
-ZVOL_DIR = "/dev/zvol/"  # udev's links to the zvols of the imported pools
 _KEY_ID_RE = re.compile(r"[0-9a-f]{16}")
 MAX_REPOSITORY_SLOTS = 2  # the current key, plus the new one while its rotation is in flight
 
@@ -136,7 +135,7 @@ class Entry(NamedTuple):
     def on_zvol(self) -> bool:
         """A LUKS device on a zvol: it exists only once its pool is imported, so both boot
         stages leave it to ``handover-load``, which opens it after the import."""
-        return self.kind == KIND_LUKS and self.locator.startswith(ZVOL_DIR)
+        return self.kind == KIND_LUKS and self.locator.startswith(zvol.PREFIX)
 
 
 class Slot(NamedTuple):
