@@ -10,7 +10,8 @@ after 2.4. So the rotation has two phases, and the key that ZFS accepts tells wh
 2. ``zfs change-key`` with the new key on stdin;
 3. finish (``finish``; also ``zkv reconcile`` and the start of every rotation): the newest key
    that ``zfs load-key -n`` accepts wins; ``NAME=<its epoch>`` and ``NAME:time``, in one
-   ``zfs set``; ``NAME:pending`` cleared; the keystore holds only the winner; images rebuilt.
+   ``zfs set``; ``NAME:pending`` cleared; the keystore holds only the winner; images rebuilt
+   (a marker beside the keystore says so until they are: bootimage.mark_stale).
 
 ``ZKV_TESTONLY_CRASH_AT=STEP`` stops the command dead (a marker line, then SIGKILL) at
 ``staged``, ``rebuilt``, ``begun``, ``changed`` and, in a finish with two keys, ``settled`` and
@@ -215,9 +216,11 @@ def settle(thing: Rotatable, path: Path, store: keystore.OpenKeystore, target: s
     if len(keys) > 1:
         repokey.crash_point("settled")  # the property agrees, the keystore holds both
         store.commit(target, keys[winner], thing.keyformat(keys[winner]), epochs[winner])
+        bootimage.mark_stale(path)  # before the keystore forgets that the images hold both
         save(path, store, remind=False)
         repokey.crash_point("committed")  # the keystore holds the winner, the images both
-        bootimage.rebuild()
+    if len(keys) > 1 or bootimage.is_stale(path):
+        bootimage.refresh(path)
     return epoch
 
 

@@ -19,7 +19,7 @@ from tests.fakes.fakezfs import BINARY
 from zkv import keystore
 from zkv.keyload import Outcome, load_entries
 from zkv.zfs import Zfs
-from zkv_admin import cli, repokey
+from zkv_admin import bootimage, cli, repokey
 
 DS = "tank/d"
 # A clean rotation of DS from epoch 1, call by call (what the crash points below walk).
@@ -121,8 +121,31 @@ def test_power_cut_at_every_call_boots_and_reconciles(
     assert store.candidates(DS) == [in_zfs] and store.epochs(DS) == [epoch]
     got = props(zkv)
     assert got["zkv:epoch"] == str(epoch) and "zkv:epoch:pending" not in got
+    # Every image is rebuilt from the settled keystore, even after a cut between the last
+    # keystore write and the last rebuild (one key left, nothing else says the images are behind).
+    assert zkv.fake.image_keystore().read_bytes() == zkv.keystore.read_bytes()
+    assert not bootimage.stale_marker(zkv.keystore).exists()
+
+
+def test_a_cut_before_the_last_rebuild_leaves_a_marker_that_reconcile_clears(
+    zkv: Zkv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prepare(zkv)
+    zkv.fake.set(crash={"call": len(STEPS), "when": "before"})
+    assert zkv.with_pass("rotate", DS).code == -9
+    assert bootimage.stale_marker(zkv.keystore).exists()
     image = keystore.read(zkv.fake.image_keystore()).open_with_passphrase(PASSPHRASE)
-    assert in_zfs in image.candidates(DS)
+    assert len(image.candidates(DS)) == 2 and zkv.open().candidates(DS) == [zkv.fake.key(DS)]
+    zkv.fake.reboot()
+    monkeypatch.setenv("ZKV_FAKE_ZFS_STATE", str(zkv.fake.state_dir))
+    before = len(zkv.fake.steps())
+    reconcile(zkv, monkeypatch)
+    assert zkv.fake.steps()[before:].count("update-initramfs") == 1
+    assert zkv.fake.image_keystore().read_bytes() == zkv.keystore.read_bytes()
+    assert not bootimage.stale_marker(zkv.keystore).exists()
+    before = len(zkv.fake.steps())
+    reconcile(zkv, monkeypatch)  # nothing left to do: no rebuild
+    assert "update-initramfs" not in zkv.fake.steps()[before:]
 
 
 def test_rotate_after_a_crash_settles_first(zkv: Zkv) -> None:
