@@ -7,8 +7,8 @@ image on disk, whichever the power cut left, holds a key that ZFS accepts.
 The second rebuild only takes the retired key out of the images, but it must not be lost to a
 power cut after the keystore dropped that key: with one key left, nothing else would say the
 images are behind. So the keystore's folder holds a marker (``mark_stale``) from before the
-keystore drops a key until the images are rebuilt (``refresh``); ``zkv reconcile`` refreshes
-whenever it finds one.
+keystore drops a key (a dataset's, or a repository slot) until the images are rebuilt
+(``refresh``); ``zkv reconcile`` and the next rotation's rebuild clear one a power cut left.
 """
 
 from __future__ import annotations

@@ -166,8 +166,9 @@ def _forget(path: Path, store: keystore.OpenKeystore, key_id: str) -> None:
 
 
 def _write(path: Path, store: keystore.OpenKeystore) -> None:
+    bootimage.mark_stale(path)  # a slot the images hold may be about to go
     save(path, store, remind=False)
-    bootimage.rebuild()
+    bootimage.refresh(path)
 
 
 def crash_point(step: str) -> None:

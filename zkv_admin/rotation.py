@@ -219,7 +219,6 @@ def settle(thing: Rotatable, path: Path, store: keystore.OpenKeystore, target: s
         bootimage.mark_stale(path)  # before the keystore forgets that the images hold both
         save(path, store, remind=False)
         repokey.crash_point("committed")  # the keystore holds the winner, the images both
-    if len(keys) > 1 or bootimage.is_stale(path):
         bootimage.refresh(path)
     return epoch
 
@@ -237,7 +236,7 @@ def rotate_key(
     store.stage(target, new, keyformat, epoch)
     save(path, store, remind=False)
     repokey.crash_point("staged")  # the keystore holds both keys, the images the old one
-    bootimage.rebuild()  # before the change: every image holds the key about to be valid
+    bootimage.refresh(path)  # before the change: every image holds the key about to be valid
     repokey.crash_point("rebuilt")
     thing.begin(epoch)
     repokey.crash_point("begun")  # the pending property is set
@@ -324,6 +323,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         _reconcile(path, store, targets, prop, bool(args.datasets))
         if not args.datasets:  # and a repository key rotation the gateway settles
             repokey.reconcile(args, path, store)
+        if bootimage.is_stale(path):  # a cut after a keystore write, before its rebuild
+            bootimage.refresh(path)
     return 0
 
 
